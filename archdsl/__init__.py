@@ -1,0 +1,1 @@
+"""archdsl: a declarative architecture language and hardware-aware NAS engine for modern ConvNets."""

@@ -1,0 +1,64 @@
+"""The public Python API: parse + elaborate + check in one call, and model building.
+
+Takes: a path or spec text, overrides (name -> value or .arch expression text) and options.
+Returns: a checked `ArchGraph` (`check_file`, `check_text`) or an nn.Module (`load`, `build`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from . import check as _check
+from .elaborate import Elaborator
+from .errors import ArchError, Diagnostic, Span
+from .interp import ChoiceTable, EvalError, Evaluator
+from .ir import ArchGraph
+from .parse import Program, load_program, parse_expr
+
+
+def parse_override(key: str, value: Any) -> Any:
+    """`--set key=value`: strings are read as .arch expressions (no choices), Python values pass through."""
+    if not isinstance(value, str):
+        return tuple(value) if isinstance(value, list) else value
+    expr = parse_expr(value, f"--set {key}")
+    try:
+        return Evaluator(ChoiceTable()).eval(expr, {}, key)  # type: ignore[arg-type]
+    except EvalError as e:
+        raise ArchError([Diagnostic(e.span, e.message, e.hint)]) from None
+
+
+def _overrides(overrides: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: parse_override(k, v) for k, v in (overrides or {}).items()}
+
+
+def elaborate(program: Program, overrides=None, input_shape=None, model: str | None = None,
+              strict_overrides: bool = True) -> ArchGraph:
+    return Elaborator(program, _overrides(overrides), input_shape, strict_overrides).run(model)
+
+
+def check_file(path: str | os.PathLike, overrides: dict[str, Any] | None = None,
+               input_shape: tuple[int, int, int] | None = None, model: str | None = None,
+               search_paths: tuple[str, ...] = (), allow_outside: bool = False,
+               strict_overrides: bool = True) -> ArchGraph:
+    """Parse, elaborate and check a .arch file. Raises ArchError with every mistake found."""
+    prog = load_program(path, search_paths, allow_outside)
+    return _check.check(elaborate(prog, overrides, input_shape, model, strict_overrides))
+
+
+def check_text(text: str, file: str = "<string>", overrides=None, input_shape=None, model=None,
+               strict_overrides: bool = True) -> ArchGraph:
+    prog = load_program(file, text=text)
+    return _check.check(elaborate(prog, overrides, input_shape, model, strict_overrides))
+
+
+def require_resolved(graph: ArchGraph) -> None:
+    """Raise ArchError listing every choice point fixed neither by an override nor by a default."""
+    open_ = [c for c in graph.choices if c.source == "first"]
+    if open_:
+        raise ArchError([Diagnostic(c.span, f"open choice '{c.name}' = {c.describe()} has no value",
+                                    f"fix it with --set {c.name}=VALUE (or overrides) or give it default=")
+                         for c in open_])
+
+
+__all__ = ["check_file", "check_text", "elaborate", "require_resolved", "ArchError", "Span"]

@@ -1,0 +1,139 @@
+"""Stage 3: parameter validation, shape inference and exact cost accounting over an ArchGraph.
+
+Takes: an elaborated `ArchGraph` (raw op parameters). Returns: a new ArchGraph whose nodes hold the ops'
+validated pydantic parameters and whose node attributes hold `in_shapes`, `shape` and `cost`. Every error
+of the graph is collected and raised together as one `ArchError`, positioned at the consuming node (and at
+the offending argument where there is one).
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+from pydantic import ValidationError
+
+from .errors import ArchError, Collector
+from .interp import fmt
+from .ir import ArchGraph
+from .ops import registry
+from .ops.registry import OpError
+from .shapes import Cost, Shape
+
+
+def check(graph: ArchGraph) -> ArchGraph:
+    """Validate and infer the whole graph; raises ArchError listing every problem."""
+    g = graph.copy()
+    col = Collector()
+    for name in g.order():
+        node = g.node(name)
+        op = registry.get(node.op)
+        refs = g.inputs(name)
+        ins = [g.shape_of(r) for r in refs]
+        if op is None or any(s is None for s in ins):
+            g.attrs(name).update(shape=None, in_shapes=None, cost=Cost())
+            continue  # an error upstream was already reported; do not cascade
+        params = _validate(op, node, col)
+        out = None
+        if params is not None:
+            out = _infer(op, params, ins, node, g, refs, col)
+        if out is None:
+            g.replace_node(node, shape=None, in_shapes=tuple(ins), cost=Cost())
+            continue
+        try:
+            cost = op.cost(params, ins, out[0] if isinstance(out, tuple) else out)
+        except OpError as e:
+            col.add(node.arg_span(e.arg), f"{node.op}: {e.message}", e.hint, node.notes)
+            cost = Cost()
+        acts = 0 if op.is_view else sum(s.numel() for s in (out if isinstance(out, tuple) else (out,)))
+        cost = Cost(cost.params, cost.macs, acts)
+        g.replace_node(node.__class__(node.name, node.op, params, node.span, node.arg_spans, node.notes),
+                       shape=out, in_shapes=tuple(ins), cost=cost)
+    col.raise_if_any()
+    return g
+
+
+def _validate(op, node, col: Collector):
+    raw = dict(node.params) if isinstance(node.params, tuple) else node.params.model_dump()
+    try:
+        return op.Params(**raw)
+    except ValidationError as err:
+        for e in err.errors():
+            field = str(e["loc"][0]) if e["loc"] else None
+            if e["type"] == "missing":
+                sig = signature(op)
+                col.add(node.span, f"{op.name} needs parameter '{field}'", f"{op.name}({sig})", node.notes)
+            else:
+                ann = op.Params.model_fields[field].annotation if field in op.Params.model_fields else None
+                col.add(node.arg_span(field), f"{op.name} parameter '{field}' expects {describe_type(ann)}, "
+                        f"got {fmt(raw.get(field))}", None, node.notes)
+        return None
+
+
+def _infer(op, params, ins: list[Shape], node, g: ArchGraph, refs, col: Collector):
+    if op.arity is not None and len(ins) != op.arity:
+        col.add(node.span, f"{op.name} takes {op.arity} input(s), got {len(ins)}", None, node.notes)
+        return None
+    if op.arity is None and len(ins) < 2:
+        col.add(node.span, f"{op.name} needs at least two inputs, got {len(ins)}", None, node.notes)
+        return None
+    for s in ins:
+        if s.layout not in op.layouts:
+            want = {"nchw": "channels-first (C x H x W)", "nhwc": "channels-last", "nc": "a feature vector"}
+            hint = "insert nchw() before it" if s.layout == "nhwc" and "nchw" in op.layouts else None
+            if s.layout == "nc":
+                hint = "it needs a spatial input: remove the global pooling / flatten before it"
+            col.add(node.span, f"{op.name} needs {' or '.join(want[x] for x in op.layouts)} input, got {s}"
+                    f"{' (a feature vector)' if s.layout == 'nc' else ' (channels-last)'}", hint, node.notes)
+            return None
+    try:
+        out = op.infer(params, ins)
+    except OpError as e:
+        notes = list(node.notes)
+        if len(refs) > 1:  # merges: say where each input comes from
+            for i, (src, _) in enumerate(refs):
+                notes.append(f"input {i} ({ins[i]}) comes from '{src}' at {g.node(src).span}")
+        elif refs:
+            notes.insert(0, f"input is {ins[0]}, from '{refs[0][0]}' at {g.node(refs[0][0]).span}")
+        col.add(node.arg_span(e.arg), f"{node.op}: {e.message}", e.hint, notes)
+        return None
+    outs = out if isinstance(out, tuple) else (out,)
+    for s in outs:
+        if s.c <= 0 or (s.spatial and (s.h <= 0 or s.w <= 0)):
+            col.add(node.span, f"{node.op} produces an empty tensor ({s})", None, node.notes)
+            return None
+    return out
+
+
+def signature(op) -> str:
+    parts = []
+    for name, f in op.Params.model_fields.items():
+        parts.append(name if f.is_required() else f"{name}={fmt(_py_to_arch(f.default))}")
+    return ", ".join(parts)
+
+
+def _py_to_arch(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+def describe_type(ann) -> str:
+    if ann is None:
+        return "a value"
+    origin = typing.get_origin(ann)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return " or ".join(describe_type(a) for a in typing.get_args(ann))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(fmt(a) for a in typing.get_args(ann))
+    if origin is tuple:
+        args = typing.get_args(ann)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {describe_type(args[0])}"
+        return "[" + ", ".join(describe_type(a) for a in args) + "]"
+    if ann is type(None):
+        return "none"
+    return getattr(ann, "__name__", str(ann))
+
+
+def raise_on(errors: list) -> None:
+    if errors:
+        raise ArchError(errors)

@@ -1,0 +1,67 @@
+"""Activation family: relu, relu6, gelu, silu, hardswish, hardsigmoid, sigmoid, tanh, leaky_relu.
+
+Elementwise, any layout, shape unchanged, no parameters, no MACs counted.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from .registry import NoParams, Op, OpParams, register
+
+
+class _Activation(Op):
+    family = "activation"
+
+    def infer(self, p, ins):
+        return ins[0]
+
+    def build(self, p, ins):
+        from torch import nn
+
+        return getattr(nn, self.torch_name)(**self.torch_kwargs(p))
+
+    def torch_kwargs(self, p) -> dict:
+        return {}
+
+
+def _simple(op_name: str, torch_name: str, doc: str) -> None:
+    register(type(f"Act_{op_name}", (_Activation,), {"name": op_name, "torch_name": torch_name,
+                                                     "Params": NoParams, "__doc__": doc}))
+
+
+_simple("relu", "ReLU", "max(x, 0).")
+_simple("relu6", "ReLU6", "min(max(x, 0), 6) (MobileNetV2).")
+_simple("silu", "SiLU", "x * sigmoid(x), a.k.a. swish (EfficientNet).")
+_simple("hardswish", "Hardswish", "x * relu6(x + 3) / 6 (MobileNetV3).")
+_simple("hardsigmoid", "Hardsigmoid", "relu6(x + 3) / 6 (MobileNetV3 SE gate).")
+_simple("sigmoid", "Sigmoid", "1 / (1 + exp(-x)).")
+_simple("tanh", "Tanh", "tanh(x).")
+
+
+@register
+class GELU(_Activation):
+    """Gaussian error linear unit: gelu(approximate="none" | "tanh")."""
+
+    name = "gelu"
+    torch_name = "GELU"
+
+    class Params(OpParams):
+        approximate: Literal["none", "tanh"] = "none"
+
+    def torch_kwargs(self, p):
+        return {"approximate": p.approximate}
+
+
+@register
+class LeakyReLU(_Activation):
+    """leaky_relu(slope=0.01)."""
+
+    name = "leaky_relu"
+    torch_name = "LeakyReLU"
+
+    class Params(OpParams):
+        slope: float = 0.01
+
+    def torch_kwargs(self, p):
+        return {"negative_slope": p.slope}

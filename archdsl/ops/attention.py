@@ -1,0 +1,93 @@
+"""Channel-attention family: se (squeeze-and-excitation), eca (efficient channel attention)."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from ..shapes import Cost
+from .registry import Op, OpError, OpParams, register, require_spatial
+
+
+@register
+class SE(Op):
+    """Squeeze-and-excitation: se(hidden=none, ratio=0.25, bias=true, act="relu", gate="sigmoid").
+    hidden defaults to int(C * ratio). avg pool -> 1x1 conv C->hidden -> act -> 1x1 conv hidden->C -> gate -> x*."""
+
+    name = "se"
+    family = "attention"
+    layouts = ("nchw",)
+
+    class Params(OpParams):
+        hidden: int | None = None
+        ratio: float = 0.25
+        bias: bool = True
+        act: Literal["relu", "silu", "gelu", "relu6"] = "relu"
+        gate: Literal["sigmoid", "hardsigmoid"] = "sigmoid"
+
+    def hidden(self, p, c: int) -> int:
+        h = p.hidden if p.hidden is not None else int(c * p.ratio)
+        if h <= 0:
+            raise OpError(f"se hidden size is {h} for {c} channels", "raise ratio or give hidden=",
+                          arg="hidden" if p.hidden is not None else "ratio")
+        return h
+
+    def infer(self, p, ins):
+        require_spatial("se", ins[0])
+        self.hidden(p, ins[0].c)
+        return ins[0]
+
+    def cost(self, p, ins, out):
+        c = ins[0].c
+        h = self.hidden(p, c)
+        return Cost(params=2 * c * h + ((h + c) if p.bias else 0), macs=2 * c * h)
+
+    def build(self, p, ins):
+        from torch import nn
+
+        from ..codegen import layers as L
+
+        acts = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "relu6": nn.ReLU6}
+        gates = {"sigmoid": nn.Sigmoid, "hardsigmoid": nn.Hardsigmoid}
+        c = ins[0].c
+        return L.SE(c, self.hidden(p, c), p.bias, acts[p.act](), gates[p.gate]())
+
+
+def eca_kernel(c: int, gamma: float, b: float) -> int:
+    t = int(abs(math.log2(c) + b) / gamma)
+    return t if t % 2 else t + 1
+
+
+@register
+class ECA(Op):
+    """Efficient channel attention: eca(k=none, gamma=2, b=1). k defaults to the adaptive odd size
+    t = int(|log2(C) + b| / gamma) (made odd); avg pool -> 1-D conv over channels -> sigmoid -> x*."""
+
+    name = "eca"
+    family = "attention"
+    layouts = ("nchw",)
+
+    class Params(OpParams):
+        k: int | None = None
+        gamma: float = 2.0
+        b: float = 1.0
+
+    def kernel(self, p, c: int) -> int:
+        k = p.k if p.k is not None else eca_kernel(c, p.gamma, p.b)
+        if k <= 0 or k % 2 == 0:
+            raise OpError(f"eca kernel must be odd and positive, got {k}", arg="k")
+        return k
+
+    def infer(self, p, ins):
+        require_spatial("eca", ins[0])
+        self.kernel(p, ins[0].c)
+        return ins[0]
+
+    def cost(self, p, ins, out):
+        k = self.kernel(p, ins[0].c)
+        return Cost(params=k, macs=ins[0].c * k)
+
+    def build(self, p, ins):
+        from ..codegen import layers as L
+
+        return L.ECA(self.kernel(p, ins[0].c))

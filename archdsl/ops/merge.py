@@ -1,0 +1,268 @@
+"""Structural family: input, identity, add / mul / concat (merges), split, layer_scale, drop_path,
+dropout, and the layout changes nhwc() / nchw(). The forms `residual`, `parallel` and `split` in the IR
+builder create most of these nodes."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from ..shapes import Cost, Shape
+from .registry import NoParams, Op, OpError, OpParams, register
+
+
+@register
+class Input(Op):
+    """The model input: C x H x W (declared with input(c, h, w) in a model)."""
+
+    name = "input"
+    family = "structure"
+    arity = 0
+    user = False
+
+    class Params(OpParams):
+        c: int
+        h: int
+        w: int
+
+    def infer(self, p, ins):
+        for f in ("c", "h", "w"):
+            if getattr(p, f) <= 0:
+                raise OpError(f"input size must be positive, got {f}={getattr(p, f)}", arg=f)
+        return Shape(p.c, p.h, p.w)
+
+    def cost(self, p, ins, out):
+        return Cost(acts=0)
+
+
+@register
+class Identity(Op):
+    """Passes its input through (an empty branch)."""
+
+    name = "identity"
+    family = "structure"
+    is_view = True
+
+    def infer(self, p, ins):
+        return ins[0]
+
+    def build(self, p, ins):
+        from torch import nn
+
+        return nn.Identity()
+
+
+def _same_shapes(op: str, ins: list[Shape]) -> None:
+    first = ins[0]
+    for i, s in enumerate(ins[1:], 1):
+        if s != first:
+            raise OpError(f"{op}: input shapes differ: input 0 is {first}, input {i} is {s}",
+                          "branches merged elementwise must produce the same shape")
+
+
+class _Elementwise(Op):
+    family = "structure"
+    arity = None
+
+    def infer(self, p, ins):
+        _same_shapes(self.name, ins)
+        return ins[0]
+
+
+@register
+class Add(_Elementwise):
+    """Elementwise sum of two or more inputs (merge of residual / parallel branches)."""
+
+    name = "add"
+    user = False
+
+    def build(self, p, ins):
+        from ..codegen import layers as L
+
+        return L.Add()
+
+
+@register
+class Mul(_Elementwise):
+    """Elementwise product of two or more inputs (gating)."""
+
+    name = "mul"
+    user = False
+
+    def build(self, p, ins):
+        from ..codegen import layers as L
+
+        return L.Mul()
+
+
+@register
+class Concat(Op):
+    """Channel concatenation of two or more inputs."""
+
+    name = "concat"
+    family = "structure"
+    arity = None
+    user = False
+
+    def infer(self, p, ins):
+        first = ins[0]
+        for i, s in enumerate(ins[1:], 1):
+            if (s.h, s.w, s.layout) != (first.h, first.w, first.layout):
+                raise OpError(f"concat: spatial shapes differ: input 0 is {first}, input {i} is {s}",
+                              "branches concatenated on channels must keep the same spatial size")
+        return first.with_c(sum(s.c for s in ins))
+
+    def build(self, p, ins):
+        from ..codegen import layers as L
+
+        return L.Concat(ins[0].layout)
+
+
+@register
+class Split(Op):
+    """Channel split into branches by explicit sizes or by ratios (made by the split form).
+    With ratios each branch gets int(C * r) channels and the branch `remainder` ("first" or "last")
+    gets whatever is left so the sizes sum to C."""
+
+    name = "split"
+    family = "structure"
+    user = False
+    is_view = True
+
+    class Params(OpParams):
+        sizes: tuple[int, ...] | None = None
+        ratios: tuple[float, ...] | None = None
+        remainder: Literal["first", "last"] = "last"
+
+    def n_outputs(self, p):
+        return len(p.sizes if p.sizes is not None else p.ratios or ())
+
+    def sizes(self, p, c: int) -> tuple[int, ...]:
+        if (p.sizes is None) == (p.ratios is None):
+            raise OpError("split needs exactly one of sizes= or ratios=", arg="sizes")
+        if p.sizes is not None:
+            if any(x <= 0 for x in p.sizes):
+                raise OpError(f"split sizes must be positive, got {list(p.sizes)}", arg="sizes")
+            if sum(p.sizes) != c:
+                raise OpError(f"split sizes {list(p.sizes)} sum to {sum(p.sizes)}, but the input has {c} channels",
+                              arg="sizes")
+            return p.sizes
+        if any(r <= 0 for r in p.ratios):
+            raise OpError(f"split ratios must be positive, got {list(p.ratios)}", arg="ratios")
+        sizes = [int(c * r) for r in p.ratios]
+        i = 0 if p.remainder == "first" else len(sizes) - 1
+        sizes[i] = c - (sum(sizes) - sizes[i])
+        if any(x <= 0 for x in sizes):
+            raise OpError(f"split ratios {list(p.ratios)} of {c} channels give sizes {sizes}",
+                          "every branch needs at least one channel", arg="ratios")
+        return tuple(sizes)
+
+    def infer(self, p, ins):
+        if ins[0].layout == "nc" and not ins[0].spatial:
+            pass
+        return tuple(ins[0].with_c(c) for c in self.sizes(p, ins[0].c))
+
+    def build(self, p, ins):
+        from ..codegen import layers as L
+
+        return L.Split(self.sizes(p, ins[0].c), ins[0].layout)
+
+
+@register
+class LayerScale(Op):
+    """Per-channel learnable scale (CaiT / ConvNeXt): layer_scale(init=1e-6)."""
+
+    name = "layer_scale"
+    family = "structure"
+
+    class Params(OpParams):
+        init: float = 1e-6
+
+    def infer(self, p, ins):
+        return ins[0]
+
+    def cost(self, p, ins, out):
+        return Cost(params=ins[0].c)
+
+    def build(self, p, ins):
+        from ..codegen import layers as L
+
+        return L.LayerScale(ins[0].c, p.init, ins[0].layout)
+
+
+@register
+class DropPath(Op):
+    """Stochastic depth on a residual branch: drop_path(p). Identity at inference."""
+
+    name = "drop_path"
+    family = "structure"
+    is_view = True
+
+    class Params(OpParams):
+        p: float = 0.0
+
+    def infer(self, p, ins):
+        if not 0.0 <= p.p < 1.0:
+            raise OpError(f"drop_path probability must be in [0, 1), got {p.p}", arg="p")
+        return ins[0]
+
+    def build(self, p, ins):
+        from ..codegen import layers as L
+
+        return L.DropPath(p.p)
+
+
+@register
+class Dropout(Op):
+    """Dropout: dropout(p=0.5). Identity at inference."""
+
+    name = "dropout"
+    family = "structure"
+    is_view = True
+
+    class Params(OpParams):
+        p: float = 0.5
+
+    def infer(self, p, ins):
+        if not 0.0 <= p.p < 1.0:
+            raise OpError(f"dropout probability must be in [0, 1), got {p.p}", arg="p")
+        return ins[0]
+
+    def build(self, p, ins):
+        from torch import nn
+
+        return nn.Dropout(p.p)
+
+
+class _Layout(Op):
+    family = "structure"
+    Params = NoParams
+    target: str
+
+    def infer(self, p, ins):
+        s = ins[0]
+        if not s.spatial:
+            raise OpError(f"{self.name}() needs a spatial input, got a feature vector")
+        if s.layout == self.target:
+            raise OpError(f"input is already {self.target}", "remove this layout change")
+        return Shape(s.c, s.h, s.w, self.target)
+
+    def build(self, p, ins):
+        from ..codegen import layers as L
+
+        return L.Permute(self.target)
+
+
+@register
+class ToNHWC(_Layout):
+    """Permute to channels-last (N, H, W, C), as ConvNeXt does before its LayerNorm + MLP."""
+
+    name = "nhwc"
+    target = "nhwc"
+
+
+@register
+class ToNCHW(_Layout):
+    """Permute back to channels-first (N, C, H, W)."""
+
+    name = "nchw"
+    target = "nchw"

@@ -1,0 +1,125 @@
+"""Token-mixer family: inception_dw (InceptionNeXt), dilated_reparam (UniRepLKNet).
+
+Both are composite in training form; the deploy passes (archdsl/passes) merge them into one conv.
+"""
+
+from __future__ import annotations
+
+from ..shapes import Cost
+from .registry import Op, OpError, OpParams, register, require_spatial
+
+# UniRepLKNet's default branches for each large kernel size K: (kernels, dilations).
+DILATED_DEFAULTS: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    17: ((5, 9, 3, 3, 3), (1, 2, 4, 5, 7)),
+    15: ((5, 7, 3, 3, 3), (1, 2, 3, 5, 7)),
+    13: ((5, 7, 3, 3, 3), (1, 2, 3, 4, 5)),
+    11: ((5, 5, 3, 3, 3), (1, 2, 3, 4, 5)),
+    9: ((5, 5, 3, 3), (1, 2, 3, 4)),
+    7: ((5, 3, 3), (1, 2, 3)),
+    5: ((3, 3), (1, 2)),
+}
+
+
+@register
+class InceptionDW(Op):
+    """InceptionNeXt token mixer: inception_dw(ratio=0.125, square=3, band=11).
+    g = int(C * ratio); channels split (C-3g, g, g, g) into identity, square x square dw, 1 x band dw,
+    band x 1 dw (each with bias), concatenated in that order."""
+
+    name = "inception_dw"
+    family = "mixer"
+    layouts = ("nchw",)
+
+    class Params(OpParams):
+        ratio: float = 0.125
+        square: int = 3
+        band: int = 11
+
+    def groups(self, p, c: int) -> int:
+        g = int(c * p.ratio)
+        if g <= 0:
+            raise OpError(f"ratio {p.ratio} gives g = int({c} * {p.ratio}) = 0 branch channels", arg="ratio")
+        if c - 3 * g < 0:
+            raise OpError(f"ratio {p.ratio} leaves C - 3g = {c - 3 * g} identity channels", arg="ratio")
+        for f in ("square", "band"):
+            k = getattr(p, f)
+            if k <= 0 or k % 2 == 0:
+                raise OpError(f"{f} kernel must be odd and positive, got {k}", arg=f)
+        return g
+
+    def infer(self, p, ins):
+        require_spatial("inception_dw", ins[0])
+        self.groups(p, ins[0].c)
+        return ins[0]
+
+    def cost(self, p, ins, out):
+        s = ins[0]
+        g = self.groups(p, s.c)
+        taps = p.square**2 + 2 * p.band
+        return Cost(params=g * taps + 3 * g, macs=g * taps * s.h * s.w)
+
+    def build(self, p, ins):
+        from ..codegen import layers as L
+
+        c = ins[0].c
+        return L.InceptionDW(c, self.groups(p, c), p.square, p.band)
+
+
+@register
+class DilatedReparam(Op):
+    """UniRepLKNet dilated re-param block (training form): dilated_reparam(k, kernels=default, dilations=default,
+    eps=1e-5). A k x k depthwise conv (no bias) + BN plus parallel depthwise branches (kernel ki, dilation ri,
+    no bias, each + BN), summed. Defaults by k follow UniRepLKNet (k in 5..17, odd)."""
+
+    name = "dilated_reparam"
+    family = "mixer"
+    layouts = ("nchw",)
+
+    class Params(OpParams):
+        k: int
+        kernels: tuple[int, ...] | None = None
+        dilations: tuple[int, ...] | None = None
+        eps: float = 1e-5
+
+    def branches(self, p) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        if p.k <= 0 or p.k % 2 == 0:
+            raise OpError(f"kernel must be odd and positive, got {p.k}", arg="k")
+        if p.kernels is None and p.dilations is None:
+            if p.k not in DILATED_DEFAULTS:
+                raise OpError(f"no default branches for k={p.k}",
+                              f"give kernels= and dilations=, or use k in {sorted(DILATED_DEFAULTS)}", arg="k")
+            return DILATED_DEFAULTS[p.k]
+        if p.kernels is None or p.dilations is None:
+            raise OpError("give both kernels= and dilations=, or neither",
+                          arg="kernels" if p.kernels is None else "dilations")
+        if len(p.kernels) != len(p.dilations):
+            raise OpError(f"{len(p.kernels)} kernels but {len(p.dilations)} dilations", arg="dilations")
+        seen = set()
+        for ks, r in zip(p.kernels, p.dilations):
+            if ks <= 0 or ks % 2 == 0 or r <= 0:
+                raise OpError(f"branch kernel {ks} dilation {r}: kernels must be odd and positive, dilations positive",
+                              arg="kernels")
+            if r * (ks - 1) + 1 > p.k:
+                raise OpError(f"branch kernel {ks} with dilation {r} spans {r * (ks - 1) + 1} > k={p.k}",
+                              "a branch must fit inside the large kernel to be merged into it", arg="kernels")
+            if (ks, r) in seen:
+                raise OpError(f"branch (kernel {ks}, dilation {r}) appears twice", arg="kernels")
+            seen.add((ks, r))
+        return p.kernels, p.dilations
+
+    def infer(self, p, ins):
+        require_spatial("dilated_reparam", ins[0])
+        self.branches(p)
+        return ins[0]
+
+    def cost(self, p, ins, out):
+        s = ins[0]
+        kernels, _ = self.branches(p)
+        taps = p.k**2 + sum(k * k for k in kernels)
+        return Cost(params=s.c * taps + 2 * s.c * (1 + len(kernels)), macs=s.c * taps * s.h * s.w)
+
+    def build(self, p, ins):
+        from ..codegen import layers as L
+
+        kernels, dilations = self.branches(p)
+        return L.DilatedReparam(ins[0].c, p.k, kernels, dilations, p.eps)

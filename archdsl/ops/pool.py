@@ -1,0 +1,123 @@
+"""Pooling family: avgpool, maxpool (windowed), gap / gmp (global, to a feature vector), flatten."""
+
+from __future__ import annotations
+
+from ..shapes import Shape
+from .conv import Int2, conv_geometry
+from .registry import Op, OpError, OpParams, pair, positive, register
+
+
+class _Window(Op):
+    family = "pool"
+    layouts = ("nchw",)
+
+    class Params(OpParams):
+        k: Int2
+        s: Int2 | None = None
+        pad: Int2 = 0
+        ceil: bool = False
+
+    def _geom(self, p, s):
+        positive(p, "k", "s")
+        stride = p.k if p.s is None else p.s
+        kh, kw = pair(p.k)
+        ph, pw = pair(p.pad)
+        if ph > kh // 2 or pw > kw // 2:
+            raise OpError(f"padding {p.pad} is more than half the kernel {p.k}", arg="pad")
+        if p.ceil:
+            if s.h + 2 * ph < kh or s.w + 2 * pw < kw:
+                raise OpError(f"window {kh}x{kw} is larger than the padded input", arg="k")
+            sh, sw = pair(stride)
+            h = -(-(s.h + 2 * ph - kh) // sh) + 1
+            w = -(-(s.w + 2 * pw - kw) // sw) + 1
+            # PyTorch drops a last window that starts inside the right padding
+            h -= (h - 1) * sh >= s.h + ph
+            w -= (w - 1) * sw >= s.w + pw
+            return h, w, stride
+        h, w, _ = conv_geometry(self.name, s, p.k, stride, p.pad, 1)
+        return h, w, stride
+
+    def infer(self, p, ins):
+        h, w, _ = self._geom(p, ins[0])
+        return Shape(ins[0].c, h, w)
+
+
+@register
+class AvgPool(_Window):
+    """Average pooling: avgpool(k, s=k, pad=0, ceil=false)."""
+
+    name = "avgpool"
+
+    def build(self, p, ins):
+        from torch import nn
+
+        _, _, stride = self._geom(p, ins[0])
+        return nn.AvgPool2d(pair(p.k), pair(stride), pair(p.pad), ceil_mode=p.ceil)
+
+
+@register
+class MaxPool(_Window):
+    """Max pooling: maxpool(k, s=k, pad=0, ceil=false)."""
+
+    name = "maxpool"
+
+    def build(self, p, ins):
+        from torch import nn
+
+        _, _, stride = self._geom(p, ins[0])
+        return nn.MaxPool2d(pair(p.k), pair(stride), pair(p.pad), ceil_mode=p.ceil)
+
+
+class _Global(Op):
+    family = "pool"
+    layouts = ("nchw", "nhwc")
+
+    class Params(OpParams):
+        keepdim: bool = False
+
+    def infer(self, p, ins):
+        s = ins[0]
+        if not s.spatial:
+            raise OpError(f"{self.name} needs a spatial input but got a feature vector of size {s.c}")
+        return Shape(s.c, 1, 1, s.layout) if p.keepdim else Shape.vector(s.c)
+
+
+@register
+class GlobalAvgPool(_Global):
+    """Global average pooling: gap(keepdim=false) -> a feature vector of C (or C x 1 x 1)."""
+
+    name = "gap"
+
+    def build(self, p, ins):
+        from ..codegen import layers as L
+
+        return L.GlobalAvgPool(p.keepdim, ins[0].layout)
+
+
+@register
+class GlobalMaxPool(_Global):
+    """Global max pooling: gmp(keepdim=false)."""
+
+    name = "gmp"
+
+    def build(self, p, ins):
+        from ..codegen import layers as L
+
+        return L.GlobalMaxPool(p.keepdim, ins[0].layout)
+
+
+@register
+class Flatten(Op):
+    """Flatten C x H x W into a feature vector of C*H*W (channels-first order)."""
+
+    name = "flatten"
+    family = "pool"
+    is_view = True
+
+    def infer(self, p, ins):
+        return Shape.vector(ins[0].numel())
+
+    def build(self, p, ins):
+        from ..codegen import layers as L
+
+        return L.Flatten(ins[0].layout)

@@ -1,0 +1,127 @@
+"""The operator registry: every op is defined once, with everything about it.
+
+An op is a subclass of `Op` decorated with `@register`. It declares its typed parameters (a pydantic
+model `Params`, whose field order is the positional-argument order), its shape rule (`infer`), its
+exact cost (`cost`), how it builds in PyTorch (`build`), and optionally how it re-parameterizes.
+A duplicate name raises; an unknown name gets "did you mean".
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from ..shapes import Cost, Shape
+
+
+class OpParams(BaseModel):
+    """Base of every op's parameter model: strict types, no unknown fields, immutable."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class NoParams(OpParams):
+    pass
+
+
+class OpError(Exception):
+    """Raised by an op's shape rule or validation; `arg` names the argument at fault (for the caret)."""
+
+    def __init__(self, message: str, hint: str | None = None, arg: str | None = None):
+        super().__init__(message)
+        self.message, self.hint, self.arg = message, hint, arg
+
+
+class Op:
+    """Base class. Subclasses set `name`, `family`, `Params` and implement `infer`, `cost`, `build`."""
+
+    name: ClassVar[str]
+    family: ClassVar[str] = "misc"
+    Params: ClassVar[type[OpParams]] = NoParams
+    arity: ClassVar[int | None] = 1  # number of inputs; None: two or more
+    outputs: ClassVar[int] = 1  # >1 only for split-like ops, whose output count comes from params
+    user: ClassVar[bool] = True  # callable by name from a spec (internal ops are made by forms)
+    is_view: ClassVar[bool] = False  # output shares memory with the input (no activation cost)
+    layouts: ClassVar[tuple[str, ...]] = ("nchw", "nhwc", "nc")  # input layouts accepted
+
+    def infer(self, p: Any, ins: list[Shape]) -> Shape | tuple[Shape, ...]:
+        raise NotImplementedError
+
+    def cost(self, p: Any, ins: list[Shape], out: Shape) -> Cost:
+        """Parameters and MACs; activations default to the output's element count (0 for views)."""
+        return Cost()
+
+    def build(self, p: Any, ins: list[Shape]):
+        """A torch.nn.Module computing this op on batched tensors of shapes `ins`."""
+        raise NotImplementedError(f"op {self.name} has no PyTorch build")
+
+    def n_outputs(self, p: Any) -> int:
+        return self.outputs
+
+    @classmethod
+    def doc(cls) -> str:
+        return (cls.__doc__ or "").strip()
+
+
+_REGISTRY: dict[str, Op] = {}
+
+
+def register(cls: type[Op]) -> type[Op]:
+    if cls.name in _REGISTRY:
+        raise ValueError(f"op {cls.name!r} is registered twice ({_REGISTRY[cls.name].__class__.__name__}, {cls.__name__})")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def get(name: str) -> Op | None:
+    _load_all()
+    return _REGISTRY.get(name)
+
+
+def all_ops() -> dict[str, Op]:
+    _load_all()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def user_op_names() -> list[str]:
+    return [n for n, op in all_ops().items() if op.user]
+
+
+_LOADED = False
+
+
+def _load_all() -> None:
+    """Import every op family module once (each registers its ops on import)."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    from . import act, attention, conv, linear, merge, mixers, norm, pool  # noqa: F401
+
+
+# ---- helpers used by op definitions
+
+def pair(v: int | tuple[int, ...]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    if len(v) != 2:
+        raise OpError(f"expected one integer or two, got {len(v)}")
+    return (v[0], v[1])
+
+
+def require_spatial(op: str, s: Shape) -> None:
+    if not s.spatial:
+        raise OpError(f"{op} needs a spatial input (C x H x W) but got a feature vector of size {s.c}",
+                      "remove the global pooling / flatten before it")
+    if s.layout != "nchw":
+        raise OpError(f"{op} needs a channels-first (nchw) input but got channels-last ({s})",
+                      "insert nchw() before it")
+
+
+def positive(p: Any, *fields: str) -> None:
+    for f in fields:
+        v = getattr(p, f)
+        vals = v if isinstance(v, tuple) else (v,)
+        if any(x is not None and x <= 0 for x in vals):
+            raise OpError(f"{f} must be positive, got {v}", arg=f)

@@ -1,0 +1,451 @@
+"""Stage 1: text -> Lark tree -> AST (`archdsl.syntax`), and file loading with imports.
+
+Takes: .arch source text (or a path). Returns: `syntax.Module` for one file, or a `Program` holding the
+root module and every module it imports. Raises `ArchError` with every syntax error it can find, each
+with file:line:col; spec text is only ever parsed, never evaluated by Python.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from lark import Lark, Token, Transformer_NonRecursive, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+
+from . import limits
+from . import syntax as S
+from .errors import ArchError, Collector, Diagnostic, Span, register_source
+
+
+@lru_cache(maxsize=1)
+def grammar_text() -> str:
+    return resources.files("archdsl.grammar").joinpath("archdsl.lark").read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=1)
+def _parser() -> Lark:
+    return Lark(grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True,
+                start=["start", "expr"])
+
+
+# ---------------------------------------------------------------- tree -> AST
+
+_NUMBER_TOO_BIG = 10**18
+
+
+class _ToAST(Transformer_NonRecursive):
+    """Bottom-up, non-recursive (deep nesting cannot overflow Python's stack)."""
+
+    def __init__(self, file: str):
+        super().__init__()
+        self.file = file
+
+    def _span(self, meta) -> Span:
+        if getattr(meta, "empty", True) and not hasattr(meta, "line"):
+            return Span.unknown(self.file)
+        return Span(self.file, meta.line, meta.column, meta.end_line, meta.end_column)
+
+    def _tok(self, tok: Token) -> Span:
+        return Span(self.file, tok.line, tok.column, tok.end_line, tok.end_column)
+
+    # -- expressions
+    @v_args(meta=True)
+    def number(self, meta, children):
+        (tok,) = children
+        text = str(tok)
+        if any(c in text for c in ".eE"):
+            value: int | float = float(text)
+        else:
+            value = int(text)
+            if value > _NUMBER_TOO_BIG:
+                raise ArchError([Diagnostic(self._tok(tok), f"integer literal {text[:20]}... is too large",
+                                            "archdsl integers are limited to 10^18")])
+        return S.Num(value, text, self._tok(tok))
+
+    @v_args(meta=True)
+    def string(self, meta, children):
+        (tok,) = children
+        raw = str(tok)[1:-1]
+        value = raw.replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
+        return S.Str(value, self._tok(tok))
+
+    @v_args(meta=True)
+    def true(self, meta, children):
+        return S.Const(True, self._span(meta))
+
+    @v_args(meta=True)
+    def false(self, meta, children):
+        return S.Const(False, self._span(meta))
+
+    @v_args(meta=True)
+    def none(self, meta, children):
+        return S.Const(None, self._span(meta))
+
+    @v_args(meta=True)
+    def var(self, meta, children):
+        (tok,) = children
+        return S.Var(str(tok), self._tok(tok))
+
+    @v_args(meta=True)
+    def list(self, meta, children):
+        return S.ListExpr(tuple(c for c in children if c is not None), self._span(meta))
+
+    @v_args(meta=True)
+    def index(self, meta, children):
+        obj, idx = children
+        return S.Index(obj, idx, self._span(meta))
+
+    @v_args(meta=True)
+    def slice(self, meta, children):
+        obj, lo, _colon, hi = children
+        return S.Slice(obj, lo, hi, self._span(meta))
+
+    @v_args(meta=True)
+    def binop(self, meta, children):
+        left, op, right = children
+        return S.BinOp(str(op), left, right, self._span(meta))
+
+    @v_args(meta=True)
+    def compare(self, meta, children):
+        return self.binop(meta, children)
+
+    @v_args(meta=True)
+    def and_(self, meta, children):
+        return S.BinOp("and", children[0], children[1], self._span(meta))
+
+    @v_args(meta=True)
+    def or_(self, meta, children):
+        return S.BinOp("or", children[0], children[1], self._span(meta))
+
+    @v_args(meta=True)
+    def not_(self, meta, children):
+        return S.Unary("not", children[0], self._span(meta))
+
+    @v_args(meta=True)
+    def unary(self, meta, children):
+        op, operand = children
+        return S.Unary(str(op), operand, self._span(meta))
+
+    @v_args(meta=True)
+    def cond(self, meta, children):
+        then, test, other = children
+        return S.Cond(then, test, other, self._span(meta))
+
+    @v_args(meta=True)
+    def dotted(self, meta, children):
+        return (".".join(str(t) for t in children), self._span(meta))
+
+    @v_args(meta=True)
+    def kwarg(self, meta, children):
+        name, value = children
+        return S.Arg(str(name), value, self._span(meta))
+
+    def args(self, children):
+        out = []
+        for c in children:
+            if c is None:
+                continue
+            out.append(c if isinstance(c, S.Arg) else S.Arg(None, c, c.span))
+        return tuple(out)
+
+    @v_args(meta=True)
+    def call(self, meta, children):
+        (name, name_span), args = children
+        return S.Call(name, args or (), self._span(meta), name_span)
+
+    # -- statements
+    @v_args(meta=True)
+    def body(self, meta, children):
+        return S.Body(tuple(children), self._span(meta))
+
+    @v_args(meta=True)
+    def layer_call(self, meta, children):
+        return S.LayerCall(children[0], None, self._span(meta))
+
+    @v_args(meta=True)
+    def layer_form(self, meta, children):
+        return S.LayerCall(children[0], children[1], self._span(meta))
+
+    @v_args(meta=True)
+    def layer_seq(self, meta, children):
+        return S.Seq(children[0], self._span(meta))
+
+    @v_args(meta=True)
+    def layer_for(self, meta, children):
+        names, iterable, body = children
+        return S.For(names, iterable, body, self._span(meta))
+
+    def names(self, children):
+        return tuple(str(t) for t in children)
+
+    def elif_clause(self, children):
+        return (children[0], children[1])
+
+    @v_args(meta=True)
+    def layer_if(self, meta, children):
+        test, body, *rest = children
+        orelse = rest.pop() if rest and not isinstance(rest[-1], tuple) else None
+        if rest and rest[-1] is None:
+            rest.pop()
+        return S.If(((test, body), *[r for r in rest if r is not None]), orelse, self._span(meta))
+
+    @v_args(meta=True)
+    def named(self, meta, children):
+        name, layer = children
+        return S.Named(str(name), layer, self._span(meta), self._tok(name))
+
+    @v_args(meta=True)
+    def let(self, meta, children):
+        name, value = children
+        return S.Let(str(name), value, self._span(meta))
+
+    @v_args(meta=True)
+    def require(self, meta, children):
+        test, msg = children
+        return S.Require(test, None if msg is None else self.string(meta, [msg]).value, self._span(meta))
+
+    @v_args(meta=True)
+    def input_stmt(self, meta, children):
+        return S.Input(children[0] or (), self._span(meta))
+
+    @v_args(meta=True)
+    def scaling(self, meta, children):
+        return S.Scaling(children[0] or (), self._span(meta))
+
+    # -- top level
+    @v_args(meta=True)
+    def type(self, meta, children):
+        name, arg = children
+        return S.TypeRef(str(name), None if arg is None else str(arg), self._span(meta))
+
+    @v_args(meta=True)
+    def param(self, meta, children):
+        name, typ, default = children
+        return S.Param(str(name), typ, default, self._span(meta))
+
+    def params(self, children):
+        return tuple(c for c in children if c is not None)
+
+    def _def(self, kind, meta, children):
+        name, params, body = children
+        return S.Def(kind, str(name), params or (), body, self._span(meta), self._tok(name))
+
+    @v_args(meta=True)
+    def blockdef(self, meta, children):
+        return self._def("block", meta, children)
+
+    @v_args(meta=True)
+    def modeldef(self, meta, children):
+        return self._def("model", meta, children)
+
+    @v_args(meta=True)
+    def import_stmt(self, meta, children):
+        path, alias = children
+        return S.Import(self.string(meta, [path]).value, None if alias is None else str(alias), self._span(meta))
+
+    def start(self, children):
+        return [c for c in children]
+
+
+# ---------------------------------------------------------------- syntax errors
+
+_READABLE = {
+    "NAME": "a name", "NUMBER": "a number", "STRING": "a string", "LPAR": "'('", "RPAR": "')'",
+    "LSQB": "'['", "RSQB": "']'", "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','", "COLON": "':'",
+    "SLICE_COLON": "':'", "EQUAL": "'='", "SEMICOLON": "';'", "DOT": "'.'", "ADD_OP": "'+' or '-'",
+    "MUL_OP": "an operator", "POW_OP": "'**'", "COMP_OP": "a comparison", "$END": "end of file",
+}
+
+
+def _expected(e: UnexpectedInput) -> list[str]:
+    names = sorted(getattr(e, "expected", None) or getattr(e, "allowed", None) or [])
+    out = []
+    for n in names:
+        if n in _READABLE:
+            out.append(_READABLE[n])
+        elif n.isupper() and len(n) <= 10 and n.isalpha():
+            out.append(f"'{n.lower()}'")  # keywords: IF -> 'if'
+        else:
+            out.append(n)
+    return sorted(set(out))
+
+
+def _syntax_diagnostic(e: UnexpectedInput, file: str, text: str) -> Diagnostic:
+    line, col = max(1, getattr(e, "line", 1) or 1), max(1, getattr(e, "column", 1) or 1)
+    exp = _expected(e)
+    hint = None
+    if isinstance(e, UnexpectedCharacters):
+        ch = text[e.pos_in_stream] if 0 <= e.pos_in_stream < len(text) else "?"
+        msg = f"unexpected character {ch!r}"
+        end = col + 1
+        if ch == "=" and exp:
+            hint = "use ':' to name a layer (name: op(...)) or 'let name = value' to bind a value"
+    elif isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END"):
+        lines = text.splitlines() or [""]
+        line, col = len(lines), len(lines[-1]) + 1
+        msg = "unexpected end of file"
+        end = col + 1
+        if "'}'" in exp:
+            hint = "a '{' is never closed"
+    else:
+        tok = e.token
+        msg = f"unexpected {str(tok)!r}"
+        end = (tok.end_column or col + 1) if tok.end_line == tok.line else col + len(str(tok).split("\n")[0])
+        if tok.type == "EQUAL" and "':'" in exp:
+            hint = "use ':' to name a layer (name: op(...)) or 'let name = value' to bind a value"
+        elif tok.type == "RBRACE" and "')'" in exp:
+            hint = "missing ')'"
+    if exp and len(exp) <= 8:
+        msg += f"; expected {', '.join(exp)}"
+    return Diagnostic(Span(file, line, col, line, max(end, col + 1)), msg, hint)
+
+
+def _balanced(line: str) -> bool:
+    return all(line.count(a) == line.count(b) for a, b in ("()", "[]", "{}"))
+
+
+def parse_text(text: str, file: str = "<string>") -> S.Module:
+    """Parse one file's text. Raises ArchError with all syntax errors found (re-parsing past each bad line)."""
+    register_source(file, text)
+    limits.check_text(text, file)
+    diags: list[Diagnostic] = []
+    work = text
+    tree = None
+    for _ in range(limits.MAX_SYNTAX_ERRORS):
+        try:
+            tree = _parser().parse(work, start="start")
+            break
+        except UnexpectedInput as e:
+            d = _syntax_diagnostic(e, file, text)
+            diags.append(d)
+            # Recovery: blank the offending line and parse again, but only where that cannot itself
+            # unbalance brackets (which would produce errors the user did not make).
+            lines = work.split("\n")
+            i = d.span.line - 1
+            if not (0 <= i < len(lines)) or not _balanced(lines[i]) or not lines[i].strip():
+                break
+            lines[i] = " " * len(lines[i])
+            work = "\n".join(lines)
+    if diags:
+        raise ArchError(diags)
+    try:
+        items = _ToAST(file).transform(tree)
+    except VisitError as e:  # an ArchError raised inside the transformer
+        if isinstance(e.orig_exc, ArchError):
+            raise e.orig_exc from None
+        raise
+    limits.check_ast_depth(items, file)
+    imports = tuple(i for i in items if isinstance(i, S.Import))
+    defs = tuple(i for i in items if isinstance(i, S.Def))
+    return S.Module(file, imports, defs)
+
+
+def parse_expr(text: str, file: str = "<expr>") -> S.Expr:
+    """Parse one expression (used for --set name=value)."""
+    register_source(file, text)
+    try:
+        tree = _parser().parse(text, start="expr")
+    except UnexpectedInput as e:
+        raise ArchError([_syntax_diagnostic(e, file, text)]) from None
+    return _ToAST(file).transform(tree)
+
+
+# ---------------------------------------------------------------- programs (files + imports)
+
+
+@dataclass
+class Program:
+    """The root module and every module reachable through imports, keyed by resolved path."""
+
+    root: S.Module
+    modules: dict[str, S.Module] = field(default_factory=dict)  # display file name -> module
+    # (importing display file, import path) -> imported display file
+    links: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+def _display(path: Path) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return rel if not rel.startswith("..") else str(path)
+
+
+def load_program(path: str | os.PathLike, search_paths: tuple[str, ...] = (), allow_outside: bool = False,
+                 text: str | None = None) -> Program:
+    """Parse `path` (or `text`, named `path`) and, recursively, every file it imports."""
+    root_path = Path(path).resolve() if text is None else Path(os.path.abspath(path))
+    roots = [root_path.parent] + [Path(p).resolve() for p in search_paths]
+    col = Collector()
+    modules: dict[str, S.Module] = {}
+    links: dict[tuple[str, str], str] = {}
+
+    def read(p: Path, display: str, given: str | None = None) -> S.Module | None:
+        if given is not None:
+            src = given
+        else:
+            try:
+                size = p.stat().st_size
+                if size > limits.MAX_FILE_BYTES:
+                    raise limits.too_big_file(display, size)
+                src = p.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                col.add(Span(display, 1, 1, 1, 2), "file is not valid UTF-8 text")
+                return None
+        try:
+            return parse_text(src, display)
+        except ArchError as e:
+            col.extend(e)
+            return None
+
+    def visit(p: Path, display: str, stack: list[str], given: str | None = None) -> None:
+        mod = read(p, display, given)
+        if mod is None:
+            return
+        modules[display] = mod
+        for imp in mod.imports:
+            target = _resolve_import(imp, p, roots, allow_outside, col)
+            if target is None:
+                continue
+            tdisp = _display(target)
+            links[(display, imp.path)] = tdisp
+            if tdisp in stack or tdisp == display:
+                cycle = stack[stack.index(tdisp):] if tdisp in stack else []
+                chain = " -> ".join([*cycle, display, tdisp])
+                col.add(imp.span, f"import cycle: {chain}", "remove one of the imports in the cycle")
+                continue
+            if tdisp not in modules:
+                visit(target, tdisp, [*stack, display])
+
+    if text is None and not root_path.is_file():
+        raise ArchError([Diagnostic(Span(str(path), 1, 1, 1, 1), f"no such file: {path}")])
+    root_display = _display(root_path) if text is None else str(path)
+    visit(root_path, root_display, [], text)
+    col.raise_if_any()
+    return Program(modules[root_display], modules, links)
+
+
+def _resolve_import(imp: S.Import, importer: Path, roots: list[Path], allow_outside: bool,
+                    col: Collector) -> Path | None:
+    if not imp.path.endswith(".arch"):
+        col.add(imp.span, f"can only import .arch files, not {imp.path!r}")
+        return None
+    rel = Path(imp.path)
+    if rel.is_absolute() and not allow_outside:
+        col.add(imp.span, f"absolute import path {imp.path!r} is not allowed",
+                "import relative to this file, or pass --allow-outside-imports")
+        return None
+    candidates = [(importer.parent / rel).resolve()] + [(r / rel).resolve() for r in roots[1:]]
+    for c in candidates:
+        if c.is_file():
+            if not allow_outside and not any(c.is_relative_to(r) for r in roots):
+                col.add(imp.span, f"import {imp.path!r} leaves the spec's directory ({roots[0]})",
+                        "add the directory with --import-path, or pass --allow-outside-imports")
+                return None
+            return c
+    col.add(imp.span, f"imported file not found: {imp.path!r}", f"looked in {importer.parent}")
+    return None

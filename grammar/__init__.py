@@ -1,0 +1,1 @@
+"""archdsl.grammar: the Lark grammar of the .arch language (archdsl.lark), shipped as package data."""

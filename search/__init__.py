@@ -1,0 +1,1 @@
+"""archdsl.search: hardware-aware architecture search (stage 6)."""
