@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .errors import ArchError, Collector
-from .interp import fmt
+from .interp import fmt, type_name
 from .ir import ArchGraph
 from .ops import registry
 from .ops.registry import OpError
@@ -43,7 +43,7 @@ def check(graph: ArchGraph) -> ArchGraph:
         try:
             cost = op.cost(params, ins, out[0] if isinstance(out, tuple) else out)
         except OpError as e:
-            col.add(node.arg_span(e.arg), f"{node.op}: {e.message}", e.hint, node.notes)
+            col.add(node.arg_span(e.arg), _prefixed(node.op, e.message), e.hint, node.notes)
             cost = Cost()
         acts = 0 if op.is_view else sum(s.numel() for s in (out if isinstance(out, tuple) else (out,)))
         cost = Cost(cost.params, cost.macs, acts)
@@ -65,8 +65,14 @@ def _validate(op, node, col: Collector):
                 col.add(node.span, f"{op.name} needs parameter '{field}'", f"{op.name}({sig})", node.notes)
             else:
                 ann = op.Params.model_fields[field].annotation if field in op.Params.model_fields else None
-                col.add(node.arg_span(field), f"{op.name} parameter '{field}' expects {describe_type(ann)}, "
-                        f"got {fmt(raw.get(field))}", None, node.notes)
+                want, got = describe_type(ann), raw.get(field)
+                hint = None
+                if isinstance(got, float) and "int" in want.split(" or "):
+                    hint = "convert with int(...), round(...) or round_to(..., 8); use // for integer division"
+                elif isinstance(got, str) and any(t in want.split(" or ") for t in ("int", "float")):
+                    hint = "write the number without quotes"
+                col.add(node.arg_span(field), f"{op.name} parameter '{field}' expects {want}, "
+                        f"got {type_name(got)} {fmt(got)}", hint, node.notes)
         return None
 
 
@@ -83,8 +89,11 @@ def _infer(op, params, ins: list[Shape], node, g: ArchGraph, refs, col: Collecto
             hint = "insert nchw() before it" if s.layout == "nhwc" and "nchw" in op.layouts else None
             if s.layout == "nc":
                 hint = "it needs a spatial input: remove the global pooling / flatten before it"
+            notes = list(node.notes)
+            if len(refs) == 1:  # say where the wrong-layout tensor comes from (e.g. the gap() before it)
+                notes.insert(0, f"input is {s}, from '{refs[0][0]}' at {g.node(refs[0][0]).span}")
             col.add(node.span, f"{op.name} needs {' or '.join(want[x] for x in op.layouts)} input, got {s}"
-                    f"{' (a feature vector)' if s.layout == 'nc' else ' (channels-last)'}", hint, node.notes)
+                    f"{' (a feature vector)' if s.layout == 'nc' else ' (channels-last)'}", hint, notes)
             return None
     try:
         out = op.infer(params, ins)
@@ -95,7 +104,7 @@ def _infer(op, params, ins: list[Shape], node, g: ArchGraph, refs, col: Collecto
                 notes.append(f"input {i} ({ins[i]}) comes from '{src}' at {g.node(src).span}")
         elif refs:
             notes.insert(0, f"input is {ins[0]}, from '{refs[0][0]}' at {g.node(refs[0][0]).span}")
-        col.add(node.arg_span(e.arg), f"{node.op}: {e.message}", e.hint, notes)
+        col.add(node.arg_span(e.arg), _prefixed(node.op, e.message), e.hint, notes)
         return None
     outs = out if isinstance(out, tuple) else (out,)
     for s in outs:
@@ -103,6 +112,14 @@ def _infer(op, params, ins: list[Shape], node, g: ArchGraph, refs, col: Collecto
             col.add(node.span, f"{node.op} produces an empty tensor ({s})", None, node.notes)
             return None
     return out
+
+
+def _prefixed(op: str, message: str) -> str:
+    """'op: message', unless the op's message already starts with the op's name ('split sizes ...')."""
+    rest = message[len(op):]
+    if message.startswith(op) and not (rest[:1].isalnum() or rest[:1] == "_"):
+        return message
+    return f"{op}: {message}"
 
 
 def signature(op) -> str:

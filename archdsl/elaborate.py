@@ -54,6 +54,7 @@ class Elaborator:
         self.graph = ArchGraph()
         self.namespaces = {f: self._namespace(f) for f in program.modules}
         self._layers_started = False
+        self._containers: dict[str, str] = {}  # path prefix -> first node under it
 
     # ------------------------------------------------------------ definitions and namespaces
 
@@ -191,11 +192,20 @@ class Elaborator:
         g = self.graph
         if not name:
             name = op
-        if name in g:
-            other = g.node(name)
-            self._err(name_span or span, f"duplicate name '{name}' (also used at {other.span})", frame,
-                      "give the layer another name")
+        clash = name if name in g else next((p for p in _prefixes(name) if p in g), None)
+        if clash is None and name in self._containers:
+            clash = self._containers[name]
+        if clash is not None:
+            self._err(name_span or span, f"duplicate name '{name}' (clashes with '{clash}' at {g.node(clash).span})",
+                      frame, "give the layer another name")
             raise _Abort
+        bad = next((p for p in name.split(".") if p in RESERVED_NAMES or p.startswith("_")), None)
+        if bad is not None:
+            self._err(name_span or span, f"'{bad}' cannot be a layer name (it is reserved by torch.nn.Module)",
+                      frame, "choose another name")
+            raise _Abort
+        for p in _prefixes(name):
+            self._containers.setdefault(p, name)
         if len(g) >= limits.MAX_NODES:
             self._err(span, f"the model has more than {limits.MAX_NODES} operator nodes", frame,
                       "reduce repeat counts (this limit guards against runaway specs)")
@@ -206,9 +216,10 @@ class Elaborator:
 
     # ------------------------------------------------------------ statements
 
-    def exec_body(self, body: S.Body, frame: Frame, cur: Ref | None, scope: str) -> Ref | None:
+    def exec_body(self, body: S.Body, frame: Frame, cur: Ref | None, scope: str,
+                  collapse: bool = True) -> Ref | None:
         frame = Frame(frame.env.new_child(), frame.file, frame.notes, frame.depth, frame.model_top)
-        for stmt, seg, name_span in self._layer_segments(body):
+        for stmt, seg, name_span in self._layer_segments(body, collapse):
             if seg is None:  # not a layer statement
                 self._exec_simple(stmt, frame, scope)
                 if isinstance(stmt, S.Input):
@@ -216,16 +227,22 @@ class Elaborator:
                 continue
             layer = stmt.layer if isinstance(stmt, S.Named) else stmt
             self._layers_started = True
+            path = join(scope, seg)
+            if name_span is not None and (path in self.graph or path in self._containers):
+                first = self.graph.node(path if path in self.graph else self._containers[path])
+                self._err(name_span, f"duplicate name '{seg}' (already used at {first.span})", frame,
+                          "give the layer another name")
+                continue
             try:
                 cur = self.exec_layer(layer, frame, cur, join(scope, seg), name_span)
             except _Abort:
                 continue  # the error is recorded; go on to report errors of later statements
         return cur
 
-    def _layer_segments(self, body: S.Body):
+    def _layer_segments(self, body: S.Body, collapse: bool = True):
         """Yield (stmt, segment, name_span); segment None for non-layer statements."""
         layers = [s for s in body.stmts if isinstance(s, S.LAYER_TYPES)]
-        collapse = len(layers) == 1 and not isinstance(layers[0], S.Named)
+        collapse = collapse and len(layers) == 1 and not isinstance(layers[0], S.Named)
         ordinal = 0
         for stmt in body.stmts:
             if not isinstance(stmt, S.LAYER_TYPES):
@@ -439,7 +456,8 @@ class Elaborator:
     def _form_residual(self, call, body, frame, cur, path):
         a = self._form_args(call, frame, path, {"layer_scale": (None, ("float", "none")),
                                                  "drop_path": (0.0, ("float",))})
-        out = self.exec_body(body, frame, cur, path)
+        # No collapse: the form adds its own nodes (add, layer_scale) beside the body's.
+        out = self.exec_body(body, frame, cur, path, collapse=False)
         if out == cur:
             self._err(call.name_span, "residual body is empty", frame)
             raise _Abort
@@ -455,7 +473,7 @@ class Elaborator:
         """Run each layer statement of `body` as one branch; starts(i) gives branch i's input."""
         frame = Frame(frame.env.new_child(), frame.file, frame.notes, frame.depth, frame.model_top)
         outs: list[Ref] = []
-        for stmt, seg, name_span in self._layer_segments(body):
+        for stmt, seg, name_span in self._layer_segments(body, collapse=False):
             if seg is None:
                 if isinstance(stmt, (S.Input, S.Scaling)):
                     self._err(stmt.span, "input/scaling statements belong at the top of a model body", frame)
@@ -470,7 +488,7 @@ class Elaborator:
                 continue
             out = self.exec_layer(layer, frame, start, bpath, name_span)
             if out == start:  # empty branch: an identity node keeps every branch distinct in the graph
-                out = self._new_node(join(bpath, "identity") if bpath == path else bpath, "identity", {},
+                out = self._new_node(bpath, "identity", {},
                                      getattr(layer, "span", body.span), [start], frame)
             outs.append(out)
         return outs
@@ -608,6 +626,23 @@ class Elaborator:
                               "factors": {"depth": fd, "width": fw, "resolution": fr},
                               "changed": {k: {"from": v[0], "to": v[1]} for k, v in changed.items()}}
         self.graph.params.update({k: v[1] for k, v in changed.items()})
+
+
+def _prefixes(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+# Attribute names of torch.nn.Module: a layer so named could not become a submodule.
+RESERVED_NAMES = frozenset(
+    "T_destination add_module apply bfloat16 buffers call_super_init children compile cpu cuda double "
+    "dump_patches eval extra_repr float forward get_buffer get_extra_state get_parameter get_submodule half "
+    "ipu load_state_dict modules mtia named_buffers named_children named_modules named_parameters parameters "
+    "register_backward_hook register_buffer register_forward_hook register_forward_pre_hook "
+    "register_full_backward_hook register_full_backward_pre_hook register_load_state_dict_post_hook "
+    "register_load_state_dict_pre_hook register_module register_parameter register_state_dict_post_hook "
+    "register_state_dict_pre_hook requires_grad_ set_extra_state set_submodule share_memory state_dict to "
+    "to_empty train type xpu zero_grad training".split())
 
 
 class _ErrType:

@@ -226,7 +226,10 @@ class Evaluator:
             raise EvalError(e.obj.span, f"cannot index a {type_name(obj)} ({fmt(obj)})")
         i = _int(idx, e.index.span, "an index")
         if not -len(obj) <= i < len(obj):
-            raise EvalError(e.index.span, f"index {i} is out of range for a list of length {len(obj)}")
+            what = "string" if isinstance(obj, str) else "list"
+            valid = f"0 to {len(obj) - 1} (or -{len(obj)} to -1)" if obj else "none: it is empty"
+            raise EvalError(e.index.span, f"index {i} is out of range for a {what} of length {len(obj)}",
+                            f"valid indices are {valid}")
         return obj[i]
 
     def _Slice(self, e, env, hint):

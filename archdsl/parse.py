@@ -8,6 +8,7 @@ with file:line:col; spec text is only ever parsed, never evaluated by Python.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -35,6 +36,8 @@ def _parser() -> Lark:
 # ---------------------------------------------------------------- tree -> AST
 
 _NUMBER_TOO_BIG = 10**18
+_ESCAPE = re.compile(r'\\(["\\n])')  # the grammar's only escapes: \" \\ \n
+_UNESCAPED = {'"': '"', "\\": "\\", "n": "\n"}
 
 
 class _ToAST(Transformer_NonRecursive):
@@ -70,7 +73,8 @@ class _ToAST(Transformer_NonRecursive):
     def string(self, meta, children):
         (tok,) = children
         raw = str(tok)[1:-1]
-        value = raw.replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
+        # One left-to-right pass: chained str.replace would read the escaped backslash in `\\n` as `\n`.
+        value = _ESCAPE.sub(lambda m: _UNESCAPED[m.group(1)], raw)
         return S.Str(value, self._tok(tok))
 
     @v_args(meta=True)
@@ -169,6 +173,11 @@ class _ToAST(Transformer_NonRecursive):
     @v_args(meta=True)
     def layer_form(self, meta, children):
         return S.LayerCall(children[0], children[1], self._span(meta))
+
+    @v_args(meta=True)
+    def layer_bare_form(self, meta, children):
+        (name, name_span), body = children[0], children[1]
+        return S.LayerCall(S.Call(name, (), name_span, name_span), body, self._span(meta))
 
     @v_args(meta=True)
     def layer_seq(self, meta, children):

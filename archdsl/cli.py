@@ -1,0 +1,174 @@
+"""The `archdsl` command line: check | show | fmt | ops.
+
+Takes: argv. Returns: an exit code — 0 on success, 1 for a mistake in the user's spec (printed as
+positioned diagnostics on stderr, never a traceback), 2 for bad command-line usage, 70 for an internal
+error (a bug in archdsl: a short message; the traceback only with --debug or ARCHDSL_DEBUG=1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import traceback
+
+from .errors import ArchError
+
+
+def _input_shape(text: str | None):
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*[x,]\s*(\d+)\s*[x,]\s*(\d+)\s*", text)
+    if not m:
+        raise SystemExit(_usage(f"--input must look like 3x224x224, got {text!r}"))
+    c, h, w = (int(v) for v in m.groups())
+    if min(c, h, w) <= 0:
+        raise SystemExit(_usage(f"--input sizes must be positive, got {text!r}"))
+    return (c, h, w)
+
+
+def _overrides(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for p in pairs or []:
+        key, eq, value = p.partition("=")
+        if not eq or not key.strip():
+            raise SystemExit(_usage(f"--set takes name=value, got {p!r}"))
+        out[key.strip()] = value
+    return out
+
+
+def _usage(msg: str) -> int:
+    print(f"archdsl: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _add_spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="the .arch spec")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a model parameter or fix a choice point (repeatable); VALUE is an .arch "
+                        "expression, e.g. --set depths=[2,2,6,2] --set kernel=31")
+    p.add_argument("--input", metavar="CxHxW", help="input shape, e.g. 3x224x224 (overrides the spec's input)")
+    p.add_argument("--model", help="which model of the file (when it defines several)")
+    p.add_argument("--import-path", action="append", default=[], metavar="DIR",
+                   help="an extra directory imports may resolve to")
+    p.add_argument("--allow-outside-imports", action="store_true",
+                   help="allow absolute imports and imports that leave the spec's directory")
+
+
+def _graph(args):
+    from .api import check_file
+
+    return check_file(args.file, _overrides(args.set), _input_shape(args.input), args.model,
+                      tuple(args.import_path), args.allow_outside_imports)
+
+
+def cmd_check(args) -> int:
+    from . import report
+
+    g = _graph(args)
+    if args.json:
+        print(json.dumps(report.to_json(g), indent=2))
+    else:
+        print(report.table(g), end="")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from .printer import format_ir
+
+    print(format_ir(_graph(args), spans=not args.no_spans), end="")
+    return 0
+
+
+def cmd_fmt(args) -> int:
+    from .fmt import format_file
+
+    status = 0
+    for f in args.files:
+        text = format_file(f)
+        with open(f, encoding="utf-8") as fh:
+            old = fh.read()
+        if args.check:
+            if old != text:
+                print(f"{f}: would reformat", file=sys.stderr)
+                status = 1
+        elif args.write:
+            if old != text:
+                with open(f, "w", encoding="utf-8") as fh:
+                    fh.write(text)
+        else:
+            print(text, end="")
+    return status
+
+
+def cmd_ops(args) -> int:
+    from .check import signature
+    from .ops import registry
+
+    ops = [op for op in registry.all_ops().values() if op.user]
+    if args.json:
+        print(json.dumps([{"name": op.name, "family": op.family, "signature": f"{op.name}({signature(op)})",
+                           "doc": op.doc()} for op in ops], indent=2))
+        return 0
+    for op in sorted(ops, key=lambda o: (o.family, o.name)):
+        first = op.doc().splitlines()[0] if op.doc() else ""
+        print(f"{op.family:<11} {op.name}({signature(op)})\n{'':<11} {first}")
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="archdsl", description="Declarative ConvNet architectures: check, build, search.")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("check", help="check a spec; print params / MACs / shapes per stage and block")
+    _add_spec_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(fn=cmd_check)
+
+    p = sub.add_parser("show", help="print the graph IR (deterministic; reads back with archdsl.printer.read_ir)")
+    _add_spec_args(p)
+    p.add_argument("--no-spans", action="store_true", help="omit source positions")
+    p.set_defaults(fn=cmd_show)
+
+    p = sub.add_parser("fmt", help="print specs in canonical format")
+    p.add_argument("files", nargs="+")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--check", action="store_true", help="exit 1 if a file is not formatted")
+    g.add_argument("-w", "--write", action="store_true", help="rewrite files in place")
+    p.set_defaults(fn=cmd_fmt)
+
+    p = sub.add_parser("ops", help="list the operators with their parameters")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_ops)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = make_parser()
+    args = ap.parse_args(argv)
+    debug = args.debug or os.environ.get("ARCHDSL_DEBUG") == "1"
+    try:
+        return args.fn(args)
+    except ArchError as e:
+        print(e.render(), file=sys.stderr)
+        return 1
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 2
+    except KeyboardInterrupt:
+        print("archdsl: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # a bug in archdsl, not a mistake in the spec
+        if debug:
+            traceback.print_exc()
+        print(f"archdsl: internal error: {type(e).__name__}: {e}\n"
+              "this is a bug in archdsl; rerun with --debug for the traceback and please report it", file=sys.stderr)
+        return 70
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Stage 5: checked ArchGraph -> a runnable, trainable torch.nn.Module (the training form).
+
+Takes: a checked `ArchGraph`. Returns: `ArchModule`, whose submodules are named after the spec
+(`stages.2.blocks.5.mixer.weight`), registered in data-flow order, and whose forward runs the graph's
+nodes in topological order. A failure inside a node is re-raised naming the node and its source line.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..ir import ArchGraph
+from ..ops import registry
+
+
+class Container(nn.Module):
+    """A namespace in the module tree (a stage, a block, a loop iteration); its parent ArchModule runs it."""
+
+    def forward(self, *args):  # pragma: no cover - never called directly
+        raise RuntimeError("archdsl containers are run by their ArchModule")
+
+
+class NodeError(RuntimeError):
+    """A runtime failure inside one node of a compiled model, naming the node and its spec position."""
+
+
+class ArchModule(nn.Module):
+    def __init__(self, graph: ArchGraph):
+        super().__init__()
+        self.arch_name = graph.model
+        self.input_node = graph.input_node
+        shape = graph.input_shape
+        self.input_chw = (shape.c, shape.h, shape.w)
+        self._plan: list[tuple[str, str, tuple[tuple[str, int], ...], str]] = []
+        self._out = graph.output
+        order = graph.order()
+        for name in order:
+            node = graph.node(name)
+            if name == graph.input_node:
+                continue
+            op = registry.get(node.op)
+            attrs = graph.attrs(name)
+            module = op.build(node.params, list(attrs["in_shapes"]))
+            _install(self, name, module)
+            refs = tuple(graph.inputs(name))
+            self._plan.append((name, node.op, refs, f"{node.span}"))
+        # Free each value after its last use, so activation memory stays as in a hand-written model.
+        last_use: dict[str, int] = {}
+        for i, (_, _, refs, _) in enumerate(self._plan):
+            for src, _ in refs:
+                last_use[src] = i
+        self._free_after = [[] for _ in self._plan]
+        for src, i in last_use.items():
+            if src != self._out[0]:
+                self._free_after[i].append(src)
+        self._modules_by_name = {name: self.get_submodule(name) for name, *_ in self._plan}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.input_chw[0]:
+            raise ValueError(f"{self.arch_name} expects input of shape (N, {self.input_chw[0]}, H, W), "
+                             f"got {tuple(x.shape)}")
+        vals: dict[str, object] = {self.input_node: x}
+        for i, (name, op, refs, where) in enumerate(self._plan):
+            args = [vals[src] if not isinstance(vals[src], tuple) else vals[src][port] for src, port in refs]
+            try:
+                vals[name] = self._modules_by_name[name](*args)
+            except Exception as e:  # re-raised with the node's name and source position
+                shapes = ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor))
+                raise NodeError(f"{where}: node '{name}' ({op}) failed on input {shapes}: {e}") from e
+            for src in self._free_after[i]:
+                del vals[src]
+        out = vals[self._out[0]]
+        return out[self._out[1]] if isinstance(out, tuple) else out
+
+
+def _install(root: nn.Module, path: str, module: nn.Module) -> None:
+    parts = path.split(".")
+    parent = root
+    for p in parts[:-1]:
+        child = parent._modules.get(p)
+        if child is None:
+            child = Container()
+            parent.add_module(p, child)
+        parent = child
+    parent.add_module(parts[-1], module)
+
+
+def build_module(graph: ArchGraph) -> ArchModule:
+    """The training-form nn.Module of a checked graph."""
+    return ArchModule(graph)
