@@ -26,6 +26,9 @@ from .parse import Program
 FORMS = ("seq", "residual", "parallel", "split")
 MERGES = ("add", "concat", "mul")
 TYPES = ("int", "float", "bool", "str", "list", "any")
+# PyTorch-style keyword names people write out of habit -> archdsl's names (for "did you mean").
+_PARAM_ALIASES = {"kernel": "k", "kernel_size": "k", "stride": "s", "padding": "pad", "dilation": "d",
+                  "out_channels": "out", "out_features": "out", "channels": "out", "group": "groups"}
 
 
 class _Abort(Exception):
@@ -54,6 +57,7 @@ class Elaborator:
         self.graph = ArchGraph()
         self.namespaces = {f: self._namespace(f) for f in program.modules}
         self._layers_started = False
+        self._no_input_reported = False
         self._containers: dict[str, str] = {}  # path prefix -> first node under it
 
     # ------------------------------------------------------------ definitions and namespaces
@@ -63,7 +67,8 @@ class Elaborator:
         ns: dict[str, tuple[S.Def, str]] = {}
         for d in mod.defs:
             if d.name in ns:
-                self.col.add(d.name_span, f"'{d.name}' is defined twice (first at {ns[d.name][0].name_span})")
+                self.col.add(d.name_span, f"'{d.name}' is defined twice (first at {ns[d.name][0].name_span})",
+                             "rename one of the two definitions, or delete one")
             elif d.name in FORMS or registry.get(d.name) is not None:
                 self.col.add(d.name_span, f"'{d.name}' is a built-in {'form' if d.name in FORMS else 'op'}",
                              "choose another name for the block")
@@ -167,7 +172,14 @@ class Elaborator:
     def _err(self, span: Span, msg: str, frame: Frame, hint: str | None = None) -> None:
         self.col.add(span, msg, hint, _notes(frame.notes))
 
-    def _typecheck(self, p: S.Param, value: Any, frame: Frame, what: str) -> Any:
+    def _no_input(self, span: Span, frame: Frame) -> None:
+        """Report a layer without input once: every later layer of the model would repeat it."""
+        if not self._no_input_reported:
+            self._no_input_reported = True
+            self._err(span, "no input before this layer", frame, "start the model with input(c, h, w)")
+
+    def _typecheck(self, p: S.Param, value: Any, frame: Frame, what: str, at: Span | None = None) -> Any:
+        """Check `value` against p's declared type; `at` is the argument's span at a call site, if any."""
         if p.type is None or value is _ERR:
             return value
         t = p.type
@@ -184,7 +196,8 @@ class Elaborator:
             ok = all(i[0] for i in items)
             value = tuple(i[1] for i in items) if ok else value
         if not ok:
-            self._err(p.span, f"{what} is declared {t} but got {type_name(value)} {fmt(value)}", frame)
+            self._err(at or p.span, f"{what} is declared {t} but got {type_name(value)} {fmt(value)}", frame,
+                      f"'{p.name}' is declared at {p.span}" if at else None)
         return value
 
     def _new_node(self, name: str, op: str, params: dict[str, Any], span: Span, inputs: list[Ref], frame: Frame,
@@ -326,7 +339,7 @@ class Elaborator:
                 self._err(call.name_span, f"{call.name}(...) needs a {{ body }}", frame)
                 raise _Abort
             if cur is None:
-                self._err(call.name_span, "no input before this layer", frame, "start the model with input(c, h, w)")
+                self._no_input(call.name_span, frame)
                 raise _Abort
             self.graph.scopes.setdefault(path, Scope(path, "form", call.name, call.span))
             return getattr(self, "_form_" + call.name)(call, layer.body, frame, cur, path)
@@ -351,7 +364,7 @@ class Elaborator:
         if layer.body is not None:
             self._err(layer.body.span, f"op '{call.name}' takes no {{ body }}", frame)
         if cur is None:
-            self._err(call.name_span, "no input before this layer", frame, "start the model with input(c, h, w)")
+            self._no_input(call.name_span, frame)
             raise _Abort
         params, spans = self._op_args(op, call, frame, path)
         return self._new_node(path, call.name, params, call.name_span, [cur], frame, spans, name_span)
@@ -363,12 +376,16 @@ class Elaborator:
         for i, a in enumerate(call.positional):
             if i >= len(fields):
                 self._err(a.span, f"{op.name} takes at most {len(fields)} positional arguments "
-                          f"({', '.join(fields) or 'none'})", frame)
-                continue
+                          f"({', '.join(fields) or 'none'}), got {len(call.positional)}", frame,
+                          "pass the later parameters by name, e.g. " + (f"{fields[-1]}=..." if fields else
+                                                                         f"{op.name}()"))
+                break
             params[fields[i]], spans[fields[i]] = a, a.span
         for a in call.keywords:
             if a.name not in fields:
-                self._err(a.span, f"{op.name} has no parameter '{a.name}'{did_you_mean(a.name, fields)}", frame,
+                alias = _PARAM_ALIASES.get(a.name)
+                dym = f" (did you mean '{alias}'?)" if alias in fields else did_you_mean(a.name, fields)
+                self._err(a.span, f"{op.name} has no parameter '{a.name}'{dym}", frame,
                           f"{op.name} takes: {', '.join(fields) or 'no parameters'}")
                 continue
             if a.name in params:
@@ -385,7 +402,7 @@ class Elaborator:
     def _block(self, entry: tuple[S.Def, str], call: S.Call, frame: Frame, cur: Ref | None, path: str):
         d, file = entry
         if frame.depth + 1 > limits.MAX_CALL_DEPTH:
-            self._err(call.name_span, f"block calls nest deeper than {limits.MAX_CALL_DEPTH} levels "
+            self._err(call.name_span, f"calls of block '{d.name}' nest deeper than {limits.MAX_CALL_DEPTH} levels "
                       f"(recursion that does not terminate?)", frame,
                       "make the recursion stop with an if on a parameter that shrinks at each call")
             raise _Abort
@@ -394,8 +411,10 @@ class Elaborator:
         given: dict[str, S.Arg] = {}
         for i, a in enumerate(call.positional):
             if i >= len(pnames):
-                self._err(a.span, f"block '{d.name}' takes {len(pnames)} parameters, got more", frame)
-                continue
+                self._err(a.span, f"block '{d.name}' takes {len(pnames)} parameter{'s' * (len(pnames) != 1)}"
+                          f" ({', '.join(pnames) or 'none'}), got {len(call.positional)} positional arguments",
+                          frame, f"'{d.name}' is defined at {d.name_span}")
+                break
             given[pnames[i]] = a
         for a in call.keywords:
             if a.name not in pnames:
@@ -418,7 +437,8 @@ class Elaborator:
                 raise _Abort
             if v is _ERR:
                 raise _Abort
-            env[p.name] = self._typecheck(p, v, frame, f"parameter '{p.name}' of '{d.name}'")
+            env[p.name] = self._typecheck(p, v, frame, f"parameter '{p.name}' of '{d.name}'",
+                                          given[p.name].span if p.name in given else None)
         self.graph.scopes.setdefault(path, Scope(path, "block", d.name, call.span))
         body = S.Body(tuple(s for s in d.body.stmts if not isinstance(s, (S.Input, S.Scaling))), d.body.span)
         return self.exec_body(body, inner, cur, path)

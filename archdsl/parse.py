@@ -317,6 +317,90 @@ def _balanced(line: str) -> bool:
     return all(line.count(a) == line.count(b) for a, b in ("()", "[]", "{}"))
 
 
+_CLOSER = {"(": ")", "[": "]", "{": "}"}
+
+
+def _unclosed(text: str) -> list[tuple[int, int, int]]:
+    """Brackets that are never closed, as (offset, line, col); strings and comments are skipped.
+    A closer that does not match the innermost opener closes an outer one, leaving the inner ones unclosed."""
+    stack: list[tuple[int, int, int]] = []
+    out: list[tuple[int, int, int]] = []
+    line, line_start, i, n = 1, 0, 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "\n":
+            line, line_start = line + 1, i + 1
+        elif ch == "#":
+            while i + 1 < n and text[i + 1] != "\n":
+                i += 1
+        elif ch == '"':
+            i += 1
+            while i < n and text[i] not in '"\n':
+                i += 2 if text[i] == "\\" else 1
+            if i < n and text[i] == "\n":
+                continue
+        elif ch in _CLOSER:
+            stack.append((i, line, i - line_start + 1))
+        elif ch in ")]}":
+            while stack and _CLOSER[text[stack[-1][0]]] != ch:
+                out.append(stack.pop())
+            if stack:
+                stack.pop()
+        i += 1
+    return sorted(out + stack)
+
+
+def _code_end(line: str) -> int:
+    """Index just after the last code character of `line` (before a trailing comment)."""
+    in_str, i = False, 0
+    while i < len(line):
+        if line[i] == '"':
+            in_str = not in_str
+        elif line[i] == "\\" and in_str:
+            i += 1
+        elif line[i] == "#" and not in_str:
+            break
+        i += 1
+    return len(line[:i].rstrip())
+
+
+def _unclosed_diagnostic(d: Diagnostic, e: UnexpectedInput, work: str, file: str):
+    """When a syntax error is really a bracket opened on an earlier line and never closed, a diagnostic at that
+    bracket, and `work` with a closer inserted so parsing can go on; else None."""
+    at_eof = isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END")
+    pos = len(work) if at_eof else getattr(e, "pos_in_stream", None)
+    if pos is None:
+        return None
+    before = [u for u in _unclosed(work) if u[0] < pos and u[1] < d.span.line]
+    if not before:
+        return None
+    off, line, col = before[-1]
+    opener = work[off]
+    closer = _CLOSER[opener]
+    err_line = work.split("\n")[d.span.line - 1].lstrip()
+    if at_eof:
+        found = "the end of the file"
+    elif opener == "{" and err_line.startswith(("block ", "model ", "import ")):
+        found = f"the next definition at line {d.span.line}"
+    elif f"'{closer}'" in _expected(e):
+        tok = getattr(e, "token", None)
+        found = f"{str(tok)!r} at line {d.span.line}, column {d.span.col}" if tok is not None else \
+            f"line {d.span.line}, column {d.span.col}"
+    else:
+        return None
+    diag = Diagnostic(Span(file, line, col, line, col + 1), f"'{opener}' is never closed",
+                      f"expected '{closer}' before {found}")
+    if at_eof:
+        return diag, None
+    # Close it where the user most likely forgot to: a '(' or '[' at the end of its own line, a '{' at the end
+    # of the line before the error (so the statements between stay inside the body).
+    lines = work.split("\n")
+    k = line - 1 if opener != "{" else d.span.line - 2
+    cut = _code_end(lines[k])
+    lines[k] = lines[k][:cut] + closer + lines[k][cut:]
+    return diag, "\n".join(lines)
+
+
 def parse_text(text: str, file: str = "<string>") -> S.Module:
     """Parse one file's text. Raises ArchError with all syntax errors found (re-parsing past each bad line)."""
     register_source(file, text)
@@ -329,7 +413,14 @@ def parse_text(text: str, file: str = "<string>") -> S.Module:
             tree = _parser().parse(work, start="start")
             break
         except UnexpectedInput as e:
-            d = _syntax_diagnostic(e, file, text)
+            d = _syntax_diagnostic(e, file, work)
+            unclosed = _unclosed_diagnostic(d, e, work, file)
+            if unclosed is not None:
+                diags.append(unclosed[0])
+                if unclosed[1] is None:
+                    break
+                work = unclosed[1]
+                continue
             diags.append(d)
             # Recovery: blank the offending line and parse again, but only where that cannot itself
             # unbalance brackets (which would produce errors the user did not make).
@@ -340,7 +431,7 @@ def parse_text(text: str, file: str = "<string>") -> S.Module:
             lines[i] = " " * len(lines[i])
             work = "\n".join(lines)
     if diags:
-        raise ArchError(diags)
+        raise ArchError(sorted(diags, key=lambda d: (d.span.line, d.span.col)))
     try:
         items = _ToAST(file).transform(tree)
     except VisitError as e:  # an ArchError raised inside the transformer
@@ -452,9 +543,11 @@ def _resolve_import(imp: S.Import, importer: Path, roots: list[Path], allow_outs
     for c in candidates:
         if c.is_file():
             if not allow_outside and not any(c.is_relative_to(r) for r in roots):
-                col.add(imp.span, f"import {imp.path!r} leaves the spec's directory ({roots[0]})",
+                col.add(imp.span, f"import {imp.path!r} leaves the spec's directory ({_display(roots[0])})",
                         "add the directory with --import-path, or pass --allow-outside-imports")
                 return None
             return c
-    col.add(imp.span, f"imported file not found: {imp.path!r}", f"looked in {importer.parent}")
+    where = ", ".join(dict.fromkeys(_display(c) for c in candidates))
+    col.add(imp.span, f"imported file not found: {imp.path!r}", f"looked for {where} (import paths are relative "
+            "to the importing file)")
     return None

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import re
 
+from . import syntax as S
 from .errors import ArchError, Diagnostic, Span
 from .interp import ChoiceTable, EvalError, Evaluator, fmt
 from .ir import ArchGraph, Node
 from .parse import parse_expr
-from . import syntax as S
 
 
 def _params_text(node: Node) -> str:

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from typing import Literal
 
+from ..shapes import Shape as _Shape
 from .registry import NoParams, Op, OpParams, register
+
+S = _Shape  # short name for the test samples below
 
 
 class _Activation(Op):
@@ -44,6 +47,7 @@ class GELU(_Activation):
     """Gaussian error linear unit: gelu(approximate="none" | "tanh")."""
 
     name = "gelu"
+    samples = [({}, [S(8, 5, 5)]), ({"approximate": "tanh"}, [S(8, 5, 5, "nhwc")])]
     torch_name = "GELU"
 
     class Params(OpParams):

@@ -6,7 +6,10 @@ import math
 from typing import Literal
 
 from ..shapes import Cost
+from ..shapes import Shape as _Shape
 from .registry import Op, OpError, OpParams, register, require_spatial
+
+S = _Shape  # short name for the test samples below
 
 
 @register
@@ -15,6 +18,7 @@ class SE(Op):
     hidden defaults to int(C * ratio). avg pool -> 1x1 conv C->hidden -> act -> 1x1 conv hidden->C -> gate -> x*."""
 
     name = "se"
+    samples = [({}, [S(16, 5, 5)]), ({"hidden": 3, "act": "silu", "gate": "hardsigmoid", "bias": False}, [S(8, 5, 5)])]
     family = "attention"
     layouts = ("nchw",)
 
@@ -64,6 +68,7 @@ class ECA(Op):
     t = int(|log2(C) + b| / gamma) (made odd); avg pool -> 1-D conv over channels -> sigmoid -> x*."""
 
     name = "eca"
+    samples = [({}, [S(64, 5, 5)]), ({"k": 5}, [S(8, 5, 5)])]
     family = "attention"
     layouts = ("nchw",)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from ..shapes import Cost, Shape
 from .registry import Op, OpError, OpParams, pair, positive, register, require_spatial
 
+S = Shape  # short name for the test samples below
+
 Int2 = int | tuple[int, int]
 
 
@@ -71,6 +73,9 @@ class Conv(_ConvBase):
     k, s, pad and d take one integer or [h, w] (band kernels: k=[1, 11])."""
 
     name = "conv"
+    samples = [({"out": 12}, [S(8, 9, 9)]), ({"out": 6, "k": 5, "s": 2, "groups": 2}, [S(8, 11, 10)]),
+               ({"out": 8, "k": (1, 7)}, [S(8, 9, 9)]), ({"out": 4, "k": 3, "d": 2, "bias": False}, [S(8, 9, 9)]),
+               ({"out": 16, "k": 4, "s": 4, "pad": 0}, [S(3, 16, 16)])]
 
     class Params(OpParams):
         out: int
@@ -96,6 +101,8 @@ class DWConv(_ConvBase):
     Output channels = input channels x mult."""
 
     name = "dwconv"
+    samples = [({}, [S(8, 9, 9)]), ({"k": 7, "bias": False}, [S(8, 9, 9)]), ({"k": 3, "s": 2, "mult": 2}, [S(4, 9, 9)]),
+               ({"k": 5, "d": 3}, [S(6, 13, 13)]), ({"k": (11, 1)}, [S(6, 13, 13)])]
 
     class Params(OpParams):
         k: Int2 = 3

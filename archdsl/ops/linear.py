@@ -8,6 +8,8 @@ from __future__ import annotations
 from ..shapes import Cost, Shape
 from .registry import Op, OpParams, positive, register
 
+S = Shape  # short name for the test samples below
+
 
 @register
 class Linear(Op):
@@ -15,6 +17,8 @@ class Linear(Op):
     stored as nn.Linear's (out, in)."""
 
     name = "linear"
+    samples = [({"out": 10}, [S(8, 5, 5)]), ({"out": 10, "bias": False}, [S(8, 5, 5, "nhwc")]),
+               ({"out": 10}, [S.vector(8)])]
     family = "linear"
 
     class Params(OpParams):

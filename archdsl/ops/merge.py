@@ -9,12 +9,15 @@ from typing import Literal
 from ..shapes import Cost, Shape
 from .registry import NoParams, Op, OpError, OpParams, register
 
+S = Shape  # short name for the test samples below
+
 
 @register
 class Input(Op):
     """The model input: C x H x W (declared with input(c, h, w) in a model)."""
 
     name = "input"
+    samples = []
     family = "structure"
     arity = 0
     user = False
@@ -73,6 +76,7 @@ class Add(_Elementwise):
     """Elementwise sum of two or more inputs (merge of residual / parallel branches)."""
 
     name = "add"
+    samples = [({}, [S(8, 5, 5), S(8, 5, 5)]), ({}, [S.vector(8)] * 3)]
     user = False
 
     def build(self, p, ins):
@@ -86,6 +90,7 @@ class Mul(_Elementwise):
     """Elementwise product of two or more inputs (gating)."""
 
     name = "mul"
+    samples = [({}, [S(8, 5, 5), S(8, 5, 5)])]
     user = False
 
     def build(self, p, ins):
@@ -99,6 +104,7 @@ class Concat(Op):
     """Channel concatenation of two or more inputs."""
 
     name = "concat"
+    samples = [({}, [S(8, 5, 5), S(4, 5, 5)]), ({}, [S(2, 5, 5, "nhwc"), S(3, 5, 5, "nhwc")])]
     family = "structure"
     arity = None
     user = False
@@ -124,6 +130,7 @@ class Split(Op):
     gets whatever is left so the sizes sum to C."""
 
     name = "split"
+    samples = [({"sizes": (5, 1, 2)}, [S(8, 5, 5)]), ({"ratios": (0.25, 0.75), "remainder": "first"}, [S(9, 5, 5)])]
     family = "structure"
     user = False
     is_view = True
@@ -172,6 +179,7 @@ class LayerScale(Op):
     """Per-channel learnable scale (CaiT / ConvNeXt): layer_scale(init=1e-6)."""
 
     name = "layer_scale"
+    samples = [({}, [S(8, 5, 5)]), ({"init": 0.5}, [S(8, 5, 5, "nhwc")])]
     family = "structure"
 
     class Params(OpParams):
@@ -194,6 +202,7 @@ class DropPath(Op):
     """Stochastic depth on a residual branch: drop_path(p). Identity at inference."""
 
     name = "drop_path"
+    samples = [({"p": 0.2}, [S(8, 5, 5)])]
     family = "structure"
     is_view = True
 
@@ -216,6 +225,7 @@ class Dropout(Op):
     """Dropout: dropout(p=0.5). Identity at inference."""
 
     name = "dropout"
+    samples = [({"p": 0.1}, [S.vector(8)])]
     family = "structure"
     is_view = True
 
@@ -257,6 +267,7 @@ class ToNHWC(_Layout):
     """Permute to channels-last (N, H, W, C), as ConvNeXt does before its LayerNorm + MLP."""
 
     name = "nhwc"
+    samples = [({}, [S(8, 5, 5)])]
     target = "nhwc"
 
 
@@ -265,4 +276,5 @@ class ToNCHW(_Layout):
     """Permute back to channels-first (N, C, H, W)."""
 
     name = "nchw"
+    samples = [({}, [S(8, 5, 5, "nhwc")])]
     target = "nchw"

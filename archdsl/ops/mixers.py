@@ -6,7 +6,10 @@ Both are composite in training form; the deploy passes (archdsl/passes) merge th
 from __future__ import annotations
 
 from ..shapes import Cost
+from ..shapes import Shape as _Shape
 from .registry import Op, OpError, OpParams, register, require_spatial
+
+S = _Shape  # short name for the test samples below
 
 # UniRepLKNet's default branches for each large kernel size K: (kernels, dilations).
 DILATED_DEFAULTS: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
@@ -27,6 +30,7 @@ class InceptionDW(Op):
     band x 1 dw (each with bias), concatenated in that order."""
 
     name = "inception_dw"
+    samples = [({}, [S(64, 9, 9)]), ({"ratio": 0.25, "band": 9}, [S(40, 9, 9)])]
     family = "mixer"
     layouts = ("nchw",)
 
@@ -72,6 +76,8 @@ class DilatedReparam(Op):
     no bias, each + BN), summed. Defaults by k follow UniRepLKNet (k in 5..17, odd)."""
 
     name = "dilated_reparam"
+    samples = [({"k": 13}, [S(4, 16, 16)]), ({"k": 7}, [S(4, 9, 9)]),
+               ({"k": 9, "kernels": (3, 5), "dilations": (3, 2)}, [S(4, 12, 12)])]
     family = "mixer"
     layouts = ("nchw",)
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 from typing import Literal
 
 from ..shapes import Cost
+from ..shapes import Shape as _Shape
 from .registry import Op, OpError, OpParams, register
+
+S = _Shape  # short name for the test samples below
 
 
 class _Norm(Op):
@@ -24,6 +27,7 @@ class BatchNorm(_Norm):
     """Batch normalization: bn(eps=1e-5, momentum=0.1, affine=true)."""
 
     name = "bn"
+    samples = [({}, [S(8, 5, 5)]), ({"eps": 1e-3}, [S(8, 5, 5, "nhwc")]), ({"affine": False}, [S.vector(8)])]
 
     class Params(OpParams):
         eps: float = 1e-5
@@ -49,6 +53,7 @@ class LayerNorm(_Norm):
     Channels-first inputs are normalized per pixel, like timm's LayerNorm2d."""
 
     name = "layernorm"
+    samples = [({}, [S(8, 5, 5)]), ({"eps": 1e-6}, [S(8, 5, 5, "nhwc")]), ({"bias": False}, [S.vector(8)])]
 
     class Params(OpParams):
         eps: float = 1e-5
@@ -69,6 +74,7 @@ class GroupNorm(_Norm):
     """Group normalization: groupnorm(groups, eps=1e-5, affine=true). Channels-first only."""
 
     name = "groupnorm"
+    samples = [({"groups": 4}, [S(8, 5, 5)])]
     layouts = ("nchw",)
 
     class Params(OpParams):
@@ -96,6 +102,7 @@ class GRN(_Norm):
     Gx = L2 norm over H,W; Nx = Gx / (mean_c Gx + eps); out = (gamma * Nx + 1) * x + beta."""
 
     name = "grn"
+    samples = [({}, [S(8, 5, 5)]), ({"bias": False}, [S(8, 5, 5, "nhwc")])]
     layouts = ("nchw", "nhwc")
 
     class Params(OpParams):

@@ -6,6 +6,8 @@ from ..shapes import Shape
 from .conv import Int2, conv_geometry
 from .registry import Op, OpError, OpParams, pair, positive, register
 
+S = Shape  # short name for the test samples below
+
 
 class _Window(Op):
     family = "pool"
@@ -47,6 +49,7 @@ class AvgPool(_Window):
     """Average pooling: avgpool(k, s=k, pad=0, ceil=false)."""
 
     name = "avgpool"
+    samples = [({"k": 2}, [S(4, 8, 8)]), ({"k": 3, "s": 2, "pad": 1, "ceil": True}, [S(4, 9, 9)])]
 
     def build(self, p, ins):
         from torch import nn
@@ -60,6 +63,7 @@ class MaxPool(_Window):
     """Max pooling: maxpool(k, s=k, pad=0, ceil=false)."""
 
     name = "maxpool"
+    samples = [({"k": 3, "s": 2, "pad": 1}, [S(4, 9, 9)]), ({"k": 3, "s": 2, "ceil": True}, [S(4, 10, 10)])]
 
     def build(self, p, ins):
         from torch import nn
@@ -87,6 +91,7 @@ class GlobalAvgPool(_Global):
     """Global average pooling: gap(keepdim=false) -> a feature vector of C (or C x 1 x 1)."""
 
     name = "gap"
+    samples = [({}, [S(8, 5, 5)]), ({"keepdim": True}, [S(8, 5, 5, "nhwc")])]
 
     def build(self, p, ins):
         from ..codegen import layers as L
@@ -99,6 +104,7 @@ class GlobalMaxPool(_Global):
     """Global max pooling: gmp(keepdim=false)."""
 
     name = "gmp"
+    samples = [({}, [S(8, 5, 5)])]
 
     def build(self, p, ins):
         from ..codegen import layers as L
@@ -111,6 +117,7 @@ class Flatten(Op):
     """Flatten C x H x W into a feature vector of C*H*W (channels-first order)."""
 
     name = "flatten"
+    samples = [({}, [S(8, 3, 3)]), ({}, [S(8, 3, 3, "nhwc")])]
     family = "pool"
     is_view = True
 

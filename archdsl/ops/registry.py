@@ -44,6 +44,8 @@ class Op:
     user: ClassVar[bool] = True  # callable by name from a spec (internal ops are made by forms)
     is_view: ClassVar[bool] = False  # output shares memory with the input (no activation cost)
     layouts: ClassVar[tuple[str, ...]] = ("nchw", "nhwc", "nc")  # input layouts accepted
+    # Test cases (params, input shapes): the registry tests run every op on each of them.
+    samples: ClassVar[list[tuple[dict, list[Shape]]]] = [({}, [Shape(8, 9, 9)])]
 
     def infer(self, p: Any, ins: list[Shape]) -> Shape | tuple[Shape, ...]:
         raise NotImplementedError
