@@ -91,7 +91,7 @@ def _infer(op, params, ins: list[Shape], node, g: ArchGraph, refs, col: Collecto
                 hint = "it needs a spatial input: remove the global pooling / flatten before it"
             notes = list(node.notes)
             if len(refs) == 1:  # say where the wrong-layout tensor comes from (e.g. the gap() before it)
-                notes.insert(0, f"input is {s}, from '{refs[0][0]}' at {g.node(refs[0][0]).span}")
+                notes.insert(0, f"input is {s}, from {_origin(g, refs[0][0])}")
             col.add(node.span, f"{op.name} needs {' or '.join(want[x] for x in op.layouts)} input, got {s}"
                     f"{' (a feature vector)' if s.layout == 'nc' else ' (channels-last)'}", hint, notes)
             return None
@@ -101,9 +101,9 @@ def _infer(op, params, ins: list[Shape], node, g: ArchGraph, refs, col: Collecto
         notes = list(node.notes)
         if len(refs) > 1:  # merges: say where each input comes from
             for i, (src, _) in enumerate(refs):
-                notes.append(f"input {i} ({ins[i]}) comes from '{src}' at {g.node(src).span}")
+                notes.append(f"input {i} ({ins[i]}) comes from {_origin(g, src)}")
         elif refs:
-            notes.insert(0, f"input is {ins[0]}, from '{refs[0][0]}' at {g.node(refs[0][0]).span}")
+            notes.insert(0, f"input is {ins[0]}, from {_origin(g, refs[0][0])}")
         col.add(node.arg_span(e.arg), _prefixed(node.op, e.message), e.hint, notes)
         return None
     outs = out if isinstance(out, tuple) else (out,)
@@ -112,6 +112,12 @@ def _infer(op, params, ins: list[Shape], node, g: ArchGraph, refs, col: Collecto
             col.add(node.span, f"{node.op} produces an empty tensor ({s})", None, node.notes)
             return None
     return out
+
+
+def _origin(g: ArchGraph, name: str) -> str:
+    """Where a node is, for notes: "'stages.0.1' (layernorm) at file:line:col"."""
+    node = g.node(name)
+    return f"'{name}'{'' if node.op == name else f' ({node.op})'} at {node.span}"
 
 
 def _prefixed(op: str, message: str) -> str:

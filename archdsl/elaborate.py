@@ -155,7 +155,8 @@ class Elaborator:
                 continue
             if value is _ERR:
                 continue
-            frame.env.maps[0][p.name] = self._typecheck(p, value, frame, f"model parameter '{p.name}'")
+            what = f"model parameter '{p.name}'" + (" (from --set)" if p.name in self.overrides else "")
+            frame.env.maps[0][p.name] = self._typecheck(p, value, frame, what)
 
     # ------------------------------------------------------------ helpers
 
@@ -236,7 +237,7 @@ class Elaborator:
             if seg is None:  # not a layer statement
                 self._exec_simple(stmt, frame, scope)
                 if isinstance(stmt, S.Input):
-                    cur = self._input(stmt, frame)
+                    cur = self._input(stmt, frame) or cur  # a rejected input(...) keeps the data flow going
                 continue
             layer = stmt.layer if isinstance(stmt, S.Named) else stmt
             self._layers_started = True
@@ -279,7 +280,8 @@ class Elaborator:
             if v is _ERR:
                 return
             if not isinstance(v, bool):
-                self._err(stmt.test.span, f"require needs true or false, got {type_name(v)} {fmt(v)}", frame)
+                self._err(stmt.test.span, f"require needs true or false, got {type_name(v)} {fmt(v)}", frame,
+                          "write a comparison, e.g. require x % 8 == 0")
             elif not v:
                 self._err(stmt.span, "requirement failed" + (f": {stmt.message}" if stmt.message else ""), frame)
         elif isinstance(stmt, S.Scaling):
@@ -299,7 +301,8 @@ class Elaborator:
                 if v is _ERR:
                     raise _Abort
                 if not isinstance(v, bool):
-                    self._err(test.span, f"if needs true or false, got {type_name(v)} {fmt(v)}", frame)
+                    self._err(test.span, f"if needs true or false, got {type_name(v)} {fmt(v)}", frame,
+                              "write a comparison (if x > 0), or declare the parameter as bool")
                     raise _Abort
                 if v:
                     return self.exec_body(body, frame, cur, path)
@@ -483,10 +486,10 @@ class Elaborator:
             raise _Abort
         if a["layer_scale"] is not None:
             out = self._new_node(join(path, "layer_scale"), "layer_scale", {"init": float(a["layer_scale"])},
-                                 call.name_span, [out], frame)
+                                 call.name_span, [out], frame, {"init": _arg_span(call, "layer_scale")})
         if a["drop_path"]:
             out = self._new_node(join(path, "drop_path"), "drop_path", {"p": float(a["drop_path"])},
-                                 call.name_span, [out], frame)
+                                 call.name_span, [out], frame, {"p": _arg_span(call, "drop_path")})
         return self._new_node(join(path, "add"), "add", {}, call.name_span, [out, cur], frame)
 
     def _branches(self, body: S.Body, frame: Frame, starts, path: str) -> list[Ref]:
@@ -646,6 +649,11 @@ class Elaborator:
                               "factors": {"depth": fd, "width": fw, "resolution": fr},
                               "changed": {k: {"from": v[0], "to": v[1]} for k, v in changed.items()}}
         self.graph.params.update({k: v[1] for k, v in changed.items()})
+
+
+def _arg_span(call: S.Call, name: str) -> Span:
+    """The span of keyword argument `name` of `call` (for carets on a form's arguments), else the call's name."""
+    return next((a.span for a in call.args if a.name == name), call.name_span)
 
 
 def _prefixes(name: str) -> list[str]:

@@ -59,7 +59,8 @@ def _same_shapes(op: str, ins: list[Shape]) -> None:
     for i, s in enumerate(ins[1:], 1):
         if s != first:
             raise OpError(f"{op}: input shapes differ: input 0 is {first}, input {i} is {s}",
-                          "branches merged elementwise must produce the same shape")
+                          "branches merged elementwise must produce the same shape (a residual body must keep "
+                          "its input's shape)")
 
 
 class _Elementwise(Op):

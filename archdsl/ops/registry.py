@@ -99,7 +99,7 @@ def _load_all() -> None:
     if _LOADED:
         return
     _LOADED = True
-    from . import act, attention, conv, linear, merge, mixers, norm, pool  # noqa: F401
+    from . import act, attention, conv, linear, merge, mixers, modern, norm, pool  # noqa: F401
 
 
 # ---- helpers used by op definitions

@@ -1,0 +1,177 @@
+"""Error-message golden tests: every tests/golden/errors/*.arch (and imports/*.arch) must fail with exactly the
+ArchError text in the .txt beside it. Also: every diagnostic points inside its file, only ArchError is raised,
+many errors come in one report, docs/errors.md documents every case, and near-miss specs that must pass do.
+
+Files in subfolders other than imports/ (imports/lib/, outside/) are helpers imported by the cases, not cases.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from archdsl.api import check_file, check_text, require_resolved
+from archdsl.errors import ArchError
+
+ROOT = Path(__file__).resolve().parent.parent
+ERRORS = ROOT / "tests" / "golden" / "errors"
+CASES = sorted([*ERRORS.glob("*.arch"), *(ERRORS / "imports").glob("*.arch")])
+
+
+def case_id(path: Path) -> str:
+    return path.relative_to(ERRORS).with_suffix("").as_posix()
+
+
+# Cases checked with options (what `archdsl check --set ... --model ...` would pass).
+OPTIONS: dict[str, dict] = {
+    "set_unknown_name": {"overrides": {"widht": "64"}},
+    "set_outside_domain": {"overrides": {"k": "4"}},
+    "set_wrong_type": {"overrides": {"width": "1.5"}},
+    "unknown_model": {"model": "larg"},
+}
+# Cases that check fine but must then fail archdsl.api.require_resolved (as `archdsl compile` does).
+RESOLVE = {"open_choice_unresolved"}
+# Cases whose point is that every error is reported at once: case -> number of diagnostics.
+MANY = {"syntax_many": 3, "many_errors": 5, "many_shape_errors": 4, "block_shadows_op": 2,
+        "unknown_op_param_alias": 3}
+
+
+def run_case(path: Path) -> ArchError:
+    """Check one case the way the CLI would; it must raise ArchError and nothing else."""
+    cid = case_id(path)
+    try:
+        graph = check_file(path.relative_to(ROOT), **OPTIONS.get(cid, {}))
+        if cid in RESOLVE:
+            require_resolved(graph)
+    except ArchError as err:
+        return err
+    except Exception as exc:  # noqa: BLE001 - the point of the test
+        pytest.fail(f"{cid}: raised {type(exc).__name__} instead of ArchError: {exc}")
+    pytest.fail(f"{cid}: checked without error")
+
+
+def test_cases_exist():
+    assert len(CASES) >= 40
+    assert not set(OPTIONS) - {case_id(p) for p in CASES}, "OPTIONS names a case that does not exist"
+
+
+@pytest.mark.parametrize("path", CASES, ids=case_id)
+def test_error_golden(path, golden):
+    golden(f"errors/{case_id(path)}.txt", run_case(path).render() + "\n")
+
+
+def test_no_orphan_golden_text():
+    cases = {case_id(p) for p in CASES}
+    orphans = [t for t in ERRORS.rglob("*.txt") if t.relative_to(ERRORS).with_suffix("").as_posix() not in cases]
+    assert not orphans, f"golden texts without a case: {orphans}"
+
+
+@pytest.mark.parametrize("path", CASES, ids=case_id)
+def test_diagnostics_point_inside_their_file(path):
+    err = run_case(path)
+    assert err.diagnostics
+    for d in err.diagnostics:
+        s = d.span
+        src = Path(s.file)
+        assert not src.is_absolute(), f"{s}: diagnostics print paths relative to the working directory"
+        lines = src.read_text(encoding="utf-8").splitlines()
+        assert 1 <= s.line <= len(lines), f"{s}: line outside the file ({len(lines)} lines)"
+        assert 1 <= s.col <= len(lines[s.line - 1]) + 1, f"{s}: column outside line {s.line}"
+        assert (s.end_line, s.end_col) > (s.line, s.col), f"{s}: empty span"
+        assert s.end_line <= len(lines)
+        rendered = d.render()
+        assert "^" in rendered, f"{s}: the diagnostic quotes no source line"
+        assert d.message and not d.message.endswith((".", " ")), f"{s}: message {d.message!r}"
+
+
+@pytest.mark.parametrize("cid,count", sorted(MANY.items()))
+def test_all_errors_reported_at_once(cid, count):
+    err = run_case(ERRORS / f"{cid}.arch")
+    assert len(err.diagnostics) == count, err.render()
+    assert err.render().endswith(f"\n{count} errors")
+    lines = [d.span.line for d in err.diagnostics]
+    assert len(set(zip(lines, [d.span.col for d in err.diagnostics], strict=True))) == count
+
+
+def test_docs_catalogue_covers_every_case():
+    doc = (ROOT / "docs" / "errors.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"test: `([\w/]+)`", doc))
+    cases = {case_id(p) for p in CASES}
+    assert named, "docs/errors.md names no tests"
+    assert not named - cases - PASSING_DOC_TESTS, f"docs/errors.md names missing tests: {sorted(named - cases)}"
+    assert not cases - named, f"cases missing from docs/errors.md: {sorted(cases - named)}"
+
+
+# ---------------------------------------------------------------- near misses that must pass
+
+PASSING_DOC_TESTS = {"test_terminating_recursion_passes"}
+
+
+def test_terminating_recursion_passes():
+    """A block calling itself with a shrinking parameter terminates and is fine, even 40 calls deep."""
+    text = """
+block tower(dim: int, n: int) {
+    conv(dim)
+    if n > 1 { tower(dim, n - 1) }
+}
+
+model net() {
+    input(3, 32, 32)
+    t: tower(16, 40)
+}
+"""
+    g = check_text(text, file="recursion.arch")
+    assert sum(1 for n in g.nodes() if n.op == "conv") == 40
+
+
+def test_halving_recursion_passes():
+    """Recursion on a halving width (a pyramid) stops at the base case."""
+    text = """
+block pyramid(dim: int) {
+    conv(dim, s=2)
+    if dim > 16 { pyramid(dim // 2) }
+}
+
+model net() {
+    input(3, 256, 256)
+    p: pyramid(128)
+}
+"""
+    g = check_text(text, file="pyramid.arch")
+    assert [n.raw_params()["out"] for n in g.nodes() if n.op == "conv"] == [128, 64, 32, 16]
+
+
+def test_near_misses_of_error_cases_pass():
+    """Each fixed version of an error case checks: the errors are about the mistake, not the construct."""
+    text = """
+block stage(dim: int, heads: int) {
+    require dim % heads == 0, "dim must be a multiple of heads"
+    conv(dim)
+}
+
+model net(dims: list[int] = [32, 64, 128]) {
+    input(3, 32, 32)
+    stem: conv(dims[-1] // 4, k=4, pad=0)
+    s1: stage(96, 4)
+    res: residual(drop_path=0.1) { conv(96); bn() }
+    mix: split(ratios=[0.5, 0.25, 0.25]) { identity(); dwconv(3); dwconv(5) }
+    g: conv(64, groups=4)
+    nhwc()
+    layernorm()
+    nchw()
+    pool: gap()
+    head: linear(10)
+}
+"""
+    g = check_text(text, file="near_miss.arch")
+    assert g.output_shape is not None and g.output_shape.c == 10
+
+
+def test_set_inside_domain_and_resolved_choice_pass():
+    path = (ERRORS / "set_outside_domain.arch").relative_to(ROOT)
+    g = check_file(path, overrides={"k": "5"})
+    require_resolved(g)  # fixed by the override
+    path = (ERRORS / "open_choice_unresolved.arch").relative_to(ROOT)
+    require_resolved(check_file(path, overrides={"width": "32"}))
