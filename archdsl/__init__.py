@@ -1,1 +1,52 @@
-"""archdsl: a declarative architecture language and hardware-aware NAS engine for modern ConvNets."""
+"""archdsl: a declarative architecture language and hardware-aware NAS engine for modern ConvNets.
+
+Public API (torch is imported only when a model is built):
+    archdsl.check_file(path, **overrides) -> ArchGraph  parse + elaborate + check a .arch file
+    archdsl.load(path, **overrides) -> nn.Module         the training-form model of a .arch file
+    archdsl.build(text, **overrides) -> nn.Module        the same, from spec text
+Overrides fix model parameters or choice points by name; names that are not Python identifiers
+(e.g. 'stages.2.blocks.5.k') go in `overrides={...}`. Every mistake in a spec raises `ArchError`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .errors import ArchError
+
+__version__ = "0.1.0"
+
+
+def check_file(path: str | os.PathLike, overrides: dict[str, Any] | None = None, *,
+               input_shape: tuple[int, int, int] | None = None, model: str | None = None, **kw: Any):
+    """The checked ArchGraph of a .arch file (shapes, exact costs, choice points)."""
+    from . import api
+
+    return api.check_file(path, {**(overrides or {}), **kw}, input_shape, model)
+
+
+def _module(graph):
+    from .api import require_resolved
+    from .codegen.module import build_module
+
+    require_resolved(graph)
+    return build_module(graph)
+
+
+def load(path: str | os.PathLike, overrides: dict[str, Any] | None = None, *,
+         input_shape: tuple[int, int, int] | None = None, model: str | None = None, **kw: Any):
+    """The training-form nn.Module of a .arch file. Every choice point must be fixed by an override or by
+    its default=; otherwise ArchError lists the open ones."""
+    return _module(check_file(path, overrides, input_shape=input_shape, model=model, **kw))
+
+
+def build(text: str, overrides: dict[str, Any] | None = None, *, file: str = "<spec>",
+          input_shape: tuple[int, int, int] | None = None, model: str | None = None, **kw: Any):
+    """Like load(), from spec text."""
+    from .api import check_text
+
+    return _module(check_text(text, file, {**(overrides or {}), **kw}, input_shape, model))
+
+
+__all__ = ["ArchError", "build", "check_file", "load", "__version__"]

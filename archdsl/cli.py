@@ -1,4 +1,4 @@
-"""The `archdsl` command line: check | show | fmt | ops.
+"""The `archdsl` command line: check | show | compile | fmt | ops.
 
 Takes: argv. Returns: an exit code — 0 on success, 1 for a mistake in the user's spec (printed as
 positioned diagnostics on stderr, never a traceback), 2 for bad command-line usage, 70 for an internal
@@ -82,6 +82,22 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_compile(args) -> int:
+    from .api import require_resolved
+    from .codegen.source import emit_source
+
+    g = _graph(args)
+    require_resolved(g)
+    text = emit_source(g)
+    if args.output in (None, "-"):
+        print(text, end="")
+    else:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        print(f"wrote {args.output} ({g.model}: {g.total().params:,} parameters)", file=sys.stderr)
+    return 0
+
+
 def cmd_fmt(args) -> int:
     from .fmt import format_file
 
@@ -132,6 +148,11 @@ def make_parser() -> argparse.ArgumentParser:
     _add_spec_args(p)
     p.add_argument("--no-spans", action="store_true", help="omit source positions")
     p.set_defaults(fn=cmd_show)
+
+    p = sub.add_parser("compile", help="write standalone PyTorch source for the model (depends on torch only)")
+    _add_spec_args(p)
+    p.add_argument("-o", "--output", help="output .py file (default: stdout)")
+    p.set_defaults(fn=cmd_compile)
 
     p = sub.add_parser("fmt", help="print specs in canonical format")
     p.add_argument("files", nargs="+")

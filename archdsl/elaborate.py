@@ -442,7 +442,7 @@ class Elaborator:
                 raise _Abort
             env[p.name] = self._typecheck(p, v, frame, f"parameter '{p.name}' of '{d.name}'",
                                           given[p.name].span if p.name in given else None)
-        self.graph.scopes.setdefault(path, Scope(path, "block", d.name, call.span))
+        self.graph.scopes.setdefault(path, Scope(path, "block", d.name, call.span, tuple(env.items())))
         body = S.Body(tuple(s for s in d.body.stmts if not isinstance(s, (S.Input, S.Scaling))), d.body.span)
         return self.exec_body(body, inner, cur, path)
 

@@ -48,6 +48,7 @@ class Scope:
     kind: str  # "block" | "model" | "for" | "form" | "seq" | "if"
     label: str  # block name, form name, ...
     span: Span
+    args: tuple[tuple[str, Any], ...] = ()  # a block call's parameter values
 
 
 @dataclass

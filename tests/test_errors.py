@@ -102,6 +102,7 @@ def test_docs_catalogue_covers_every_case():
     assert named, "docs/errors.md names no tests"
     assert not named - cases - PASSING_DOC_TESTS, f"docs/errors.md names missing tests: {sorted(named - cases)}"
     assert not cases - named, f"cases missing from docs/errors.md: {sorted(cases - named)}"
+    assert all(callable(globals().get(t)) for t in PASSING_DOC_TESTS)
 
 
 # ---------------------------------------------------------------- near misses that must pass

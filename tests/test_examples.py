@@ -24,13 +24,13 @@ SEARCH_SPACE = "search/convnext_space.arch"
 
 
 @functools.lru_cache(maxsize=None)
-def _check(name: str, overrides: tuple = (), res: int | None = None):
-    shape = None if res is None else (3, res, res)
-    return check_file(EXAMPLES / name, overrides=dict(overrides), input_shape=shape)
+def _check(name: str, overrides: tuple = ()):
+    return check_file(EXAMPLES / name, overrides=dict(overrides))
 
 
-def check(name: str, res: int | None = None, **overrides):
-    return _check(name, tuple(sorted(overrides.items())), res)
+def check(name: str, **overrides):
+    """The checked graph of examples/<name> (cached: several tests read the same model)."""
+    return _check(name, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in overrides.items())))
 
 
 # (file, overrides, exact params, exact MACs). Params are the published exact counts; MACs are ours
@@ -121,8 +121,7 @@ REPLKNET_FAMILY = [
 @pytest.mark.parametrize("label, res, overrides, printed_macs, params_m", REPLKNET_FAMILY,
                          ids=[c[0] for c in REPLKNET_FAMILY])
 def test_replknet_family_published(label, res, overrides, printed_macs, params_m):
-    ov = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    total = check("replknet_31b.arch", res=res, small_kernel_merged=True, **ov).total()
+    total = check("replknet_31b.arch", res=res, small_kernel_merged=True, **overrides).total()
     assert _as_printed(total.macs / 1e9, printed_macs) == printed_macs
     if params_m is not None:
         assert round(total.params / 1e6) == params_m

@@ -258,7 +258,7 @@ class _Gen:
         kinds = ["act", "norm", "linear"]
         if nchw:
             kinds += ["conv", "dwconv", "attn", "block_mix", "residual", "parallel", "split", "for", "let"]
-            if not keep and s.h >= 2 and s.w >= 2:
+            if not keep and not self._keep_hw and s.h >= 2 and s.w >= 2:
                 kinds += ["pool", "down"]
         if spatial:
             kinds += ["layout"]
@@ -343,7 +343,7 @@ class _Gen:
     # ---- forms and control flow
     def _sub(self, s: Shape, d: int, keep: bool, keep_hw: bool = True) -> tuple[list[str], Shape]:
         saved = (self._target, self._keep_hw)
-        self._target, self._keep_hw = s, keep_hw or self._keep_hw
+        self._target, self._keep_hw = s, keep_hw
         try:
             return self.chain(s, d - 1, keep)
         finally:
@@ -366,7 +366,7 @@ class _Gen:
             if merge == "concat":
                 inner += self.restore(o, Shape(o.c, s.h, s.w, s.layout))
                 o = Shape(o.c, s.h, s.w, s.layout)
-            branches += ["{", *self._body(inner), "}"] if len(inner) != 1 else inner
+            branches += ["{", *self._body(inner), "}"]  # `op()` then `{` would read as a form with a body
             outs.append(o)
         out = s.with_c(sum(o.c for o in outs)) if merge == "concat" else s
         head = "parallel" + ("" if merge == "add" else f'(merge="{merge}")')
@@ -382,7 +382,7 @@ class _Gen:
         for c in sizes:
             bs = s.with_c(c)
             inner, _ = self._sub(bs, d, keep=True) if self.pick([True, False]) else (["identity()"], bs)
-            branches += ["{", *self._body(inner), "}"] if len(inner) != 1 else inner
+            branches += ["{", *self._body(inner), "}"]
         return [f"split(sizes=[{', '.join(map(str, sizes))}]) {{", *self._body(branches), "}"], s
 
     def _for(self, s, d):
@@ -399,10 +399,11 @@ class _Gen:
     def _if(self, s, d):
         flag = self.pick(["true", "false", "1 < 2", "2 < 1"])
         taken = flag in ("true", "1 < 2")
-        then, t_out = self._sub(s, d, keep=False)
+        then, t_out = self._sub(s, d, keep=False, keep_hw=self._keep_hw)
         if not taken:  # the not-taken branch is elaborated only if taken; keep it well-formed anyway
             t_out = s
-        other = ["relu()"] if self.pick([True, False]) else []
+        # a taken branch always runs a layer: an empty residual body is an error
+        other = ["relu()"] if not taken or self.pick([True, False]) else []
         lines = [f"if {flag} {{", *self._body(then), "}"]
         if other:
             lines[-1] = "} else {"

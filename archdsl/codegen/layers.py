@@ -12,6 +12,20 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def recorded(cls):
+    """Class decorator: remember each instance's constructor arguments (the source emitter writes them back)."""
+    init = cls.__init__
+
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        if type(self) is cls:
+            self._archdsl_ctor = (args, kwargs)
+
+    __init__.__wrapped__ = init
+    cls.__init__ = __init__
+    return cls
+
+
 def channel_dim(layout: str) -> int:
     return -1 if layout in ("nhwc", "nc") else 1
 
@@ -21,6 +35,7 @@ def _bcast(v: torch.Tensor, layout: str) -> torch.Tensor:
     return v.view(-1, 1, 1) if layout == "nchw" else v
 
 
+@recorded
 class LayerNorm(nn.LayerNorm):
     """LayerNorm over channels in any layout (channels-first via permute, like timm's LayerNorm2d)."""
 
@@ -36,6 +51,7 @@ class LayerNorm(nn.LayerNorm):
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
+@recorded
 class BatchNormNHWC(nn.BatchNorm2d):
     """BatchNorm2d applied to a channels-last (N, H, W, C) tensor."""
 
@@ -43,10 +59,12 @@ class BatchNormNHWC(nn.BatchNorm2d):
         return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
+@recorded
 class GroupNorm(nn.GroupNorm):
     pass
 
 
+@recorded
 class GRN(nn.Module):
     """Global Response Normalization (ConvNeXt-V2 / UniRepLKNet): (gamma * Nx + 1) * x + beta."""
 
@@ -67,6 +85,7 @@ class GRN(nn.Module):
         return out if self.beta is None else out + _bcast(self.beta, self.layout)
 
 
+@recorded
 class Linear(nn.Linear):
     """nn.Linear over the channel dimension in any layout (channels-first runs as a 1x1 convolution)."""
 
@@ -80,6 +99,7 @@ class Linear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
+@recorded
 class LayerScale(nn.Module):
     def __init__(self, c: int, init: float, layout: str):
         super().__init__()
@@ -90,6 +110,7 @@ class LayerScale(nn.Module):
         return x * _bcast(self.gamma, self.layout)
 
 
+@recorded
 class DropPath(nn.Module):
     """Stochastic depth: drops the whole sample's branch with probability p while training."""
 
@@ -105,6 +126,7 @@ class DropPath(nn.Module):
         return x * mask / keep
 
 
+@recorded
 class Permute(nn.Module):
     def __init__(self, to: str):
         super().__init__()
@@ -114,6 +136,7 @@ class Permute(nn.Module):
         return x.permute(0, 2, 3, 1) if self.to == "nhwc" else x.permute(0, 3, 1, 2)
 
 
+@recorded
 class Add(nn.Module):
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
         out = xs[0]
@@ -122,6 +145,7 @@ class Add(nn.Module):
         return out
 
 
+@recorded
 class Mul(nn.Module):
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
         out = xs[0]
@@ -130,6 +154,7 @@ class Mul(nn.Module):
         return out
 
 
+@recorded
 class Concat(nn.Module):
     def __init__(self, layout: str):
         super().__init__()
@@ -139,6 +164,7 @@ class Concat(nn.Module):
         return torch.cat(xs, dim=self.dim)
 
 
+@recorded
 class Split(nn.Module):
     def __init__(self, sizes: list[int], layout: str):
         super().__init__()
@@ -148,6 +174,7 @@ class Split(nn.Module):
         return torch.split(x, self.sizes, dim=self.dim)
 
 
+@recorded
 class GlobalAvgPool(nn.Module):
     def __init__(self, keepdim: bool, layout: str):
         super().__init__()
@@ -158,12 +185,14 @@ class GlobalAvgPool(nn.Module):
         return x.mean(dims, keepdim=self.keepdim)
 
 
+@recorded
 class GlobalMaxPool(GlobalAvgPool):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = (2, 3) if self.layout == "nchw" else (1, 2)
         return x.amax(dims, keepdim=self.keepdim)
 
 
+@recorded
 class SE(nn.Module):
     """Squeeze-and-excitation: avg pool -> 1x1 conv (down) -> act -> 1x1 conv (up) -> gate -> scale."""
 
@@ -179,6 +208,7 @@ class SE(nn.Module):
         return x * self.gate(self.up(self.act(self.down(s))))
 
 
+@recorded
 class ECA(nn.Module):
     """Efficient channel attention: avg pool -> 1-D conv over channels (kernel k) -> sigmoid -> scale."""
 
@@ -192,6 +222,7 @@ class ECA(nn.Module):
         return x * torch.sigmoid(s)[:, :, None, None]
 
 
+@recorded
 class InceptionDW(nn.Module):
     """InceptionNeXt token mixer: split C into (C-3g, g, g, g) -> identity, k x k, 1 x band, band x 1 dw."""
 
@@ -207,6 +238,7 @@ class InceptionDW(nn.Module):
         return torch.cat((x_id, self.dwconv_hw(x_hw), self.dwconv_w(x_w), self.dwconv_h(x_h)), dim=1)
 
 
+@recorded
 class DilatedReparam(nn.Module):
     """UniRepLKNet dilated re-param block (training form): K x K dw conv + BN, plus dilated dw branches + BN."""
 
@@ -229,10 +261,12 @@ class DilatedReparam(nn.Module):
         return out
 
 
+@recorded
 class Identity(nn.Identity):
     pass
 
 
+@recorded
 class Flatten(nn.Module):
     def __init__(self, layout: str):
         super().__init__()
@@ -247,6 +281,7 @@ class Flatten(nn.Module):
 # ---------------------------------------------------------------- modern ConvNet operator families
 
 
+@recorded
 class DCLS(nn.Module):
     """Dilated convolution with learnable spacings (Hassani et al.): `kernel_count` taps per (out, in) pair,
     each at a learnable real-valued position inside a size x size window, rasterized by bilinear
@@ -290,6 +325,7 @@ class DCLS(nn.Module):
         return F.conv2d(x, self.kernel(), self.bias, padding=self.size // 2, groups=self.groups)
 
 
+@recorded
 class GnConv(nn.Module):
     """HorNet recursive gated convolution of order n (g^n Conv)."""
 
@@ -311,6 +347,7 @@ class GnConv(nn.Module):
         return self.proj_out(x)
 
 
+@recorded
 class ConvBN(nn.Sequential):
     """conv (no bias) + BatchNorm, the unit of RepVGG / LSNet / RepLKNet branches."""
 
@@ -330,6 +367,7 @@ def ska(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (cols * w.unsqueeze(1)).sum(3).view(b, c, h, wd)
 
 
+@recorded
 class LSConv(nn.Module):
     """LSNet "see large, focus small" conv: large-kernel perception (LKP) predicts per-pixel sks x sks kernels,
     small-kernel aggregation (SKA) applies them; then BN and the residual, as in the authors' LSConv."""
@@ -354,6 +392,7 @@ class LSConv(nn.Module):
         return self.bn(ska(x, w)) + x
 
 
+@recorded
 class PartialConv(nn.Module):
     """FasterNet partial convolution: a k x k conv on the first C/div channels, the rest untouched."""
 
@@ -367,6 +406,7 @@ class PartialConv(nn.Module):
         return torch.cat((self.partial_conv(x1), x2), dim=1)
 
 
+@recorded
 class FFTConv(nn.Module):
     """A depthwise k x k convolution ('same' zero padding) computed with FFTs: long convolutions at a cost
     independent of k. Same weights as nn.Conv2d(C, C, k, groups=C)."""
@@ -394,6 +434,7 @@ class FFTConv(nn.Module):
         return y if self.bias is None else y + self.bias.view(-1, 1, 1)
 
 
+@recorded
 class GlobalFilter(nn.Module):
     """GFNet global filter: rfft2 (orthonormal) -> learnable complex per-channel filter -> irfft2."""
 
@@ -408,6 +449,7 @@ class GlobalFilter(nn.Module):
         return torch.fft.irfft2(xf, s=(self.h, self.w), dim=(2, 3), norm="ortho")
 
 
+@recorded
 class RepConv(nn.Module):
     """RepVGG-style block (training form): k x k conv+BN, 1x1 conv+BN and (when shapes allow) an identity BN,
     summed. Re-parameterizes into one k x k conv with bias."""
@@ -423,6 +465,7 @@ class RepConv(nn.Module):
         return out if self.rbr_identity is None else out + self.rbr_identity(x)
 
 
+@recorded
 class Classifier(nn.Module):
     """Classifier head: global average pool -> dropout -> linear."""
 

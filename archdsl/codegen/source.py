@@ -1,0 +1,543 @@
+"""Stage 5b: checked ArchGraph -> standalone, readable PyTorch source (`archdsl compile`).
+
+Takes: a checked ArchGraph. Returns: the text of a Python module that depends on torch only: the
+archdsl layer classes it uses, one nn.Module class per block definition (a second class only where
+instances of one block differ in structure), and one class for the model. Loading the state_dict of
+the archdsl-built model into it gives bit-identical outputs: it builds the same layers and runs the
+same operations in the same order.
+
+Constructor values that vary between instances of a block become constructor arguments, written as
+expressions of the block's declared parameters where one fits (`dim`, `4 * dim`), else named after the
+layer and argument (`mlp_fc1_out_features`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import keyword
+import re
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .. import __version__
+from ..interp import fmt as arch_fmt
+from ..ir import ArchGraph
+from ..ops import registry
+from ..shapes import human
+from . import layers as L
+
+# torch.nn classes the ops build, and how to read their constructor arguments back.
+_TORCH_CTORS = {
+    nn.Conv2d: lambda m: ((m.in_channels, m.out_channels),
+                          dict(kernel_size=m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
+                               groups=m.groups, bias=m.bias is not None)),
+    nn.BatchNorm1d: lambda m: ((m.num_features,), dict(eps=m.eps, momentum=m.momentum, affine=m.affine)),
+    nn.BatchNorm2d: lambda m: ((m.num_features,), dict(eps=m.eps, momentum=m.momentum, affine=m.affine)),
+    nn.GroupNorm: lambda m: ((m.num_groups, m.num_channels), dict(eps=m.eps, affine=m.affine)),
+    nn.Dropout: lambda m: ((), dict(p=m.p)),
+    nn.Identity: lambda m: ((), {}),
+    nn.ReLU: lambda m: ((), {}), nn.ReLU6: lambda m: ((), {}), nn.SiLU: lambda m: ((), {}),
+    nn.Hardswish: lambda m: ((), {}), nn.Hardsigmoid: lambda m: ((), {}), nn.Sigmoid: lambda m: ((), {}),
+    nn.Tanh: lambda m: ((), {}),
+    nn.GELU: lambda m: ((), dict(approximate=m.approximate)),
+    nn.LeakyReLU: lambda m: ((), dict(negative_slope=m.negative_slope)),
+    nn.AvgPool2d: lambda m: ((m.kernel_size,), dict(stride=m.stride, padding=m.padding, ceil_mode=m.ceil_mode,
+                                                     count_include_pad=m.count_include_pad)),
+    nn.MaxPool2d: lambda m: ((m.kernel_size,), dict(stride=m.stride, padding=m.padding, ceil_mode=m.ceil_mode)),
+    nn.PixelShuffle: lambda m: ((m.upscale_factor,), {}),
+    nn.PixelUnshuffle: lambda m: ((m.downscale_factor,), {}),
+}
+
+# Parameter-free ops written inline in forward(); `a` are the argument expressions.
+_ACTS = {"relu": "torch.relu({0})", "relu6": "F.relu6({0})", "silu": "F.silu({0})", "sigmoid": "torch.sigmoid({0})",
+         "tanh": "torch.tanh({0})", "hardswish": "F.hardswish({0})", "hardsigmoid": "F.hardsigmoid({0})"}
+
+
+class Unsupported(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- constructor calls as values
+
+
+@dataclass(frozen=True)
+class Ctor:
+    """A module constructor call: class name and argument values (which may themselves be Ctors)."""
+
+    cls: str
+    args: tuple
+    kwargs: tuple  # ((name, value), ...)
+
+    def render(self, sub=None) -> str:
+        parts = [_render(v, sub, (i,)) for i, v in enumerate(self.args)]
+        parts += [f"{k}={_render(v, sub, (k,))}" for k, v in self.kwargs]
+        return f"{self.cls}({', '.join(parts)})"
+
+
+def _render(v, sub, path) -> str:
+    if sub is not None and path in sub:
+        return sub[path]
+    if isinstance(v, Ctor):
+        inner = {k[1:]: e for k, e in (sub or {}).items() if k[:1] == path[:1] and len(k) > 1} if sub else None
+        return v.render(inner)
+    return repr(v)
+
+
+def ctor_of(m: nn.Module, used: set[str]) -> Ctor:
+    cls = type(m)
+    if hasattr(m, "_archdsl_ctor"):
+        args, kwargs = m._archdsl_ctor
+        used.add(cls.__name__)
+        # all but the first argument by keyword, for readability: LayerNorm(dim, eps=1e-06, ...)
+        names = list(inspect.signature(cls.__init__.__wrapped__).parameters)[1:]
+        kw = {**{names[i]: a for i, a in enumerate(args) if i > 0}, **kwargs}
+        return Ctor(cls.__name__, tuple(_ctor_value(a, used) for a in args[:1]),
+                    tuple((k, _ctor_value(v, used)) for k, v in kw.items()))
+    if cls in _TORCH_CTORS:
+        args, kwargs = _TORCH_CTORS[cls](m)
+        return Ctor(f"nn.{cls.__name__}", tuple(args), tuple(kwargs.items()))
+    raise Unsupported(f"cannot write {cls.__name__} as source")
+
+
+def _ctor_value(v, used):
+    if isinstance(v, nn.Module):
+        return ctor_of(v, used)
+    if isinstance(v, list):
+        return tuple(v)
+    return v
+
+
+def _leaves(v, path=()):
+    """(path, value) of every plain value inside a Ctor (or the value itself)."""
+    if isinstance(v, Ctor):
+        for i, a in enumerate(v.args):
+            yield from _leaves(a, (*path, i))
+        for k, a in v.kwargs:
+            yield from _leaves(a, (*path, k))
+    else:
+        yield path, v
+
+
+def _shape_key(v):
+    if isinstance(v, Ctor):
+        return (v.cls, tuple(_shape_key(a) for a in v.args), tuple((k, _shape_key(a)) for k, a in v.kwargs))
+    return type(v).__name__ if not isinstance(v, tuple) else ("tuple", len(v))
+
+
+# ---------------------------------------------------------------- scopes -> items
+
+
+@dataclass
+class Item:
+    """One statement of a forward(): a node, or a whole nested block instance."""
+
+    rel: str  # module path relative to the owning class
+    kind: str  # "node" | "block"
+    op: str
+    ctor: Ctor | None
+    inputs: list  # refs (global node name, port) or ("<in>", 0)
+    out: str  # the global name of the value it produces (a block: its output node)
+    nout: int = 1
+    params: object = None
+    in_shapes: tuple = ()
+
+
+@dataclass
+class Instance:
+    path: str
+    block: str
+    decl: dict  # declared parameter values
+    items: list[Item] = field(default_factory=list)
+    entry: str = ""  # global node feeding the block
+    cls: str = ""
+    args: dict = field(default_factory=dict)  # lifted constructor arguments
+
+
+class Emitter:
+    def __init__(self, g: ArchGraph):
+        self.g = g
+        self.used: set[str] = set()
+        self.modules: dict[str, nn.Module] = {}
+        for name in g.order():
+            if name == g.input_node:
+                continue
+            node = g.node(name)
+            self.modules[name] = registry.get(node.op).build(node.params, list(g.attrs(name)["in_shapes"]))
+        self.block_scopes = {p: s for p, s in g.scopes.items() if s.kind == "block"}
+        self.classes: list[str] = []
+        self.class_names: set[str] = set()
+
+    # -- which scope owns a node
+    def owner(self, name: str) -> str:
+        """The innermost block scope containing `name` ('' for the model)."""
+        parts = name.split(".")
+        for i in range(len(parts) - 1, 0, -1):
+            p = ".".join(parts[:i])
+            if p in self.block_scopes:
+                return p
+        return ""
+
+    def parent_block(self, scope: str) -> str:
+        return self.owner(scope) if scope else ""
+
+    def items_of(self, scope: str) -> list[Item]:
+        g = self.g
+        items: list[Item] = []
+        seen_blocks: dict[str, Item] = {}
+        for name in g.order():
+            if name == g.input_node:
+                continue
+            own = self.owner(name)
+            if own == scope:
+                node = g.node(name)
+                inline = node.op in _INLINE
+                items.append(Item(_rel(name, scope), "node", node.op,
+                                  None if inline else ctor_of(self.modules[name], self.used),
+                                  g.inputs(name), name, _nout(g.attrs(name)["shape"]), node.params,
+                                  g.attrs(name)["in_shapes"]))
+                continue
+            # a node of a nested block instance: the child scope directly below `scope`
+            child = own
+            while self.parent_block(child) != scope and child:
+                child = self.parent_block(child)
+            if not child:
+                continue
+            if child not in seen_blocks:
+                it = Item(_rel(child, scope), "block", self.block_scopes[child].label, None, [], name)
+                seen_blocks[child] = it
+                items.append(it)
+            it = seen_blocks[child]
+            it.out = name  # the last node in data-flow order is the block's output
+            for src, port in g.inputs(name):
+                if not _inside(src, child) and (src, port) not in it.inputs:
+                    it.inputs.append((src, port))
+        return items
+
+    # -- classes
+    def emit_blocks(self) -> dict[str, Instance]:
+        """Emit block classes, deepest instances first (a parent's constructor needs its children's
+        classes and arguments); returns every instance with its class and lifted arguments."""
+        instances = {path: Instance(path, sc.label, dict(sc.args)) for path, sc in self.block_scopes.items()}
+        by_depth: dict[int, list[Instance]] = {}
+        for inst in instances.values():
+            by_depth.setdefault(inst.path.count("."), []).append(inst)
+        for depth in sorted(by_depth, reverse=True):
+            groups: dict[tuple, list[Instance]] = {}
+            for inst in sorted(by_depth[depth], key=lambda i: self.g.attrs(self._first_node(i.path))["order"]):
+                inst.items = self.items_of(inst.path)
+                for it in inst.items:
+                    if it.kind == "block":
+                        child = instances[_join(inst.path, it.rel)]
+                        it.ctor = Ctor(child.cls, (), tuple(child.args.items()))
+                groups.setdefault((inst.block, self._structure(inst)), []).append(inst)
+            for members in groups.values():
+                cls = self._class_name(members[0].block)
+                for m in members:
+                    m.cls = cls
+                self._emit_class(members)
+        return instances
+
+    def _first_node(self, scope: str) -> str:
+        return next(n for n in self.g.order() if _inside(n, scope))
+
+    def _structure(self, inst: Instance):
+        return tuple((it.rel, it.kind, it.op, _shape_key(it.ctor) if it.ctor else None,
+                      tuple(_rel_ref(r, inst.path) for r in it.inputs), _rel(it.out, inst.path), it.nout,
+                      _inline_key(it)) for it in inst.items)
+
+    def _class_name(self, block: str) -> str:
+        base = "".join(w[:1].upper() + w[1:] for w in re.split(r"[_.]", block) if w) or "Block"
+        if base in self.used or base in ("Container", "Model") or keyword.iskeyword(base):
+            base += "Block"
+        name, n = base, 2
+        while name in self.class_names:
+            name, n = f"{base}{n}", n + 1
+        self.class_names.add(name)
+        return name
+
+    def _emit_class(self, members: list[Instance]) -> None:
+        first = members[0]
+        leaves = [dict(_leaves(it.ctor)) if it.ctor else {} for it in first.items]
+        subs: list[dict] = [{} for _ in first.items]
+        args: dict[str, object] = {}
+        for k, it in enumerate(first.items):
+            for path, v in leaves[k].items():
+                vals = [dict(_leaves(m.items[k].ctor))[path] for m in members]
+                if all(x == vals[0] and type(x) is type(vals[0]) for x in vals):
+                    continue
+                expr = _fit(vals, [m.decl for m in members])
+                if expr is None:
+                    name = _ident(f"{it.rel}_{'_'.join(str(p) for p in path)}")
+                    while name in args:
+                        name += "_"
+                    args[name] = vals
+                    expr = name
+                else:
+                    for pname in _names_in(expr):
+                        args.setdefault(pname, [m.decl[pname] for m in members])
+                subs[k][path] = expr
+        for i, m in enumerate(members):
+            m.args = {a: v[i] for a, v in args.items()}
+        sig = ", ".join(args)
+        sc = self.block_scopes[first.path]
+        lines = [f"class {first.cls}(nn.Module):",
+                 f'    """block {first.block}, called at {sc.span.file}:{sc.span.line} ({len(members)} instance(s))."""',
+                 "",
+                 f"    def __init__(self{', ' + sig if sig else ''}):",
+                 "        super().__init__()"]
+        for k, it in enumerate(first.items):
+            if it.ctor is None:
+                continue
+            lines.append(f'        _add(self, "{it.rel}", {it.ctor.render(_tuple_subs(subs[k]))})')
+        lines += ["", "    def forward(self, x):"]
+        lines += ["        " + s for s in self._forward(first.items, first.path, _entry(first.items, first.path))]
+        self.classes.append("\n".join(lines))
+
+    # -- forward code
+    def _forward(self, items: list[Item], scope: str, entry) -> list[str]:
+        names: dict[tuple, str] = {entry: "x"}
+        last_use: dict[tuple, int] = {}
+        for i, it in enumerate(items):
+            for r in it.inputs:
+                last_use[r] = i
+        out: list[str] = []
+        live: dict[str, tuple] = {"x": entry}
+        final = (items[-1].out, 0) if items else entry
+        for i, it in enumerate(items):
+            ins = [names[r] if r in names else _tuple_ref(names, r) for r in it.inputs]
+            for r in it.inputs:  # free dead values for reuse of their names
+                if last_use.get(r) == i and r != final and r in names and names[r] in live:
+                    del live[names[r]]
+            if it.kind == "node" and it.op == "identity":
+                names[(it.out, 0)] = ins[0]
+                live[ins[0]] = (it.out, 0)
+                continue
+            var = next(v for v in ("x", "y", "z", *(f"t{j}" for j in range(1, 999))) if v not in live)
+            expr = self._expr(it, ins)
+            if it.nout > 1:
+                out.append(f"{var} = {expr}")
+                for p in range(it.nout):
+                    names[(it.out, p)] = f"{var}[{p}]"
+            else:
+                out.append(f"{var} = {expr}")
+                names[(it.out, 0)] = var
+            live[var] = (it.out, 0)
+        out.append(f"return {names.get(final, 'x')}")
+        return out
+
+    def _expr(self, it: Item, ins: list[str]) -> str:
+        if it.kind == "block":
+            return f"{_access(it.rel)}({ins[0]})"
+        if it.op in _INLINE:
+            return _INLINE[it.op](it, ins)
+        return f"{_access(it.rel)}({', '.join(ins)})"
+
+    # -- the whole file
+    def emit(self) -> str:
+        instances = self.emit_blocks()
+        top = self.items_of("")
+        for it in top:
+            if it.kind == "block":
+                child = instances[it.rel]
+                it.ctor = Ctor(child.cls, (), tuple(child.args.items()))
+        g = self.g
+        model_cls = self._class_name(g.model) if g.model else "Model"
+        total = g.total()
+        lines = [f"class {model_cls}(nn.Module):",
+                 f'    """{g.model}: {total.params:,} parameters, {human(total.macs)} MACs at input '
+                 f'{g.input_shape}."""', "",
+                 "    def __init__(self):", "        super().__init__()"]
+        for it in top:
+            if it.ctor is not None:
+                lines.append(f'        _add(self, "{it.rel}", {it.ctor.render()})')
+        lines += ["", "    def forward(self, x):"]
+        lines += ["        " + s for s in self._forward(top, "", (g.input_node, 0))]
+        layer_src = _layer_sources(self.used)
+        header = [f'"""{g.model}: standalone PyTorch model generated by archdsl {__version__} from {g.file}.',
+                  "",
+                  "Edit the spec, not this file. Model parameters: "
+                  + (", ".join(f"{k}={arch_fmt(v)}" for k, v in g.params.items()) or "none") + ".",
+                  f"Parameters {total.params:,}; MACs {total.macs:,} ({human(total.macs)}) "
+                  f"at input {g.input_shape}.",
+                  '"""', "", "import torch", "import torch.nn.functional as F", "from torch import nn", "", "", ""]
+        helpers = [_CONTAINER_SRC]
+        body = "\n\n\n".join([*layer_src, *helpers, *self.classes, "\n".join(lines)])
+        footer = f"\n\n\ndef model() -> {model_cls}:\n    return {model_cls}()\n"
+        return "\n".join(header) + body + footer
+
+
+_CONTAINER_SRC = '''class Container(nn.Module):
+    """A named group of layers (a stage, a loop iteration); indexable: self.stages[2]."""
+
+    def __getitem__(self, key):
+        return self._modules[str(key)]
+
+
+def _add(root: nn.Module, path: str, module: nn.Module) -> None:
+    """Register `module` at dotted `path` below `root`, creating Containers on the way."""
+    *parents, last = path.split(".")
+    for p in parents:
+        if p not in root._modules:
+            root.add_module(p, Container())
+        root = root._modules[p]
+    root.add_module(last, module)'''
+
+
+def _inline_add(it, ins):
+    return " + ".join(ins)
+
+
+def _inline_mul(it, ins):
+    return " * ".join(ins)
+
+
+def _inline_concat(it, ins):
+    layout = it.in_shapes[0].layout
+    return f"torch.cat(({', '.join(ins)},), dim={L.channel_dim(layout)})"
+
+
+def _inline_split(it, ins):
+    op = registry.get("split")
+    sizes = list(op.sizes(it.params, it.in_shapes[0].c))
+    return f"torch.split({ins[0]}, {sizes}, dim={L.channel_dim(it.in_shapes[0].layout)})"
+
+
+def _inline_perm(it, ins):
+    return f"{ins[0]}.permute(0, 2, 3, 1)" if it.op == "nhwc" else f"{ins[0]}.permute(0, 3, 1, 2)"
+
+
+def _inline_gelu(it, ins):
+    a = it.params.approximate
+    return f"F.gelu({ins[0]})" if a == "none" else f"F.gelu({ins[0]}, approximate={a!r})"
+
+
+def _inline_leaky(it, ins):
+    return f"F.leaky_relu({ins[0]}, {it.params.slope!r})"
+
+
+_INLINE = {"add": _inline_add, "mul": _inline_mul, "concat": _inline_concat, "split": _inline_split,
+           "nhwc": _inline_perm, "nchw": _inline_perm, "gelu": _inline_gelu, "leaky_relu": _inline_leaky,
+           "identity": lambda it, ins: ins[0],
+           **{k: (lambda t: lambda it, ins: t.format(ins[0]))(v) for k, v in _ACTS.items()}}
+
+
+def _inline_key(it: Item):
+    if it.kind != "node" or it.op not in _INLINE:
+        return None
+    return _INLINE[it.op](it, [f"a{i}" for i in range(len(it.inputs))])
+
+
+def _nout(shape) -> int:
+    return len(shape) if isinstance(shape, tuple) else 1
+
+
+def _rel(name: str, scope: str) -> str:
+    return name[len(scope) + 1:] if scope else name
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}.{b}" if a else b
+
+
+def _inside(name: str, scope: str) -> bool:
+    return name == scope or name.startswith(scope + ".")
+
+
+def _rel_ref(r, scope):
+    return ((_rel(r[0], scope) if _inside(r[0], scope) else "<in>"), r[1])
+
+
+def _entry(items: list[Item], scope: str):
+    for it in items:
+        for r in it.inputs:
+            if not _inside(r[0], scope):
+                return r
+    raise Unsupported(f"block {scope} has no input")
+
+
+def _tuple_ref(names, r):
+    raise Unsupported(f"value {r} used before it is defined")
+
+
+def _access(rel: str) -> str:
+    out = "self"
+    for seg in rel.split("."):
+        if seg.isdigit():
+            out += f"[{seg}]"
+        elif seg.isidentifier() and not keyword.iskeyword(seg):
+            out += f".{seg}"
+        else:
+            out = f"getattr({out}, {seg!r})"
+    return out
+
+
+def _ident(s: str) -> str:
+    s = re.sub(r"\W", "_", s)
+    if not s or s[0].isdigit():
+        s = "v_" + s
+    return s + "_" if keyword.iskeyword(s) else s
+
+
+def _fit(vals: list, decls: list[dict]) -> str | None:
+    """An expression over declared block parameters reproducing `vals` for every instance, or None."""
+    if not decls or not all(decls):
+        return None
+    if all(isinstance(v, tuple) for v in vals) and len({len(v) for v in vals}) == 1:
+        parts = [_fit([v[i] for v in vals], decls) for i in range(len(vals[0]))]
+        if all(p is not None for p in parts):
+            return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
+        return None
+    names = [k for k in decls[0] if all(k in d for d in decls)]
+    for k in names:
+        ps = [d[k] for d in decls]
+        if all(type(p) is type(v) and p == v for p, v in zip(ps, vals)):
+            return k
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+        for k in names:
+            ps = [d[k] for d in decls]
+            if not all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in ps):
+                continue
+            if all(v % p == 0 for p, v in zip(ps, vals)) and len({v // p for p, v in zip(ps, vals)}) == 1:
+                return f"{vals[0] // ps[0]} * {k}"
+            if all(p % v == 0 for p, v in zip(ps, vals) if v) and all(vals) and \
+                    len({p // v for p, v in zip(ps, vals)}) == 1:
+                return f"{k} // {ps[0] // vals[0]}"
+    return None
+
+
+def _names_in(expr: str) -> list[str]:
+    return [t for t in re.findall(r"[A-Za-z_]\w*", expr)]
+
+
+def _tuple_subs(subs: dict) -> dict:
+    return {tuple(k): v for k, v in subs.items()}
+
+
+def _layer_sources(used: set[str]) -> list[str]:
+    """Source of the archdsl layer classes (and helpers) that `used` needs, in file order, undecorated."""
+    src = inspect.getsource(L)
+    blocks = re.split(r"\n(?=@recorded\nclass |def |class )", src)
+    defs: dict[str, str] = {}
+    order: list[str] = []
+    for b in blocks:
+        m = re.match(r"(?:@recorded\n)?(?:class|def) (\w+)", b)
+        if m and m.group(1) != "recorded":
+            defs[m.group(1)] = b.replace("@recorded\n", "", 1).rstrip()
+            order.append(m.group(1))
+    need: set[str] = set()
+    todo = [u for u in used if u in defs]
+    while todo:
+        n = todo.pop()
+        if n in need:
+            continue
+        need.add(n)
+        for other in defs:
+            if other not in need and re.search(rf"\b{other}\b", defs[n]):
+                todo.append(other)
+    return [defs[n] for n in order if n in need]
+
+
+def emit_source(g: ArchGraph) -> str:
+    """Standalone PyTorch source for a checked graph."""
+    return Emitter(g).emit()
