@@ -20,12 +20,19 @@ from .parse import Program, load_program, parse_expr
 def parse_override(key: str, value: Any) -> Any:
     """`--set key=value`: strings are read as .arch expressions (no choices), Python values pass through."""
     if not isinstance(value, str):
-        return tuple(value) if isinstance(value, list) else value
+        return _as_arch_value(value)
     expr = parse_expr(value, f"--set {key}")
     try:
         return Evaluator(ChoiceTable()).eval(expr, {}, key)  # type: ignore[arg-type]
     except EvalError as e:
         raise ArchError([Diagnostic(e.span, e.message, e.hint)]) from None
+
+
+def _as_arch_value(value: Any) -> Any:
+    """Python lists (at any depth) become the language's lists (tuples); other values pass through."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_as_arch_value(v) for v in value)
+    return value
 
 
 def _overrides(overrides: dict[str, Any] | None) -> dict[str, Any]:

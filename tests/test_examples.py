@@ -28,9 +28,13 @@ def _check(name: str, overrides: tuple = ()):
     return check_file(EXAMPLES / name, overrides=dict(overrides))
 
 
+def _frozen(v):
+    return tuple(_frozen(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
 def check(name: str, **overrides):
     """The checked graph of examples/<name> (cached: several tests read the same model)."""
-    return _check(name, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in overrides.items())))
+    return _check(name, tuple(sorted((k, _frozen(v)) for k, v in overrides.items())))
 
 
 # (file, overrides, exact params, exact MACs). Params are the published exact counts; MACs are ours
@@ -86,6 +90,23 @@ def _as_printed(value: float, printed: str) -> str:
 def test_published_macs(case):
     name, overrides, printed = case
     assert _as_printed(check(name, **overrides).total().macs / 1e9, printed) == printed
+
+
+# The rest of the UniRepLKNet family from the same spec (published.md: deployed params and MACs).
+UNIREPLKNET_FAMILY = [
+    ("F", {"dims": [48, 96, 192, 384]}, "6.2", "0.9"),
+    ("P", {"dims": [64, 128, 256, 512]}, "10.7", "1.6"),
+    ("N", {"depths": [2, 2, 8, 2], "dims": [80, 160, 320, 640],
+           "kernel_sizes": [[3, 3], [13, 13], [13] * 8, [13, 13]]}, "18.3", "2.8"),
+]
+
+
+@pytest.mark.parametrize("label, overrides, printed_params_m, printed_macs", UNIREPLKNET_FAMILY,
+                         ids=[c[0] for c in UNIREPLKNET_FAMILY])
+def test_unireplknet_family_published(label, overrides, printed_params_m, printed_macs):
+    total = check("unireplknet_a.arch", deploy=True, **overrides).total()
+    assert _as_printed(total.params / 1e6, printed_params_m) == printed_params_m
+    assert _as_printed(total.macs / 1e9, printed_macs) == printed_macs
 
 
 def _norm_elements(g) -> int:
@@ -152,6 +173,10 @@ def test_unireplknet_t_kernel_pattern():
     assert [(n.op, n.params.k) for n in stage2] == [("dilated_reparam", 13), ("dwconv", 3)] * 9
     assert g.node("stages.0.blocks.2.mixer").op == "dwconv"
     assert g.node("stages.3.blocks.2.mixer").op == "dilated_reparam"
+    # kernel_sizes is a list of lists; Python overrides may give it as nested Python lists
+    same = check_file(EXAMPLES / "unireplknet_t.arch",
+                      overrides={"kernel_sizes": [[3, 3, 3], [13, 13, 13], [13, 3] * 9, [13, 13, 13]]})
+    assert same.total() == g.total()
 
 
 # ---------------------------------------------------------------- search space

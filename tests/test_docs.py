@@ -1,0 +1,160 @@
+"""The documentation is true: docs/ops.md is what the registry generates and names every op; the worked examples
+in docs/examples check with torchvision's exact counts; every complete ```arch block of docs/language.md
+checks, every block marked as an error example fails with its message, and the blocks that quote a file quote
+it verbatim."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from archdsl import docs
+from archdsl.api import ArchError, check_file, check_text
+from archdsl.check import signature
+from archdsl.codegen.module import build_module
+from archdsl.ops import registry
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+LANGUAGE_MD = DOCS / "language.md"
+
+
+# ---------------------------------------------------------------- docs/ops.md
+
+
+def test_ops_md_is_up_to_date():
+    assert (DOCS / "ops.md").read_text(encoding="utf-8") == docs.render(), \
+        "docs/ops.md is stale: run `python -m archdsl.docs` and commit the result"
+
+
+@pytest.mark.parametrize("name", list(registry.all_ops()))
+def test_every_op_is_documented(name):
+    text = (DOCS / "ops.md").read_text(encoding="utf-8")
+    assert f"### `{name}`" in text, f"op {name!r} has no section in docs/ops.md"
+    op = registry.get(name)
+    if op.user:
+        assert f"{name}({signature(op)})" in text
+
+
+def test_docs_check_flag(tmp_path, capsys):
+    out = tmp_path / "ops.md"
+    assert docs.main(["--check", "--output", str(out)]) == 1  # missing
+    assert docs.main(["--output", str(out)]) == 0
+    assert docs.main(["--check", "--output", str(out)]) == 0
+    out.write_text(out.read_text(encoding="utf-8") + "\nedited by hand\n", encoding="utf-8")
+    assert docs.main(["--check", "--output", str(out)]) == 1
+    assert "stale" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- docs/examples: torchvision's exact counts
+
+# (file, params, MACs): params as torchvision's mobilenet_v2() / resnet50(); MACs as archdsl counts them
+WORKED = [("mobilenet_v2.arch", 3_504_872, 300_774_272), ("resnet50.arch", 25_557_032, 4_089_184_256)]
+
+
+@pytest.mark.parametrize("file,params,macs", WORKED, ids=[w[0] for w in WORKED])
+def test_worked_example_counts(file, params, macs):
+    g = check_file(DOCS / "examples" / file)
+    total = g.total()
+    assert (total.params, total.macs) == (params, macs)
+    assert g.output_shape.to_json() == [1000]
+    assert not g.choices
+    assert sum(p.numel() for p in build_module(g).parameters()) == params
+
+
+def test_worked_example_variants():
+    # values quoted in docs/language.md
+    assert check_file(DOCS / "examples" / "resnet50.arch", {"layers": [3, 4, 23, 3]}).total().params == 44_549_160
+    assert check_file(DOCS / "examples" / "mobilenet_v2.arch", {"width_mult": 0.5}).total().params == 1_968_680
+
+
+# ---------------------------------------------------------------- code blocks of docs/language.md
+
+
+@dataclass
+class Block:
+    line: int  # of the opening fence
+    info: str  # the fence's info string after "arch"
+    text: str
+
+    @property
+    def id(self) -> str:
+        return f"L{self.line}"
+
+
+def arch_blocks(path: Path) -> list[Block]:
+    """Every ```arch fenced block. Info strings: `arch`; `arch params=N` (a complete spec with N parameters);
+    `arch error: MESSAGE` (must fail with MESSAGE); `arch file=PATH` (a verbatim copy of PATH)."""
+    out: list[Block] = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    i = 0
+    while i < len(lines):
+        m = re.match(r"^```(\S*)\s*(.*)$", lines[i])
+        if not m:
+            i += 1
+            continue
+        j = i + 1
+        while j < len(lines) and not lines[j].startswith("```"):
+            j += 1
+        if m.group(1) == "arch":
+            out.append(Block(i + 1, m.group(2).strip(), "\n".join(lines[i + 1:j]) + "\n"))
+        i = j + 1
+    return out
+
+
+BLOCKS = arch_blocks(LANGUAGE_MD)
+COMPLETE = [b for b in BLOCKS if not b.info.startswith("error") and re.search(r"(?m)^\s*model\s+\w+\s*\(", b.text)]
+ERRORS = [b for b in BLOCKS if b.info.startswith("error")]
+QUOTES = [b for b in BLOCKS if b.info.startswith("file=")]
+
+
+def test_language_md_has_examples():
+    assert len(COMPLETE) >= 10 and len(ERRORS) >= 5 and len(QUOTES) == 2
+
+
+def _check(block: Block):
+    # imports in a snippet resolve as if it were a file in docs/examples
+    return check_text(block.text, file=str(DOCS / "examples" / f"language_md_{block.id}.arch"))
+
+
+@pytest.mark.parametrize("block", COMPLETE, ids=[b.id for b in COMPLETE])
+def test_language_md_complete_block_checks(block):
+    try:
+        g = _check(block)
+    except ArchError as e:
+        pytest.fail(f"docs/language.md:{block.line}: the example does not check:\n{e.render()}")
+    m = re.match(r"params=(\d+)", block.info)
+    if m:
+        assert g.total().params == int(m.group(1)), f"docs/language.md:{block.line}: parameter count changed"
+
+
+@pytest.mark.parametrize("block", ERRORS, ids=[b.id for b in ERRORS])
+def test_language_md_error_block_fails(block):
+    expected = block.info[len("error"):].lstrip(":").strip()
+    with pytest.raises(ArchError) as info:
+        _check(block)
+    assert expected in info.value.render(), f"docs/language.md:{block.line}: expected the error to mention " \
+        f"{expected!r}, got:\n{info.value.render()}"
+
+
+@pytest.mark.parametrize("block", QUOTES, ids=[b.id for b in QUOTES])
+def test_language_md_quotes_files_verbatim(block):
+    path = ROOT / block.info[len("file="):]
+    assert block.text == path.read_text(encoding="utf-8"), \
+        f"docs/language.md:{block.line} no longer matches {path.relative_to(ROOT)}: copy the file into the doc"
+
+
+def test_language_md_python_example_runs(tmp_path):
+    """The API example of docs/language.md runs as written (from the repository root, as its paths assume)."""
+    blocks = re.findall(r"(?ms)^```python\n(.*?)^```", LANGUAGE_MD.read_text(encoding="utf-8"))
+    assert blocks, "docs/language.md has no python example"
+    for i, code in enumerate(blocks):
+        script = tmp_path / f"example_{i}.py"
+        script.write_text(code, encoding="utf-8")
+        r = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, f"python example {i} of docs/language.md failed:\n{r.stderr}"
