@@ -35,6 +35,11 @@ class _Abort(Exception):
     """Stops elaboration of the current statement after its error was recorded."""
 
 
+class _Stop(Exception):
+    """Stops the whole elaboration after a resource limit was hit and recorded. Unlike _Abort it is not caught
+    per statement: carrying on after the limit can take exponential time (a block that calls itself twice)."""
+
+
 @dataclass(frozen=True)
 class Frame:
     env: ChainMap
@@ -59,6 +64,7 @@ class Elaborator:
         self._layers_started = False
         self._no_input_reported = False
         self._containers: dict[str, str] = {}  # path prefix -> first node under it
+        self._steps = 0  # loop iterations and block calls so far (limits.MAX_STEPS)
 
     # ------------------------------------------------------------ definitions and namespaces
 
@@ -118,7 +124,7 @@ class Elaborator:
         cur = None
         try:
             cur = self.exec_body(model.body, frame, None, "")
-        except _Abort:
+        except (_Abort, _Stop):
             pass
         if g.input_node is None and not self.col.diagnostics:
             self.col.add(model.name_span, f"model '{model.name}' has no input(c, h, w) statement",
@@ -147,6 +153,12 @@ class Elaborator:
             if p.name in self.overrides:
                 value = self.overrides[p.name]
                 self.choices.used_overrides.add(p.name)
+                if p.default is not None and _has_choice(p.default):
+                    # a default that is a choice named after the parameter: the override fixes that choice,
+                    # so it is checked against the choice's domain
+                    fixed = self._eval(p.default, frame, p.name)
+                    if p.name in self.choices.points:
+                        value = fixed
             elif p.default is not None:
                 value = self._eval(p.default, frame, p.name)
             else:
@@ -161,6 +173,8 @@ class Elaborator:
     # ------------------------------------------------------------ helpers
 
     def _eval(self, e: S.Expr, frame: Frame, hint: str) -> Any:
+        if _uses_error(e, frame.env):
+            return _ERR  # a `let` it reads already failed and was reported: do not cascade
         try:
             return self.ev.eval(e, frame.env, hint)
         except EvalError as err:
@@ -223,7 +237,7 @@ class Elaborator:
         if len(g) >= limits.MAX_NODES:
             self._err(span, f"the model has more than {limits.MAX_NODES} operator nodes", frame,
                       "reduce repeat counts (this limit guards against runaway specs)")
-            raise _Abort
+            raise _Stop
         g.add(Node(name, op, tuple(params.items()), span, tuple((arg_spans or {}).items()), _notes(frame.notes)),
               inputs)
         return (name, 0)
@@ -321,6 +335,7 @@ class Elaborator:
             raise _Abort
         self.graph.scopes.setdefault(path, Scope(path, "for", "", layer.span))
         for i, item in enumerate(items):
+            self._step(layer.span, frame)
             env = frame.env.new_child()
             if len(layer.names) == 1:
                 env[layer.names[0]] = item
@@ -365,7 +380,8 @@ class Elaborator:
                 raise _Abort
             return self._new_node(path, "<error>", {}, call.name_span, [cur], frame, name_span=name_span)
         if layer.body is not None:
-            self._err(layer.body.span, f"op '{call.name}' takes no {{ body }}", frame)
+            self._err(layer.body.span, f"op '{call.name}' takes no {{ body }}", frame,
+                      "if the { ... } is a separate group of layers, end the previous statement with ';'")
         if cur is None:
             self._no_input(call.name_span, frame)
             raise _Abort
@@ -402,13 +418,21 @@ class Elaborator:
                 values[k] = v
         return values, spans
 
+    def _step(self, span: Span, frame: Frame) -> None:
+        self._steps += 1
+        if self._steps > limits.MAX_STEPS:
+            self._err(span, f"the model runs more than {limits.MAX_STEPS} loop iterations and block calls", frame,
+                      "reduce repeat counts (this limit guards against runaway specs)")
+            raise _Stop
+
     def _block(self, entry: tuple[S.Def, str], call: S.Call, frame: Frame, cur: Ref | None, path: str):
         d, file = entry
+        self._step(call.name_span, frame)
         if frame.depth + 1 > limits.MAX_CALL_DEPTH:
             self._err(call.name_span, f"calls of block '{d.name}' nest deeper than {limits.MAX_CALL_DEPTH} levels "
                       f"(recursion that does not terminate?)", frame,
                       "make the recursion stop with an if on a parameter that shrinks at each call")
-            raise _Abort
+            raise _Stop
         env: dict[str, Any] = {}
         pnames = [p.name for p in d.params]
         given: dict[str, S.Arg] = {}
@@ -443,7 +467,10 @@ class Elaborator:
             env[p.name] = self._typecheck(p, v, frame, f"parameter '{p.name}' of '{d.name}'",
                                           given[p.name].span if p.name in given else None)
         self.graph.scopes.setdefault(path, Scope(path, "block", d.name, call.span, tuple(env.items())))
-        body = S.Body(tuple(s for s in d.body.stmts if not isinstance(s, (S.Input, S.Scaling))), d.body.span)
+        # A model called as a block drops its input/scaling statements; a block with them is an error.
+        stmts = d.body.stmts if d.kind == "block" else tuple(s for s in d.body.stmts
+                                                             if not isinstance(s, (S.Input, S.Scaling)))
+        body = S.Body(stmts, d.body.span)
         return self.exec_body(body, inner, cur, path)
 
     # ------------------------------------------------------------ forms
@@ -607,7 +634,7 @@ class Elaborator:
             v = self._eval(a.value, frame, join("scaling", a.name))
             if v is _ERR:
                 continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 self._err(a.value.span, f"scaling {a.name}= needs a number, got {type_name(v)} {fmt(v)}", frame)
                 continue
             args[a.name] = v
@@ -625,9 +652,9 @@ class Elaborator:
         fw = p["s"] ** (p["w"] / total / 2)
         fr = p["s"] ** (p["r"] / total / 2)
         wr, rr = int(p["w_round"]), int(p["r_round"])
-        rules = {"depth": lambda x: max(1, round(x * fd)),
-                 "width": lambda x: max(1, round(x * fw / wr)) * wr,
-                 "resolution": lambda x: max(rr, round(x * fr / rr) * rr)}
+        rules = {"depth": lambda x: _bounded(max(1, round(x * fd))),
+                 "width": lambda x: _bounded(max(1, round(x * fw / wr)) * wr),
+                 "resolution": lambda x: _bounded(max(rr, round(x * fr / rr) * rr))}
         changed = {}
         for kind, names in targets.items():
             for var in names:
@@ -641,19 +668,40 @@ class Elaborator:
                     self._err(var.span, f"scaling {kind}= needs an int or a list of ints, '{var.name}' is "
                               f"{type_name(old)} {fmt(old)}", frame)
                     continue
-                frame.env.maps[-1][var.name] = new
+                except OverflowError:  # round(inf), or a result past MAX_INT
+                    self._err(var.span, f"scaling {kind}= makes '{var.name}' too large", frame)
+                    continue
+                next(m for m in frame.env.maps if var.name in m)[var.name] = new  # where it is bound
                 changed[var.name] = (old, new)
         if not targets:
             self._err(stmt.span, "scaling names nothing to scale", frame, "add depth=, width= and/or resolution=")
         self.graph.scaling = {"s": p["s"], "d": p["d"], "w": p["w"], "r": p["r"],
                               "factors": {"depth": fd, "width": fw, "resolution": fr},
                               "changed": {k: {"from": v[0], "to": v[1]} for k, v in changed.items()}}
-        self.graph.params.update({k: v[1] for k, v in changed.items()})
+        self.graph.params.update({k: v[1] for k, v in changed.items() if k in self.graph.params})
 
 
 def _arg_span(call: S.Call, name: str) -> Span:
     """The span of keyword argument `name` of `call` (for carets on a form's arguments), else the call's name."""
     return next((a.span for a in call.args if a.name == name), call.name_span)
+
+
+def _has_choice(e) -> bool:
+    """Whether an expression calls choice / int_range / float_range anywhere."""
+    import dataclasses
+
+    from .interp import CHOICE_FUNCTIONS
+
+    stack = [e]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, S.Call) and x.name in CHOICE_FUNCTIONS:
+            return True
+        if dataclasses.is_dataclass(x):
+            for f in dataclasses.fields(x):
+                v = getattr(x, f.name)
+                stack.extend(v if isinstance(v, tuple) else [v])
+    return False
 
 
 def _prefixes(name: str) -> list[str]:
@@ -697,6 +745,30 @@ def _conforms(t: str, v: Any) -> tuple[bool, Any]:
     if t == "float" and isinstance(v, float):
         return not (math.isnan(v) or math.isinf(v)), v
     return type_name(v) == t, v
+
+
+def _uses_error(e: S.Expr, env) -> bool:
+    """Whether expression `e` reads a name bound to the error marker (a `let` whose value failed)."""
+    stack = [e]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, S.Var):
+            if env.get(x.name) is _ERR:
+                return True
+        elif isinstance(x, (S.ListExpr, S.Index, S.Slice, S.BinOp, S.Unary, S.Cond, S.Call, S.Arg)):
+            for v in vars(x).values():
+                if isinstance(v, tuple):
+                    stack.extend(v)
+                elif v is not None and not isinstance(v, (str, Span)):
+                    stack.append(v)
+    return False
+
+
+def _bounded(x: int) -> int:
+    """A scaled integer, or OverflowError past the interpreter's integer limit."""
+    if abs(x) > limits.MAX_INT:
+        raise OverflowError
+    return x
 
 
 def _map_ints(v: Any, fn):

@@ -167,6 +167,8 @@ def builtin_names() -> list[str]:
 def _num(v: Value, span: Span, what: str) -> int | float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise EvalError(span, f"{what} needs a number, got {type_name(v)} {fmt(v)}")
+    if isinstance(v, float) and not math.isfinite(v):  # int(inf), round(nan), ... would raise in Python
+        raise EvalError(span, f"{what} needs a finite number, got {fmt(v)}")
     return v
 
 
@@ -189,7 +191,35 @@ def _check_int(v: Value, span: Span) -> Value:
         raise EvalError(span, f"arithmetic produced {v}")
     if isinstance(v, tuple) and len(v) > limits.MAX_LIST:
         raise EvalError(span, f"list of {len(v)} elements is longer than {limits.MAX_LIST}")
+    if isinstance(v, tuple):
+        elements, depth = _list_size(v)
+        if elements > limits.MAX_LIST:
+            raise EvalError(span, f"nested list of {elements} elements in all is longer than {limits.MAX_LIST}")
+        if depth > limits.MAX_EXPR_DEPTH:
+            raise EvalError(span, f"list nesting is deeper than {limits.MAX_EXPR_DEPTH} levels")
+    if isinstance(v, str) and len(v) > limits.MAX_LIST:
+        raise EvalError(span, f"string of {len(v)} characters is longer than {limits.MAX_LIST}")
     return v
+
+
+def _list_size(v: tuple) -> tuple[int, int]:
+    """(elements counted as printed, nesting depth) of a list value. Sub-lists shared through `let` count each
+    time they appear (`[x, x]` nested 40 deep is 2^40 elements to print or compare), so this walks each distinct
+    sub-list once, without recursion."""
+    memo: dict[int, tuple[int, int]] = {}
+    stack = [(v, False)]
+    while stack:
+        t, ready = stack.pop()
+        if id(t) in memo:
+            continue
+        subs = [x for x in t if isinstance(x, tuple)]
+        if not ready:
+            stack.append((t, True))
+            stack.extend((x, False) for x in subs if id(x) not in memo)
+            continue
+        sizes = [memo[id(x)] for x in subs]
+        memo[id(t)] = (len(t) + sum(n for n, _ in sizes), 1 + max((d for _, d in sizes), default=0))
+    return memo[id(v)]
 
 
 class Evaluator:
@@ -301,10 +331,17 @@ def _truthy(v: Value, span: Span) -> bool:
     raise EvalError(span, f"condition must be true or false, got {type_name(v)} {fmt(v)}")
 
 
+def values_equal(a: Value, b: Value) -> bool:
+    """Equality of .arch values: ints and floats compare by value, other types must match (true != 1)."""
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(values_equal(x, y) for x, y in zip(a, b))
+    numeric = {type_name(a), type_name(b)} <= {"int", "float"}
+    return a == b and (type_name(a) == type_name(b) or numeric)
+
+
 def _binop(op: str, a: Value, b: Value, e: S.BinOp) -> Value:
     if op in ("==", "!="):
-        eq = a == b and (type_name(a) == type_name(b) or
-                         {type_name(a), type_name(b)} <= {"int", "float"})
+        eq = values_equal(a, b)
         return eq if op == "==" else not eq
     if op == "+" and isinstance(a, tuple) and isinstance(b, tuple):
         return a + b
@@ -455,7 +492,10 @@ def _round_to(ev, args, kwargs, call, hint):
     x, m = _num(args[0], call.span, "round_to()"), _num(args[1], call.span, "round_to()")
     if m <= 0:
         raise EvalError(call.span, "round_to() needs a positive multiple")
-    r = max(1, round(x / m)) * m
+    q = x / m
+    if not math.isfinite(q):
+        raise EvalError(call.span, f"round_to({fmt(x)}, {fmt(m)}) is too large")
+    r = max(1, round(q)) * m
     return int(r) if isinstance(m, int) else r
 
 
@@ -510,7 +550,10 @@ def _linspace(ev, args, kwargs, call, hint):
         raise EvalError(call.span, f"linspace() count must be in 0..{limits.MAX_LIST}")
     if n == 1:
         return (float(a),)
-    return tuple(float(a + (b - a) * i / (n - 1)) for i in range(n))
+    out = tuple(float(a + (b - a) * i / (n - 1)) for i in range(n))
+    if not all(math.isfinite(x) for x in out):
+        raise EvalError(call.span, f"linspace({fmt(a)}, {fmt(b)}, {n}) overflows")
+    return out
 
 
 @builtin("choice")

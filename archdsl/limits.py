@@ -15,6 +15,7 @@ MAX_EXPR_DEPTH = 200          # nesting of expressions / bodies in the AST
 MAX_CALL_DEPTH = 64           # nested block calls (catches recursion that does not terminate)
 MAX_NODES = 200_000           # operator nodes in one graph
 MAX_LIST = 100_000            # elements of one list value / range
+MAX_STEPS = 200_000           # loop iterations + block calls in one elaboration (empty nested loops make no nodes)
 MAX_INT = 2**62
 
 

@@ -7,6 +7,7 @@ with file:line:col; spec text is only ever parsed, never evaluated by Python.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ def _parser() -> Lark:
 # ---------------------------------------------------------------- tree -> AST
 
 _NUMBER_TOO_BIG = 10**18
+# Words a value name cannot take: expressions read them as constants or operators.
+KEYWORDS = frozenset("true false none and or not if elif else for in".split())
 _ESCAPE = re.compile(r'\\(["\\n])')  # the grammar's only escapes: \" \\ \n
 _UNESCAPED = {'"': '"', "\\": "\\", "n": "\n"}
 
@@ -62,8 +65,12 @@ class _ToAST(Transformer_NonRecursive):
         text = str(tok)
         if any(c in text for c in ".eE"):
             value: int | float = float(text)
+            if math.isinf(value):  # 1e400: infinities would reach int(), round(), range() ...
+                raise ArchError([Diagnostic(self._tok(tok), f"number {text[:20]} is too large",
+                                            "archdsl floats are limited to about 1.8e308")])
         else:
-            value = int(text)
+            # Check the length first: Python refuses int() of more than 4300 digits.
+            value = int(text) if len(text.lstrip("0")) <= 19 else _NUMBER_TOO_BIG + 1
             if value > _NUMBER_TOO_BIG:
                 raise ArchError([Diagnostic(self._tok(tok), f"integer literal {text[:20]}... is too large",
                                             "archdsl integers are limited to 10^18")])
@@ -188,8 +195,15 @@ class _ToAST(Transformer_NonRecursive):
         names, iterable, body = children
         return S.For(names, iterable, body, self._span(meta))
 
+    def _bind(self, tok: Token) -> str:
+        """A name being defined: keywords cannot be (they could never be read back)."""
+        if str(tok) in KEYWORDS:
+            raise ArchError([Diagnostic(self._tok(tok), f"'{tok}' is a keyword and cannot be used as a name",
+                                        "choose another name")])
+        return str(tok)
+
     def names(self, children):
-        return tuple(str(t) for t in children)
+        return tuple(self._bind(t) for t in children)
 
     def elif_clause(self, children):
         return (children[0], children[1])
@@ -210,7 +224,7 @@ class _ToAST(Transformer_NonRecursive):
     @v_args(meta=True)
     def let(self, meta, children):
         name, value = children
-        return S.Let(str(name), value, self._span(meta))
+        return S.Let(self._bind(name), value, self._span(meta))
 
     @v_args(meta=True)
     def require(self, meta, children):
@@ -234,7 +248,7 @@ class _ToAST(Transformer_NonRecursive):
     @v_args(meta=True)
     def param(self, meta, children):
         name, typ, default = children
-        return S.Param(str(name), typ, default, self._span(meta))
+        return S.Param(self._bind(name), typ, default, self._span(meta))
 
     def params(self, children):
         return tuple(c for c in children if c is not None)
@@ -254,7 +268,8 @@ class _ToAST(Transformer_NonRecursive):
     @v_args(meta=True)
     def import_stmt(self, meta, children):
         path, alias = children
-        return S.Import(self.string(meta, [path]).value, None if alias is None else str(alias), self._span(meta))
+        return S.Import(self.string(meta, [path]).value, None if alias is None else self._bind(alias),
+                        self._span(meta))
 
     def start(self, children):
         return [c for c in children]
@@ -272,6 +287,12 @@ _READABLE = {
 
 def _expected(e: UnexpectedInput) -> list[str]:
     names = sorted(getattr(e, "expected", None) or getattr(e, "allowed", None) or [])
+    ip = getattr(e, "interactive_parser", None)
+    if ip is not None:
+        try:  # exact: LALR state merging lists tokens that would fail after a reduction
+            names = sorted(ip.accepts()) or names
+        except Exception:  # noqa: BLE001 - fall back to the table's (wider) list
+            pass
     out = []
     for n in names:
         if n in _READABLE:
@@ -308,6 +329,13 @@ def _syntax_diagnostic(e: UnexpectedInput, file: str, text: str) -> Diagnostic:
             hint = "use ':' to name a layer (name: op(...)) or 'let name = value' to bind a value"
         elif tok.type == "RBRACE" and "')'" in exp:
             hint = "missing ')'"
+        elif tok.type == "ELSE" and "'{'" not in exp:
+            hint = "after let / require / for / if, put a conditional expression in parentheses: " \
+                   "let k = (7 if big else 3)"
+        elif tok.type == "IF" and "'or'" in exp:
+            hint = "put a conditional expression in parentheses: let k = (7 if big else 3)"
+        elif tok.type == "LBRACE":
+            hint = "if this '{' starts a new group of layers, end the previous statement with ';'"
     if exp and len(exp) <= 8:
         msg += f"; expected {', '.join(exp)}"
     return Diagnostic(Span(file, line, col, line, max(end, col + 1)), msg, hint)

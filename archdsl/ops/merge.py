@@ -17,6 +17,7 @@ class Input(Op):
     """The model input: C x H x W (declared with input(c, h, w) in a model)."""
 
     name = "input"
+    is_view = True  # the caller's tensor: not an activation the model produces
     samples = []
     family = "structure"
     arity = 0
@@ -54,13 +55,18 @@ class Identity(Op):
         return nn.Identity()
 
 
-def _same_shapes(op: str, ins: list[Shape]) -> None:
-    first = ins[0]
-    for i, s in enumerate(ins[1:], 1):
-        if s != first:
-            raise OpError(f"{op}: input shapes differ: input 0 is {first}, input {i} is {s}",
+def _broadcast(op: str, ins: list[Shape]) -> Shape:
+    """Inputs must agree, except that a C x 1 x 1 input broadcasts over C x H x W (channel gating)."""
+    full = max(ins, key=lambda s: (s.h or 1) * (s.w or 1))
+    for i, s in enumerate(ins):
+        gate = s.spatial and s.h == 1 and s.w == 1 and s.c == full.c and s.layout == full.layout
+        if s != full and not gate:
+            j = ins.index(full) if i != ins.index(full) else 0
+            raise OpError(f"{op}: input shapes differ: input {min(i, j)} is {ins[min(i, j)]}, "
+                          f"input {max(i, j)} is {ins[max(i, j)]}",
                           "branches merged elementwise must produce the same shape (a residual body must keep "
                           "its input's shape)")
+    return full
 
 
 class _Elementwise(Op):
@@ -68,8 +74,7 @@ class _Elementwise(Op):
     arity = None
 
     def infer(self, p, ins):
-        _same_shapes(self.name, ins)
-        return ins[0]
+        return _broadcast(self.name, ins)
 
 
 @register

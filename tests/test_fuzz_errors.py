@@ -1,0 +1,398 @@
+"""Fuzzing the front end (hypothesis): invalid specs only ever raise ArchError, with real positions.
+
+Inputs: character-level and token-level mutations of examples/*.arch, random op / form / block calls with
+random argument values, random expressions in every place an expression goes, deep nesting, and runaway
+specs (exponential values, recursion, loops). Each must either check or raise `ArchError` whose every
+diagnostic names a file and a line/column inside it; rendering the error must work too.
+
+The example count is modest by default (the file runs in well under a minute); set ARCHDSL_FUZZ_EXAMPLES
+for a longer run, e.g. `ARCHDSL_FUZZ_EXAMPLES=5000 pytest tests/test_fuzz_errors.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from archdsl.api import check_text
+from archdsl.errors import ArchError, source_text
+from archdsl.interp import builtin_names
+from archdsl.ops import registry
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+N = int(os.environ.get("ARCHDSL_FUZZ_EXAMPLES", "60"))
+FUZZ = settings(max_examples=N, deadline=None, database=None if N > 1000 else settings.default.database,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+
+FORMS = ("seq", "residual", "parallel", "split")
+KEYWORDS = ("import", "as", "block", "model", "let", "require", "input", "scaling", "for", "in", "if", "elif",
+            "else", "true", "false", "none", "and", "or", "not")
+
+
+def check_only_arch_errors(text: str, file: str = "fuzz.arch", **kw) -> None:
+    """check_text must succeed or raise ArchError whose diagnostics all point into a real file position."""
+    try:
+        check_text(text, file, **kw)
+    except ArchError as e:
+        assert e.diagnostics, "an ArchError without diagnostics"
+        for d in e.diagnostics:
+            s = d.span
+            assert s.file, d
+            assert s.line >= 1 and s.col >= 1, d
+            assert isinstance(d.message, str) and d.message, d
+            src = source_text(s.file)
+            if src is not None:
+                lines = src.split("\n")
+                assert s.line <= len(lines), (d, len(lines))
+                assert s.col <= len(lines[s.line - 1]) + 1, (d, lines[s.line - 1])
+        e.render()
+        str(e)
+
+
+# ---------------------------------------------------------------- corpus
+
+
+def _examples() -> list[tuple[str, str]]:
+    """(file name to check as, text): each example as it is, and self-contained (its imports inlined)."""
+    out = []
+    for p in sorted(EXAMPLES.glob("*.arch")):
+        text = p.read_text(encoding="utf-8")
+        rel = os.path.relpath(p, ROOT)
+        out.append((rel, text))
+        inlined = re.sub(r'^import "([^"]+)".*$', lambda m: (p.parent / m.group(1)).read_text(encoding="utf-8"),
+                         text, flags=re.M)
+        out.append(("inlined_" + p.name, inlined))
+    return out
+
+
+CORPUS = _examples()
+corpus = st.sampled_from(CORPUS)
+
+# ---------------------------------------------------------------- character-level mutations
+
+CHARS = list('{}()[]:;,.="\\#\n\t -+*/%<>!0123456789eE_axyz') + ["\r", "\x00", "é", "\u0663", "\u2028", "\ufb00",
+                                                                  "\U0001d7d8", "\u00a0"]
+SNIPPETS = ["if ", " else ", "elif ", "for i in ", "let x = ", "require ", "input(", "scaling(s=2, width=dims)",
+            "block ", "model ", 'import "x.arch"', "residual ", "parallel ", "split(sizes=[1, 2]) ", "seq ",
+            "none", "true", "not ", " and ", "**", "//", "1e400", "9" * 30, "-1", "0", '"', "#", "\n}", "{\n",
+            "range(", "choice(1, 2)", "int_range(1, 8)", "conv(", "dwconv(4)", "[", "]", "x: ", ";"]
+payloads = st.one_of(st.sampled_from(CHARS), st.sampled_from(SNIPPETS), st.text(max_size=4))
+
+
+@st.composite
+def char_mutants(draw):
+    file, text = draw(corpus)
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["insert", "delete", "replace", "duplicate"]))
+        i = draw(st.integers(0, len(text)))
+        n = draw(st.integers(1, 30))
+        if kind == "insert":
+            text = text[:i] + draw(payloads) + text[i:]
+        elif kind == "delete":
+            text = text[:i] + text[i + n:]
+        elif kind == "replace":
+            text = text[:i] + draw(payloads) + text[i + n:]
+        else:
+            j = draw(st.integers(0, len(text)))
+            text = text[:j] + text[i:i + n] + text[j:]
+    return file, text
+
+
+@FUZZ
+@given(char_mutants())
+def test_char_mutations(case):
+    file, text = case
+    check_only_arch_errors(text, file)
+
+
+# ---------------------------------------------------------------- token-level mutations
+
+TOKEN = re.compile(r'"(?:[^"\\\n]|\\.)*"|(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?|[A-Za-z_]\w*|\*\*|//|==|!=|<=|>='
+                   r'|#[^\n]*|\S')
+NUMBERS = ["0", "1", "2", "3", "7", "-1", "-7", "0.0", "0.5", "1.5", "1e-9", "1e308", "1e400", "1000000000000000000",
+           "10000000000000000000", "4611686018427387904", "999999999", "65536", "100001", ".5", "2."]
+NAMES = sorted({*registry.all_ops(), *FORMS, *KEYWORDS, *builtin_names(), "dims", "depths", "x", "dim", "i", "j",
+                "convnext_block", "metanext_block", "mlp_head", "lib", "k", "out", "sizes", "merge", "input"})
+OTHERS = list("{}()[]:;,.=") + ["**", "//", "==", "<", "+", "-", '"s"', '""', '"add"', '"concat"', '"\\n"']
+
+
+def _tokens(text: str) -> tuple[list[str], list[str]]:
+    """Tokens and the text before each (whitespace), so that joining them gives the text back."""
+    toks, seps, pos = [], [], 0
+    for m in TOKEN.finditer(text):
+        seps.append(text[pos:m.start()])
+        toks.append(m.group())
+        pos = m.end()
+    seps.append(text[pos:])
+    return toks, seps
+
+
+@st.composite
+def token_mutants(draw):
+    file, text = draw(corpus)
+    toks, seps = _tokens(text)
+    for _ in range(draw(st.integers(1, 4))):
+        if not toks:
+            break
+        i = draw(st.integers(0, len(toks) - 1))
+        kind = draw(st.sampled_from(["swap", "delete", "duplicate", "number", "name", "other", "drop_kind"]))
+        if kind == "swap":
+            j = draw(st.integers(0, len(toks) - 1))
+            toks[i], toks[j] = toks[j], toks[i]
+        elif kind == "delete":
+            del toks[i], seps[i + 1]
+        elif kind == "duplicate":
+            toks.insert(i, toks[i])
+            seps.insert(i + 1, " ")
+        elif kind == "number":
+            nums = [k for k, t in enumerate(toks) if t[:1].isdigit()]
+            toks[draw(st.sampled_from(nums)) if nums else i] = draw(st.sampled_from(NUMBERS))
+        elif kind == "name":
+            names = [k for k, t in enumerate(toks) if t[:1].isalpha() or t[:1] == "_"]
+            toks[draw(st.sampled_from(names)) if names else i] = draw(st.sampled_from(NAMES))
+        elif kind == "other":
+            toks[i] = draw(st.sampled_from(OTHERS))
+        else:  # drop every occurrence of one bracket kind
+            ch = draw(st.sampled_from(list("{}()[]")))
+            toks = ["" if t == ch else t for t in toks]
+    return file, "".join(s + t for s, t in zip(seps, toks)) + seps[len(toks)]
+
+
+@FUZZ
+@given(token_mutants())
+def test_token_mutations(case):
+    file, text = case
+    check_only_arch_errors(text, file)
+
+
+# ---------------------------------------------------------------- random op / form / block calls
+
+VALUE_ATOMS = ["0", "1", "2", "3", "4", "5", "7", "8", "16", "-1", "-3", "0.0", "0.5", "1.0", "2.5", "-0.5", "1e-6",
+               "1e30", "1e308", "1000000000000000000", "4611686018427387903", "true", "false", "none", '"relu"',
+               '"tanh"', '"first"', '"last"', '"add"', '"concat"', '"mul"', '"x"', '""', "dims", "c", "nan_name",
+               "[]", "[1]", "[2, 2]", "[1, 11]", "[3, 3, 3]", "[0, 8]", "[-1, 9]", "[[1]]", '["a"]', "[1.5, 2]",
+               "[true]", "range(3)", "choice(1, 2)", "int_range(1, 4)", "float_range(0.1, 0.5)", "8 // 0",
+               "[1, 2][5]", "dims[9]", "2 ** 62", "2 ** 63", "-2 ** 62 * 4"]
+
+
+def _values(depth: int = 2):
+    atoms = st.sampled_from(VALUE_ATOMS)
+    if depth == 0:
+        return atoms
+    sub = _values(depth - 1)
+    return st.one_of(atoms, st.lists(sub, max_size=3).map(lambda xs: "[" + ", ".join(xs) + "]"),
+                     st.tuples(sub, st.sampled_from(["+", "-", "*", "/", "//", "%", "**", "<", "==", "and"]),
+                               sub).map(lambda t: f"({t[0]} {t[1]} {t[2]})"))
+
+
+values = _values()
+OP_NAMES = sorted(registry.all_ops())
+PARAM_NAMES = sorted({f for op in registry.all_ops().values() for f in op.Params.model_fields}
+                     | {"layer_scale", "drop_path", "merge", "sizes", "ratios", "remainder", "dim", "k", "bogus",
+                        "kernel", "stride", "c", "h", "w"})
+CALLEES = OP_NAMES + list(FORMS) + ["blk", "blk2", "lib.blk", "nonexistent", "range", "len", "choice", "input"]
+PREFIXES = ["", "gap()", "nhwc()", "flatten()", "conv(8, k=1)", "conv(1, k=1)", "maxpool(2)", "linear(5)",
+            "split(sizes=[1, 2]) { relu() relu() }", "dwconv(k=7, s=4)"]
+BODIES = ["", " { }", " { relu() }", " { relu() gelu() }", " { conv(4, k=1); bn() }", " { identity() relu() }",
+          " { a: relu() a: gelu() }", " { input(3, 8, 8) }", " { let q = 1 relu() }", " { {} {} {} }"]
+HEADER = """block blk(dim: int, k: int = 3, act: str = "gelu") {
+    residual { dwconv(k); conv(dim, k=1) }
+}
+block blk2(n: int) { if n > 0 { relu(); blk2(n - 1) } }
+"""
+
+
+@st.composite
+def op_calls(draw):
+    callee = draw(st.sampled_from(CALLEES))
+    args = draw(st.lists(st.tuples(st.none() | st.sampled_from(PARAM_NAMES), values), max_size=4))
+    arg_text = ", ".join(v if k is None else f"{k}={v}" for k, v in args)
+    c, h, w = draw(st.sampled_from(["3", "1", "0", "-1", "8", "64", "1e308"])), \
+        draw(st.sampled_from(["1", "2", "8", "224", "0", "100000000"])), draw(st.sampled_from(["1", "3", "8", "224"]))
+    prefix = draw(st.sampled_from(PREFIXES))
+    body = draw(st.sampled_from(BODIES))
+    named = draw(st.sampled_from(["", "x: ", "stem: ", "add: ", "training: ", "_hidden: "]))
+    return (f"{HEADER}model m(dims: list[int] = [8, 16], c: int = 4) {{\n    input({c}, {h}, {w})\n"
+            f"    {prefix}\n    {named}{callee}({arg_text}){body}\n    relu()\n}}\n")
+
+
+@FUZZ
+@given(op_calls())
+def test_random_op_calls(text):
+    check_only_arch_errors(text)
+
+
+@FUZZ
+@given(st.sampled_from(OP_NAMES), st.lists(values, min_size=1, max_size=3), st.sampled_from(["3, 16, 16",
+                                                                                             "4, 1, 1", "2, 5, 7"]))
+def test_every_op_with_random_positional_values(op, vals, shape):
+    text = f"model m(dims: list[int] = [8, 16], c: int = 4) {{ input({shape}) {op}({', '.join(vals)}) }}"
+    check_only_arch_errors(text)
+
+
+# ---------------------------------------------------------------- random expressions in every place
+
+ENV = ('let a = 3\n    let b = [1, 2, 3]\n    let s = "ab"\n    let f = 1.5\n    let t = true\n    let n = none\n'
+       '    let z = 0\n    let nested = [[1, 2], [3]]\n')
+EXPR_LEAVES = ["a", "b", "s", "f", "t", "n", "z", "nested", "undefined_name", "0", "1", "2", "-1", "0.0", "1e308",
+               "1000000000000000000", "true", "none", '"x"', "[]", "[1, [2]]", "range(4)"]
+BUILTINS = builtin_names()
+
+
+def _exprs():
+    leaves = st.sampled_from(EXPR_LEAVES)
+
+    def extend(sub):
+        return st.one_of(
+            st.tuples(sub, st.sampled_from(["+", "-", "*", "/", "//", "%", "**", "==", "!=", "<", ">=", "and", "or"]),
+                      sub).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+            st.tuples(st.sampled_from(["-", "+", "not "]), sub).map(lambda t: f"({t[0]}{t[1]})"),
+            st.tuples(sub, sub).map(lambda t: f"{t[0]}[{t[1]}]"),
+            st.tuples(sub, st.none() | sub, st.none() | sub).map(lambda t: f"{t[0]}[{t[1] or ''}:{t[2] or ''}]"),
+            st.tuples(sub, sub, sub).map(lambda t: f"({t[0]} if {t[1]} else {t[2]})"),
+            st.lists(sub, max_size=3).map(lambda xs: "[" + ", ".join(xs) + "]"),
+            st.tuples(st.sampled_from(BUILTINS), st.lists(sub, max_size=3),
+                      st.sampled_from(["", ", default=1", ", name=\"q\"", ", step=0", ", divisor=0", ", log=true"]))
+            .map(lambda t: f"{t[0]}({', '.join(t[1])}{t[2] if t[1] else ''})"),
+        )
+
+    return st.recursive(leaves, extend, max_leaves=8)
+
+
+exprs = _exprs()
+PLACES = [
+    "let x = {e}\n    conv(x)",
+    "require {e}",
+    'require {e}, "message"',
+    "for i in {e} {{ relu() }}",
+    "for i, j in {e} {{ relu() }}",
+    "if {e} {{ relu() }} elif {e} {{ gelu() }} else {{ }}",
+    "residual(layer_scale={e}) {{ relu() }}",
+    "residual(drop_path={e}) {{ relu() }}",
+    "parallel(merge={e}) {{ relu() gelu() }}",
+    "split(sizes={e}) {{ relu() gelu() }}",
+    "split(ratios={e}, remainder={e}) {{ relu() gelu() }}",
+    "conv({e}, k={e}, s={e}, pad={e}, d={e}, groups={e})",
+    "dwconv(k={e}, mult={e})",
+    "blk({e}, k={e})",
+    "blk2({e})",
+    "linear(out={e}, bias={e})",
+    "se(hidden={e}, ratio={e})",
+    "x: conv(8) {{ {e} }}",
+]
+
+
+@st.composite
+def expr_specs(draw):
+    place = draw(st.sampled_from(PLACES))
+    stmt = place.format(e=draw(exprs))
+    default = draw(st.sampled_from(["8", "{e}"])).format(e=draw(exprs))
+    head = draw(st.sampled_from(["input(3, 16, 16)", "input({e}, 16, {e})", "scaling(s={e}, width=p)"]))
+    head = head.format(e=draw(exprs))
+    if head.startswith("scaling"):
+        head += "\n    input(3, 16, 16)"
+    return f"{HEADER}model m(p: int = {default}) {{\n    {head}\n    {ENV}    {stmt}\n    relu()\n}}\n"
+
+
+@FUZZ
+@given(expr_specs())
+def test_random_expressions(text):
+    check_only_arch_errors(text)
+
+
+@FUZZ
+@given(exprs, st.sampled_from(["p", "q", "depths", "num_classes", "dims"]))
+def test_random_overrides(e, key):
+    file, text = CORPUS[1]
+    check_only_arch_errors(text, file, overrides={key: e})
+    check_only_arch_errors(text, file, overrides={key: e}, strict_overrides=False)
+
+
+@FUZZ
+@given(st.tuples(st.integers(-2, 10**6), st.integers(-2, 10**5), st.integers(-2, 10**5)))
+def test_random_input_shapes(shape):
+    file, text = CORPUS[1]
+    check_only_arch_errors(text, file, input_shape=shape)
+
+
+# ---------------------------------------------------------------- deep nesting and runaway specs
+
+
+def _wrap(n: int, open_: str, close: str, inner: str) -> str:
+    return open_ * n + inner + close * n
+
+
+def _model(stmts: str) -> str:
+    return f"model m() {{\n    input(3, 8, 8)\n    {stmts}\n}}\n"
+
+
+DEEP = {
+    "parens": lambda n: _model(f"conv({_wrap(n, '(', ')', '8')})"),
+    "lists": lambda n: _model(f"let x = {_wrap(n, '[', ']', '8')}\n    relu()"),
+    "minus": lambda n: _model(f"conv({'-' * n}8)"),
+    "not": lambda n: _model(f"require {'not ' * n}true"),
+    "power": lambda n: _model(f"conv({' ** '.join(['1'] * n)})"),
+    "sum": lambda n: _model(f"conv({' + '.join(['1'] * n)})"),
+    "index": lambda n: _model(f"let x = [1]\n    conv(x{'[0]' * n})"),
+    "ternary": lambda n: _model(f"conv({' if true else '.join(['1'] * n)})"),
+    "bodies": lambda n: _model(_wrap(n, "{ ", " }", "relu()")),
+    "ifs": lambda n: _model(_wrap(n, "if true { ", " }", "relu()")),
+    "residuals": lambda n: _model(_wrap(n, "residual { ", " }", "relu()")),
+    "calls": lambda n: _model("let x = " + _wrap(n, "abs(", ")", "1") + "\n    conv(x)"),
+    "unclosed": lambda n: _model("{ " * n),
+    "unopened": lambda n: _model("} " * n),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DEEP))
+@pytest.mark.parametrize("n", [50, 199, 201, 2000])
+def test_deep_nesting(kind, n):
+    check_only_arch_errors(DEEP[kind](n))
+
+
+RUNAWAY = {
+    "doubling lists": _model("let l0 = [1, 2]\n    " + "\n    ".join(f"let l{i + 1} = [l{i}, l{i}]" for i in range(60))
+                             + "\n    conv(l60)"),
+    "doubling strings": _model('let s0 = "ab"\n    ' + "\n    ".join(f"let s{i + 1} = s{i} + s{i}" for i in range(60))
+                               + "\n    conv(s60)"),
+    "nested values": _model("let l0 = [1]\n    " + "\n    ".join(f"let l{i + 1} = [l{i}]" for i in range(1000))
+                            + "\n    conv(l1000)"),
+    "list repeat": _model("let x = [1] * 1000000000000\n    relu()"),
+    "huge range": _model("for i in range(1000000000000) { relu() }"),
+    "huge literal": _model("conv(" + "9" * 5000 + ")"),
+    "huge float": _model("conv(int(1e400))"),
+    "inf arithmetic": _model("conv(int(1e308 * 10))"),
+    "round_to overflow": _model("conv(round_to(1e300, 1e-300))"),
+    "linspace overflow": _model("for x in linspace(-1e308, 1e308, 3) { conv(int(x)) }"),
+    "power overflow": _model("conv(2 ** 100000)"),
+    "float power": _model("conv(int(2.5 ** 100000))"),
+    "recursion": "block b() { b() }\n" + _model("b()"),
+    "double recursion": "block b() { b() b() }\n" + _model("b()"),
+    "mutual recursion": "block a() { b() }\nblock b() { a() a() }\n" + _model("a()"),
+    "cheap double recursion": "block b(n: int) { if n > 0 { b(n - 1) b(n - 1) } }\n" + _model("b(40)\n    relu()"),
+    "empty nested loops": _model("for i in range(100000) { for j in range(100000) { } }"),
+    "scaling overflow": "model m(d: list[int] = [1000000000000]) {\n    scaling(s=1e300, d=1, w=0, r=0, depth=d)\n"
+                        "    input(3, 8, 8)\n    conv(8)\n}\n",
+    "scaling rounding": "model m(w: int = 8) {\n    scaling(w_round=1e300, width=w)\n    input(3, 8, 8)\n    conv(w)\n}\n",
+    "long line": _model("relu() " * 3000),
+    "many errors": _model("\n    ".join("cnov(8)" for _ in range(500))),
+    "many syntax errors": _model("\n    ".join("conv(8" for _ in range(500))),
+    "nul bytes": _model("conv(8)\x00\x00"),
+    "crlf": _model("conv(8)\r\n    relu()\r\n"),
+    "bom": "\ufeff" + _model("relu()"),
+    "self import": 'import "fuzz.arch"\n' + _model("relu()"),
+    "absolute import": 'import "/etc/passwd.arch"\n' + _model("relu()"),
+    "escaping import": 'import "../../../../x.arch"\n' + _model("relu()"),
+    "directory import": 'import "examples.arch"\nimport "."\nimport ""\n' + _model("relu()"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RUNAWAY))
+def test_runaway_specs(name):
+    check_only_arch_errors(RUNAWAY[name])
