@@ -1,7 +1,8 @@
 """The public Python API: parse + elaborate + check in one call, and model building.
 
 Takes: a path or spec text, overrides (name -> value or .arch expression text) and options.
-Returns: a checked `ArchGraph` (`check_file`, `check_text`) or an nn.Module (`load`, `build`).
+Returns: a checked `ArchGraph` (`check_file`, `check_text`); `archdsl.load` / `archdsl.build` turn one into
+an nn.Module.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import os
 from typing import Any
 
 from . import check as _check
+from . import syntax as S
 from .elaborate import Elaborator
 from .errors import ArchError, Diagnostic, Span
 from .interp import ChoiceTable, EvalError, Evaluator
@@ -18,10 +20,13 @@ from .parse import Program, load_program, parse_expr
 
 
 def parse_override(key: str, value: Any) -> Any:
-    """`--set key=value`: strings are read as .arch expressions (no choices), Python values pass through."""
+    """`--set key=value`: strings are read as .arch expressions (a bare word is a string), Python values pass
+    through (lists become the language's lists)."""
     if not isinstance(value, str):
         return _as_arch_value(value)
     expr = parse_expr(value, f"--set {key}")
+    if isinstance(expr, S.Var):  # a bare word is a string: --set kind=inception
+        return expr.name
     try:
         return Evaluator(ChoiceTable()).eval(expr, {}, key)  # type: ignore[arg-type]
     except EvalError as e:

@@ -173,7 +173,7 @@ class Elaborator:
     # ------------------------------------------------------------ helpers
 
     def _eval(self, e: S.Expr, frame: Frame, hint: str) -> Any:
-        if _uses_error(e, frame.env):
+        if self.col.diagnostics and _uses_error(e, frame.env):  # (no error yet: no name can hold _ERR)
             return _ERR  # a `let` it reads already failed and was reported: do not cascade
         try:
             return self.ev.eval(e, frame.env, hint)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .interp import fmt
 from .ir import ArchGraph
 from .shapes import Cost, human
 
@@ -109,8 +110,10 @@ def table(g: ArchGraph) -> str:
     if open_:
         body.append("")
         body.append(f"{len(open_)} choice point(s) (checked at the values shown):")
-        for c in open_:
-            body.append(f"  {c.name} = {c.value!r:<8} {c.describe()}  [{c.source}]  {c.span}")
+        cells = [(c.name, fmt(c.value), c.describe(), c.source, str(c.span)) for c in open_]
+        w = [max(len(r[i]) for r in cells) for i in range(4)]
+        for r in cells:
+            body.append(f"  {r[0]:<{w[0]}} = {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:<{w[3]}}  {r[4]}")
     return "\n".join(line.rstrip() for line in body) + "\n"
 
 
