@@ -315,7 +315,8 @@ class DCLS(nn.Module):
         o, i, _ = self.weight.shape
         dense = self.weight.new_zeros(o, i, self.size * self.size)
         w = self.weight
-        for dr, dc, coef in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc), (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
+        corners = ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc), (1, 0, fr * (1 - fc)), (1, 1, fr * fc))
+        for dr, dc, coef in corners:
             r = (r0 + dr).clamp(max=self.size - 1)
             c = (c0 + dc).clamp(max=self.size - 1)
             dense = dense.scatter_add(2, r * self.size + c, w * coef)

@@ -262,7 +262,7 @@ class Emitter:
         subs: list[dict] = [{} for _ in first.items]
         args: dict[str, object] = {}
         for k, it in enumerate(first.items):
-            for path, v in leaves[k].items():
+            for path in leaves[k]:
                 vals = [dict(_leaves(m.items[k].ctor))[path] for m in members]
                 if all(x == vals[0] and type(x) is type(vals[0]) for x in vals):
                     continue
@@ -282,7 +282,8 @@ class Emitter:
         sig = ", ".join(args)
         sc = self.block_scopes[first.path]
         lines = [f"class {first.cls}(nn.Module):",
-                 f'    """block {first.block}, called at {sc.span.file}:{sc.span.line} ({len(members)} instance(s))."""',
+                 f'    """block {first.block}, called at {sc.span.file}:{sc.span.line} '
+                 f'({len(members)} instance(s))."""',
                  "",
                  f"    def __init__(self{', ' + sig if sig else ''}):",
                  "        super().__init__()"]

@@ -15,7 +15,8 @@ S = Shape  # short name for the test samples below
 Int2 = int | tuple[int, int]
 
 
-def conv_geometry(op: str, s: Shape, k: Int2, stride: Int2, pad: Int2 | None, d: Int2) -> tuple[int, int, tuple[int, int]]:
+def conv_geometry(op: str, s: Shape, k: Int2, stride: Int2, pad: Int2 | None,
+                  d: Int2) -> tuple[int, int, tuple[int, int]]:
     """Output (H, W) and the padding actually used; raises OpError for impossible configurations."""
     require_spatial(op, s)
     (kh, kw), (sh, sw), (dh, dw) = pair(k), pair(stride), pair(d)

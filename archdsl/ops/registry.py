@@ -71,7 +71,8 @@ _REGISTRY: dict[str, Op] = {}
 
 def register(cls: type[Op]) -> type[Op]:
     if cls.name in _REGISTRY:
-        raise ValueError(f"op {cls.name!r} is registered twice ({_REGISTRY[cls.name].__class__.__name__}, {cls.__name__})")
+        first = _REGISTRY[cls.name].__class__.__name__
+        raise ValueError(f"op {cls.name!r} is registered twice ({first}, {cls.__name__})")
     _REGISTRY[cls.name] = cls()
     return cls
 
