@@ -300,6 +300,8 @@ class Elaborator:
                 self._err(stmt.span, "requirement failed" + (f": {stmt.message}" if stmt.message else ""), frame)
         elif isinstance(stmt, S.Scaling):
             self._scaling(stmt, frame)
+        elif isinstance(stmt, S.Init):
+            self._init(stmt, frame)
         elif isinstance(stmt, S.Input):
             pass  # handled by exec_body (it changes the data flow)
 
@@ -469,7 +471,7 @@ class Elaborator:
         self.graph.scopes.setdefault(path, Scope(path, "block", d.name, call.span, tuple(env.items())))
         # A model called as a block drops its input/scaling statements; a block with them is an error.
         stmts = d.body.stmts if d.kind == "block" else tuple(s for s in d.body.stmts
-                                                             if not isinstance(s, (S.Input, S.Scaling)))
+                                                             if not isinstance(s, (S.Input, S.Scaling, S.Init)))
         body = S.Body(stmts, d.body.span)
         return self.exec_body(body, inner, cur, path)
 
@@ -525,7 +527,7 @@ class Elaborator:
         outs: list[Ref] = []
         for stmt, seg, name_span in self._layer_segments(body, collapse=False):
             if seg is None:
-                if isinstance(stmt, (S.Input, S.Scaling)):
+                if isinstance(stmt, (S.Input, S.Scaling, S.Init)):
                     self._err(stmt.span, "input/scaling statements belong at the top of a model body", frame)
                 else:
                     self._exec_simple(stmt, frame, path)
@@ -605,6 +607,43 @@ class Elaborator:
         node = self._new_node("input", "input", vals, stmt.span, [], frame, spans)
         self.graph.input_node = node[0]
         return node
+
+    def _init(self, stmt: S.Init, frame: Frame) -> None:
+        from .codegen.init import SCHEMES
+
+        if not frame.model_top or frame.depth != 0:
+            self._err(stmt.span, "init(...) may only appear at the top of a model body", frame)
+            return
+        if self.graph.init is not None:
+            self._err(stmt.span, "the model declares init(...) twice", frame)
+            return
+        names = ["scheme", "std", "head_scale"]
+        out: dict[str, Any] = {"scheme": None, "std": 0.02, "head_scale": 1.0}
+        reported = False
+        for i, a in enumerate(stmt.args):
+            key = a.name if a.name is not None else (names[i] if i < len(names) else None)
+            if key not in names:
+                self._err(a.span, f"init takes {', '.join(names)}" + (did_you_mean(key, names) if key else ""),
+                          frame, 'e.g. init("trunc_normal", std=0.02)')
+                continue
+            v = self._eval(a.value, frame, join("init", key))
+            if v is _ERR:
+                continue
+            if key == "scheme" and v not in SCHEMES:
+                self._err(a.span, f"unknown init scheme {fmt(v)}{did_you_mean(str(v), SCHEMES)}", frame,
+                          "schemes: " + ", ".join(SCHEMES))
+                reported = True
+                continue
+            if key != "scheme" and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
+                self._err(a.span, f"init {key}= needs a positive number, got {fmt(v)}", frame)
+                continue
+            out[key] = v if key == "scheme" else float(v)
+        if out["scheme"] is None:
+            if reported:
+                return
+            self._err(stmt.span, "init(...) needs a scheme", frame, "schemes: " + ", ".join(SCHEMES))
+            return
+        self.graph.init = out
 
     def _scaling(self, stmt: S.Scaling, frame: Frame) -> None:
         if not frame.model_top or frame.depth != 0:

@@ -372,7 +372,7 @@ def _binop(op: str, a: Value, b: Value, e: S.BinOp) -> Value:
     if op == "**":
         if isinstance(x, int) and isinstance(y, int):
             if y < 0:
-                return float(x) ** y
+                x = float(x)  # a float result; 0 ** -1 raises ZeroDivisionError inside the try below
             if abs(x) > 1 and y * math.log2(abs(x)) > 62:
                 raise EvalError(e.span, "integer overflow (result is larger than 2^62)")
         try:

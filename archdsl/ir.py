@@ -61,6 +61,7 @@ class ArchGraph:
     params: dict[str, Any] = field(default_factory=dict)  # resolved model parameters
     choices: list = field(default_factory=list)  # ChoicePoint, in order met
     scaling: dict | None = None
+    init: dict | None = None  # weight initialisation scheme (archdsl.codegen.init)
     scopes: dict[str, Scope] = field(default_factory=dict)
     _order: int = 0
 

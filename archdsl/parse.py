@@ -239,6 +239,10 @@ class _ToAST(Transformer_NonRecursive):
     def scaling(self, meta, children):
         return S.Scaling(children[0] or (), self._span(meta))
 
+    @v_args(meta=True)
+    def init_stmt(self, meta, children):
+        return S.Init(children[0] or (), self._span(meta))
+
     # -- top level
     @v_args(meta=True)
     def type(self, meta, children):

@@ -41,6 +41,8 @@ def format_ir(g: ArchGraph, spans: bool = True) -> str:
     lines = [f"# model {g.model} ({g.file})"]
     if g.params:
         lines.append("# params " + ", ".join(f"{k}={fmt(v)}" for k, v in g.params.items()))
+    if g.init:
+        lines.append("# init " + ", ".join(f"{k}={fmt(v)}" for k, v in g.init.items()))
     for name in g.order():
         node = g.node(name)
         ins = ", ".join(src if port == 0 and not isinstance(g.attrs(src).get("shape"), tuple) else f"{src}:{port}"
@@ -74,6 +76,13 @@ def read_ir(text: str, file: str = "<ir>") -> ArchGraph:
             m = re.match(r"# model (\S+) \((.*)\)$", line)
             if m:
                 g.model, g.file = m.group(1), m.group(2)
+            continue
+        if line.startswith("# init "):
+            call = parse_expr(f"init({line[len('# init '):]})", file)
+            try:
+                g.init = {a.name: ev.eval(a.value, {}, "") for a in call.args}  # type: ignore[arg-type]
+            except EvalError as e:
+                raise fail(i, e.message) from None
             continue
         if line.startswith("# params "):
             call = parse_expr(f"params({line[len('# params '):]})", file)

@@ -194,7 +194,15 @@ class Scaling:
     span: Span = field(compare=False)
 
 
-Stmt = Union[LayerCall, Seq, For, If, Named, Let, Require, Input, Scaling]
+@dataclass(frozen=True)
+class Init:
+    """init(scheme, ...): how the model's weights are initialised."""
+
+    args: tuple[Arg, ...]
+    span: Span = field(compare=False)
+
+
+Stmt = Union[LayerCall, Seq, For, If, Named, Let, Require, Input, Scaling, Init]
 LAYER_TYPES = (LayerCall, Seq, For, If, Named)
 
 # ---------------------------------------------------------------- top level

@@ -236,6 +236,24 @@ def test_every_op_with_random_positional_values(op, vals, shape):
     check_only_arch_errors(text)
 
 
+@st.composite
+def op_keyword_calls(draw):
+    """Each op called with its own parameter names (and the odd unknown one), random values."""
+    op = draw(st.sampled_from(OP_NAMES))
+    fields = [*registry.get(op).Params.model_fields, "bogus"]
+    kws = draw(st.lists(st.tuples(st.sampled_from(fields), values), max_size=len(fields), unique_by=lambda t: t[0]))
+    shape = draw(st.sampled_from(["3, 16, 16", "4, 1, 1", "2, 5, 7", "64, 7, 7", "8, 2, 64"]))
+    prefix = draw(st.sampled_from(["", "nhwc()", "gap()"]))
+    args = ", ".join(f"{k}={v}" for k, v in kws)
+    return f"model m(dims: list[int] = [8, 16], c: int = 4) {{ input({shape}) {prefix} {op}({args}) }}"
+
+
+@FUZZ
+@given(op_keyword_calls())
+def test_every_op_with_random_keywords(text):
+    check_only_arch_errors(text)
+
+
 # ---------------------------------------------------------------- random expressions in every place
 
 ENV = ('let a = 3\n    let b = [1, 2, 3]\n    let s = "ab"\n    let f = 1.5\n    let t = true\n    let n = none\n'
@@ -307,7 +325,7 @@ def test_random_expressions(text):
 
 
 @FUZZ
-@given(exprs, st.sampled_from(["p", "q", "depths", "num_classes", "dims"]))
+@given(st.one_of(exprs, st.text(max_size=12)), st.sampled_from(["p", "q", "depths", "num_classes", "dims"]))
 def test_random_overrides(e, key):
     file, text = CORPUS[1]
     check_only_arch_errors(text, file, overrides={key: e})

@@ -65,3 +65,20 @@ def test_compiled_source_depends_on_torch_only(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "torch.Size([1, 1000])" in r.stdout
+
+
+def test_same_seed_same_initial_weights(tmp_path):
+    """The compiled model builds its layers in the same order and applies the spec's init(...) the same way."""
+    g = check_file("examples/convnext_atto.arch", input_shape=(3, 32, 32))
+    assert g.init == {"scheme": "trunc_normal", "std": 0.02, "head_scale": 1.0}
+    out = tmp_path / "atto_gen.py"
+    out.write_text(emit_source(g))
+    mod = _import(out)
+    torch.manual_seed(123)
+    a = build_module(g).state_dict()
+    torch.manual_seed(123)
+    b = mod.model().state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    w = a["stages.2.blocks.0.mlp.fc1.weight"]
+    assert abs(w.std().item() - 0.02) < 0.002 and w.abs().max() <= 2.0

@@ -87,5 +87,9 @@ def _install(root: nn.Module, path: str, module: nn.Module) -> None:
 
 
 def build_module(graph: ArchGraph) -> ArchModule:
-    """The training-form nn.Module of a checked graph."""
-    return ArchModule(graph)
+    """The training-form nn.Module of a checked graph, initialised as the spec's init(...) says."""
+    from .init import apply_init
+
+    m = ArchModule(graph)
+    apply_init(m, graph.init)
+    return m

@@ -352,6 +352,9 @@ class Emitter:
         for it in top:
             if it.ctor is not None:
                 lines.append(f'        _add(self, "{it.rel}", {it.ctor.render()})')
+        if g.init and g.init["scheme"] != "default":
+            lines.append("        self._init_weights()")
+            lines += ["", *_init_source(g.init, self.used)]
         lines += ["", "    def forward(self, x):"]
         lines += ["        " + s for s in self._forward(top, "", (g.input_node, 0))]
         layer_src = _layer_sources(self.used)
@@ -383,6 +386,29 @@ def _add(root: nn.Module, path: str, module: nn.Module) -> None:
             root.add_module(p, Container())
         root = root._modules[p]
     root.add_module(last, module)'''
+
+
+def _init_source(init: dict, used: set[str]) -> list[str]:
+    """A method re-initialising weights exactly as archdsl.codegen.init.apply_init does."""
+    kinds = ["nn.Conv1d", "nn.Conv2d", "nn.Linear", *(c for c in ("DCLS", "FFTConv") if c in used)]
+    body = ["    @torch.no_grad()", "    def _init_weights(self) -> None:",
+            f'        """init({init["scheme"]!r}, std={init["std"]!r}, head_scale={init["head_scale"]!r})."""',
+            "        last = None",
+            "        for m in self.modules():",
+            f"            if not isinstance(m, ({', '.join(kinds)})):",
+            "                continue"]
+    if init["scheme"] == "trunc_normal":
+        body.append(f"            nn.init.trunc_normal_(m.weight, std={init['std']!r}, a=-2.0, b=2.0)")
+    else:
+        body += ["            if isinstance(m, nn.Linear):", "                nn.init.normal_(m.weight, 0.0, 0.01)",
+                 "            else:",
+                 '                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")']
+    body += ['            if getattr(m, "bias", None) is not None:', "                nn.init.zeros_(m.bias)",
+             "            if isinstance(m, nn.Linear):", "                last = m"]
+    if init["head_scale"] != 1.0:
+        body += ["        if last is not None:", f"            last.weight.mul_({init['head_scale']!r})",
+                 "            if last.bias is not None:", f"                last.bias.mul_({init['head_scale']!r})"]
+    return body
 
 
 def _inline_add(it, ins):

@@ -30,6 +30,8 @@ class SE(Op):
         gate: Literal["sigmoid", "hardsigmoid"] = "sigmoid"
 
     def hidden(self, p, c: int) -> int:
+        if p.hidden is None and not math.isfinite(c * p.ratio):
+            raise OpError(f"se ratio {p.ratio} is too large", arg="ratio")
         h = p.hidden if p.hidden is not None else int(c * p.ratio)
         if h <= 0:
             raise OpError(f"se hidden size is {h} for {c} channels", "raise ratio or give hidden=",
@@ -78,6 +80,9 @@ class ECA(Op):
         b: float = 1.0
 
     def kernel(self, p, c: int) -> int:
+        if p.k is None and not (p.gamma > 0 and math.isfinite(abs(math.log2(c) + p.b) / p.gamma)):
+            raise OpError(f"eca gamma={p.gamma}, b={p.b} give no kernel size", "use gamma > 0, or give k=",
+                          arg="gamma")
         k = p.k if p.k is not None else eca_kernel(c, p.gamma, p.b)
         if k <= 0 or k % 2 == 0:
             raise OpError(f"eca kernel must be odd and positive, got {k}", arg="k")

@@ -159,8 +159,8 @@ class Split(Op):
                 raise OpError(f"split sizes {list(p.sizes)} sum to {sum(p.sizes)}, but the input has {c} channels",
                               arg="sizes")
             return p.sizes
-        if any(r <= 0 for r in p.ratios):
-            raise OpError(f"split ratios must be positive, got {list(p.ratios)}", arg="ratios")
+        if any(not 0 < r <= 1 for r in p.ratios):  # (a ratio past 1 leaves the remainder negative anyway)
+            raise OpError(f"split ratios must be in (0, 1], got {list(p.ratios)}", arg="ratios")
         sizes = [int(c * r) for r in p.ratios]
         i = 0 if p.remainder == "first" else len(sizes) - 1
         sizes[i] = c - (sum(sizes) - sizes[i])

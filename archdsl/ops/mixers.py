@@ -40,6 +40,8 @@ class InceptionDW(Op):
         band: int = 11
 
     def groups(self, p, c: int) -> int:
+        if not 0.0 < p.ratio <= 1.0:  # (also keeps int(c * ratio) finite)
+            raise OpError(f"ratio must be in (0, 1], got {p.ratio}", arg="ratio")
         g = int(c * p.ratio)
         if g <= 0:
             raise OpError(f"ratio {p.ratio} gives g = int({c} * {p.ratio}) = 0 branch channels", arg="ratio")
