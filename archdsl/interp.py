@@ -519,11 +519,12 @@ def _make_divisible(ev, args, kwargs, call, hint):
 def _range(ev, args, kwargs, call, hint):
     _arity(args, kwargs, call, 1, 3)
     ints = [_int(a, call.span, "range()") for a in args]
-    r = range(*ints) if len(ints) > 1 else range(ints[0])
-    if len(ints) == 3 and ints[2] == 0:
+    if len(ints) == 3 and ints[2] == 0:  # (checked first: range() itself raises ValueError)
         raise EvalError(call.span, "range() step must not be zero")
-    if len(r) > limits.MAX_LIST:
-        raise EvalError(call.span, f"range of {len(r)} elements is longer than {limits.MAX_LIST}")
+    r = range(*ints) if len(ints) > 1 else range(ints[0])
+    n = (r.stop - r.start + r.step - (1 if r.step > 0 else -1)) // r.step  # len(r) fails past 2^63
+    if n > limits.MAX_LIST:
+        raise EvalError(call.span, f"range of {n} elements is longer than {limits.MAX_LIST}")
     return tuple(r)
 
 

@@ -528,6 +528,9 @@ def load_program(path: str | os.PathLike, search_paths: tuple[str, ...] = (), al
             except UnicodeDecodeError:
                 col.add(Span(display, 1, 1, 1, 2), "file is not valid UTF-8 text")
                 return None
+            except OSError as err:  # unreadable (permissions, a directory, ...)
+                col.add(Span(display, 1, 1, 1, 2), f"cannot read the file: {err.strerror or err}")
+                return None
         try:
             return parse_text(src, display)
         except ArchError as e:
@@ -571,14 +574,18 @@ def _resolve_import(imp: S.Import, importer: Path, roots: list[Path], allow_outs
         col.add(imp.span, f"absolute import path {imp.path!r} is not allowed",
                 "import relative to this file, or pass --allow-outside-imports")
         return None
-    candidates = [(importer.parent / rel).resolve()] + [(r / rel).resolve() for r in roots[1:]]
-    for c in candidates:
-        if c.is_file():
-            if not allow_outside and not any(c.is_relative_to(r) for r in roots):
-                col.add(imp.span, f"import {imp.path!r} leaves the spec's directory ({_display(roots[0])})",
-                        "add the directory with --import-path, or pass --allow-outside-imports")
-                return None
-            return c
+    try:
+        candidates = [(importer.parent / rel).resolve()] + [(r / rel).resolve() for r in roots[1:]]
+        found = [c for c in candidates if c.is_file()]
+    except (OSError, ValueError) as err:  # a NUL character, a name too long for the file system, ...
+        col.add(imp.span, f"cannot use import path {imp.path!r}: {getattr(err, 'strerror', None) or err}")
+        return None
+    for c in found:
+        if not allow_outside and not any(c.is_relative_to(r) for r in roots):
+            col.add(imp.span, f"import {imp.path!r} leaves the spec's directory ({_display(roots[0])})",
+                    "add the directory with --import-path, or pass --allow-outside-imports")
+            return None
+        return c
     where = ", ".join(dict.fromkeys(_display(c) for c in candidates))
     col.add(imp.span, f"imported file not found: {imp.path!r}", f"looked for {where} (import paths are relative "
             "to the importing file)")

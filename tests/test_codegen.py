@@ -49,3 +49,13 @@ def test_runtime_failure_names_node_and_line():
         m(torch.randn(1, 4, 16, 16))
     with pytest.raises(NodeError, match=r"rt.arch:3:9: node 'body' \(conv\)"):
         m(torch.randn(1, 3, 2, 2))  # too small for an unpadded 3x3 kernel
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_gives_1000_logits_at_224(path):
+    g = check_file(path)
+    assert g.input_shape.to_json() == [3, 224, 224]
+    with torch.no_grad():
+        y = build_module(g).eval()(torch.randn(1, 3, 224, 224))
+    assert tuple(y.shape) == (1, 1000) and torch.isfinite(y).all()

@@ -21,14 +21,15 @@ from hypothesis import strategies as st
 
 from archdsl.api import check_text
 from archdsl.errors import ArchError, source_text
+from archdsl.fmt import format_module
 from archdsl.interp import builtin_names
 from archdsl.ops import registry
+from archdsl.parse import parse_text
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 N = int(os.environ.get("ARCHDSL_FUZZ_EXAMPLES", "60"))
-FUZZ = settings(max_examples=N, deadline=None, database=None if N > 1000 else settings.default.database,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+FUZZ = settings(max_examples=N, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 
 FORMS = ("seq", "residual", "parallel", "split")
 KEYWORDS = ("import", "as", "block", "model", "let", "require", "input", "scaling", "for", "in", "if", "elif",
@@ -53,6 +54,16 @@ def check_only_arch_errors(text: str, file: str = "fuzz.arch", **kw) -> None:
                 assert s.col <= len(lines[s.line - 1]) + 1, (d, lines[s.line - 1])
         e.render()
         str(e)
+
+
+def formats_back(text: str, file: str) -> None:
+    """Whatever parses (mutants included) must survive the formatter: same AST after a round trip."""
+    try:
+        mod = parse_text(text, file)
+    except ArchError:
+        return
+    out = format_module(mod)
+    assert parse_text(out, file) == mod, out
 
 
 # ---------------------------------------------------------------- corpus
@@ -109,6 +120,7 @@ def char_mutants(draw):
 def test_char_mutations(case):
     file, text = case
     check_only_arch_errors(text, file)
+    formats_back(text, file)
 
 
 # ---------------------------------------------------------------- token-level mutations
@@ -169,6 +181,7 @@ def token_mutants(draw):
 def test_token_mutations(case):
     file, text = case
     check_only_arch_errors(text, file)
+    formats_back(text, file)
 
 
 # ---------------------------------------------------------------- random op / form / block calls
@@ -322,6 +335,7 @@ def expr_specs(draw):
 @given(expr_specs())
 def test_random_expressions(text):
     check_only_arch_errors(text)
+    formats_back(text, "fuzz.arch")
 
 
 @FUZZ
@@ -408,6 +422,18 @@ RUNAWAY = {
     "absolute import": 'import "/etc/passwd.arch"\n' + _model("relu()"),
     "escaping import": 'import "../../../../x.arch"\n' + _model("relu()"),
     "directory import": 'import "examples.arch"\nimport "."\nimport ""\n' + _model("relu()"),
+    "NUL in import": 'import "a\x00b.arch"\n' + _model("relu()"),
+    "import name too long": 'import "' + "a" * 300 + '.arch"\n' + _model("relu()"),
+    "import path too long": 'import "' + "a/" * 3000 + '.arch"\n' + _model("relu()"),
+    "range past 2^63": _model("for i in range(-(2 ** 62), 2 ** 62) { relu() }"),
+    "range step 0": _model("for i in range(1, 2, 0) { relu() }"),
+    "zero to a negative power": _model("conv(int(0 ** -1))"),
+    "eca gamma 0": _model("eca(gamma=0.0)"),
+    "eca tiny gamma": _model("eca(gamma=1e-308, b=1e308)"),
+    "inception_dw huge ratio": _model("inception_dw(ratio=1e308)"),
+    "se huge ratio": _model("se(ratio=1e308)"),
+    "split huge ratios": _model("split(ratios=[1e308, 0.5]) { relu() relu() }"),
+    "cascading let": _model("let a = 1 // 0\n    let b = a + 1\n    conv(b)"),
 }
 
 
