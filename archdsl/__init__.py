@@ -4,6 +4,9 @@ Public API (torch is imported only when a model is built):
     archdsl.check_file(path, **overrides) -> ArchGraph  parse + elaborate + check a .arch file
     archdsl.load(path, **overrides) -> nn.Module         the training-form model of a .arch file
     archdsl.build(text, **overrides) -> nn.Module        the same, from spec text
+    archdsl.deploy(module) -> nn.Module                  the inference form of a (trained) training-form model:
+                                                         BN folded, branches merged, same function in eval mode
+load/build take form="deploy" to get the inference form directly.
 Overrides fix model parameters or choice points by name; names that are not Python identifiers
 (e.g. 'stages.2.blocks.5.k') go in `overrides={...}`. Every mistake in a spec raises `ArchError`.
 """
@@ -26,27 +29,40 @@ def check_file(path: str | os.PathLike, overrides: dict[str, Any] | None = None,
     return api.check_file(path, {**(overrides or {}), **kw}, input_shape, model)
 
 
-def _module(graph):
+def _module(graph, form: str = "train"):
     from .api import require_resolved
     from .codegen.module import build_module
 
+    if form not in ("train", "deploy"):
+        raise ValueError(f"form must be 'train' or 'deploy', got {form!r}")
     require_resolved(graph)
-    return build_module(graph)
+    m = build_module(graph)
+    return deploy(m) if form == "deploy" else m
+
+
+def deploy(module, debug: bool = False):
+    """The deploy (inference) form of a training-form model built by archdsl, its weights and BN statistics
+    converted exactly; returned in eval mode. `module.deploy_reports` says what each pass changed."""
+    from .passes import deploy as _deploy
+
+    return _deploy(module, debug)
 
 
 def load(path: str | os.PathLike, overrides: dict[str, Any] | None = None, *,
-         input_shape: tuple[int, int, int] | None = None, model: str | None = None, **kw: Any):
+         input_shape: tuple[int, int, int] | None = None, model: str | None = None, form: str = "train",
+         **kw: Any):
     """The training-form nn.Module of a .arch file. Every choice point must be fixed by an override or by
     its default=; otherwise ArchError lists the open ones."""
-    return _module(check_file(path, overrides, input_shape=input_shape, model=model, **kw))
+    return _module(check_file(path, overrides, input_shape=input_shape, model=model, **kw), form)
 
 
 def build(text: str, overrides: dict[str, Any] | None = None, *, file: str = "<spec>",
-          input_shape: tuple[int, int, int] | None = None, model: str | None = None, **kw: Any):
+          input_shape: tuple[int, int, int] | None = None, model: str | None = None, form: str = "train",
+          **kw: Any):
     """Like load(), from spec text."""
     from .api import check_text
 
-    return _module(check_text(text, file, {**(overrides or {}), **kw}, input_shape, model))
+    return _module(check_text(text, file, {**(overrides or {}), **kw}, input_shape, model), form)
 
 
-__all__ = ["ArchError", "build", "check_file", "load", "__version__"]
+__all__ = ["ArchError", "build", "check_file", "deploy", "load", "__version__"]

@@ -55,13 +55,33 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
                    help="an extra directory imports may resolve to")
     p.add_argument("--allow-outside-imports", action="store_true",
                    help="allow absolute imports and imports that leave the spec's directory")
+    p.add_argument("--deploy", action="store_true",
+                   help="the inference form: BN folded, parallel branches merged (re-parameterization)")
+    p.add_argument("--debug-passes", action="store_true",
+                   help="with --deploy: print what each pass changed and the IR after it")
 
 
 def _graph(args):
     from .api import check_file
 
-    return check_file(args.file, _overrides(args.set), _input_shape(args.input), args.model,
-                      tuple(args.import_path), args.allow_outside_imports)
+    g = check_file(args.file, _overrides(args.set), _input_shape(args.input), args.model,
+                   tuple(args.import_path), args.allow_outside_imports)
+    if getattr(args, "deploy", False):
+        from .passes import deploy_graph
+
+        g, args.reports = deploy_graph(g, debug=getattr(args, "debug_passes", False))
+    return g
+
+
+def _print_reports(args, stream) -> None:
+    from .printer import format_ir
+
+    for r in getattr(args, "reports", []):
+        print(f"# pass {r.name}: {len(r.changes)} change(s)", file=stream)
+        for c in r.changes:
+            print(f"#   {c}", file=stream)
+        if r.graph is not None:
+            print(format_ir(r.graph), file=stream, end="")
 
 
 def cmd_check(args) -> int:
@@ -69,7 +89,11 @@ def cmd_check(args) -> int:
 
     g = _graph(args)
     if args.json:
-        print(json.dumps(report.to_json(g), indent=2))
+        data = report.to_json(g)
+        if args.deploy:
+            data["form"] = "deploy"
+            data["passes"] = {r.name: r.changes for r in args.reports}
+        print(json.dumps(data, indent=2))
     else:
         print(report.table(g), end="")
     return 0
@@ -78,7 +102,9 @@ def cmd_check(args) -> int:
 def cmd_show(args) -> int:
     from .printer import format_ir
 
-    print(format_ir(_graph(args), spans=not args.no_spans), end="")
+    g = _graph(args)
+    _print_reports(args, sys.stdout)
+    print(format_ir(g, spans=not args.no_spans), end="")
     return 0
 
 
@@ -86,9 +112,24 @@ def cmd_compile(args) -> int:
     from .api import require_resolved
     from .codegen.source import emit_source
 
-    g = _graph(args)
+    if args.weights and not args.deploy:
+        raise SystemExit(_usage("--weights goes with --deploy (it converts a trained checkpoint)"))
+    if args.deploy and args.weights and args.output in (None, "-"):
+        raise SystemExit(_usage("--weights needs -o FILE (the converted weights go to FILE with .pt)"))
+    state = None
+    if args.weights:
+        state = _deploy_weights(args)
+        g = state.graph
+    else:
+        g = _graph(args)
     require_resolved(g)
     text = emit_source(g)
+    if state is not None:
+        import torch
+
+        pt = os.path.splitext(args.output)[0] + ".pt"
+        torch.save(state.state_dict(), pt)
+        print(f"wrote {pt} (deploy-form weights)", file=sys.stderr)
     if args.output in (None, "-"):
         print(text, end="")
     else:
@@ -96,6 +137,32 @@ def cmd_compile(args) -> int:
             fh.write(text)
         print(f"wrote {args.output} ({g.model}: {g.total().params:,} parameters)", file=sys.stderr)
     return 0
+
+
+def _deploy_weights(args):
+    """Load a training-form checkpoint into the spec's model and convert it to the deploy form."""
+    import torch
+
+    from .api import check_file, require_resolved
+    from .codegen.module import build_module
+    from .passes import deploy
+
+    g = check_file(args.file, _overrides(args.set), _input_shape(args.input), args.model,
+                   tuple(args.import_path), args.allow_outside_imports)
+    require_resolved(g)
+    m = build_module(g)
+    try:
+        sd = torch.load(args.weights, map_location="cpu", weights_only=True)  # never unpickles code
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input problem
+        raise SystemExit(_usage(f"cannot read --weights {args.weights}: {e}")) from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    missing, unexpected = m.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise SystemExit(_usage(f"--weights {args.weights} does not fit {g.model}: "
+                                f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
+                                f"(e.g. {unexpected[:3]})"))
+    return deploy(m)
 
 
 def cmd_fmt(args) -> int:
@@ -152,6 +219,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="write standalone PyTorch source for the model (depends on torch only)")
     _add_spec_args(p)
     p.add_argument("-o", "--output", help="output .py file (default: stdout)")
+    p.add_argument("--weights", help="with --deploy: a training-form state_dict to convert (written to OUTPUT.pt)")
     p.set_defaults(fn=cmd_compile)
 
     p = sub.add_parser("fmt", help="print specs in canonical format")

@@ -62,6 +62,7 @@ class ArchGraph:
     choices: list = field(default_factory=list)  # ChoicePoint, in order met
     scaling: dict | None = None
     init: dict | None = None  # weight initialisation scheme (archdsl.codegen.init)
+    deploy: bool = False  # produced by the deploy passes
     scopes: dict[str, Scope] = field(default_factory=dict)
     _order: int = 0
 
@@ -74,7 +75,7 @@ class ArchGraph:
 
     def copy(self) -> "ArchGraph":
         out = replace(self, g=self.g.copy(), params=dict(self.params), choices=list(self.choices),
-                      scopes=dict(self.scopes))
+                      scopes=dict(self.scopes), init=None if self.init is None else dict(self.init))
         for n in out.g.nodes:  # attribute dicts must not be shared with the original
             out.g.nodes[n].update(dict(self.g.nodes[n]))
         return out

@@ -479,11 +479,19 @@ def parse_text(text: str, file: str = "<string>") -> S.Module:
 def parse_expr(text: str, file: str = "<expr>") -> S.Expr:
     """Parse one expression (used for --set name=value)."""
     register_source(file, text)
+    limits.check_text(text, file)
     try:
         tree = _parser().parse(text, start="expr")
     except UnexpectedInput as e:
         raise ArchError([_syntax_diagnostic(e, file, text)]) from None
-    return _ToAST(file).transform(tree)
+    try:
+        expr = _ToAST(file).transform(tree)
+    except VisitError as e:  # an ArchError raised inside the transformer (a literal too large)
+        if isinstance(e.orig_exc, ArchError):
+            raise e.orig_exc from None
+        raise
+    limits.check_ast_depth([expr], file)  # the evaluator recurses over the tree
+    return expr
 
 
 # ---------------------------------------------------------------- programs (files + imports)

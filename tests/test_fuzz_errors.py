@@ -19,9 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from archdsl import limits
 from archdsl.api import check_text
 from archdsl.errors import ArchError, source_text
-from archdsl.fmt import format_module
+from archdsl.fmt import format_module, format_text
 from archdsl.interp import builtin_names
 from archdsl.ops import registry
 from archdsl.parse import parse_text
@@ -29,7 +30,8 @@ from archdsl.parse import parse_text
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 N = int(os.environ.get("ARCHDSL_FUZZ_EXAMPLES", "60"))
-FUZZ = settings(max_examples=N, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+FUZZ = settings(max_examples=N, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 
 FORMS = ("seq", "residual", "parallel", "split")
 KEYWORDS = ("import", "as", "block", "model", "let", "require", "input", "scaling", "for", "in", "if", "elif",
@@ -64,6 +66,9 @@ def formats_back(text: str, file: str) -> None:
         return
     out = format_module(mod)
     assert parse_text(out, file) == mod, out
+    kept = format_text(text, file)  # the comment-keeping path
+    assert parse_text(kept, file) == mod, kept
+    assert format_text(kept, file) == kept
 
 
 # ---------------------------------------------------------------- corpus
@@ -76,7 +81,8 @@ def _examples() -> list[tuple[str, str]]:
         text = p.read_text(encoding="utf-8")
         rel = os.path.relpath(p, ROOT)
         out.append((rel, text))
-        inlined = re.sub(r'^import "([^"]+)".*$', lambda m: (p.parent / m.group(1)).read_text(encoding="utf-8"),
+        here = p.parent
+        inlined = re.sub(r'^import "([^"]+)".*$', lambda m, here=here: (here / m.group(1)).read_text(encoding="utf-8"),
                          text, flags=re.M)
         out.append(("inlined_" + p.name, inlined))
     return out
@@ -338,8 +344,13 @@ def test_random_expressions(text):
     formats_back(text, "fuzz.arch")
 
 
+BAD_OVERRIDES = ["1e400", "9" * 30, "-" * 3000 + "1", "[" * 300 + "]" * 300, "not " * 1000 + "true", "choice(1, 2)",
+                 "x" * 20000]
+
+
 @FUZZ
-@given(st.one_of(exprs, st.text(max_size=12)), st.sampled_from(["p", "q", "depths", "num_classes", "dims"]))
+@given(st.one_of(exprs, st.text(max_size=12), st.sampled_from(BAD_OVERRIDES)),
+       st.sampled_from(["p", "q", "depths", "num_classes", "dims"]))
 def test_random_overrides(e, key):
     file, text = CORPUS[1]
     check_only_arch_errors(text, file, overrides={key: e})
@@ -411,7 +422,8 @@ RUNAWAY = {
     "empty nested loops": _model("for i in range(100000) { for j in range(100000) { } }"),
     "scaling overflow": "model m(d: list[int] = [1000000000000]) {\n    scaling(s=1e300, d=1, w=0, r=0, depth=d)\n"
                         "    input(3, 8, 8)\n    conv(8)\n}\n",
-    "scaling rounding": "model m(w: int = 8) {\n    scaling(w_round=1e300, width=w)\n    input(3, 8, 8)\n    conv(w)\n}\n",
+    "scaling rounding": "model m(w: int = 8) {\n    scaling(w_round=1e300, width=w)\n    input(3, 8, 8)\n"
+                        "    conv(w)\n}\n",
     "long line": _model("relu() " * 3000),
     "many errors": _model("\n    ".join("cnov(8)" for _ in range(500))),
     "many syntax errors": _model("\n    ".join("conv(8" for _ in range(500))),
@@ -438,5 +450,6 @@ RUNAWAY = {
 
 
 @pytest.mark.parametrize("name", sorted(RUNAWAY))
-def test_runaway_specs(name):
+def test_runaway_specs(name, monkeypatch):
+    monkeypatch.setattr(limits, "MAX_STEPS", 20_000)  # the same guard, reached sooner
     check_only_arch_errors(RUNAWAY[name])

@@ -3,11 +3,14 @@
 (a) random ASTs over every syntax node: parse(format(ast)) == ast, and format is idempotent;
 (b) random *valid* architectures: check(spec) and check(format(parse(spec))) build identical graphs
     (node names in order, ops, validated params, shapes, costs), and the shapes match an independent
-    shape model kept by the generator; the examples/*.arch files re-check identically after formatting.
+    shape model kept by the generator; the examples/*.arch files re-check identically after formatting;
+(c) comments and blank lines survive `format_text` (each comment kept, output idempotent).
+Set ARCHDSL_ROUNDTRIP_EXAMPLES for a longer run (default 150 examples per property).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -19,7 +22,7 @@ from hypothesis import strategies as st
 from archdsl import syntax as S
 from archdsl.api import check_text
 from archdsl.errors import Span
-from archdsl.fmt import format_expr, format_file, format_module
+from archdsl.fmt import format_expr, format_file, format_module, format_text
 from archdsl.parse import parse_expr, parse_text
 from archdsl.shapes import Shape
 
@@ -47,7 +50,7 @@ number_text = st.one_of(
     st.integers(0, 10**18).map(str),
     st.from_regex(r"([0-9]{1,4}\.[0-9]{0,3}|\.[0-9]{1,3}|[0-9]{1,4})([eE][+-]?[0-9]{1,3})?", fullmatch=True),
 )
-nums = number_text.map(lambda t: S.Num(_num_value(t), t, SP))
+nums = number_text.filter(lambda t: math.isfinite(_num_value(t))).map(lambda t: S.Num(_num_value(t), t, SP))
 strs = st.text(max_size=8).map(lambda s: S.Str(s, SP))
 consts = st.sampled_from([True, False, None]).map(lambda v: S.Const(v, SP))
 variables = names.map(lambda n: S.Var(n, SP))
@@ -80,6 +83,7 @@ simple_stmts = st.one_of(
     st.builds(lambda t, m: S.Require(t, m, SP), exprs, st.none() | st.text(max_size=6)),
     _args(exprs).map(lambda a: S.Input(a, SP)),
     _args(exprs).map(lambda a: S.Scaling(a, SP)),
+    _args(exprs).map(lambda a: S.Init(a, SP)),
     calls.map(lambda c: S.LayerCall(c, None, SP)),
 )
 
@@ -130,6 +134,36 @@ def test_expr_roundtrip(e):
     assert format_expr(parse_expr(text)) == text
 
 
+COMMENT = re.compile(r'"(?:[^"\\\n]|\\["\\n])*"|#[^\n]*')
+
+
+def _comments(text: str) -> list[str]:
+    return sorted(m.group().rstrip() for m in COMMENT.finditer(text) if m.group().startswith("#"))
+
+
+@st.composite
+def commented_sources(draw):
+    """Formatted random modules with comments put at the ends of random lines and between lines."""
+    lines = format_module(draw(modules)).split("\n")
+    out = []
+    for i, line in enumerate(lines):
+        if draw(st.integers(0, 3)) == 0:
+            out.append(f"# own {i}")
+        out.append(line + (f"  # tail {i}" if line.strip() and draw(st.integers(0, 2)) == 0 else ""))
+        if draw(st.integers(0, 5)) == 0:
+            out.append("")
+    return "\n".join(out)
+
+
+@SETTINGS
+@given(commented_sources())
+def test_comments_survive_formatting(text):
+    out = format_text(text, "c.arch")
+    assert parse_text(out, "c.arch") == parse_text(text, "c.arch"), out
+    assert _comments(out) == _comments(text), out
+    assert format_text(out, "c.arch") == out
+
+
 @pytest.mark.parametrize("src, want", [
     ("(a if b else c) if d else e", "(a if b else c) if d else e"),
     ("a if b else (c if d else e)", "a if b else c if d else e"),
@@ -167,9 +201,22 @@ def test_semicolons_where_the_grammar_needs_them():
     mod = parse_text(src, "s.arch")
     text = format_module(mod)
     assert parse_text(text, "s.arch") == mod
-    assert text == ("model m() {\n    let x = a;\n    if c {\n        relu()\n    }\n    require x;\n    if c { }\n"
+    assert text == ("model m() {\n    let x = a\n    if c {\n        relu()\n    }\n    require x\n    if c { }\n"
                     "    require x, \"m\"\n    if c { }\n    conv(8);\n    {\n        relu()\n    }\n    n: conv(8);\n"
                     "    { }\n    conv(8) { }\n    { }\n}\n")
+
+
+def test_statement_expressions_and_bare_forms():
+    src = ('model m() { let x = (a if b else c)\nrequire (p if q else r), "m"\nfor i in (u if v else w) { }\n'
+           'if (a if b else c) { } elif (d if e else f) { }\nresidual() { relu() }\nlib.blk { }\n'
+           'init("trunc_normal", std=0.02)\nconv(k=a if b else c)\n}')
+    mod = parse_text(src, "s.arch")
+    text = format_module(mod)
+    assert parse_text(text, "s.arch") == mod
+    assert text == ("model m() {\n    let x = (a if b else c)\n    require (p if q else r), \"m\"\n"
+                    "    for i in (u if v else w) { }\n    if (a if b else c) { } elif (d if e else f) { }\n"
+                    "    residual {\n        relu()\n    }\n    lib.blk { }\n    init(\"trunc_normal\", std=0.02)\n"
+                    "    conv(k=a if b else c)\n}\n")
 
 
 def test_layout_of_a_module():
@@ -177,6 +224,18 @@ def test_layout_of_a_module():
     text = format_module(parse_text(src, "l.arch"))
     assert text == ('import "x.arch" as lib\n\nmodel b() { }\n\nblock a(x: int = 1, y: list[int]) {\n'
                     '    if x {\n        relu()\n    } elif y { } else {\n        gelu()\n    }\n}\n')
+
+
+def test_comment_placement():
+    src = ('# file header\n\nimport "x.arch"  # why\n# about b\nblock b(\n    a: int,  # the width\n'
+           '    # the kernel\n    k: int = 3,\n) {  # b line\n    relu()  # after relu\n\n\n    # before gelu\n'
+           '    x: { gelu(); relu() }  # on x\n    if a > 0 {\n        relu()\n        # end of if\n    }\n'
+           '    # end of b\n}\n# trailing file comment\n')
+    assert format_text(src, "c.arch") == (
+        '# file header\n\nimport "x.arch"  # why\n\n# about b\nblock b(\n    a: int,  # the width\n'
+        '    # the kernel\n    k: int = 3,\n) {  # b line\n    relu()  # after relu\n\n    # before gelu\n'
+        '    x: {  # on x\n        gelu()\n        relu()\n    }\n    if a > 0 {\n        relu()\n'
+        '        # end of if\n    }\n    # end of b\n}\n\n# trailing file comment\n')
 
 
 # ---------------------------------------------------------------- (b) random valid architectures
@@ -449,6 +508,7 @@ def test_valid_specs_recheck_identically(spec):
     formatted = format_module(parse_text(text, "valid.arch"))
     g2 = check_text(formatted, "valid.arch")
     assert _graph_summary(g1) == _graph_summary(g2), formatted
+    assert _graph_summary(check_text(format_text(text, "valid.arch"), "valid.arch")) == _graph_summary(g1)
     assert format_module(parse_text(formatted, "valid.arch")) == formatted
 
 
@@ -462,7 +522,10 @@ def test_examples_format_and_recheck(path):
     text = path.read_text(encoding="utf-8")
     formatted = format_file(rel)
     assert parse_text(formatted, rel) == parse_text(text, rel)
-    assert format_module(parse_text(formatted, rel)) == formatted
+    assert _comments(formatted) == _comments(text)
+    assert format_text(formatted, rel) == formatted
+    bare = format_module(parse_text(text, rel))
+    assert format_module(parse_text(bare, rel)) == bare
     if not re.search(r"^\s*model\s", text, re.M):
         return  # a library of blocks: nothing to check on its own
     g1, g2 = check_text(text, rel), check_text(formatted, rel)

@@ -28,6 +28,7 @@ class NodeError(RuntimeError):
 class ArchModule(nn.Module):
     def __init__(self, graph: ArchGraph):
         super().__init__()
+        self.graph = graph  # the checked IR it was built from (archdsl.deploy reads it)
         self.arch_name = graph.model
         self.input_node = graph.input_node
         shape = graph.input_shape

@@ -11,6 +11,13 @@ from .registry import Op, OpError, OpParams, register, require_spatial
 
 S = _Shape  # short name for the test samples below
 
+class _BN:
+    """BatchNorm parameters as the deploy folding reads them (affine, with eps)."""
+
+    def __init__(self, eps: float):
+        self.eps, self.affine = eps, True
+
+
 # UniRepLKNet's default branches for each large kernel size K: (kernels, dilations).
 DILATED_DEFAULTS: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
     17: ((5, 9, 3, 3, 3), (1, 2, 4, 5, 7)),
@@ -131,3 +138,27 @@ class DilatedReparam(Op):
 
         kernels, dilations = self.branches(p)
         return L.DilatedReparam(ins[0].c, p.k, kernels, dilations, p.eps)
+
+    def reparam(self, p, ins, weights):
+        """Deploy form: one k x k depthwise conv with bias; each branch's BN folded in, its dilated kernel
+        expanded (E[r*i, r*j] = K[i, j]) and centre-padded, all summed."""
+        from ..passes import convview as cv
+
+        c = ins[0].c
+        kernels, dilations = self.branches(p)
+        w = b = None
+        if weights is not None:
+            bn = _BN(p.eps)
+            w = weights["lk_origin.weight"].new_zeros(c, 1, p.k, p.k)
+            b = w.new_zeros(c)
+            parts = [("lk_origin", "origin_bn", p.k, 1)] + [
+                (f"dil_conv_k{k}_{r}", f"dil_bn_k{k}_{r}", k, r) for k, r in zip(kernels, dilations)]
+            for conv, norm, k, r in parts:
+                v = cv.ConvView("dwconv", c, c, (k, k), (1, 1), (r * (k - 1) // 2,) * 2, (r, r), c, False,
+                                weights[f"{conv}.weight"], w.new_zeros(c))
+                scale, shift = cv.bn_affine(bn, {k2[len(norm) + 1:]: t for k2, t in weights.items()
+                                                 if k2.startswith(norm + ".")}, c)
+                v = cv.fold_after(v, scale, shift)
+                w = w + cv.dense(v, (p.k, p.k))
+                b = b + v.b
+        return "dwconv", {"k": p.k, "bias": True}, None if w is None else {"weight": w, "bias": b}

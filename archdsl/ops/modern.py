@@ -71,6 +71,22 @@ class DCLS(Op):
         cout, groups = self.geometry(p, ins[0].c)
         return L.DCLS(ins[0].c, cout, p.kernel_count, p.size, groups, p.bias)
 
+    def reparam(self, p, ins, weights):
+        """Deploy form: the taps rasterized (bilinear) into a dense size x size conv."""
+        from ..codegen import layers as L
+
+        c = ins[0].c
+        cout, groups = self.geometry(p, c)
+        params = {"out": cout, "k": p.size, "groups": groups, "bias": p.bias}
+        new = None
+        if weights is not None:
+            m = L.DCLS(c, cout, p.kernel_count, p.size, groups, p.bias).to(weights["weight"].dtype)
+            m.load_state_dict(weights)
+            new = {"weight": m.kernel().detach()}
+            if p.bias:
+                new["bias"] = weights["bias"]
+        return "conv", params, new
+
 
 @register
 class GnConv(Op):
@@ -293,6 +309,32 @@ class RepConv(Op):
         from ..codegen import layers as L
 
         return L.RepConv(ins[0].c, p.out, p.k, p.s, p.groups, self.has_identity(p, ins[0].c))
+
+    def reparam(self, p, ins, weights):
+        """Deploy form: one k x k conv with bias = k x k branch + centre-padded 1x1 branch + identity, BNs folded."""
+        from ..passes import convview as cv
+        from .mixers import _BN
+
+        c = ins[0].c
+        params = {"out": p.out, "k": p.k, "s": p.s, "groups": p.groups, "bias": True}
+        if weights is None:
+            return "conv", params, None
+
+        def unit(prefix, k, pad):
+            bn = {key[len(prefix) + 4:]: t for key, t in weights.items() if key.startswith(prefix + ".bn.")}
+            w = weights[f"{prefix}.c.weight"]
+            v = cv.ConvView("conv", c, p.out, (k, k), (p.s, p.s), (pad, pad), (1, 1), p.groups, False, w,
+                            w.new_zeros(p.out))
+            return cv.fold_after(v, *cv.bn_affine(_BN(1e-5), bn, p.out))
+
+        views = [unit("rbr_dense", p.k, p.k // 2), unit("rbr_1x1", 1, 0)]
+        if self.has_identity(p, c):
+            ident = cv.identity_view(c, p.groups, views[0].weight.dtype, True)
+            bn = {key[len("rbr_identity."):]: t for key, t in weights.items() if key.startswith("rbr_identity.")}
+            views.append(cv.fold_after(ident, *cv.bn_affine(_BN(1e-5), bn, c)))
+        w = sum(cv.dense(v, (p.k, p.k)) for v in views)
+        b = sum(v.b for v in views)
+        return "conv", params, {"weight": w, "bias": b}
 
 
 @register

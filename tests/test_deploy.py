@@ -1,0 +1,200 @@
+"""The deploy form: exact re-parameterization. Deploy output == training-form eval output on random weights and
+random BN statistics (fp64 and fp32), published deploy parameter counts, no BN left where a fold is exact,
+one conv per merged branch group, pure and idempotent passes, refusals that name the node."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import archdsl
+from archdsl.api import check_file, check_text
+from archdsl.codegen import layers as L
+from archdsl.codegen.module import build_module
+from archdsl.passes import deploy, deploy_graph
+from archdsl.printer import format_ir
+
+EXAMPLES = sorted(Path("examples").glob("*.arch"))
+
+
+def randomize(m: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random BN statistics and affine weights, layer scales and GRN parameters (init values hide bugs)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                mod.running_mean.copy_(torch.randn(mod.num_features, generator=g) * 0.5)
+                mod.running_var.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
+                mod.weight.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
+                mod.bias.copy_(torch.randn(mod.num_features, generator=g) * 0.5)
+            elif isinstance(mod, L.LayerScale):
+                mod.gamma.copy_(torch.rand(mod.gamma.shape, generator=g) + 0.5)
+            elif isinstance(mod, L.GRN):
+                mod.gamma.copy_(torch.randn(mod.gamma.shape, generator=g) * 0.5)
+                if mod.beta is not None:
+                    mod.beta.copy_(torch.randn(mod.beta.shape, generator=g) * 0.5)
+    return m.eval()
+
+
+def rel_err(a, b) -> float:
+    return ((a - b).abs().max() / a.abs().max()).item()
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_deploy_equals_training_form(path):
+    g = check_file(path, input_shape=(3, 32, 32))  # fp64 depthwise convs are slow on CPU: keep maps small
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    train = randomize(build_module(g).double())
+    dep = deploy(train)
+    with torch.no_grad():
+        assert rel_err(train(x), dep(x)) < 1e-5
+    train32 = randomize(build_module(g))
+    with torch.no_grad():
+        assert rel_err(train32(x.float()), deploy(train32)(x.float())) < 1e-4
+    ops = [n.op for n in dep.graph.nodes()]
+    assert "bn" not in ops and "drop_path" not in ops and "dilated_reparam" not in ops
+
+
+@pytest.mark.parametrize("name,train,deployed", [("unireplknet_a", 4_649_060, 4_437_300),
+                                                 ("unireplknet_t", 31_693_420, 31_037_980)])
+def test_published_deploy_counts(name, train, deployed):
+    g = check_file(f"examples/{name}.arch")
+    dg, _ = deploy_graph(g)
+    assert (g.total().params, dg.total().params) == (train, deployed)
+    m = archdsl.load(f"examples/{name}.arch", form="deploy")
+    assert sum(p.numel() for p in m.parameters()) == deployed
+
+
+def test_one_depthwise_conv_per_merged_group():
+    dg, _ = deploy_graph(check_file("examples/unireplknet_a.arch"))
+    for blk, sc in dg.scopes.items():
+        if sc.kind == "block" and sc.label == "unireplknet_block":
+            convs = [n for n in dg.nodes() if n.name.startswith(blk + ".") and n.op == "dwconv"]
+            assert len(convs) == 1, (blk, [c.name for c in convs])
+    dg, _ = deploy_graph(check_file("examples/replknet_31b.arch"))
+    lk = [n for n in dg.nodes() if ".large_kernel." in n.name]
+    assert lk and all(n.op == "dwconv" for n in lk)
+    assert len(lk) == 24  # one per RepLK block (2 + 2 + 18 + 2)
+    assert {n.params.k for n in lk} == {31, 29, 27, 13}
+
+
+def test_passes_are_pure_and_idempotent():
+    g = check_file("examples/unireplknet_a.arch")
+    before = format_ir(g)
+    dg, reports = deploy_graph(g)
+    assert format_ir(g) == before, "a pass mutated its input"
+    again, reports2 = deploy_graph(dg)
+    assert all(not r.changes for r in reports2), [c for r in reports2 for c in r.changes]
+    assert format_ir(again) == format_ir(dg)
+
+
+def _random_config(space: Path, rng: random.Random) -> dict:
+    g = check_file(space, input_shape=(3, 32, 32))
+    out = {}
+    for c in g.choices:
+        d = c.domain()
+        if d["type"] == "choice":
+            out[c.name] = rng.choice(d["values"])
+        elif d["type"] == "int_range":
+            out[c.name] = rng.randrange(d["lo"], d["hi"] + 1, d["step"])
+        else:
+            out[c.name] = rng.uniform(d["lo"], d["hi"])
+    return out
+
+
+@pytest.mark.slow
+def test_random_search_space_points_deploy_exactly():
+    space = Path("examples/search/convnext_space.arch")
+    rng = random.Random(7)
+    done = tried = 0
+    while done < 6 and tried < 200:
+        tried += 1
+        try:
+            g = check_file(space, _random_config(space, rng), input_shape=(3, 32, 32), strict_overrides=False)
+        except archdsl.ArchError:
+            continue  # an invalid combination (rejected by the spec's require)
+        train = randomize(build_module(g).double(), seed=tried)
+        x = torch.randn(2, *g.input_shape.to_json(), dtype=torch.float64)
+        with torch.no_grad():
+            assert rel_err(train(x), deploy(train)(x)) < 1e-5
+        done += 1
+    assert done == 6
+
+
+def test_repconv_dcls_and_custom_branches_deploy_exactly():
+    spec = """model m() {
+        input(8, 20, 20)
+        a: repconv(8)
+        b: repconv(16, s=2, groups=2)
+        c: dcls(kernel_count=6, size=9)
+        d: dilated_reparam(11, kernels=[3, 5], dilations=[4, 2])
+        e: parallel { { dwconv(7, bias=false); bn() } { dwconv(3, d=3, bias=false); bn() } bn() identity() }
+        f: residual { conv(16, k=1); bn() }
+        gap()
+        linear(10)
+    }"""
+    g = check_text(spec, "rep.arch")
+    train = randomize(build_module(g).double())
+    with torch.no_grad():
+        for mod in train.modules():
+            if isinstance(mod, L.DCLS):
+                mod.P.uniform_(-4, 4)  # fractional tap positions
+    dep = deploy(train)
+    x = torch.randn(2, 8, 20, 20, dtype=torch.float64)
+    with torch.no_grad():
+        assert rel_err(train(x), dep(x)) < 1e-9
+    ops = {n.name: n.op for n in dep.graph.nodes()}
+    assert ops["a"] == "conv" and ops["c"] == "conv" and ops["d"] == "dwconv"
+    assert [n for n in ops if n.startswith("e")] == ["e.0.0"] and ops["e.0.0"] == "dwconv"
+    assert "bn" not in ops.values() and "add" not in ops.values()
+
+
+def test_refusals_name_the_node():
+    g = check_text("model m() { input(8,16,16) x: parallel { conv(8, k=3); { conv(8, k=1); relu() } }\n"
+                   "y: parallel { conv(8, k=3, groups=4); conv(8, k=1) } }", "r.arch")
+    _, reports = deploy_graph(g)
+    lines = [c for r in reports for c in r.changes if c.startswith("refused")]
+    assert any("'x.1.1'" in c and "relu" in c and "r.arch:1:" in c for c in lines), lines
+    assert any("'y.1'" in c and "groups" in c for c in lines), lines
+
+
+def test_compile_deploy_with_weights_roundtrip(tmp_path):
+    g = check_file("examples/unireplknet_a.arch", input_shape=(3, 32, 32))
+    train = randomize(build_module(g))
+    ckpt = tmp_path / "trained.pt"
+    torch.save(train.state_dict(), ckpt)
+    out = tmp_path / "uni_deploy.py"
+    r = subprocess.run([sys.executable, "-m", "archdsl", "compile", "examples/unireplknet_a.arch", "--input",
+                        "3x32x32", "--deploy", "--weights", str(ckpt), "-o", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("uni_deploy", out)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    model = mod.model()
+    model.load_state_dict(torch.load(out.with_suffix(".pt"), weights_only=True))
+    model.eval()
+    assert sum(p.numel() for p in model.parameters()) == 4_437_300 - 2 * 0  # same structure as check --deploy
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_err(train(x), model(x)) < 1e-4
+
+
+def test_deploy_form_exports_to_onnx(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    m = archdsl.load("examples/unireplknet_a.arch", form="deploy", input_shape=(3, 32, 32))
+    x = torch.randn(1, 3, 32, 32)
+    ep = torch.export.export(m, (x,))
+    onx = torch.onnx.export(ep, (x,), dynamo=True, verbose=False, optimize=False)
+    f = tmp_path / "d.onnx"
+    onx.save(str(f))
+    sess = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
+    (y,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(y), m(x), rtol=1e-4, atol=1e-4)
