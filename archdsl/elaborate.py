@@ -609,7 +609,7 @@ class Elaborator:
         return node
 
     def _init(self, stmt: S.Init, frame: Frame) -> None:
-        from .codegen.init import SCHEMES
+        from .ir import INIT_SCHEMES as SCHEMES
 
         if not frame.model_top or frame.depth != 0:
             self._err(stmt.span, "init(...) may only appear at the top of a model body", frame)

@@ -17,6 +17,7 @@ from .errors import Span
 from .shapes import Cost, Shape
 
 Ref = tuple[str, int]  # (node name, output port)
+INIT_SCHEMES = ("trunc_normal", "kaiming", "default")  # weight initialisation schemes (archdsl.codegen.init)
 
 
 @dataclass(frozen=True)

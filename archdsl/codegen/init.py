@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-SCHEMES = ("trunc_normal", "kaiming", "default")
+from ..ir import INIT_SCHEMES as SCHEMES  # noqa: E402,F401  (re-exported)
 
 
 def _weighted(module: nn.Module):
