@@ -1,4 +1,4 @@
-"""The `archdsl` command line: check | show | compile | fmt | ops.
+"""The `archdsl` command line: check | show | compile | bench | fmt | ops.
 
 Takes: argv. Returns: an exit code — 0 on success, 1 for a mistake in the user's spec (printed as
 positioned diagnostics on stderr, never a traceback), 2 for bad command-line usage, 70 for an internal
@@ -232,6 +232,10 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ops", help="list the operators with their parameters")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_ops)
+
+    from .bench.cli import add_bench_parser  # the measurement engine; imports torch only when it runs
+
+    add_bench_parser(sub)
     return ap
 
 

@@ -1,0 +1,24 @@
+"""archdsl.bench: latency measurement — a steady-state, lock-serialized, self-checking timing engine.
+
+    measure(fn) -> Measurement                 median / p10 / p90 of fn() until the median's 95% CI is tight
+    compare({"a": fa, "b": fb}) -> {name: Measurement}   the same, candidates interleaved round-robin
+    bench_model(path, form="deploy", batch=1) -> dict     one forward pass of a .arch model, with fingerprint()
+    measurement_lock()                          the cross-process lock every timing loop holds
+
+Not done yet: the per-operator latency table and the latency predictor (docs/latency.md).
+"""
+
+from .lock import LockTimeout, default_lock_path, measurement_lock
+from .measure import (
+    Measurement,
+    ModelRunError,
+    OutOfMemory,
+    bench_model,
+    compare,
+    fingerprint,
+    measure,
+    steady_state_allocator,
+)
+
+__all__ = ["Measurement", "ModelRunError", "OutOfMemory", "LockTimeout", "bench_model", "compare", "fingerprint",
+           "measure", "measurement_lock", "default_lock_path", "steady_state_allocator"]

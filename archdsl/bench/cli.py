@@ -1,0 +1,92 @@
+"""`archdsl bench FILE.arch`: the measurement engine on the command line.
+
+Takes: the parsed arguments of the `bench` subcommand (registered by `add_bench_parser`). Returns: an exit
+code — 0 measured, 1 a spec mistake / an input the model cannot take / a failed forward pass / out of memory
+(a clear message, never a traceback), 2 bad usage (unknown --form, non-positive --batch or --threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_bench_parser(sub) -> None:
+    """Add the `bench` subcommand to `archdsl`'s subparsers."""
+    p = sub.add_parser("bench", help="measure the latency of one forward pass (median / p10 / p90, fingerprint)")
+    p.add_argument("file", help="the .arch spec")
+    p.add_argument("--form", default="deploy", help="deploy (default: BN folded, branches merged) or train")
+    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--input", metavar="CxHxW", help="input shape, e.g. 3x224x224 (overrides the spec's input)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
+    p.add_argument("--max-seconds", type=float, default=10.0, help="time cap of the measurement (default 10)")
+    p.add_argument("--rel-ci", type=float, default=0.02,
+                   help="stop when the median's 95%% CI half-width is within this fraction (default 0.02)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a model parameter or fix a choice point (repeatable)")
+    p.add_argument("--model", help="which model of the file (when it defines several)")
+    p.add_argument("--import-path", action="append", default=[], metavar="DIR",
+                   help="an extra directory imports may resolve to")
+    p.add_argument("--allow-outside-imports", action="store_true",
+                   help="allow absolute imports and imports that leave the spec's directory")
+    p.set_defaults(fn=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ..cli import _input_shape, _overrides, _usage
+    from .measure import ModelRunError, OutOfMemory, bench_model
+
+    if args.form not in ("deploy", "train"):
+        raise SystemExit(_usage(f"--form must be 'deploy' or 'train', got {args.form!r}"))
+    if args.batch < 1:
+        raise SystemExit(_usage(f"--batch must be a positive integer, got {args.batch}"))
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(_usage(f"--threads must be a positive integer, got {args.threads}"))
+    if not args.max_seconds > 0 or not args.rel_ci > 0:
+        raise SystemExit(_usage("--max-seconds and --rel-ci must be positive"))
+    try:
+        r = bench_model(args.file, args.form, args.batch, _input_shape(args.input), args.threads,
+                        _overrides(args.set), model=args.model, device=args.device,
+                        import_paths=tuple(args.import_path), allow_outside_imports=args.allow_outside_imports,
+                        max_seconds=args.max_seconds, rel_ci=args.rel_ci)
+    except ValueError as e:  # e.g. --device cuda without a CUDA device
+        raise SystemExit(_usage(str(e))) from None
+    except (OutOfMemory, ModelRunError) as e:
+        print(f"archdsl: error: {e}", file=sys.stderr)
+        return 1
+    except MemoryError:  # raised outside the model's run (e.g. while checking a huge spec)
+        print("archdsl: error: out of memory; try a smaller --batch or --input", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(_text(r), end="")
+    return 0
+
+
+def _text(r: dict) -> str:
+    fp = r["fingerprint"]
+    c, h, w = r["input_shape"]
+    rel = "n/a" if r["rel_ci"] is None else f"+-{100 * r['rel_ci']:.1f}%"
+    verdict = "stable" if r["stable"] else "UNSTABLE"
+    why = {"converged": "CI target reached", "max_runs": "run cap hit", "max_seconds": "time cap hit"}[r["stop"]]
+    lines = [
+        f"{r['model']} ({r['file']})  {r['form']} form  input {r['batch']}x{c}x{h}x{w}  on {r['device']}, "
+        f"{r['threads']} thread(s)",
+        f"median {r['median_ms']:.3f} ms   p10 {r['p10_ms']:.3f} ms   p90 {r['p90_ms']:.3f} ms   "
+        f"min {r['min_ms']:.3f} ms",
+        f"runs {r['runs']}   median 95% CI {rel}   {verdict} ({why})",
+    ]
+    if r["reference_median_ms"] is not None:
+        note = "  DRIFT: the machine changed speed during the run" if r["drift"] else ""
+        again = " (re-measured once)" if r["remeasured"] else ""
+        lines.append(f"reference GEMM median {r['reference_median_ms']:.4f} ms, moved "
+                     f"{100 * r['reference_change']:+.1f}%{again}{note}")
+    lines.append(f"machine {fp['cpu_model']}  {fp['physical_cores']} cores / {fp['logical_cores']} logical  "
+                 f"torch {fp['torch_version']}" + (f"  cuda {fp['cuda_device']}" if fp["cuda_device"] else "")
+                 + f"  fingerprint {fp['hash']}")
+    lines.append(f"allocator {r['allocator']['detail']}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,346 @@
+"""The measurement engine: time a callable (or a model of a .arch file) until its median latency is known.
+
+Takes: a zero-argument callable, or several to compare, or a .arch path. Returns: `Measurement`s (seconds) and,
+for `bench_model`, one JSON-ready dict with the machine's `fingerprint()`.
+
+How steady state is ensured, before a single sample is kept:
+  1. Allocator policy. In a fresh process glibc's malloc returns big freed blocks to the kernel (trim) and
+     serves big requests with fresh mmaps, so every new activation buffer page-faults and small convs run
+     2.5-3.5x slower than in a long-lived process until malloc's dynamic thresholds happen to grow.
+     `steady_state_allocator()` fixes the thresholds at engine start through `mallopt` (M_MMAP_THRESHOLD =
+     64 MiB, M_TRIM_THRESHOLD = 128 MiB), so every measuring process sees the long-lived regime at once.
+     It is a no-op (reported as such) on non-glibc platforms.
+  2. Warm-up runs of every candidate and of the reference workload, which are discarded.
+  3. A stop rule: runs continue until the 95% confidence interval of the median (order statistics, no
+     distribution assumed) is within +-`rel_ci` of it, or a run/time cap is hit (then `stable` is False).
+  4. A reference workload (a fixed 128x128 fp32 GEMM) timed in the same rounds; if its median moves by more
+     than 10% between the first and the second half of the rounds the machine changed regime (frequency,
+     a neighbour process): the measurement is repeated once and flagged `drift` if it happens again.
+  5. Every timing loop holds the measurement lock (`lock.py`) and runs under torch.inference_mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import stats
+from .lock import LockTimeout, default_lock_path, measurement_lock
+
+__all__ = ["Measurement", "measure", "compare", "bench_model", "fingerprint", "steady_state_allocator",
+           "measurement_lock", "default_lock_path", "LockTimeout", "ModelRunError", "OutOfMemory"]
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 64 << 20
+TRIM_THRESHOLD_BYTES = 128 << 20
+DRIFT_TOL = 0.10
+
+
+class ModelRunError(RuntimeError):
+    """The model could not run on the given input (its message names the model, the input and the cause)."""
+
+
+class OutOfMemory(MemoryError):
+    """Building or running the model ran out of (host or device) memory."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# machine state
+
+
+_ALLOCATOR: dict[str, Any] | None = None
+
+
+def steady_state_allocator() -> dict[str, Any]:
+    """Fix glibc malloc's mmap and trim thresholds (once per process) so freed activation buffers are reused
+    instead of returned to the kernel and page-faulted back. Returns {"applied": bool, "detail": str}."""
+    global _ALLOCATOR
+    if _ALLOCATOR is not None:
+        return _ALLOCATOR
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        _ALLOCATOR = {"applied": False, "detail": f"not glibc ({sys.platform} {platform.libc_ver()[0] or '?'})"}
+        return _ALLOCATOR
+    try:
+        libc = ctypes.CDLL(None)  # the C library this process already runs on
+        mallopt = libc.mallopt
+        mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        mallopt.restype = ctypes.c_int
+        ok_mmap = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1  # mallopt returns 1 on success
+        ok_trim = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
+        ok = ok_mmap and ok_trim
+    except (OSError, AttributeError) as e:
+        _ALLOCATOR = {"applied": False, "detail": f"mallopt unavailable: {e}"}
+        return _ALLOCATOR
+    detail = "mallopt: mmap threshold 64 MiB, trim threshold 128 MiB" if ok else "mallopt returned an error"
+    _ALLOCATOR = {"applied": bool(ok), "detail": detail}
+    return _ALLOCATOR
+
+
+def _cpuinfo() -> tuple[str | None, int | None]:
+    """(CPU model name, physical core count) from /proc/cpuinfo; (None, None) where unreadable."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
+    except OSError:
+        return None, None
+    model = None
+    cores: set[tuple[str, str]] = set()
+    for block in text.split("\n\n"):
+        kv = {}
+        for line in block.splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                kv[key.strip()] = value.strip()
+        model = model or kv.get("model name") or kv.get("Hardware") or kv.get("cpu model")
+        if "core id" in kv:
+            cores.add((kv.get("physical id", "0"), kv["core id"]))
+    return model, (len(cores) or None)
+
+
+def fingerprint() -> dict[str, Any]:
+    """What the timings depend on: CPU model, physical/logical/usable cores, torch threads and version, the CUDA
+    device (if any), and `hash`, a stable 12-hex-digit digest of those fields."""
+    import torch
+
+    model, physical = _cpuinfo()
+    logical = os.cpu_count()
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = logical
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    fp: dict[str, Any] = {
+        "cpu_model": model or platform.processor() or platform.machine() or "unknown",
+        "machine": platform.machine(),
+        "physical_cores": physical or logical,
+        "logical_cores": logical,
+        "usable_cores": usable,
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "cuda_device": cuda,
+    }
+    fp["hash"] = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:12]
+    return fp
+
+
+# ---------------------------------------------------------------------------------------------------------
+# measurement
+
+
+@dataclass
+class Measurement:
+    """The latency of one callable, in seconds. `stable`: converged (CI within the target) and no drift."""
+
+    median: float
+    p10: float
+    p90: float
+    min: float
+    runs: int
+    rel_ci: float  # half-width of the median's 95% CI relative to the median (0.02 = +-2%)
+    stable: bool
+    stop: str  # "converged", "max_runs" or "max_seconds"
+    reference_median: float | None = None
+    reference_change: float = 0.0  # relative change of the reference's median, second half vs first
+    drift: bool = False
+    remeasured: bool = False
+    samples: list[float] = field(default_factory=list, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """Times in milliseconds; rel_ci as a fraction (null when infinite)."""
+        def ms(v: float | None) -> float | None:
+            return None if v is None else round(v * 1e3, 6)
+
+        return {"median_ms": ms(self.median), "p10_ms": ms(self.p10), "p90_ms": ms(self.p90),
+                "min_ms": ms(self.min), "runs": self.runs,
+                "rel_ci": round(self.rel_ci, 6) if math.isfinite(self.rel_ci) else None,
+                "stable": self.stable, "stop": self.stop, "reference_median_ms": ms(self.reference_median),
+                "reference_change": round(self.reference_change, 6), "drift": self.drift,
+                "remeasured": self.remeasured}
+
+
+def reference_workload(n: int = 128) -> Callable[[], Any]:
+    """A fixed small fp32 GEMM (n x n x n, ~4 MFLOP at n=128): its time tracks the machine's regime."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    out = torch.empty(n, n)
+    return lambda: torch.mm(a, b, out=out)
+
+
+def _rounds(fns: dict[str, Callable[[], Any]], ref: Callable[[], Any] | None, *, warmup: int, min_runs: int,
+            max_runs: int, max_seconds: float, rel_ci: float, timer: Callable[[], float]):
+    """Warm up, then time rounds (each candidate once, in order, then the reference) until every candidate's
+    median CI is within rel_ci (after min_runs rounds) or a cap is hit. Returns (samples, ref samples, stop)."""
+    start = timer()
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+        if ref is not None:
+            ref()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    ref_samples: list[float] = []
+    stop = "max_runs"
+    for r in range(1, max_runs + 1):
+        for k, f in fns.items():
+            t0 = timer()
+            f()
+            samples[k].append(timer() - t0)
+        if ref is not None:
+            t0 = timer()
+            ref()
+            ref_samples.append(timer() - t0)
+        if r >= min_runs and all(stats.rel_ci_halfwidth(s) <= rel_ci for s in samples.values()):
+            stop = "converged"
+            break
+        if timer() - start >= max_seconds:
+            stop = "max_seconds"
+            break
+    return samples, ref_samples, stop
+
+
+def _summarize(s: list[float], stop: str, rel_ci_target: float, ref: list[float]) -> Measurement:
+    rel = stats.rel_ci_halfwidth(s)
+    drift, change = stats.drifted(ref, DRIFT_TOL) if ref else (False, 0.0)
+    return Measurement(median=stats.median(s), p10=stats.percentile(s, 10), p90=stats.percentile(s, 90),
+                       min=min(s), runs=len(s), rel_ci=rel, stable=rel <= rel_ci_target and not drift, stop=stop,
+                       reference_median=stats.median(ref) if ref else None, reference_change=change, drift=drift,
+                       samples=list(s))
+
+
+def _inference_mode():
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return contextlib.nullcontext()
+    return torch.inference_mode()
+
+
+def compare(fns: dict[str, Callable[[], Any]], rounds: int = 1000, *, warmup: int = 3, min_runs: int = 10,
+            max_seconds: float = 10.0, rel_ci: float = 0.02, reference: bool | Callable[[], Any] = True,
+            timer: Callable[[], float] = time.perf_counter, lock: bool = True,
+            lock_path: str | os.PathLike | None = None, lock_timeout: float | None = None) -> dict[str, Measurement]:
+    """Measure several candidates interleaved round-robin (A B C [ref] A B C [ref] ...) so a change of the
+    machine's regime hits them all alike. `rounds` caps the rounds, `max_seconds` the wall time (warm-up
+    included). `reference`: True for the built-in GEMM, a callable of your own, or False. Returns name ->
+    Measurement; all share the reference and the drift flag. A drifting run is repeated once."""
+    if not fns:
+        raise ValueError("compare() needs at least one callable")
+    if min(rounds, min_runs) < 1 or warmup < 0 or max_seconds <= 0 or rel_ci <= 0:
+        raise ValueError("rounds and min_runs must be >= 1, warmup >= 0, max_seconds and rel_ci > 0")
+    steady_state_allocator()
+    ref = reference_workload() if reference is True else (reference or None)
+    guard = measurement_lock(lock_path, lock_timeout) if lock else contextlib.nullcontext()
+    with guard, _inference_mode():
+        kw = dict(warmup=warmup, min_runs=min(min_runs, rounds), max_runs=rounds, max_seconds=max_seconds,
+                  rel_ci=rel_ci, timer=timer)
+        samples, refs, stop = _rounds(fns, ref, **kw)
+        remeasured = False
+        if refs and stats.drifted(refs, DRIFT_TOL)[0]:
+            samples, refs, stop = _rounds(fns, ref, **kw)
+            remeasured = True
+    out = {k: _summarize(s, stop, rel_ci, refs) for k, s in samples.items()}
+    for m in out.values():
+        m.remeasured = remeasured
+    return out
+
+
+def measure(fn: Callable[[], Any], *, warmup: int = 3, min_runs: int = 10, max_runs: int = 1000,
+            max_seconds: float = 10.0, rel_ci: float = 0.02, reference: bool | Callable[[], Any] = True,
+            timer: Callable[[], float] = time.perf_counter, lock: bool = True,
+            lock_path: str | os.PathLike | None = None, lock_timeout: float | None = None) -> Measurement:
+    """Time `fn()` (under the measurement lock and torch.inference_mode) until the median's 95% CI half-width
+    is within `rel_ci` of it or `max_runs` / `max_seconds` is reached. See the module docstring for how
+    steady state is ensured. `timer` is injectable (tests use a fake clock)."""
+    return compare({"fn": fn}, max_runs, warmup=warmup, min_runs=min_runs, max_seconds=max_seconds,
+                   rel_ci=rel_ci, reference=reference, timer=timer, lock=lock, lock_path=lock_path,
+                   lock_timeout=lock_timeout)["fn"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# models
+
+
+def _is_oom(e: BaseException) -> bool:
+    """CUDA's "out of memory", the CPU allocator's "not enough memory" / "can't allocate memory", MemoryError."""
+    text = str(e).lower()
+    return (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
+            or any(s in text for s in ("out of memory", "not enough memory", "can't allocate memory")))
+
+
+def bench_model(path: str | os.PathLike, form: str = "deploy", batch: int = 1,
+                input_shape: tuple[int, int, int] | None = None, threads: int | None = None,
+                overrides: dict[str, Any] | None = None, *, model: str | None = None, device: str | None = None,
+                import_paths: tuple[str, ...] = (), allow_outside_imports: bool = False,
+                **measure_kw: Any) -> dict[str, Any]:
+    """Build the model of a .arch file (form "deploy" or "train", in eval mode) and measure one forward pass
+    on a random batch. `threads` sets torch.set_num_threads for the measurement (restored afterwards);
+    `device` is "cpu", "cuda" or None (cuda when available; each run then ends with a synchronize).
+    Extra keywords go to `measure`. Raises ArchError for spec mistakes and inputs the model cannot take,
+    ModelRunError when the forward pass fails, OutOfMemory when memory runs out, ValueError for bad arguments.
+    Returns a JSON-ready dict: the model and settings, the Measurement's fields (ms) and the fingerprint."""
+    import torch
+
+    from ..api import check_file, require_resolved
+    from ..codegen.module import build_module
+    from ..passes import deploy
+
+    if form not in ("train", "deploy"):
+        raise ValueError(f"form must be 'train' or 'deploy', got {form!r}")
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive integer, got {batch!r}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but torch sees no CUDA device")
+    allocator = steady_state_allocator()  # before the model's and the input's buffers are allocated
+
+    g = check_file(path, overrides, input_shape, model, tuple(import_paths), allow_outside_imports)
+    require_resolved(g)
+    c, h, w = g.input_shape.to_json()
+    where = f"{g.model} ({form} form) at input {batch}x{c}x{h}x{w} on {device}"
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        try:
+            m = build_module(g)
+            if form == "deploy":
+                m = deploy(m)
+            m = m.eval().to(device)
+            x = torch.randn(batch, c, h, w, device=device)
+            if device == "cuda":
+                def fn():
+                    m(x)
+                    torch.cuda.synchronize()  # kernels run asynchronously: time until they finish
+            else:
+                def fn():
+                    m(x)
+            with torch.inference_mode():
+                fn()  # one trial run, outside the timing, so a failure is reported as the model's
+            meas = measure(fn, **measure_kw)
+        except (RuntimeError, MemoryError) as e:
+            if _is_oom(e):
+                raise OutOfMemory(f"out of memory running {where}; try a smaller --batch or --input") from e
+            raise ModelRunError(f"{where} failed: {e}") from e
+        fp = fingerprint()
+    finally:
+        torch.set_num_threads(old_threads)
+    total = g.total()
+    return {"model": g.model, "file": str(path), "form": form, "batch": batch, "input_shape": [c, h, w],
+            "device": device, "threads": fp["torch_threads"], "params": total.params, "macs": total.macs,
+            **meas.to_json(), "allocator": allocator, "fingerprint": fp}

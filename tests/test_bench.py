@@ -1,0 +1,271 @@
+"""The measurement engine: statistics, the stop rule (on a fake clock), drift, the cross-process lock, the
+fingerprint, the allocator policy and `archdsl bench` exit codes. No assertion depends on a measured time."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from archdsl.bench import (
+    LockTimeout,
+    compare,
+    default_lock_path,
+    fingerprint,
+    measure,
+    measurement_lock,
+    stats,
+    steady_state_allocator,
+)
+from archdsl.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+ATTO = str(ROOT / "examples" / "convnext_atto.arch")
+
+
+class FakeClock:
+    """A timer that only moves when a fake workload advances it."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def work(self, durations):
+        it = iter(durations)
+
+        def fn():
+            self.t += next(it)
+        return fn
+
+
+@pytest.fixture(autouse=True)
+def _private_lock_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARCHDSL_LOCK_DIR", str(tmp_path / "locks"))
+
+
+# --- statistics ------------------------------------------------------------------------------------------
+
+def test_percentiles_match_numpy():
+    np = pytest.importorskip("numpy")
+    xs = [5.0, 1.0, 4.0, 2.0, 3.0, 10.0, 7.0]
+    for q in (0, 10, 50, 90, 100):
+        assert stats.percentile(xs, q) == pytest.approx(float(np.percentile(xs, q)))
+    assert stats.median([1.0, 2.0, 3.0, 4.0]) == 2.5
+
+
+def test_median_ci_order_statistics():
+    xs = list(range(1, 101))  # n = 100: ranks floor(50 - 9.8) = 40 and ceil(51 + 9.8) = 61
+    assert stats.median_ci(xs) == (40, 61)
+    assert stats.rel_ci_halfwidth(xs) == pytest.approx(10.5 / 50.5)
+    assert stats.rel_ci_halfwidth([1.0] * 5) == math.inf  # too few samples to say anything
+    assert stats.rel_ci_halfwidth([2.0] * 6) == 0.0
+
+
+def test_drift_detection():
+    assert stats.drifted([1.0] * 10 + [1.2] * 10) == (True, pytest.approx(0.2))
+    assert stats.drifted([1.0] * 10 + [1.05] * 10)[0] is False
+    assert stats.drifted([1.0, 2.0]) == (False, 0.0)  # too few to judge
+
+
+# --- the stop rule on a fake clock -----------------------------------------------------------------------
+
+def test_measure_statistics_on_fake_clock():
+    clock = FakeClock()
+    durations = [9.0] * 2 + [float(i) for i in range(1, 11)]  # 2 warm-ups, then 1..10
+    m = measure(clock.work(durations), warmup=2, min_runs=10, max_runs=10, max_seconds=1e9, reference=False,
+                timer=clock)
+    assert m.runs == 10 and m.samples == [float(i) for i in range(1, 11)]
+    assert (m.median, m.p10, m.p90, m.min) == (5.5, pytest.approx(1.9), pytest.approx(9.1), 1.0)
+    assert m.stop == "max_runs" and not m.stable
+    assert m.reference_median is None and not m.drift
+
+
+def test_constant_time_stops_at_min_runs():
+    clock = FakeClock()
+    m = measure(clock.work([1e-3] * 10_000), warmup=3, min_runs=10, max_runs=1000, max_seconds=1e9,
+                reference=False, timer=clock)
+    assert m.stop == "converged" and m.runs == 10 and m.stable and m.rel_ci == pytest.approx(0.0, abs=1e-9)
+    assert m.median == pytest.approx(1e-3)
+
+
+def test_noisy_function_hits_the_time_cap():
+    clock = FakeClock()
+    noisy = [1.0, 3.0] * 10_000  # the median's CI always spans [1, 3]
+    m = measure(clock.work(noisy), warmup=0, min_runs=10, max_runs=10_000, max_seconds=100.0, reference=False,
+                timer=clock)
+    assert m.stop == "max_seconds" and not m.stable and m.rel_ci > 0.02
+    assert 45 <= m.runs <= 55  # about 100 s of 2 s per run pair
+
+
+def test_noisy_function_hits_the_run_cap():
+    clock = FakeClock()
+    m = measure(clock.work([1.0, 3.0] * 100), warmup=0, min_runs=5, max_runs=30, max_seconds=1e9,
+                reference=False, timer=clock)
+    assert m.stop == "max_runs" and m.runs == 30 and not m.stable
+
+
+def test_reference_drift_triggers_one_remeasure_and_is_flagged():
+    clock = FakeClock()
+    # the reference takes 1 ms for the first 10 rounds, then 2 ms: a regime change, every time it is measured
+    ref_times = ([1e-3] * 10 + [2e-3] * 10) * 2
+    m = measure(clock.work([1e-3] * 100), warmup=0, min_runs=20, max_runs=20, max_seconds=1e9,
+                reference=clock.work(ref_times), timer=clock)
+    assert m.remeasured and m.drift and not m.stable
+    assert m.reference_change == pytest.approx(1.0)
+
+
+def test_reference_drift_once_is_remeasured_clean():
+    clock = FakeClock()
+    ref_times = [1e-3] * 10 + [2e-3] * 10 + [1e-3] * 20
+    m = measure(clock.work([1e-3] * 100), warmup=0, min_runs=20, max_runs=20, max_seconds=1e9,
+                reference=clock.work(ref_times), timer=clock)
+    assert m.remeasured and not m.drift and m.stable
+
+
+def test_compare_interleaves_round_robin():
+    order: list[str] = []
+    fns = {k: (lambda k=k: order.append(k)) for k in "ABC"}
+    out = compare(fns, rounds=4, warmup=1, min_runs=4, reference=lambda: order.append("ref"))
+    assert list(out) == ["A", "B", "C"] and all(m.runs == 4 for m in out.values())
+    assert order == ["A", "B", "C", "ref"] * 5  # one warm-up round, then four measured rounds
+
+
+def test_real_clock_smoke():
+    m = measure(lambda: sum(range(100)), warmup=1, min_runs=6, max_runs=50, max_seconds=1.0)
+    assert 6 <= m.runs <= 50 and m.min <= m.median <= m.p90 and m.reference_median is not None
+
+
+# --- the lock --------------------------------------------------------------------------------------------
+
+HOLDER = textwrap.dedent("""
+    import sys
+    from archdsl.bench import measurement_lock
+    with measurement_lock(sys.argv[1]):
+        print("locked", flush=True)
+        sys.stdin.readline()
+""")
+
+
+def test_file_lock_excludes_another_process(tmp_path):
+    path = tmp_path / "measure.lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(LockTimeout):
+            with measurement_lock(path, timeout=0.2):
+                pass
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.wait(timeout=20) == 0
+        with measurement_lock(path, timeout=10) as got:
+            assert got == path
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+
+
+def test_lock_is_reentrant_and_default_path_follows_env(tmp_path):
+    assert default_lock_path() == tmp_path / "locks" / "measure.lock"
+    with measurement_lock(timeout=1):
+        with measurement_lock(timeout=1):  # compare() -> measure() nesting must not deadlock
+            pass
+    assert default_lock_path().exists()
+
+
+# --- machine state ---------------------------------------------------------------------------------------
+
+def test_fingerprint_fields():
+    fp = fingerprint()
+    for key in ("cpu_model", "physical_cores", "logical_cores", "torch_threads", "torch_version", "cuda_device",
+                "hash"):
+        assert key in fp
+    assert isinstance(fp["cpu_model"], str) and fp["cpu_model"]
+    assert fp["logical_cores"] >= fp["physical_cores"] >= 1
+    assert len(fp["hash"]) == 12 and fingerprint()["hash"] == fp["hash"]  # stable
+
+
+def test_mallopt_applied_without_error():
+    status = steady_state_allocator()
+    assert set(status) == {"applied", "detail"}
+    if sys.platform.startswith("linux"):
+        import platform
+
+        if platform.libc_ver()[0] == "glibc":
+            assert status["applied"], status
+
+
+# --- the command line ------------------------------------------------------------------------------------
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "archdsl", *args], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+
+
+def test_bench_cli_json():
+    r = _run("bench", "examples/convnext_atto.arch", "--input", "3x32x32", "--json", "--threads", "1",
+             "--max-seconds", "2")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    for key in ("model", "form", "batch", "input_shape", "median_ms", "p10_ms", "p90_ms", "min_ms", "runs",
+                "rel_ci", "stable", "stop", "reference_median_ms", "drift", "fingerprint", "allocator"):
+        assert key in data
+    assert data["input_shape"] == [3, 32, 32] and data["form"] == "deploy" and data["threads"] == 1
+    assert data["p10_ms"] <= data["median_ms"] <= data["p90_ms"] and data["runs"] >= 1
+    assert data["fingerprint"]["torch_threads"] == 1
+
+
+def test_bench_cli_text(capsys):
+    assert main(["bench", ATTO, "--input", "3x32x32", "--form", "train", "--threads", "1",
+                 "--max-seconds", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "median" in out and "p90" in out and "fingerprint" in out and "train form" in out
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--form", "fast"], "--form must be"),
+    (["--batch", "0"], "--batch must be a positive integer"),
+    (["--threads", "0"], "--threads must be a positive integer"),
+    (["--input", "3x32"], "--input must look like"),
+])
+def test_bench_cli_usage_errors_exit_2(capsys, args, needle):
+    assert main(["bench", ATTO, *args]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_bench_cli_input_the_model_cannot_take_exits_1(capsys):
+    assert main(["bench", ATTO, "--input", "3x8x8"]) == 1
+    err = capsys.readouterr().err
+    assert "convnext_atto.arch:" in err and "error:" in err and "Traceback" not in err
+
+
+def test_bench_cli_spec_error_exits_1(tmp_path, capsys):
+    bad = tmp_path / "bad.arch"
+    bad.write_text("model m() {\n    input(3, 32, 32)\n    cnov(64, k=3)\n}\n", encoding="utf-8")
+    assert main(["bench", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "bad.arch:3:5: error: unknown op 'cnov'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("exc, needle", [
+    (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), "out of memory"),
+    (RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1 GB"), "out of memory"),
+    (MemoryError(), "out of memory"),
+    (RuntimeError("boom in node stages.0"), "failed: boom in node stages.0"),
+])
+def test_bench_cli_oom_and_run_failures_exit_1(monkeypatch, capsys, exc, needle):
+    import archdsl.codegen.module as cm
+
+    def broken(graph):
+        raise exc
+    monkeypatch.setattr(cm, "build_module", broken)
+    assert main(["bench", ATTO, "--input", "3x32x32"]) == 1
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and "internal error" not in err
