@@ -15,7 +15,11 @@ import sys
 def add_bench_parser(sub) -> None:
     """Add the `bench` subcommand to `archdsl`'s subparsers."""
     p = sub.add_parser("bench", help="measure the latency of one forward pass (median / p10 / p90, fingerprint)")
-    p.add_argument("file", help="the .arch spec")
+    p.add_argument("file", nargs="?", help="the .arch spec (omit with --build-table)")
+    p.add_argument("--build-table", metavar="SPACE.arch",
+                   help="build/refresh the per-operator latency table of a search space (archdsl.bench.table)")
+    p.add_argument("--samples", type=int, default=20,
+                   help="with --build-table: random architectures of the space to draw configurations from")
     p.add_argument("--form", default="deploy", help="deploy (default: BN folded, branches merged) or train")
     p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     p.add_argument("--input", metavar="CxHxW", help="input shape, e.g. 3x224x224 (overrides the spec's input)")
@@ -39,6 +43,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ..cli import _input_shape, _overrides, _usage
     from .measure import ModelRunError, OutOfMemory, bench_model
 
+    if args.build_table is not None:
+        from .table import cmd_build_table
+        return cmd_build_table(args)
+    if args.file is None:
+        raise SystemExit(_usage("bench needs a .arch file (or --build-table SPACE.arch)"))
     if args.form not in ("deploy", "train"):
         raise SystemExit(_usage(f"--form must be 'deploy' or 'train', got {args.form!r}"))
     if args.batch < 1:

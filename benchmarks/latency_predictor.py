@@ -1,0 +1,114 @@
+"""How well the table-based latency predictor matches end-to-end measurements on the ConvNeXt search space.
+
+    python benchmarks/latency_predictor.py [--n 100] [--calib 8] [--input 3x64x64] [--threads 1] [--seed 0]
+                                           [--max-seconds 1.0] [--json out.json]
+
+Samples `--n` random architectures of examples/search/convnext_space.arch (deploy form, rejected points
+skipped), builds or reuses the per-operator table (ARCHDSL_CACHE_DIR, default ~/.cache/archdsl/latency),
+fits the calibration t = a * sum + b * nodes + c on the first `--calib` architectures, then measures the other
+n - calib end to end with the engine (`measure`, `--max-seconds` cap each) and reports the fraction predicted
+within +-10% and +-5% and the RMSE (ms and relative). The defaults (64x64 input, 1 thread) keep a run of
+--n 40 within a few minutes on a 2-core machine; --input 3x224x224 or more threads are slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from archdsl.api import check_file  # noqa: E402
+from archdsl.bench.measure import fingerprint, measure  # noqa: E402
+from archdsl.bench.predict import Predictor  # noqa: E402
+from archdsl.bench.table import LatencyTable, fill_table, sample_space  # noqa: E402
+from archdsl.codegen.module import build_module  # noqa: E402
+from archdsl.passes import deploy  # noqa: E402
+
+SPACE = Path(__file__).resolve().parent.parent / "examples" / "search" / "convnext_space.arch"
+
+
+def end_to_end_ms(point: dict, input_shape: tuple[int, int, int], max_seconds: float) -> float:
+    """Median ms of one forward pass of the deploy-form model of `point` (batch 1), with the engine."""
+    g = check_file(SPACE, point, input_shape, strict_overrides=False)
+    m = deploy(build_module(g)).eval()
+    x = torch.randn(1, *input_shape)
+    with torch.inference_mode():
+        m(x)
+    return measure(lambda: m(x), max_seconds=max_seconds, rel_ci=0.02).median * 1e3
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=100, help="architectures sampled (calibration + evaluation)")
+    ap.add_argument("--calib", type=int, default=8, help="of which used to fit the calibration (held out)")
+    ap.add_argument("--input", default="3x64x64", help="input CxHxW (default 3x64x64)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-seconds", type=float, default=1.0, help="time cap per end-to-end measurement")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+    input_shape = tuple(int(v) for v in args.input.lower().split("x"))
+    if args.calib < 3 or args.n <= args.calib:
+        ap.error("need --calib >= 3 and --n > --calib")
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+
+    points, rejected = sample_space(SPACE, args.n, input_shape, args.seed)
+    table = LatencyTable()
+    rep = fill_table(table, [g for _, g in points], threads=args.threads,
+                     progress=lambda m: print(m, file=sys.stderr))
+    print(rep.text(), end="", file=sys.stderr)
+
+    pred = Predictor(table, threads=args.threads)
+    measured = []
+    for i, (point, _) in enumerate(points):
+        measured.append(end_to_end_ms(point, input_shape, args.max_seconds))
+        if (i + 1) % 10 == 0:
+            print(f"end to end {i + 1}/{len(points)}", file=sys.stderr)
+    calib, evals = range(args.calib), range(args.calib, len(points))
+    coef = pred.fit([points[i][1] for i in calib], [measured[i] for i in calib])
+    pred.save()
+    rows = []
+    for i in evals:
+        s, n = pred.features(points[i][1])
+        p = pred.predict_features(s, n)
+        rows.append({"point": points[i][0], "sum_ms": s, "nodes": n, "pred_ms": p, "meas_ms": measured[i],
+                     "rel_err": (p - measured[i]) / measured[i]})
+    errs = [r["rel_err"] for r in rows]
+    abs_err = [r["pred_ms"] - r["meas_ms"] for r in rows]
+    raw = [(r["sum_ms"] - r["meas_ms"]) / r["meas_ms"] for r in rows]
+    res = {
+        "space": str(SPACE.name), "input": list(input_shape), "threads": args.threads, "n": len(points),
+        "rejected": rejected, "calib": args.calib, "evaluated": len(rows),
+        "coef": {"a": coef[0], "b_ms_per_node": coef[1], "c_ms": coef[2]},
+        "within_10pct": sum(abs(e) <= 0.10 for e in errs) / len(errs),
+        "within_5pct": sum(abs(e) <= 0.05 for e in errs) / len(errs),
+        "rmse_ms": math.sqrt(sum(e * e for e in abs_err) / len(abs_err)),
+        "rmse_rel": math.sqrt(sum(e * e for e in errs) / len(errs)),
+        "uncalibrated_within_10pct": sum(abs(e) <= 0.10 for e in raw) / len(raw),
+        "measured_ms_range": [min(r["meas_ms"] for r in rows), max(r["meas_ms"] for r in rows)],
+        "table": {"configs": rep.configs, "measured": rep.measured, "reused": rep.reused},
+        "seconds": round(time.perf_counter() - t0, 1), "fingerprint": fingerprint(), "rows": rows,
+    }
+    print(f"{res['evaluated']} architectures evaluated (calibrated on {args.calib}), input {args.input}, "
+          f"{args.threads} thread(s)")
+    print(f"calibration: t = {coef[0]:.3f} * sum + {coef[1]:.4f} ms * nodes + {coef[2]:.3f} ms")
+    print(f"within +-10%: {100 * res['within_10pct']:.0f}%   within +-5%: {100 * res['within_5pct']:.0f}%   "
+          f"RMSE {res['rmse_ms']:.3f} ms ({100 * res['rmse_rel']:.1f}% relative)   "
+          f"uncalibrated sum within +-10%: {100 * res['uncalibrated_within_10pct']:.0f}%")
+    print(f"measured {res['measured_ms_range'][0]:.2f}..{res['measured_ms_range'][1]:.2f} ms; "
+          f"{res['seconds']} s in all")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
