@@ -198,18 +198,17 @@ class Elaborator:
         if p.type is None or value is _ERR:
             return value
         t = p.type
-        if t.name not in TYPES:
-            self._err(t.span, f"unknown type '{t.name}'{did_you_mean(t.name, TYPES)}", frame,
-                      "types: " + ", ".join(TYPES))
-            return value
-        if t.arg is not None and (t.name != "list" or t.arg not in TYPES):
-            self._err(t.span, f"bad type '{t}'", frame, "only list takes an element type: list[int]")
-            return value
-        ok, value = _conforms(t.name, value)
-        if ok and t.arg is not None:
-            items = [_conforms(t.arg, x) for x in value]
-            ok = all(i[0] for i in items)
-            value = tuple(i[1] for i in items) if ok else value
+        sub = t
+        while sub is not None:  # every level: a known type; only list takes an element type
+            if sub.name not in TYPES:
+                self._err(sub.span, f"unknown type '{sub.name}'{did_you_mean(sub.name, TYPES)}", frame,
+                          "types: " + ", ".join(TYPES))
+                return value
+            if sub.arg is not None and sub.name != "list":
+                self._err(t.span, f"bad type '{t}'", frame, "only list takes an element type: list[int]")
+                return value
+            sub = sub.arg
+        ok, value = _conforms_type(t, value)
         if not ok:
             self._err(at or p.span, f"{what} is declared {t} but got {type_name(value)} {fmt(value)}", frame,
                       f"'{p.name}' is declared at {p.span}" if at else None)
@@ -774,6 +773,16 @@ def _notes(chain: tuple[str, ...]) -> tuple[str, ...]:
     if len(notes) > 6:
         notes = notes[:3] + (f"... {len(notes) - 5} more calls ...",) + notes[-2:]
     return notes
+
+
+def _conforms_type(t: S.TypeRef, v: Any) -> tuple[bool, Any]:
+    """Whether v has type t (list[...] checked element by element); ints widen to float where declared."""
+    ok, v = _conforms(t.name, v)
+    if ok and t.arg is not None:
+        items = [_conforms_type(t.arg, x) for x in v]
+        ok = all(i[0] for i in items)
+        v = tuple(i[1] for i in items) if ok else v
+    return ok, v
 
 
 def _conforms(t: str, v: Any) -> tuple[bool, Any]:

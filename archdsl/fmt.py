@@ -88,6 +88,9 @@ def _bare(e: S.Expr) -> str:
         return e.name
     if isinstance(e, S.ListExpr):
         return "[" + ", ".join(_expr(x, TERNARY) for x in e.items) + "]"
+    if isinstance(e, S.ListComp):
+        test = "" if e.test is None else f" if {_expr(e.test, OR)}"
+        return f"[{_expr(e.item, TERNARY)} for {', '.join(e.names)} in {_expr(e.iterable, OR)}{test}]"
     if isinstance(e, S.Index):
         return f"{_expr(e.obj, POSTFIX)}[{_expr(e.index, TERNARY)}]"
     if isinstance(e, S.Slice):

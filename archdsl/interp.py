@@ -249,6 +249,27 @@ class Evaluator:
     def _ListExpr(self, e, env, hint):
         return _check_int(tuple(self.eval(x, env, hint) for x in e.items), e.span)
 
+    def _ListComp(self, e, env, hint):
+        items = self.eval(e.iterable, env, hint)
+        if not isinstance(items, tuple):
+            raise EvalError(e.iterable.span, f"a list comprehension needs a list, got {type_name(items)} {fmt(items)}")
+        out = []
+        base = env if isinstance(env, ChainMap) else ChainMap(env)
+        for item in items:
+            inner = base.new_child()
+            if len(e.names) == 1:
+                inner[e.names[0]] = item
+            elif not isinstance(item, tuple) or len(item) != len(e.names):
+                raise EvalError(e.iterable.span, f"cannot unpack {fmt(item)} into {len(e.names)} names")
+            else:
+                inner.update(zip(e.names, item))
+            if e.test is not None and not _truthy(self.eval(e.test, inner, hint), e.test.span):
+                continue
+            out.append(self.eval(e.item, inner, hint))
+            if len(out) > limits.MAX_LIST:
+                raise EvalError(e.span, f"list of more than {limits.MAX_LIST} elements")
+        return _check_int(tuple(out), e.span)
+
     def _Index(self, e, env, hint):
         obj = self.eval(e.obj, env, hint)
         idx = self.eval(e.index, env, hint)

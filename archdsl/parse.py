@@ -106,6 +106,11 @@ class _ToAST(Transformer_NonRecursive):
         return S.ListExpr(tuple(c for c in children if c is not None), self._span(meta))
 
     @v_args(meta=True)
+    def listcomp(self, meta, children):
+        item, names, iterable, test = children
+        return S.ListComp(item, names, iterable, test, self._span(meta))
+
+    @v_args(meta=True)
     def index(self, meta, children):
         obj, idx = children
         return S.Index(obj, idx, self._span(meta))
@@ -247,7 +252,7 @@ class _ToAST(Transformer_NonRecursive):
     @v_args(meta=True)
     def type(self, meta, children):
         name, arg = children
-        return S.TypeRef(str(name), None if arg is None else str(arg), self._span(meta))
+        return S.TypeRef(str(name), arg, self._span(meta))
 
     @v_args(meta=True)
     def param(self, meta, children):

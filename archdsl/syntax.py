@@ -48,6 +48,17 @@ class ListExpr:
 
 
 @dataclass(frozen=True)
+class ListComp:
+    """`[item for a, b in iterable if test]`."""
+
+    item: "Expr"
+    names: tuple[str, ...]
+    iterable: "Expr"
+    test: "Expr | None"
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
 class Index:
     obj: "Expr"
     index: "Expr"
@@ -114,7 +125,7 @@ class Call:
         return tuple(a for a in self.args if a.name is not None)
 
 
-Expr = Union[Num, Str, Const, Var, ListExpr, Index, Slice, BinOp, Unary, Cond, Call]
+Expr = Union[Num, Str, Const, Var, ListExpr, ListComp, Index, Slice, BinOp, Unary, Cond, Call]
 
 # ---------------------------------------------------------------- statements
 
@@ -211,7 +222,7 @@ LAYER_TYPES = (LayerCall, Seq, For, If, Named)
 @dataclass(frozen=True)
 class TypeRef:
     name: str  # int float bool str list any
-    arg: str | None  # list[int]
+    arg: "TypeRef | None"  # the element type of a list: list[int], list[list[int]]
     span: Span = field(compare=False)
 
     def __str__(self) -> str:

@@ -104,8 +104,8 @@ def main() -> None:
     res = {"machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()},
            "micro": bench_micro(args.rounds), "models": []}
     for row in res["micro"]:
-        print(f"{row['case']:<58} train {row['train']['median_ms']:8.2f} ms  deploy {row['deploy']['median_ms']:8.2f} ms"
-              f"  x{row['speedup']:.2f}", flush=True)
+        print(f"{row['case']:<58} train {row['train']['median_ms']:8.2f} ms  "
+              f"deploy {row['deploy']['median_ms']:8.2f} ms  x{row['speedup']:.2f}", flush=True)
     for name in args.models.split(","):
         row = bench_model(name, args.rounds, args.batch)
         res["models"].append(row)

@@ -6,6 +6,7 @@ No test asserts on a measured time: the timings are replaced by a counter where 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +16,7 @@ from archdsl.bench import predict as P
 from archdsl.bench import table as T
 from archdsl.cli import main
 
-from .conftest import ROOT
-
-SPACE = ROOT / "examples" / "search" / "convnext_space.arch"
+SPACE = Path(__file__).resolve().parent.parent / "examples" / "search" / "convnext_space.arch"
 
 
 @pytest.fixture(autouse=True)

@@ -72,6 +72,8 @@ def _extend(children):
         st.builds(lambda op, a: S.Unary(op, a, SP), st.sampled_from(["-", "+", "not"]), children),
         st.builds(lambda a, b, c: S.Cond(a, b, c, SP), children, children, children),
         st.builds(lambda n, a: S.Call(n, a, SP, SP), dotted, _args(children)),
+        st.builds(lambda item, ns, it, t: S.ListComp(item, tuple(ns), it, t, SP), children,
+                  st.lists(names, min_size=1, max_size=2), children, st.none() | children),
     )
 
 
@@ -108,7 +110,8 @@ def _extend_body(bodies):
 
 bodies = st.recursive(st.lists(simple_stmts, max_size=3).map(lambda xs: S.Body(tuple(xs), SP)), _extend_body,
                       max_leaves=8)
-types = st.builds(lambda n, a: S.TypeRef(n, a, SP), names, st.none() | names)
+types = st.recursive(st.builds(lambda n: S.TypeRef(n, None, SP), names),
+                     lambda inner: st.builds(lambda n, a: S.TypeRef(n, a, SP), names, inner), max_leaves=3)
 params = st.builds(lambda n, t, d: S.Param(n, t, d, SP), names, st.none() | types, st.none() | exprs)
 defs = st.builds(lambda k, n, ps, b: S.Def(k, n, tuple(ps), b, SP, SP), st.sampled_from(["block", "model"]), names,
                  st.lists(params, max_size=3), bodies)

@@ -4,8 +4,11 @@
     compare({"a": fa, "b": fb}) -> {name: Measurement}   the same, candidates interleaved round-robin
     bench_model(path, form="deploy", batch=1) -> dict     one forward pass of a .arch model, with fingerprint()
     measurement_lock()                          the cross-process lock every timing loop holds
+    table.build_table(space) / table.LatencyTable   per-operator latencies of a search space, cached on disk
+                                                    (validated per record: checksum, machine fingerprint)
+    predict.Predictor                           whole-model latency from the table plus a fitted calibration
 
-Not done yet: the per-operator latency table and the latency predictor (docs/latency.md).
+The predictor is not yet accurate enough for the target (docs/latency.md has the measured figures).
 """
 
 from .lock import LockTimeout, default_lock_path, measurement_lock
