@@ -77,19 +77,14 @@ def read_ir(text: str, file: str = "<ir>") -> ArchGraph:
             if m:
                 g.model, g.file = m.group(1), m.group(2)
             continue
-        if line.startswith("# init "):
-            call = parse_expr(f"init({line[len('# init '):]})", file)
+        header = re.match(r"# (init|params) (.*)$", line)
+        if header:  # keyword arguments in .arch syntax: read with the expression parser, never eval
+            call = parse_expr(f"f({header.group(2)})", file)
             try:
-                g.init = {a.name: ev.eval(a.value, {}, "") for a in call.args}  # type: ignore[arg-type]
+                values = {a.name: ev.eval(a.value, {}, "") for a in call.args}  # type: ignore[arg-type]
             except EvalError as e:
                 raise fail(i, e.message) from None
-            continue
-        if line.startswith("# params "):
-            call = parse_expr(f"params({line[len('# params '):]})", file)
-            try:
-                g.params = {a.name: ev.eval(a.value, {}, "") for a in call.args}  # type: ignore[arg-type]
-            except EvalError as e:
-                raise fail(i, e.message) from None
+            setattr(g, header.group(1), values)
             continue
         if not line.strip() or line.startswith("#"):
             continue
