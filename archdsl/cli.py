@@ -57,7 +57,7 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
                    help="allow absolute imports and imports that leave the spec's directory")
     p.add_argument("--deploy", action="store_true",
                    help="the inference form: BN folded, parallel branches merged (re-parameterization)")
-    p.add_argument("--debug-passes", action="store_true",
+    p.add_argument("--debug-passes", "--debug", dest="debug_passes", action="store_true",
                    help="with --deploy: print what each pass changed and the IR after it")
 
 

@@ -198,3 +198,12 @@ def test_deploy_form_exports_to_onnx(tmp_path):
     (y,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(y), m(x), rtol=1e-4, atol=1e-4)
+
+
+def test_show_deploy_reports_each_pass_and_debug_dumps_ir():
+    r = subprocess.run([sys.executable, "-m", "archdsl", "show", "examples/unireplknet_a.arch", "--deploy", "--debug"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "# pass fold_bn:" in r.stdout and "# pass merge_branches:" in r.stdout
+    assert "re-parameterized dilated_reparam 'stages.1.blocks.0.mixer' into one dwconv" in r.stdout
+    assert r.stdout.count("# model unireplknet_a") == 9  # the IR after each of the 8 passes, then the result
