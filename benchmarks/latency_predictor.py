@@ -5,7 +5,8 @@
 
 Samples `--n` random architectures of examples/search/convnext_space.arch (deploy form, rejected points
 skipped), builds or reuses the per-operator table (ARCHDSL_CACHE_DIR, default ~/.cache/archdsl/latency),
-fits the calibration t = a * sum + b * nodes + c on the first `--calib` architectures, then measures the other
+fits the calibration t = a * sum + b * nodes + c on `--calib` architectures spread evenly over the table-predicted
+range (chosen before any end-to-end measurement is looked at), then measures the other
 n - calib end to end with the engine (`measure`, `--max-seconds` cap each) and reports the fraction predicted
 within +-10% and +-5% and the RMSE (ms and relative). The defaults (64x64 input, 1 thread) keep a run of
 --n 40 within a few minutes on a 2-core machine; --input 3x224x224 or more threads are slower.
@@ -72,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         measured.append(end_to_end_ms(point, input_shape, args.max_seconds))
         if (i + 1) % 10 == 0:
             print(f"end to end {i + 1}/{len(points)}", file=sys.stderr)
-    calib, evals = range(args.calib), range(args.calib, len(points))
+    # calibrate on architectures spread over the table-predicted range (chosen without looking at measurements)
+    calib = pred.select_calibration([g for _, g in points], args.calib)
+    evals = [i for i in range(len(points)) if i not in set(calib)]
     coef = pred.fit([points[i][1] for i in calib], [measured[i] for i in calib])
     pred.save()
     rows = []

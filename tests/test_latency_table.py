@@ -157,3 +157,18 @@ def test_cli_build_table_then_reuse(tmp_path, capsys):
 def test_cli_bench_without_file_is_usage_error(capsys):
     assert main(["bench"]) == 2
     assert "--build-table" in capsys.readouterr().err
+
+
+def test_calibration_points_span_the_predicted_range():
+    from archdsl.bench.predict import Predictor
+
+    class FakeTable:
+        pass
+
+    p = Predictor.__new__(Predictor)
+    sums = [5.0, 1.0, 9.0, 3.0, 7.0, 2.0, 8.0]
+    p.features = lambda g: (sums[g], 10)
+    picks = Predictor.select_calibration(p, list(range(len(sums))), 3)
+    assert [sums[i] for i in picks] in ([1.0, 5.0, 9.0], [9.0, 1.0, 5.0]) or \
+        sorted(sums[i] for i in picks) == [1.0, 5.0, 9.0]
+    assert len(Predictor.select_calibration(p, list(range(len(sums))), 7)) == 7

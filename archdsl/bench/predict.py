@@ -71,6 +71,18 @@ class Predictor:
         self.fit_info = {"n": len(feats), "features": [list(f) for f in feats], "measured_ms": list(measured_ms)}
         return self.coef
 
+    def select_calibration(self, graphs: Sequence[Any], k: int) -> list[int]:
+        """Indices of k graphs spread evenly over the table-predicted range (smallest and largest included), so
+        the fitted line interpolates instead of extrapolating. Needs no end-to-end measurement."""
+        if k >= len(graphs):
+            return list(range(len(graphs)))
+        order = sorted(range(len(graphs)), key=lambda i: self.features(graphs[i])[0])
+        picks = {order[round(j * (len(order) - 1) / (k - 1))] for j in range(k)} if k > 1 else {order[0]}
+        extra = (i for i in order if i not in picks)
+        while len(picks) < k:  # rounding collisions on tiny inputs
+            picks.add(next(extra))
+        return sorted(picks)
+
     def predict_features(self, sum_ms: float, n_nodes: int) -> float:
         a, b, c = self.coef
         return a * sum_ms + b * n_nodes + c
