@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .errors import ArchError, Collector
+from .errors import Collector
 from .interp import fmt, type_name
 from .ir import ArchGraph
 from .ops import registry
@@ -156,7 +156,3 @@ def describe_type(ann) -> str:
         return "none"
     return getattr(ann, "__name__", str(ann))
 
-
-def raise_on(errors: list) -> None:
-    if errors:
-        raise ArchError(errors)

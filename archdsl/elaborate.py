@@ -534,9 +534,6 @@ class Elaborator:
             layer = stmt.layer if isinstance(stmt, S.Named) else stmt
             bpath = join(path, seg)
             start = starts(len(outs))
-            if start is None:
-                outs.append(None)
-                continue
             out = self.exec_layer(layer, frame, start, bpath, name_span)
             if out == start:  # empty branch: an identity node keeps every branch distinct in the graph
                 out = self._new_node(bpath, "identity", {},

@@ -170,8 +170,6 @@ class Split(Op):
         return tuple(sizes)
 
     def infer(self, p, ins):
-        if ins[0].layout == "nc" and not ins[0].spatial:
-            pass
         return tuple(ins[0].with_c(c) for c in self.sizes(p, ins[0].c))
 
     def build(self, p, ins):

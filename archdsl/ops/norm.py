@@ -6,8 +6,6 @@ parameters. MACs are not counted for normalizations (as in the published MAC fig
 
 from __future__ import annotations
 
-from typing import Literal
-
 from ..shapes import Cost
 from ..shapes import Shape as _Shape
 from .registry import Op, OpError, OpParams, register
@@ -122,5 +120,3 @@ class GRN(_Norm):
 
         return L.GRN(ins[0].c, p.eps, p.bias, ins[0].layout)
 
-
-_ = Literal  # (kept for ops that add literal-typed options)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..ir import ArchGraph
-from .deploy import DEPLOY_PASSES, PassError
+from .deploy import DEPLOY_PASSES
 
 
 @dataclass
@@ -63,4 +63,4 @@ def deploy(module, debug: bool = False):
     return out.eval()
 
 
-__all__ = ["PassError", "PassReport", "attach_weights", "deploy", "deploy_graph"]
+__all__ = ["PassReport", "attach_weights", "deploy", "deploy_graph"]

@@ -11,7 +11,6 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..ops import registry
 from ..ops.conv import conv_geometry
 from ..ops.registry import pair
 
@@ -156,6 +155,3 @@ def identity_view(c: int, groups: int, dtype=torch.float32, with_weights: bool =
     return ConvView("conv", c, c, (1, 1), (1, 1), (0, 0), (1, 1), groups, False, w,
                     None if w is None else torch.zeros(c, dtype=dtype))
 
-
-def known_op(name: str) -> bool:
-    return registry.get(name) is not None

@@ -3,7 +3,7 @@
 Takes: a checked ArchGraph whose nodes may carry `weights` (their module's state_dict tensors; absent for a
 structure-only run, as `archdsl check --deploy` does). Returns: a new checked graph computing the same function
 in eval mode, with the weights transformed exactly, and one report line per change. A rewrite that would not be
-exact is refused with a message naming the node (PassError); one that merely does not apply is left alone.
+exact is refused and reported ("refused: ...", naming the node); one that merely does not apply is left alone.
 """
 
 from __future__ import annotations
@@ -13,17 +13,11 @@ from dataclasses import replace
 import torch
 
 from ..check import check
-from ..errors import ArchError
 from ..ir import ArchGraph, Node
 from ..ops import registry
-from ..ops.registry import pair
 from . import convview as cv
 
 LAYOUT_OPS = ("nhwc", "nchw")
-
-
-class PassError(ArchError):
-    """A deploy rewrite that would not be exact."""
 
 
 def _refusal(node: Node, msg: str) -> str:
@@ -73,14 +67,15 @@ def _put_view(g: ArchGraph, name: str, v: cv.ConvView) -> None:
     _set(g, name, op, params, w)
 
 
-def _through_layout(g: ArchGraph, name: str) -> tuple[str, list[str]]:
-    """Walk back from `name`'s input over single-consumer layout permutes: (producer, permutes passed)."""
-    chain = []
+def _producer_conv(g: ArchGraph, name: str) -> str | None:
+    """The conv / linear feeding `name` (directly or over single-consumer layout permutes) whose only consumer
+    is that path, or None: the node a per-channel affine map after it can be folded into."""
     (src, _), = g.inputs(name)
     while g.node(src).op in LAYOUT_OPS and len(_consumers(g, src)) == 1:
-        chain.append(src)
         (src, _), = g.inputs(src)
-    return src, chain
+    if g.node(src).op not in cv.CONV_OPS or len(_consumers(g, src)) != 1:
+        return None
+    return src
 
 
 # ---------------------------------------------------------------- passes
@@ -121,8 +116,8 @@ def fold_bn(g: ArchGraph) -> tuple[ArchGraph, list[str]]:
     for name in g.order():
         if name not in g or g.node(name).op != "bn":
             continue
-        prod, _ = _through_layout(g, name)
-        if g.node(prod).op not in cv.CONV_OPS or len(_consumers(g, prod)) != 1:
+        prod = _producer_conv(g, name)
+        if prod is None:
             continue
         v = _view(g, prod)
         scale, shift = cv.bn_affine(g.node(name).params, _weights(g, name), v.cout)
@@ -270,8 +265,8 @@ def fold_layer_scale(g: ArchGraph) -> tuple[ArchGraph, list[str]]:
     for name in g.order():
         if name not in g or g.node(name).op != "layer_scale":
             continue
-        prod, _ = _through_layout(g, name)
-        if g.node(prod).op not in cv.CONV_OPS or len(_consumers(g, prod)) != 1:
+        prod = _producer_conv(g, name)
+        if prod is None:
             continue
         w = _weights(g, name)
         _put_view(g, prod, cv.scale_out(_view(g, prod), None if w is None else w["gamma"]))
@@ -308,5 +303,3 @@ def fold_grn_bias(g: ArchGraph) -> tuple[ArchGraph, list[str]]:
 
 DEPLOY_PASSES = (drop_training_only, reparam_ops, fold_bn, merge_branches, fold_bn, fold_bn_forward,
                  fold_layer_scale, fold_grn_bias)
-
-_ = pair  # re-exported helper for op reparam implementations
