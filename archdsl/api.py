@@ -45,23 +45,24 @@ def _overrides(overrides: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def elaborate(program: Program, overrides=None, input_shape=None, model: str | None = None,
-              strict_overrides: bool = True) -> ArchGraph:
-    return Elaborator(program, _overrides(overrides), input_shape, strict_overrides).run(model)
+              strict_overrides: bool = True, sampler=None) -> ArchGraph:
+    return Elaborator(program, _overrides(overrides), input_shape, strict_overrides, sampler).run(model)
 
 
 def check_file(path: str | os.PathLike, overrides: dict[str, Any] | None = None,
                input_shape: tuple[int, int, int] | None = None, model: str | None = None,
                search_paths: tuple[str, ...] = (), allow_outside: bool = False,
-               strict_overrides: bool = True) -> ArchGraph:
-    """Parse, elaborate and check a .arch file. Raises ArchError with every mistake found."""
+               strict_overrides: bool = True, sampler=None) -> ArchGraph:
+    """Parse, elaborate and check a .arch file. Raises ArchError with every mistake found. `sampler(choice_point)`
+    picks the value of each choice point no override fixes, as elaboration meets it (see interp.ChoiceTable)."""
     prog = load_program(path, search_paths, allow_outside)
-    return _check.check(elaborate(prog, overrides, input_shape, model, strict_overrides))
+    return _check.check(elaborate(prog, overrides, input_shape, model, strict_overrides, sampler))
 
 
 def check_text(text: str, file: str = "<string>", overrides=None, input_shape=None, model=None,
-               strict_overrides: bool = True) -> ArchGraph:
+               strict_overrides: bool = True, sampler=None) -> ArchGraph:
     prog = load_program(file, text=text)
-    return _check.check(elaborate(prog, overrides, input_shape, model, strict_overrides))
+    return _check.check(elaborate(prog, overrides, input_shape, model, strict_overrides, sampler))
 
 
 def require_resolved(graph: ArchGraph) -> None:

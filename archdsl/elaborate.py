@@ -10,6 +10,7 @@ its body. A body holding a single unnamed layer statement adds no segment. Loops
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections import ChainMap
 from dataclasses import dataclass
@@ -51,13 +52,18 @@ class Frame:
 
 class Elaborator:
     def __init__(self, program: Program, overrides: dict[str, Any] | None = None,
-                 input_shape: tuple[int, int, int] | None = None, strict_overrides: bool = True):
+                 input_shape: tuple[int, int, int] | None = None, strict_overrides: bool = True,
+                 sampler=None):
         self.program = program
         self.overrides = dict(overrides or {})
         self.input_shape = input_shape
         self.strict_overrides = strict_overrides
         self.col = Collector()
-        self.choices = ChoiceTable(overrides=self.overrides)
+        self.fixes = self._collect_fixes()  # the root file's `fix` lines: name -> (statement, value)
+        # --set wins over a fix line of the same name (re-opening a concrete file to try a variant)
+        self.values = {**{k: v for k, (_, v) in self.fixes.items()}, **self.overrides}
+        fixed = {k: f.value.span for k, (f, _) in self.fixes.items() if k not in self.overrides}
+        self.choices = ChoiceTable(overrides=self.values, sampler=sampler, fixed=fixed)
         self.ev = Evaluator(self.choices)
         self.graph = ArchGraph()
         self.namespaces = {f: self._namespace(f) for f in program.modules}
@@ -92,6 +98,28 @@ class Elaborator:
                     continue
                 ns.setdefault(key, (d, target))
         return ns
+
+    def _collect_fixes(self) -> dict[str, tuple[S.Fix, Any]]:
+        """The `fix` lines of the checked file, evaluated. A fix in an imported file is an error: only the checked
+        file's fixes apply (a library must not pin the choices of the specs that import it)."""
+        root = self.program.root
+        for mod in self.program.modules.values():
+            if mod is root:
+                continue
+            for f in mod.fixes:
+                self.col.add(f.span, f"fix {fmt(f.name)} is in an imported file: only the checked file's fixes apply",
+                             f"move it to the file being checked ({root.file}), or delete it")
+        out: dict[str, tuple[S.Fix, Any]] = {}
+        for f in root.fixes:
+            if f.name in out:
+                self.col.add(f.name_span, f"{fmt(f.name)} is fixed twice (first at {out[f.name][0].span})",
+                             "delete one of the two fix lines")
+                continue
+            try:
+                out[f.name] = (f, fix_value(f))
+            except EvalError as err:
+                self._eval_error(err, ())
+        return out
 
     def select_model(self, name: str | None) -> S.Def:
         models = [d for d in self.program.root.defs if d.kind == "model"]
@@ -134,13 +162,21 @@ class Elaborator:
         g.output = cur
         for e in self.choices.errors:
             self._eval_error(e, ())
+        used = self.choices.used_overrides | set(g.params)
+        known = sorted(used | set(self.choices.points) | {p.name for p in model.params})
+        clean = not self.col.diagnostics  # after an error, the choice points behind it were never met
         if self.strict_overrides:
-            used = self.choices.used_overrides | set(g.params)
-            known = sorted(used | set(self.choices.points) | {p.name for p in model.params})
             for k in self.overrides:
                 if k not in used and k not in {p.name for p in model.params}:
                     self.col.add(model.name_span, f"--set {k}: no model parameter or choice is named '{k}'"
                                  f"{did_you_mean(k, known)}", "see `archdsl check --json` for the choices")
+        for k, (f, _) in self.fixes.items():
+            if clean and k not in used:
+                close = difflib.get_close_matches(k, known, n=3, cutoff=0.6)
+                self.col.add(f.name_span, f"fix {fmt(k)} names no choice point of model '{model.name}'",
+                             "close names: " + ", ".join(fmt(c) for c in close) if close else
+                             "a fix names a model parameter or a choice point that checking the model meets; "
+                             "`archdsl check --json` lists them")
         g.choices = list(self.choices.points.values())
         self.col.raise_if_any()
         return g
@@ -150,8 +186,8 @@ class Elaborator:
         for p in model.params:
             if names.count(p.name) > 1:
                 self.col.add(p.span, f"parameter '{p.name}' is declared twice")
-            if p.name in self.overrides:
-                value = self.overrides[p.name]
+            if p.name in self.values:
+                value = self.values[p.name]
                 self.choices.used_overrides.add(p.name)
                 if p.default is not None and _has_choice(p.default):
                     # a default that is a choice named after the parameter: the override fixes that choice,
@@ -167,8 +203,10 @@ class Elaborator:
                 continue
             if value is _ERR:
                 continue
-            what = f"model parameter '{p.name}'" + (" (from --set)" if p.name in self.overrides else "")
-            frame.env.maps[0][p.name] = self._typecheck(p, value, frame, what)
+            at = self.choices.fixed.get(p.name)
+            what = f"model parameter '{p.name}'" + (" (from fix)" if at else " (from --set)" if p.name in self.values
+                                                    else "")
+            frame.env.maps[0][p.name] = self._typecheck(p, value, frame, what, at)
 
     # ------------------------------------------------------------ helpers
 
@@ -824,3 +862,9 @@ def _map_ints(v: Any, fn):
     if isinstance(v, tuple):
         return tuple(_map_ints(x, fn) for x in v)
     raise TypeError
+
+
+def fix_value(f: S.Fix) -> Any:
+    """The value of a `fix` line. Its grammar allows literals only, so no name can be read and no choice made;
+    evaluating it can fail only on a resource limit (a list too long). Raises EvalError."""
+    return Evaluator(ChoiceTable()).eval(f.value, ChainMap(), f.name)

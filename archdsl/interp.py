@@ -2,7 +2,7 @@
 
 Takes: AST expressions (`archdsl.syntax`) and an environment of bound names. Returns: values —
 int, float, bool, str, None, or tuples (the language's lists). Search choice points (`choice`,
-`int_range`, `float_range`) evaluate to a concrete value (an override, the default, or the first
+`int_range`, `float_range`) evaluate to a concrete value (an override or `fix`, the default, or the first
 option) and are recorded in a `ChoiceTable` so the search can enumerate them.
 """
 
@@ -77,7 +77,7 @@ class ChoicePoint:
     log: bool = False
     default: Value = None
     value: Value = None
-    source: str = "first"  # "override" | "default" | "first"
+    source: str = "first"  # "override" | "fixed" (a `fix` line) | "sampled" | "default" | "first"
 
     def contains(self, v: Value) -> bool:
         if self.kind == "choice":
@@ -111,9 +111,15 @@ class ChoicePoint:
 
 @dataclass
 class ChoiceTable:
-    """Choice points met during one evaluation, and the overrides that fix them."""
+    """Choice points met during one evaluation, and the overrides that fix them (`--set` values, and the spec's
+    `fix` lines, listed in `fixed`, merged in with `--set` winning). `sampler(cp)`, when given, picks
+    the value of every choice point no override fixes, as it is met (define-by-run: a choice point behind an
+    untaken `if` is never asked for); it must return a value inside the domain."""
 
     overrides: dict[str, Value] = field(default_factory=dict)
+    sampler: Callable[[ChoicePoint], Value] | None = None
+    # names whose override comes from a `fix` line of the spec -> the span of its value (for errors; source "fixed")
+    fixed: dict[str, Span] = field(default_factory=dict)
     points: dict[str, ChoicePoint] = field(default_factory=dict)
     used_overrides: set[str] = field(default_factory=set)
     errors: list[EvalError] = field(default_factory=list)
@@ -128,10 +134,20 @@ class ChoiceTable:
         if cp.name in self.overrides:
             v = self.overrides[cp.name]
             self.used_overrides.add(cp.name)
+            at = self.fixed.get(cp.name)
             if not cp.contains(v):
-                self.errors.append(EvalError(cp.span, f"--set {cp.name}={fmt(v)} is outside {cp.describe()}"))
+                if at is None:
+                    self.errors.append(EvalError(cp.span, f"--set {cp.name}={fmt(v)} is outside {cp.describe()}"))
+                else:  # the mistake is on the fix line: point there, and say where the choice is
+                    self.errors.append(EvalError(at, f"fix {fmt(cp.name)} = {fmt(v)} is outside {cp.describe()}",
+                                                 f"the choice point is at {cp.span}"))
                 v = cp.default if cp.default is not None else _first(cp)
-            cp.value, cp.source = v, "override"
+            cp.value, cp.source = v, "override" if at is None else "fixed"
+        elif self.sampler is not None:
+            v = self.sampler(cp)
+            if not cp.contains(v):
+                raise ValueError(f"the sampler gave {fmt(v)} for choice point {cp.name!r}, outside {cp.describe()}")
+            cp.value, cp.source = v, "sampled"
         elif cp.default is not None:
             cp.value, cp.source = cp.default, "default"
         else:

@@ -8,6 +8,8 @@ import math
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ import pytest
 from archdsl.bench import (
     LockTimeout,
     compare,
+    compute_lock,
     default_lock_path,
     fingerprint,
     measure,
@@ -178,6 +181,74 @@ def test_lock_is_reentrant_and_default_path_follows_env(tmp_path):
         with measurement_lock(timeout=1):  # compare() -> measure() nesting must not deadlock
             pass
     assert default_lock_path().exists()
+
+
+COMPUTER = textwrap.dedent("""
+    import sys, time
+    from archdsl.bench import compute_lock
+    # a stream of short compute slices (training steps), back to back, until stdin closes
+    import threading
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+    first = True
+    while not stop.is_set():
+        with compute_lock(sys.argv[1]):
+            if first:
+                print("computing", flush=True)
+                first = False
+            time.sleep(0.02)
+""")
+
+
+def test_compute_slices_exclude_a_measurement_and_cannot_starve_it(tmp_path):
+    path = tmp_path / "measure.lock"
+    worker = subprocess.Popen([sys.executable, "-c", COMPUTER, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout.readline().strip() == "computing"
+        # the stream of shared slices holds back the exclusive side only until the current slice ends:
+        # the turnstile stops new slices from starting while a measurement waits
+        t0 = time.monotonic()
+        with measurement_lock(path, timeout=5):
+            waited = time.monotonic() - t0
+            held = Path(str(path) + ".turnstile").exists()
+        assert waited < 2.0 and held
+    finally:
+        worker.stdin.close()
+        assert worker.wait(timeout=20) == 0
+
+
+def test_compute_lock_waits_for_a_measurement(tmp_path):
+    path = tmp_path / "measure.lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    got = []
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        def slice_():
+            with compute_lock(path):
+                got.append(1)
+
+        t = threading.Thread(target=slice_)
+        t.start()
+        t.join(0.5)
+        assert not got  # blocked while the other process measures
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        t.join(20)
+        assert got == [1]
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+
+
+def test_compute_lock_inside_own_measurement_does_not_deadlock(tmp_path):
+    path = tmp_path / "measure.lock"
+    with measurement_lock(path, timeout=1):
+        with compute_lock(path):  # this process is the one measuring: pass through
+            pass
+    with compute_lock(path), compute_lock(path):  # shared: several holders at once
+        pass
 
 
 # --- machine state ---------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
     measure(fn) -> Measurement                 median / p10 / p90 of fn() until the median's 95% CI is tight
     compare({"a": fa, "b": fb}) -> {name: Measurement}   the same, candidates interleaved round-robin
     bench_model(path, form="deploy", batch=1) -> dict     one forward pass of a .arch model, with fingerprint()
-    measurement_lock()                          the cross-process lock every timing loop holds
+    measurement_lock()                          the cross-process lock every timing loop holds (exclusive)
+    compute_lock()                              its shared side: heavy work (training steps) that pauses for it
     table.build_table(space) / table.LatencyTable   per-operator latencies of a search space, cached on disk
                                                     (validated per record: checksum, machine fingerprint)
     predict.Predictor                           whole-model latency from the table plus a fitted calibration
@@ -11,7 +12,7 @@
 The predictor is not yet accurate enough for the target (docs/latency.md has the measured figures).
 """
 
-from .lock import LockTimeout, default_lock_path, measurement_lock
+from .lock import LockTimeout, compute_lock, default_lock_path, measurement_lock
 from .measure import (
     Measurement,
     ModelRunError,
@@ -23,5 +24,5 @@ from .measure import (
     steady_state_allocator,
 )
 
-__all__ = ["Measurement", "ModelRunError", "OutOfMemory", "LockTimeout", "bench_model", "compare", "fingerprint",
+__all__ = ["Measurement", "ModelRunError", "OutOfMemory", "LockTimeout", "bench_model", "compute_lock", "compare", "fingerprint",
            "measure", "measurement_lock", "default_lock_path", "steady_state_allocator"]

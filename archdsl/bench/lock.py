@@ -1,9 +1,18 @@
-"""The measurement lock: at most one timing loop at a time, across threads and across processes of this user.
+"""The measurement lock: at most one timing loop at a time, and no heavy work beside it, across processes.
 
-Takes: an optional lock-file path and timeout. Returns: a context manager. Within a process a re-entrant
-threading lock serializes threads (and lets `compare` call `measure` while holding it); across processes an
-`fcntl.flock` on a lock file (default `$ARCHDSL_LOCK_DIR/measure.lock`, else `~/.cache/archdsl/measure.lock`)
-serializes concurrent searches, so two processes never time models at the same moment and share the cores.
+Takes: an optional lock-file path and timeout. Returns: context managers.
+
+`measurement_lock()` is exclusive. Within a process a re-entrant threading lock serializes threads (and lets
+`compare` call `measure` while holding it); across processes an `fcntl.flock` (LOCK_EX) on a lock file (default
+`$ARCHDSL_LOCK_DIR/measure.lock`, else `~/.cache/archdsl/measure.lock`) serializes concurrent searches, so two
+processes never time models at the same moment.
+
+`compute_lock()` is shared (LOCK_SH on the same file): heavy work that would steal the cores from a timing loop
+(a search trial's training steps) holds it in short slices. Any number of holders run together; a measurement
+waits until the current slices end, and holds the machine alone while it times. Writers have priority: a
+measurement first takes a turnstile file (`<lock>.turnstile`) that every new compute slice must pass, so a
+stream of training steps cannot starve it. A process that holds the measurement lock passes through
+`compute_lock()` without waiting (its own work is what is being timed).
 """
 
 from __future__ import annotations
@@ -19,6 +28,9 @@ try:  # POSIX only; elsewhere the threading lock alone applies
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
+
+
+__all__ = ["LockTimeout", "measurement_lock", "compute_lock", "default_lock_path"]
 
 
 class LockTimeout(TimeoutError):
@@ -66,22 +78,61 @@ def measurement_lock(path: str | os.PathLike | None = None, timeout: float | Non
         _THREAD_LOCK.release()
 
 
+def _flock(fd: int, deadline: float | None, what: str, timeout: float | None) -> None:
+    if deadline is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise LockTimeout(f"another process holds the measurement lock {what} "
+                                  f"(waited {timeout:g} s)") from None
+            time.sleep(_POLL_S)
+
+
 def _acquire_file(lock_path: Path, deadline: float | None, timeout: float | None) -> int:
+    """Take the turnstile (so no new compute slice starts), then the lock itself, then let the turnstile go."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
+    turn = os.open(_turnstile(lock_path), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        _flock(turn, deadline, str(lock_path), timeout)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _flock(fd, deadline, str(lock_path), timeout)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+    finally:
+        os.close(turn)  # closing the descriptor releases the turnstile
+
+
+@contextlib.contextmanager
+def compute_lock(path: str | os.PathLike | None = None) -> Iterator[None]:
+    """Hold the shared side of the measurement lock for the body: heavy work (a training step) that must not
+    run while a model is timed. Keep the body short (one step), so a waiting measurement starts soon."""
+    if fcntl is None or _depth > 0:  # no flock here, or this process is the one measuring
+        yield
+        return
+    lock_path = Path(path) if path is not None else default_lock_path()
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    turn = os.open(_turnstile(lock_path), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(turn, fcntl.LOCK_EX)  # wait behind a measurement that is queued or running
+        fcntl.flock(turn, fcntl.LOCK_UN)
+    finally:
+        os.close(turn)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        if deadline is None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            return fd
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LockTimeout(f"another process holds the measurement lock {lock_path} "
-                                      f"(waited {timeout:g} s)") from None
-                time.sleep(_POLL_S)
-    except BaseException:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
-        raise
+
+
+def _turnstile(lock_path: Path) -> Path:
+    return lock_path.with_name(lock_path.name + ".turnstile")
