@@ -14,7 +14,7 @@ from . import check as _check
 from . import syntax as S
 from .elaborate import Elaborator
 from .errors import ArchError, Diagnostic, Span
-from .interp import ChoiceTable, EvalError, Evaluator
+from .interp import ChoiceTable, EvalError, Evaluator, fmt
 from .ir import ArchGraph
 from .parse import Program, load_program, parse_expr
 
@@ -66,11 +66,13 @@ def check_text(text: str, file: str = "<string>", overrides=None, input_shape=No
 
 
 def require_resolved(graph: ArchGraph) -> None:
-    """Raise ArchError listing every choice point fixed neither by an override nor by a default."""
+    """Raise ArchError listing every choice point that took its first value: fixed by no override, no `fix` line
+    of the spec, no sampler and no default."""
     open_ = [c for c in graph.choices if c.source == "first"]
     if open_:
         raise ArchError([Diagnostic(c.span, f"open choice '{c.name}' = {c.describe()} has no value",
-                                    f"fix it with --set {c.name}=VALUE (or overrides) or give it default=")
+                                    f"fix it with --set {c.name}=VALUE (or overrides), a line "
+                                    f"`fix {fmt(c.name)} = VALUE`, or give it default=")
                          for c in open_])
 
 

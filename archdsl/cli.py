@@ -1,4 +1,4 @@
-"""The `archdsl` command line: check | show | compile | bench | fmt | ops.
+"""The `archdsl` command line: check | show | compile | bench | search | fmt | ops.
 
 Takes: argv. Returns: an exit code — 0 on success, 1 for a mistake in the user's spec (printed as
 positioned diagnostics on stderr, never a traceback), 2 for bad command-line usage, 70 for an internal
@@ -47,8 +47,8 @@ def _usage(msg: str) -> int:
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="the .arch spec")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="override a model parameter or fix a choice point (repeatable); VALUE is an .arch "
-                        "expression, e.g. --set depths=[2,2,6,2] --set kernel=31")
+                   help="override a model parameter or fix a choice point (repeatable; wins over a `fix` line of "
+                        "the spec); VALUE is an .arch expression, e.g. --set depths=[2,2,6,2] --set kernel=31")
     p.add_argument("--input", metavar="CxHxW", help="input shape, e.g. 3x224x224 (overrides the spec's input)")
     p.add_argument("--model", help="which model of the file (when it defines several)")
     p.add_argument("--import-path", action="append", default=[], metavar="DIR",
@@ -236,6 +236,9 @@ def make_parser() -> argparse.ArgumentParser:
     from .bench.cli import add_bench_parser  # the measurement engine; imports torch only when it runs
 
     add_bench_parser(sub)
+    from .search.cli import add_search_parser  # Ray, Optuna and torch are imported only when it runs
+
+    add_search_parser(sub)
     return ap
 
 

@@ -1,8 +1,9 @@
 """Stage 2: AST -> ArchGraph. Runs the program (blocks, loops, conditions, forms) and emits operator nodes.
 
-Takes: a parsed `Program`, overrides (`--set name=value`) and an optional input shape. Returns: an
-`ArchGraph` whose nodes carry raw (unvalidated) op parameters and their source spans; `archdsl.check`
-validates parameters and infers shapes. Every mistake found is collected; `ArchError` lists them all.
+Takes: a parsed `Program` (its root file's `fix` lines act as overrides that `--set` wins over), overrides
+(`--set name=value`) and an optional input shape. Returns: an `ArchGraph` whose nodes carry raw (unvalidated)
+op parameters and their source spans; `archdsl.check` validates parameters and infers shapes. Every mistake
+found is collected; `ArchError` lists them all.
 
 Naming: each layer statement gets a segment — its `name:` or its position among the layer statements of
 its body. A body holding a single unnamed layer statement adds no segment. Loops add the iteration index.

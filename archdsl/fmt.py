@@ -2,8 +2,8 @@
 
 Takes: a parsed `syntax.Module` (`format_module`), one expression (`format_expr`), or source text / a path
 (`format_text`, `format_file`, which also keep the file's comments and single blank lines).
-Returns: deterministic source text — 4-space indentation, one statement per line, imports first, then the
-definitions separated by blank lines, numbers written from their original text, and the fewest
+Returns: deterministic source text — 4-space indentation, one statement per line, `fix` lines first, then
+imports, then the definitions separated by blank lines, numbers written from their original text, and the fewest
 parentheses that keep the grammar's precedence. `parse_text(format_module(m), m.file) == m` holds for
 every module, and formatting is idempotent.
 """
@@ -159,13 +159,13 @@ class _Source:
                 self.comments.append(_Comment(line, m.start() - start + 1, m.group().rstrip(),
                                               not text[start:m.start()].strip()))
 
-    def leading(self, line: int, col: int) -> list[_Comment]:
-        """Comments not yet printed that come before (line, col)."""
+    def leading(self, line: int, col: int, after: tuple[int, int] = (0, 0)) -> list[_Comment]:
+        """Comments not yet printed that come before (line, col) (and not before `after`)."""
         out = []
         for c in self.comments:
             if (c.line, c.col) >= (line, col):
                 break
-            if not c.taken:
+            if not c.taken and (c.line, c.col) >= after:
                 c.taken = True
                 out.append(c)
         return out
@@ -186,11 +186,13 @@ _COMMENT_OR_STRING = re.compile(r'"(?:[^"\\\n]|\\["\\n])*"|#[^\n]*')
 _NO_SOURCE = _Source()
 
 
-def _with_comments(src: _Source, line: int, col: int, indent: str, first: bool, closing: bool = False) -> list[str]:
+def _with_comments(src: _Source, line: int, col: int, indent: str, first: bool, closing: bool = False,
+                   after: tuple[int, int] = (0, 0)) -> list[str]:
     """The leading comments of an item at (line, col), each on its own line, and the blank lines (at most one
-    in a row) that preceded them and the item in the source; none first in a body, none before a `}`."""
+    in a row) that preceded them and the item in the source; none first in a body, none before a `}`.
+    Comments before `after` are left for the items printed later."""
     out = []
-    for c in src.leading(line, col):
+    for c in src.leading(line, col, after):
         if not first and src.blank_before(c.line):
             out.append("")
         out.append(indent + c.text)
@@ -317,21 +319,37 @@ def format_def(d: S.Def, src: _Source = _NO_SOURCE) -> str:
     return "\n".join(lines + body[1:])
 
 
+def format_fix(f: S.Fix) -> str:
+    return f"fix {format_string(f.name)} = {format_expr(f.value)}"
+
+
 def format_import(imp: S.Import) -> str:
     return f"import {format_string(imp.path)}" + (f" as {imp.alias}" if imp.alias else "")
 
 
 def format_module(mod: S.Module) -> str:
-    """The whole file: imports (one per line), a blank line, then each definition separated by a blank line."""
+    """The whole file: `fix` lines, imports (one per line), then each definition, groups separated by a blank
+    line. Fix lines come first because the files that carry them (concrete architectures written by
+    `archdsl.concrete`) open with them."""
     return _module(mod, _NO_SOURCE)
 
 
 def _module(mod: S.Module, src: _Source) -> str:
     parts = []
+    if mod.fixes:
+        # Fix lines are printed first wherever they stand: each takes only the comments between it and the item
+        # before it in the source, so the comments of later-printed items stay with them.
+        ends = sorted((i.span.end_line, i.span.end_col) for i in (*mod.imports, *mod.defs, *mod.fixes))
+        lines = []
+        for f in mod.fixes:
+            after = max((e for e in ends if e <= (f.span.line, f.span.col)), default=(0, 0))
+            lines += _with_comments(src, f.span.line, f.span.col, "", not lines, after=after)
+            lines.append(format_fix(f) + src.trailing(f.span.line))
+        parts.append("\n".join(lines))
     if mod.imports:
         lines: list[str] = []
         for imp in mod.imports:
-            lines += _with_comments(src, imp.span.line, imp.span.col, "", not lines and not parts)
+            lines += _with_comments(src, imp.span.line, imp.span.col, "", not lines)
             lines.append(format_import(imp) + src.trailing(imp.span.line))
         parts.append("\n".join(lines))
     for d in mod.defs:

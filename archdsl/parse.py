@@ -142,6 +142,11 @@ class _ToAST(Transformer_NonRecursive):
         return S.Unary("not", children[0], self._span(meta))
 
     @v_args(meta=True)
+    def signed(self, meta, children):  # a sign on a number in a `fix` literal
+        op, tok = children
+        return S.Unary(str(op), self.number(meta, [tok]), self._span(meta))
+
+    @v_args(meta=True)
     def unary(self, meta, children):
         op, operand = children
         return S.Unary(str(op), operand, self._span(meta))
@@ -280,6 +285,11 @@ class _ToAST(Transformer_NonRecursive):
         return S.Import(self.string(meta, [path]).value, None if alias is None else self._bind(alias),
                         self._span(meta))
 
+    @v_args(meta=True)
+    def fix_stmt(self, meta, children):
+        name, value = children
+        return S.Fix(self.string(meta, [name]).value, value, self._span(meta), self._tok(name))
+
     def start(self, children):
         return [c for c in children]
 
@@ -345,9 +355,16 @@ def _syntax_diagnostic(e: UnexpectedInput, file: str, text: str) -> Diagnostic:
             hint = "put a conditional expression in parentheses: let k = (7 if big else 3)"
         elif tok.type == "LBRACE":
             hint = "if this '{' starts a new group of layers, end the previous statement with ';'"
+    src_lines = text.split("\n")
+    if hint is None and line <= len(src_lines) and _FIX_VALUE.match(src_lines[line - 1], 0, col - 1):
+        hint = "a fix value is a literal: a number, a string in quotes, true, false, none, or a list of these"
     if exp and len(exp) <= 8:
         msg += f"; expected {', '.join(exp)}"
     return Diagnostic(Span(file, line, col, line, max(end, col + 1)), msg, hint)
+
+
+# The start of a `fix "name" = ...` line up to the value, where a syntax error is in the (literal) value.
+_FIX_VALUE = re.compile(r'\s*fix\s*"(?:[^"\\\n]|\\["\\n])*"\s*=.*')
 
 
 def _balanced(line: str) -> bool:
@@ -478,7 +495,8 @@ def parse_text(text: str, file: str = "<string>") -> S.Module:
     limits.check_ast_depth(items, file)
     imports = tuple(i for i in items if isinstance(i, S.Import))
     defs = tuple(i for i in items if isinstance(i, S.Def))
-    return S.Module(file, imports, defs)
+    fixes = tuple(i for i in items if isinstance(i, S.Fix))
+    return S.Module(file, imports, defs, fixes)
 
 
 def parse_expr(text: str, file: str = "<expr>") -> S.Expr:

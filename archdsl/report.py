@@ -110,7 +110,7 @@ def table(g: ArchGraph) -> str:
     if open_:
         body.append("")
         body.append(f"{len(open_)} choice point(s) (checked at the values shown):")
-        cells = [(c.name, fmt(c.value), c.describe(), c.source, str(c.span)) for c in open_]
+        cells = [(c.name, fmt(c.value), c.describe(), f"[{c.source}]", str(c.span)) for c in open_]
         w = [max(len(r[i]) for r in cells) for i in range(4)]
         for r in cells:
             body.append(f"  {r[0]:<{w[0]}} = {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:<{w[3]}}  {r[4]}")

@@ -257,9 +257,20 @@ class Import:
 
 
 @dataclass(frozen=True)
+class Fix:
+    """`fix "NAME" = literal`: fixes the choice point (or model parameter) NAME of the checked file's model."""
+
+    name: str
+    value: Expr  # a literal: Num, Str, Const, a Unary sign on a Num, or a ListExpr of literals
+    span: Span = field(compare=False)
+    name_span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
 class Module:
     """One parsed file."""
 
     file: str
     imports: tuple[Import, ...]
     defs: tuple[Def, ...]
+    fixes: tuple[Fix, ...] = ()

@@ -34,8 +34,8 @@ FUZZ = settings(max_examples=N, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 
 FORMS = ("seq", "residual", "parallel", "split")
-KEYWORDS = ("import", "as", "block", "model", "let", "require", "input", "scaling", "for", "in", "if", "elif",
-            "else", "true", "false", "none", "and", "or", "not")
+KEYWORDS = ("import", "as", "block", "model", "fix", "let", "require", "input", "scaling", "init", "for", "in", "if",
+            "elif", "else", "true", "false", "none", "and", "or", "not")
 
 
 def check_only_arch_errors(text: str, file: str = "fuzz.arch", **kw) -> None:

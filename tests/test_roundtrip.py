@@ -35,8 +35,8 @@ SP = Span.unknown("gen.arch")  # spans are not compared
 
 # ---------------------------------------------------------------- (a) strategies over the syntax
 
-KEYWORDS = {"import", "as", "block", "model", "let", "require", "input", "scaling", "for", "in", "if", "elif",
-            "else", "true", "false", "none", "and", "or", "not"}
+KEYWORDS = {"import", "as", "block", "model", "fix", "let", "require", "input", "scaling", "init", "for", "in", "if",
+            "elif", "else", "true", "false", "none", "and", "or", "not"}
 
 names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,6}", fullmatch=True).filter(lambda s: s not in KEYWORDS)
 dotted = st.lists(names, min_size=1, max_size=3).map(".".join)
@@ -116,8 +116,14 @@ params = st.builds(lambda n, t, d: S.Param(n, t, d, SP), names, st.none() | type
 defs = st.builds(lambda k, n, ps, b: S.Def(k, n, tuple(ps), b, SP, SP), st.sampled_from(["block", "model"]), names,
                  st.lists(params, max_size=3), bodies)
 imports = st.builds(lambda p, a: S.Import(p, a, SP), st.text(max_size=10), st.none() | names)
-modules = st.builds(lambda i, d: S.Module("gen.arch", tuple(i), tuple(d)), st.lists(imports, max_size=2),
-                    st.lists(defs, max_size=3))
+# A fix value is a literal: a number (optionally signed), a string, a constant, or a (nested) list of these.
+signed = st.builds(lambda op, n: S.Unary(op, n, SP), st.sampled_from(["-", "+"]), nums)
+literals = st.recursive(st.one_of(nums, signed, strs, consts),
+                        lambda inner: st.lists(inner, max_size=3).map(lambda xs: S.ListExpr(tuple(xs), SP)),
+                        max_leaves=6)
+fixes = st.builds(lambda n, v: S.Fix(n, v, SP, SP), st.text(max_size=10), literals)
+modules = st.builds(lambda i, d, f: S.Module("gen.arch", tuple(i), tuple(d), tuple(f)), st.lists(imports, max_size=2),
+                    st.lists(defs, max_size=3), st.lists(fixes, max_size=2))
 
 
 @SETTINGS
@@ -220,6 +226,17 @@ def test_statement_expressions_and_bare_forms():
                     "    for i in (u if v else w) { }\n    if (a if b else c) { } elif (d if e else f) { }\n"
                     "    residual {\n        relu()\n    }\n    lib.blk { }\n    init(\"trunc_normal\", std=0.02)\n"
                     "    conv(k=a if b else c)\n}\n")
+
+
+def test_fix_lines_come_first_with_their_comments():
+    """Fix lines print first, each with the comments between it and the item before it in the source."""
+    src = ('# lib\n\nimport "x.arch"\n\n# the model\nmodel m() { }\n# pinned\nfix "stages.0.k" = 7  # k\n'
+           'fix "d"=[ -1, +2.50, "a\\"b", true, none, [] ]\n')
+    text = format_text(src, "f.arch")
+    assert text == ('# pinned\nfix "stages.0.k" = 7  # k\nfix "d" = [-1, +2.50, "a\\"b", true, none, []]\n'
+                    '\n# lib\n\nimport "x.arch"\n\n# the model\nmodel m() { }\n')
+    assert parse_text(text, "f.arch") == parse_text(src, "f.arch")
+    assert format_text(text, "f.arch") == text
 
 
 def test_layout_of_a_module():

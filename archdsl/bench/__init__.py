@@ -24,5 +24,6 @@ from .measure import (
     steady_state_allocator,
 )
 
-__all__ = ["Measurement", "ModelRunError", "OutOfMemory", "LockTimeout", "bench_model", "compute_lock", "compare", "fingerprint",
+__all__ = ["Measurement", "ModelRunError", "OutOfMemory", "LockTimeout", "bench_model", "compute_lock", "compare",
+           "fingerprint",
            "measure", "measurement_lock", "default_lock_path", "steady_state_allocator"]

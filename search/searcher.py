@@ -1,0 +1,244 @@
+"""The search algorithm: an Optuna study driven ask-and-tell behind Ray Tune's `Searcher` interface.
+
+Takes: a `SearchSpace`, the algorithm ("random" | "tpe" | "nsga2"), the latency budget, an optional latency
+`Predictor`, and the finished records of an earlier run (resume). Returns (to Ray Tune): one config per trial,
+{"point", "hash", "index", "predicted_ms"}; `Searcher.FINISHED` when the trial budget is spent.
+
+Before a config leaves `suggest`, the candidate has been elaborated define-by-run (each choice point met asks
+the Optuna trial: `suggest_categorical` / `suggest_int` / `suggest_float`), checked, hashed and, with a
+predictor, its latency estimated. Nothing that fails there becomes a Ray trial:
+  - "rejected": the checker refused the point (a `require`, a shape mismatch): counted, never built;
+  - "duplicate": the same canonical network was already evaluated: Optuna is told the earlier result;
+  - "predicted_over_budget": the predictor puts it beyond `prefilter_margin` x the budget.
+Each of those is passed to `on_event(record)` so the driver writes it down. Optuna learns from every outcome:
+an over-budget latency is a violated constraint (`latency - budget > 0`, `Trial.set_constraint`), which TPE and
+NSGA-II treat as infeasible.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+from typing import Any, Callable
+
+import optuna
+from ray.tune.search import Searcher
+
+from .errors import SearchError
+from .space import Candidate, SearchSpace
+
+__all__ = ["ArchSearcher", "ALGORITHMS", "make_sampler"]
+
+ALGORITHMS = ("random", "tpe", "nsga2")
+_CONSTRAINT = "latency"  # Optuna constraint: latency - budget (ms), feasible when <= 0
+MAX_RESAMPLES = 200  # consecutive rejected / duplicate / prefiltered points before the space counts as exhausted
+
+
+def make_sampler(algo: str, seed: int, n_startup: int = 5) -> optuna.samplers.BaseSampler:
+    if algo == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if algo == "tpe":
+        with warnings.catch_warnings():  # `group` is marked experimental; it handles conditional choices
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup, multivariate=True, group=True)
+    if algo == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, n_startup))
+    raise SearchError(f"unknown search algorithm {algo!r}: choose one of {', '.join(ALGORITHMS)}")
+
+
+def _distribution(domain: dict) -> optuna.distributions.BaseDistribution:
+    t = domain["type"]
+    if t == "choice":
+        return optuna.distributions.CategoricalDistribution(_categorical(domain["values"]))
+    if t == "int_range":
+        return optuna.distributions.IntDistribution(domain["lo"], domain["hi"], step=domain["step"])
+    return optuna.distributions.FloatDistribution(domain["lo"], domain["hi"], log=domain["log"])
+
+
+def _categorical(values: list) -> tuple:
+    """Optuna's categorical choices must be None/bool/int/float/str: lists become tuples' string forms."""
+    return tuple(_to_optuna(v) for v in values)
+
+
+def _to_optuna(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return repr(list(v))
+    return v
+
+
+def _from_optuna(v: Any, values: list) -> Any:
+    for x in values:
+        if _to_optuna(x) == v and type(_to_optuna(x)) is type(v):
+            return x
+    return v
+
+
+class ArchSearcher(Searcher):
+    """Ray Tune searcher over a .arch search space. `max_trials`: Ray trials to start (built and measured)
+    in this run; `history`: records of an earlier run of the same search (replayed into Optuna, their
+    hashes never evaluated again). `objective`: the name of the score in results ("score", higher is better)."""
+
+    def __init__(self, space: SearchSpace, *, algo: str = "tpe", budget_ms: float, seed: int = 0,
+                 max_trials: int, predictor=None, prefilter_margin: float = 1.5,
+                 on_event: Callable[[dict], None] | None = None, history: list[dict] | None = None,
+                 n_startup: int = 5, metric: str = "score"):
+        super().__init__(metric=metric, mode="max")
+        if budget_ms <= 0 or not math.isfinite(budget_ms):
+            raise SearchError(f"the latency budget must be a positive number of ms, got {budget_ms}")
+        self.space, self.algo, self.budget_ms = space, algo, float(budget_ms)
+        self.max_trials = max_trials
+        self.predictor = predictor
+        self.prefilter_margin = prefilter_margin
+        self.on_event = on_event or (lambda rec: None)
+        directions = ["maximize", "minimize"] if algo == "nsga2" else ["maximize"]
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.study = optuna.create_study(directions=directions, sampler=make_sampler(algo, seed, n_startup))
+        self.started = 0
+        self.pending: dict[str, tuple[optuna.trial.Trial, Candidate]] = {}
+        self.done: dict[str, dict] = {}  # hash -> the finished record (ok / over_budget / failed)
+        self.pending_hashes: set[str] = set()
+        self.rejections: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()
+        self._index = 0
+        self.exhausted = False
+        for rec in history or []:
+            self._replay(rec)
+
+    # -- bookkeeping
+
+    def _values(self, score: float | None, latency_ms: float | None) -> list[float]:
+        s = 0.0 if score is None or not math.isfinite(score) else float(score)
+        if self.algo == "nsga2":
+            lat = latency_ms if latency_ms is not None and math.isfinite(latency_ms) else 1e9
+            return [s, float(lat)]
+        return [s]
+
+    def _tell(self, ot: optuna.trial.Trial, rec: dict) -> None:
+        status = rec.get("status")
+        if status in ("failed", "rejected"):
+            self.study.tell(ot, state=optuna.trial.TrialState.FAIL)
+            return
+        lat = rec.get("latency_ms") if rec.get("latency_ms") is not None else rec.get("predicted_ms")
+        ot.set_constraint(_CONSTRAINT, float(lat) - self.budget_ms if lat is not None else 0.0)
+        self.study.tell(ot, self._values(rec.get("score"), lat))
+
+    def _replay(self, rec: dict) -> None:
+        """Add a finished record of an earlier run to the study (and to the seen hashes)."""
+        self._index = max(self._index, int(rec.get("trial", -1)) + 1) if rec.get("trial") is not None else self._index
+        status = rec.get("status")
+        self.counts[status] += 1
+        if status in ("ok", "over_budget", "failed") and rec.get("hash"):
+            self.done[rec["hash"]] = rec
+        if status == "rejected":
+            self.rejections[rec.get("reason", "?")] += 1
+        if status in ("ok", "over_budget", "failed", "predicted_over_budget") and rec.get("point"):
+            dists, params = {}, {}
+            for name, value in rec["point"].items():
+                dim = self.space.dims.get(name)
+                if dim is None:
+                    continue
+                dists[name] = _distribution(dim.domain)
+                params[name] = _to_optuna(value)
+            if status == "failed":
+                state, values, attrs = optuna.trial.TrialState.FAIL, None, {}
+            else:
+                lat = rec.get("latency_ms") if rec.get("latency_ms") is not None else rec.get("predicted_ms")
+                c = float(lat) - self.budget_ms if lat is not None else 0.0
+                state, values, attrs = optuna.trial.TrialState.COMPLETE, self._values(rec.get("score"), lat), {
+                    f"constraints:{_CONSTRAINT}": c}
+            try:
+                self.study.add_trial(optuna.trial.create_trial(
+                    state=state, params=params, distributions=dists, values=values, system_attrs=attrs))
+            except ValueError:  # a value outside a domain that changed: the record is kept, Optuna skips it
+                pass
+
+    def _sample(self, ot: optuna.trial.Trial):
+        def sample(cp):
+            d = cp.domain()
+            if d["type"] == "choice":
+                return _from_optuna(ot.suggest_categorical(cp.name, _categorical(d["values"])), d["values"])
+            if d["type"] == "int_range":
+                return ot.suggest_int(cp.name, d["lo"], d["hi"], step=d["step"])
+            return ot.suggest_float(cp.name, d["lo"], d["hi"], log=d["log"])
+        return sample
+
+    def _event(self, status: str, ot: optuna.trial.Trial | None, rec: dict) -> None:
+        rec = {"trial": None, "status": status, **rec}
+        self.counts[status] += 1
+        if ot is not None:
+            self._tell(ot, {**rec, "status": status})
+        self.on_event(rec)
+
+    # -- the Searcher interface
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # the space comes from the spec; Tune's own param_space is not used
+
+    def suggest(self, trial_id: str):
+        if self.started >= self.max_trials:
+            return Searcher.FINISHED
+        for _ in range(MAX_RESAMPLES):
+            ot = self.study.ask()
+            cand = self.space.resolve(self._sample(ot))
+            if not isinstance(cand, Candidate):
+                self.rejections[cand.first] += 1
+                self._event("rejected", ot, {"point": cand.point, "error": cand.error, "reason": cand.first})
+                continue
+            if cand.hash in self.done:
+                prev = self.done[cand.hash]
+                self._event("duplicate", ot, {"point": cand.point, "hash": cand.hash, "same_as": prev.get("trial"),
+                                              "score": prev.get("score"), "latency_ms": prev.get("latency_ms")})
+                continue
+            if cand.hash in self.pending_hashes:
+                self.study.tell(ot, state=optuna.trial.TrialState.FAIL)  # being evaluated right now
+                self.counts["duplicate_pending"] += 1
+                continue
+            predicted = None
+            if self.predictor is not None:
+                predicted = self.predictor.predict_candidate(cand)
+                if predicted is not None and predicted > self.prefilter_margin * self.budget_ms:
+                    self._event("predicted_over_budget", ot, {"point": cand.point, "hash": cand.hash,
+                                                              "predicted_ms": predicted})
+                    continue
+            self.pending[trial_id] = (ot, cand)
+            self.pending_hashes.add(cand.hash)
+            self.started += 1
+            index = self._index
+            self._index += 1
+            return {"point": cand.point, "hash": cand.hash, "index": index, "predicted_ms": predicted}
+        self.exhausted = True  # the driver reports exhausted_message() after the run
+        return Searcher.FINISHED
+
+    def exhausted_message(self) -> str:
+        lines = [f"no valid new architecture in {MAX_RESAMPLES} samples of {self.space.spec}: "
+                 f"{self.counts['rejected']} rejected by the checker, {self.counts['duplicate']} duplicates, "
+                 f"{self.counts['predicted_over_budget']} predicted over {self.prefilter_margin:g} x the "
+                 f"{self.budget_ms:g} ms budget."]
+        if self.rejections:
+            lines.append("Most common reasons:")
+            lines += [f"  {n} x {reason}" for reason, n in self.rejections.most_common(3)]
+        return "\n".join(lines)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        ot, cand = self.pending.pop(trial_id, (None, None))
+        if ot is None:
+            return
+        self.pending_hashes.discard(cand.hash)
+        result = result or {}
+        status = "failed" if error or result.get("status") == "failed" else result.get("status", "ok")
+        rec = {"status": status, "score": result.get("score"), "latency_ms": result.get("latency_ms"),
+               "trial": result.get("index")}
+        self.done[cand.hash] = rec
+        self._tell(ot, rec)
+
+    def save(self, checkpoint_path: str) -> None:
+        """Ray Tune's experiment checkpoint: only counts. Resume replays the run directory's records instead
+        (driver.py), which hold everything the study learned."""
+        import json
+
+        with open(checkpoint_path, "w", encoding="utf-8") as fh:
+            json.dump({"started": self.started, "counts": dict(self.counts)}, fh)
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass  # see save()

@@ -1,0 +1,200 @@
+"""`archdsl search` end to end on real Ray Tune (embedded, loopback only) and a tiny space: the budget holds for
+every reported architecture, a crashing trial is recorded and the search goes on, a killed run resumes without
+redoing finished trials, identical networks are never evaluated twice, impossible searches fail clearly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+pytest.importorskip("optuna")
+
+from archdsl.search.space import Candidate, SearchSpace, canonical_hash  # noqa: E402
+
+from archdsl.api import check_file, require_resolved  # noqa: E402
+from archdsl.cli import main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "examples" / "search" / "tiny_space.arch"
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture(autouse=True)
+def _ray_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("ARCHDSL_LOCK_DIR", str(tmp_path / "locks"))
+    monkeypatch.setenv("ARCHDSL_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines() if line.strip()]
+
+
+# --- the space, without Ray -------------------------------------------------------------------------------
+
+def test_space_is_define_by_run_and_conditional():
+    space = SearchSpace(TINY)
+    assert {"width", "stages.0.kind", "stages.0.kernel", "stages.0.blocks"} <= set(space.dims)
+    asked: list[str] = []
+
+    def pick(values):
+        def sample(cp):
+            asked.append(cp.name)
+            return values.get(cp.name, cp.domain().get("values", [cp.domain().get("lo")])[0])
+        return sample
+
+    c = space.resolve(pick({"stages.0.kind": "inception"}))
+    assert isinstance(c, Candidate) and not any("dilation" in n for n in asked)
+    asked.clear()
+    c = space.resolve(pick({"stages.0.kind": "dilated", "stages.0.kernel": 5}))
+    assert isinstance(c, Candidate) and "stages.0.blocks.0.mixer.dilation" in asked
+    assert "stages.0.blocks.0.mixer.dilation" in space.dims  # discovered when met
+    # the spec's own require rejects an invalid combination, positioned
+    bad = space.resolve(pick({"stages.0.kind": "dilated", "stages.0.kernel": 3,
+                              "stages.0.blocks.0.mixer.dilation": 2}))
+    assert not isinstance(bad, Candidate) and "tiny_space.arch:" in bad.first and "must fit" in bad.error
+
+
+def test_canonical_hash_ignores_unused_choices_and_positions():
+    a = check_file(TINY, {"stages.0.kind": "inception", "stages.0.kernel": 5})
+    b = check_file(TINY, {"stages.0.kind": "inception", "stages.0.kernel": 5, "stages.1.blocks": 1})
+    c = check_file(TINY, {"stages.0.kind": "inception", "stages.0.kernel": 7})
+    assert canonical_hash(a) == canonical_hash(b) != canonical_hash(c)
+
+
+def test_impossible_space_is_refused_before_ray_starts(tmp_path, capsys):
+    spec = tmp_path / "impossible.arch"
+    spec.write_text('model m() {\n    input(1, 8, 8)\n    let k = choice(3, 5)\n'
+                    '    require k > 7, "k must exceed 7"\n    conv(4, k=k)\n}\n')
+    rc = main(["search", str(spec), "--latency-ms", "10", "--trials", "2", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "no valid architecture" in err and "impossible.arch:4:5" in err and "k must exceed 7" in err
+    assert "Traceback" not in err
+
+
+def test_spec_without_choices_and_bad_options(tmp_path, capsys):
+    spec = tmp_path / "fixed.arch"
+    spec.write_text("model m() {\n    input(1, 8, 8)\n    conv(4, k=3)\n}\n")
+    assert main(["search", str(spec), "--latency-ms", "10", "--out", str(tmp_path / "o")]) == 1
+    assert "no open choice point" in capsys.readouterr().err
+    assert main(["search", str(TINY), "--latency-ms", "-1", "--out", str(tmp_path / "o")]) == 2
+    assert main(["search", str(TINY), "--latency-ms", "5", "--algo", "bogus", "--out", str(tmp_path / "o")]) == 1
+    assert "unknown search algorithm" in capsys.readouterr().err
+    broken = tmp_path / "broken.arch"
+    broken.write_text("model m( {\n")
+    assert main(["search", str(broken), "--latency-ms", "5", "--out", str(tmp_path / "o")]) == 1
+    assert "broken.arch:1:" in capsys.readouterr().err
+
+
+# --- real searches --------------------------------------------------------------------------------------------
+
+def _search(out: Path, *extra: str, trials: int = 6, budget: str = "50") -> int:
+    return main(["search", str(TINY), "--latency-ms", budget, "--trials", str(trials), "--epochs", "2",
+                 "--out", str(out), "--seed", "1", *extra])
+
+
+@pytest.mark.slow
+def test_search_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _search(out, "--top", "3") == 0
+    text = capsys.readouterr().out
+    recs = _records(out)
+    finished = [r for r in recs if r["status"] in ("ok", "over_budget", "failed")]
+    assert len(finished) == 6, recs
+    ok = [r for r in finished if r["status"] == "ok"]
+    assert ok and all(r["accuracy"] is not None and 0 <= r["accuracy"] <= 1 for r in ok)
+    assert all(r["latency_ms"] > 0 and r["latency"]["runs"] >= 1 for r in finished if r["status"] != "failed")
+    hashes = [r["hash"] for r in finished]
+    assert len(hashes) == len(set(hashes))  # never the same network twice
+    # outputs: csv, pareto, plot, concrete top-k specs within budget that check with every choice fixed
+    assert (out / "trials.csv").read_text().count("\n") == len(recs) + 1
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    front = json.loads((out / "pareto.json").read_text())
+    assert front and all(r["latency_ms"] <= 50 for r in front)
+    tops = sorted((out / "top").glob("*.arch"))
+    assert 1 <= len(tops) <= 3
+    for p in tops:
+        g = check_file(p)
+        require_resolved(g)
+        assert main(["check", str(p)]) == 0
+    assert "best under the budget" in text
+    # every reported architecture meets the budget as measured
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best"]["latency_ms"] <= 50
+
+
+@pytest.mark.slow
+def test_tiny_budget_stops_before_training_and_crash_is_recorded(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _search(out, "--no-predictor", trials=3, budget="0.001") == 0
+    recs = [r for r in _records(out) if r["status"] in ("ok", "over_budget", "failed")]
+    assert len(recs) == 3 and all(r["status"] == "over_budget" and r["epochs"] == 0 for r in recs)
+    assert "no architecture met the budget" in capsys.readouterr().out
+    assert not (out / "top").exists() or not list((out / "top").glob("*.arch"))
+
+
+@pytest.mark.slow
+def test_crashing_trial_is_recorded_and_search_finishes(tmp_path):
+    from archdsl.search.driver import SearchConfig, run_search
+
+    spec = tmp_path / "crashy.arch"
+    spec.write_text(TINY.read_text().replace(
+        'let width = choice(16, 24, 32, name="width")',
+        'let width = choice(16, 24, 32, name="width")\n    let mode = choice("fine", "crash", name="mode")'))
+    out = tmp_path / "run"
+    s = run_search(SearchConfig(spec=str(spec), budget_ms=50, trials=6, epochs=1, out=str(out), algo="random",
+                                seed=3, crash_marker="mode"), progress=lambda s: None)
+    recs = [r for r in _records(out) if r["status"] in ("ok", "over_budget", "failed")]
+    assert len(recs) == 6
+    failed = [r for r in recs if r["status"] == "failed"]
+    assert failed and all("deliberate crash" in r["error"] for r in failed)
+    assert any(r["status"] == "ok" for r in recs) and s.counts["failed"] == len(failed)
+
+
+@pytest.mark.slow
+def test_killed_search_resumes_without_redoing_finished_trials(tmp_path, capsys):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "archdsl", "search", str(TINY), "--latency-ms", "50", "--trials", "6",
+           "--epochs", "2", "--out", str(out), "--seed", "2", "--concurrency", "1"]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            n = 0
+            if (out / "trials.jsonl").exists():
+                n = sum(1 for r in _records(out) if r["status"] in ("ok", "over_budget", "failed"))
+            if n >= 2 or p.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert p.poll() is None, p.stderr.read().decode()[-2000:]
+        os.killpg(p.pid, signal.SIGKILL)  # the driver and its Ray processes, no chance to clean up
+        p.wait(30)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    before = (out / "trials.jsonl").read_bytes()
+    done_before = [r for r in _records(out) if r["status"] in ("ok", "over_budget", "failed")]
+    assert 2 <= len(done_before) < 6
+    # a second search on the same directory without --resume is refused; with --resume it completes
+    assert main(cmd[3:]) == 1
+    assert "--resume" in capsys.readouterr().err
+    rc = main(["search", str(TINY), "--latency-ms", "50", "--trials", "6", "--epochs", "2", "--out", str(out),
+               "--seed", "2", "--resume"])
+    assert rc == 0
+    after = (out / "trials.jsonl").read_bytes()
+    assert after.startswith(before.rstrip(b"\n").rsplit(b"\n", 1)[0])  # finished records never rewritten
+    recs = [r for r in _records(out) if r["status"] in ("ok", "over_budget", "failed")]
+    assert len(recs) == 6
+    assert len({r["hash"] for r in recs}) == 6  # no finished network was evaluated again
