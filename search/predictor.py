@@ -1,13 +1,17 @@
 """The latency predictor as the search uses it: discard candidates far over budget before building them.
 
 Takes: candidates (checked training-form graphs) and, as trials finish, their measured latencies. Returns:
-predicted ms per candidate. The per-operator table (archdsl.bench.table, cached on disk per machine) supplies
-op timings, measuring a configuration it lacks on the spot. The prediction is `scale * (sum of the table's op
-times)`, where `scale` starts at 1 (the plain sum, which underestimates a whole model: the prefilter then only
-discards what is over budget even by its ops alone) and becomes the median of measured / sum over this search's
-own trials once `min_fit` are in. The median ratio, not a least-squares line, because a few noisy early
-measurements must not swing the prefilter (a 3-parameter fit on 4 points can extrapolate to seconds).
-Only a prefilter: every candidate kept is measured for real by the trial.
+predicted ms per candidate, or None when the per-operator table (archdsl.bench.table, cached on disk per
+machine, built by `archdsl bench --build-table SPACE.arch --threads N`) lacks one of its configurations.
+
+The search never times operators itself: op timings taken while trials start up and train beside them came out
+up to 100x too slow (measured: 83-433 ms predicted for 1-2 ms models) and would poison the cache.
+
+The prediction is `scale * (sum of the table's op times)`. `scale` starts at 1: the plain sum underestimates a
+whole model, so the prefilter then only discards what is over budget by its ops alone. Once `min_fit` trials
+are measured, `scale` becomes the median of measured / sum over them. A median ratio, not a least-squares line:
+a few noisy early measurements must not swing the prefilter (a 3-parameter fit on 4 points can extrapolate to
+seconds). Only a prefilter: every candidate kept is measured for real by the trial.
 """
 
 from __future__ import annotations
@@ -24,19 +28,29 @@ __all__ = ["SearchPredictor"]
 class SearchPredictor:
     def __init__(self, *, threads: int, batch: int = 1, min_fit: int = 3, cache_dir=None):
         self.table = LatencyTable(cache_dir)
-        self.p = Predictor(self.table, batch=batch, threads=threads, measure_missing=True)
+        self.p = Predictor(self.table, batch=batch, threads=threads, measure_missing=False)
+        self.covered = 0  # candidates the table could predict
+        self.uncovered = 0
         self.scale = 1.0
         self.min_fit = min_fit
         self.feats: list[tuple[float, int]] = []
         self.measured: list[float] = []
         self.errors: list[float] = []  # relative error of each prediction made before its measurement
 
-    def _features(self, graph) -> tuple[float, int]:
+    def _features(self, graph) -> tuple[float, int] | None:
         dg, _ = deploy_graph(graph)
-        return self.p.features(dg)
+        try:
+            return self.p.features(dg)
+        except KeyError:  # a configuration the table has not measured
+            return None
 
-    def predict_candidate(self, cand) -> float:
-        return self.scale * self._features(cand.graph)[0]
+    def predict_candidate(self, cand) -> float | None:
+        f = self._features(cand.graph)
+        if f is None:
+            self.uncovered += 1
+            return None
+        self.covered += 1
+        return self.scale * f[0]
 
     def observe_point(self, space, point: dict[str, Any], measured_ms: float) -> None:
         """A trial measured `point` at `measured_ms`: keep it, and refit once enough are in."""
@@ -45,6 +59,8 @@ class SearchPredictor:
         if graph is None:
             return
         f = self._features(graph)
+        if f is None:
+            return
         self.errors.append((self.scale * f[0] - measured_ms) / measured_ms)
         self.feats.append(f)
         self.measured.append(float(measured_ms))
@@ -56,10 +72,9 @@ class SearchPredictor:
     def accuracy(self) -> dict[str, Any]:
         """How the predictions made during this search compared with the measurements that followed."""
         e = self.errors
+        cover = {"covered": self.covered, "uncovered": self.uncovered, "scale": self.scale}
         if not e:
-            return {"n": 0}
-        return {"n": len(e), "within_10pct": sum(abs(x) <= 0.10 for x in e) / len(e),
+            return {"n": 0, **cover}
+        return {"n": len(e), **cover, "within_10pct": sum(abs(x) <= 0.10 for x in e) / len(e),
                 "within_5pct": sum(abs(x) <= 0.05 for x in e) / len(e)}
 
-    def save(self) -> None:
-        self.table.save()

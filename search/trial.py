@@ -170,6 +170,8 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     """The Ray Tune function trainable (wrap with `tune.with_parameters(run_trial, settings=...)`)."""
     from ray import tune
 
+    from ..bench.lock import compute_lock
+
     s = settings
     point, index = config["point"], config["index"]
     base: dict[str, Any] = {"index": index, "hash": config.get("hash"), "predicted_ms": config.get("predicted_ms"),
@@ -180,7 +182,8 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
     try:
         if s.crash_marker and point.get(s.crash_marker) == "crash":
             raise RuntimeError(f"deliberate crash for {s.crash_marker}=crash (test hook)")
-        g = check_point(s, point)
+        with compute_lock():  # heavy work beside another trial's measurement waits (never held while measuring)
+            g = check_point(s, point)
         tot = g.total()
         base.update(params=tot.params, macs=tot.macs, activations=tot.acts)
         seconds["check"] = time.perf_counter() - t0
@@ -227,15 +230,17 @@ def _train(s: TrialSettings, g, base: dict[str, Any], seconds: dict[str, float])
     import torch
     from ray import tune
 
+    from ..bench.lock import compute_lock
     from ..codegen.module import build_module
     from .data import check_classes, fit_to_input, load_dataset
     from .train import train_and_eval
 
     t2 = time.perf_counter()
     torch.manual_seed(s.seed)
-    m = build_module(g)
-    c, h, w = g.input_shape.to_json()
-    ds = fit_to_input(load_dataset(s.dataset, seed=s.seed), c, h, w)
+    with compute_lock():  # one slice; train_and_eval takes its own per step (slices never nest)
+        m = build_module(g)
+        c, h, w = g.input_shape.to_json()
+        ds = fit_to_input(load_dataset(s.dataset, seed=s.seed), c, h, w)
     out_shape = g.output_shape
     if out_shape is not None:
         check_classes(out_shape.c, ds)

