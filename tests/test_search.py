@@ -155,7 +155,7 @@ def test_crashing_trial_is_recorded_and_search_finishes(tmp_path):
         'let width = choice(16, 24, 32, name="width")\n    let mode = choice("fine", "crash", name="mode")'))
     out = tmp_path / "run"
     s = run_search(SearchConfig(spec=str(spec), budget_ms=50, trials=6, epochs=1, out=str(out), algo="random",
-                                seed=3, crash_marker="mode"), progress=lambda s: None)
+                                seed=3, crash_marker="mode", latency_threads=1), progress=lambda s: None)
     recs = [r for r in _records(out) if r["status"] in ("ok", "over_budget", "failed")]
     assert len(recs) == 6
     failed = [r for r in recs if r["status"] == "failed"]
@@ -168,7 +168,7 @@ def test_killed_search_resumes_without_redoing_finished_trials(tmp_path, capsys)
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "archdsl", "search", str(TINY), "--latency-ms", "50", "--trials", "6",
-           "--epochs", "2", "--out", str(out), "--seed", "2", "--concurrency", "1"]
+           "--epochs", "2", "--out", str(out), "--seed", "2", "--latency-threads", "1", "--concurrency", "1"]
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 240
     try:
@@ -192,7 +192,7 @@ def test_killed_search_resumes_without_redoing_finished_trials(tmp_path, capsys)
     assert main(cmd[3:]) == 1
     assert "--resume" in capsys.readouterr().err
     rc = main(["search", str(TINY), "--latency-ms", "50", "--trials", "6", "--epochs", "2", "--out", str(out),
-               "--seed", "2", "--resume"])
+               "--seed", "2", "--latency-threads", "1", "--resume"])
     assert rc == 0
     after = (out / "trials.jsonl").read_bytes()
     assert after.startswith(before.rstrip(b"\n").rsplit(b"\n", 1)[0])  # finished records never rewritten
@@ -210,7 +210,7 @@ def test_search_on_a_two_node_cluster_measures_on_the_marked_node(tmp_path):
     out = tmp_path / "run"
     with LoopbackCluster(tmp_path / "c", targets=(False, True)) as c:
         rc = main(["search", str(TINY), "--latency-ms", "50", "--trials", "4", "--epochs", "1", "--out", str(out),
-                   "--seed", "4", "--address", c.address, "--no-predictor"])
+                   "--seed", "4", "--address", c.address, "--no-predictor", "--latency-threads", "1"])
         assert rc == 0
         info = cluster.connect(c.address, temp_dir=tmp_path / "t")
         try:

@@ -39,6 +39,7 @@ class LockTimeout(TimeoutError):
 
 _THREAD_LOCK = threading.RLock()
 _depth = 0  # nesting depth of the holding thread (guarded by _THREAD_LOCK); the file lock is taken once
+_owner: int | None = None  # the thread that holds the measurement lock
 _POLL_S = 0.01
 
 
@@ -56,7 +57,7 @@ def measurement_lock(path: str | os.PathLike | None = None, timeout: float | Non
     """Hold the measurement lock for the body. `timeout=None` waits forever; otherwise raises LockTimeout after
     `timeout` seconds. Re-entrant in the holding thread (a nested call does not touch the file again, whatever
     its path). Yields the lock file's path."""
-    global _depth
+    global _depth, _owner
     lock_path = Path(path) if path is not None else default_lock_path()
     deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
     got = _THREAD_LOCK.acquire() if timeout is None else _THREAD_LOCK.acquire(timeout=max(0.0, timeout))
@@ -67,10 +68,13 @@ def measurement_lock(path: str | os.PathLike | None = None, timeout: float | Non
         if _depth == 0 and fcntl is not None:
             fd = _acquire_file(lock_path, deadline, timeout)
         _depth += 1
+        _owner = threading.get_ident()
         try:
             yield lock_path
         finally:
             _depth -= 1
+            if _depth == 0:
+                _owner = None
     finally:
         if fd is not None:
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -114,7 +118,7 @@ def _acquire_file(lock_path: Path, deadline: float | None, timeout: float | None
 def compute_lock(path: str | os.PathLike | None = None) -> Iterator[None]:
     """Hold the shared side of the measurement lock for the body: heavy work (a training step) that must not
     run while a model is timed. Keep the body short (one step), so a waiting measurement starts soon."""
-    if fcntl is None or _depth > 0:  # no flock here, or this process is the one measuring
+    if fcntl is None or _owner == threading.get_ident():  # no flock here, or this thread is the one measuring
         yield
         return
     lock_path = Path(path) if path is not None else default_lock_path()
