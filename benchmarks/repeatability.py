@@ -5,7 +5,8 @@
 Runs `archdsl bench SPEC --json` N times one after another, each in a new process (so the allocator policy,
 warm-up and stop rule are exercised from a cold start every time), and reports the medians, their spread
 ((max - min) / median of medians) and the coefficient of variation, with each run's CI, stability flag and the
-reference workload's median (which tells whether the machine was in the same regime).
+reference workload's median (which tells whether the machine was in the same regime), and the same spread of
+the model's median divided by the reference's (how much of the spread is the machine's regime).
 """
 
 from __future__ import annotations
@@ -48,9 +49,16 @@ def main(argv: list[str] | None = None) -> int:
            "cv": statistics.stdev(med) / statistics.mean(med) if len(med) > 1 else 0.0,
            "stable_runs": sum(bool(r["stable"]) for r in runs), "fingerprint": runs[0]["fingerprint"],
            "runs": runs}
+    # the model's median in units of the reference workload's median, timed in the same rounds: if the spread
+    # shrinks, the runs differed by the machine's regime (clock, neighbours), not by the measurement
+    ratio = [r["median_ms"] / r["reference_median_ms"] for r in runs]
+    rm = statistics.median(ratio)
+    res["reference_ratio"] = {"values": ratio, "spread": (max(ratio) - min(ratio)) / rm,
+                              "cv": statistics.stdev(ratio) / statistics.mean(ratio) if len(ratio) > 1 else 0.0}
     print(f"{Path(args.spec).name}, {args.n} invocations, {args.threads} threads: medians {min(med):.2f}.."
           f"{max(med):.2f} ms (median {mm:.2f}), spread {100 * res['spread']:.1f}%, CV {100 * res['cv']:.1f}%, "
-          f"{res['stable_runs']}/{len(runs)} stable")
+          f"{res['stable_runs']}/{len(runs)} stable; relative to the reference workload timed in the same rounds: "
+          f"spread {100 * res['reference_ratio']['spread']:.1f}%, CV {100 * res['reference_ratio']['cv']:.1f}%")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
     return 0
