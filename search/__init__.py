@@ -1,1 +1,17 @@
-"""archdsl.search: hardware-aware architecture search (stage 6)."""
+"""archdsl.search: hardware-aware architecture search on Ray Tune (stage 6 of the pipeline).
+
+    space.py      a spec's choice points as a define-by-run search space; canonical network hashes
+    searcher.py   Optuna (TPE, random, NSGA-II) ask-and-tell behind Ray Tune's Searcher; rejects, dedupes,
+                  prefilters with the latency predictor before any trial starts
+    trial.py      one trial (check -> measure the deploy form on a target node -> train or score) and the
+                  LatencyMeter actor
+    driver.py     `run_search(SearchConfig)`: the whole search, resume, outputs
+    records.py    the output directory: locked, append-only checksummed records, CSV
+    pareto.py     Pareto front, hypervolume, top-k, the plot
+    data.py, train.py, proxy.py   accuracy: offline datasets, short training, zero-cost proxies
+    predictor.py  the latency table as a prefilter
+    cluster.py    Ray embedded on 127.0.0.1 or an existing cluster; the target-hardware marker
+    cli.py        `archdsl search`
+
+Importing this package imports neither Ray nor torch; the modules that need them import them.
+"""

@@ -22,8 +22,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from archdsl.bench.lock import compute_lock
-
+from ..bench.lock import compute_lock
+from ..bench.measure import is_oom
 from .data import Dataset
 
 __all__ = ["TrainError", "TrainResult", "evaluate", "train_and_eval"]
@@ -84,7 +84,7 @@ def train_and_eval(module: nn.Module, data: Dataset, *, epochs: int, batch_size:
     except MemoryError as e:
         raise TrainError(_oom_message(module, batch_size, e)) from e
     except RuntimeError as e:
-        if not _is_oom(e):
+        if not is_oom(e):
             raise
         raise TrainError(_oom_message(module, batch_size, e)) from e
     finally:
@@ -148,16 +148,6 @@ def evaluate(module: nn.Module, data: Dataset, *, batch_size: int = 256,
             with compute_lock(lock_path):
                 correct += int((module(x).argmax(dim=1) == y).sum())
     return correct / max(1, len(data.y_val))
-
-
-_OOM_PHRASES = ("out of memory", "can't allocate memory", "cannot allocate memory")
-
-
-def _is_oom(e: BaseException) -> bool:
-    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
-        return True
-    text = str(e).lower()
-    return any(p in text for p in _OOM_PHRASES)
 
 
 def _oom_message(module: nn.Module, batch_size: int, e: BaseException) -> str:

@@ -271,11 +271,12 @@ def measure(fn: Callable[[], Any], *, warmup: int = 3, min_runs: int = 10, max_r
 # models
 
 
-def _is_oom(e: BaseException) -> bool:
+def is_oom(e: BaseException) -> bool:
     """CUDA's "out of memory", the CPU allocator's "not enough memory" / "can't allocate memory", MemoryError."""
     text = str(e).lower()
     return (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
-            or any(s in text for s in ("out of memory", "not enough memory", "can't allocate memory")))
+            or any(s in text for s in ("out of memory", "not enough memory", "can't allocate memory",
+                                       "cannot allocate memory")))
 
 
 def bench_model(path: str | os.PathLike, form: str = "deploy", batch: int = 1,
@@ -334,7 +335,7 @@ def bench_model(path: str | os.PathLike, form: str = "deploy", batch: int = 1,
                 fn()  # one trial run, outside the timing, so a failure is reported as the model's
             meas = measure(fn, **measure_kw)
         except (RuntimeError, MemoryError) as e:
-            if _is_oom(e):
+            if is_oom(e):
                 raise OutOfMemory(f"out of memory running {where}; try a smaller --batch or --input") from e
             raise ModelRunError(f"{where} failed: {e}") from e
         fp = fingerprint()
