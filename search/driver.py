@@ -358,8 +358,9 @@ def _finish(cfg, space, run, out, recorder, problems, t0, interrupted, exhausted
             top_paths.append(write_concrete(cfg.spec, {**cfg.fixed, **rec["point"]}, out / "top",
                                             f"{rank:02d}_{rec['hash']}", header="\n".join(header),
                                             model=cfg.model, input_shape=cfg.input_shape))
-    plot_pareto(records, cfg.budget_ms, out / "pareto.png", title=f"{Path(cfg.spec).name}: {cfg.objective} vs latency",
-                metric="score")
+    ylabel = "validation accuracy" if cfg.objective == "accuracy" else f"{cfg.objective} score (zero-cost proxy)"
+    plot_pareto(records, cfg.budget_ms, out / "pareto.png", title=f"{Path(cfg.spec).name}: {ylabel} vs latency",
+                metric="score", ylabel=ylabel)
     best = recorder.best()
     summary = SearchSummary(out=out, counts=recorder.counts(), best=best, front=front, top=top_paths,
                             seconds=time.perf_counter() - t0, interrupted=interrupted, exhausted=exhausted,

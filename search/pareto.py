@@ -122,7 +122,7 @@ def top_k(records: Iterable[dict], k: int, budget_ms: float | None = None, *, me
 
 
 def pareto_figure(records: Iterable[dict], budget_ms: float | None, title: str | None = None, *,
-                  metric: str = "accuracy"):
+                  metric: str = "accuracy", ylabel: str | None = None):
     """A matplotlib Figure (on an Agg canvas) of accuracy vs latency: every ok trial, the Pareto front as a step
     line, over-budget trials in grey at their latency (predicted latency for "predicted_over_budget"; at the
     bottom edge when not trained), and the budget as a dashed vertical line labelled "budget X ms"."""
@@ -175,7 +175,7 @@ def pareto_figure(records: Iterable[dict], budget_ms: float | None, title: str |
         ax.text(0.5, 0.5, "no finished trials", transform=ax.transAxes, ha="center", va="center", color="0.4")
 
     ax.set_xlabel("latency (ms)")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(ylabel or metric)
     ax.set_title(title or f"{metric} vs latency")
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -185,11 +185,11 @@ def pareto_figure(records: Iterable[dict], budget_ms: float | None, title: str |
 
 
 def plot_pareto(records: Iterable[dict], budget_ms: float | None, path: str | os.PathLike,
-                title: str | None = None, *, metric: str = "accuracy") -> Path:
+                title: str | None = None, *, metric: str = "accuracy", ylabel: str | None = None) -> Path:
     """Write `pareto_figure(records, budget_ms, title, metric=...)` as a PNG to `path` (same records, same bytes).
     Returns the path."""
     path = Path(path)
-    fig = pareto_figure(records, budget_ms, title, metric=metric)
+    fig = pareto_figure(records, budget_ms, title, metric=metric, ylabel=ylabel)
     # No Software/time metadata, so the bytes depend only on the records.
     fig.savefig(path, format="png", metadata={"Software": None})
     return path

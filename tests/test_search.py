@@ -223,3 +223,15 @@ def test_search_on_a_two_node_cluster_measures_on_the_marked_node(tmp_path):
     assert len(marked) == 1 and len(all_nodes) == 2
     assert {r["node"] for r in recs} == all_nodes  # trials ran on both nodes
     assert {r["latency_node"] for r in recs} == marked  # every latency was measured on the marked one
+
+
+@pytest.mark.slow
+def test_nsga2_with_a_zero_cost_proxy(tmp_path):
+    out = tmp_path / "run"
+    assert _search(out, "--algo", "nsga2", "--objective", "naswot", trials=4) == 0
+    recs = [r for r in _records(out) if r["status"] in ("ok", "over_budget", "failed")]
+    assert len(recs) == 4 and any(r["status"] == "ok" for r in recs)
+    ok = [r for r in recs if r["status"] == "ok"]
+    assert all(r["accuracy"] is None and r["epochs"] == 0 and isinstance(r["score"], float) for r in ok)
+    assert all("proxy" in r["seconds"] and "train" not in r["seconds"] for r in ok)
+    assert json.loads((out / "pareto.json").read_text())  # the front is ranked by the proxy score
