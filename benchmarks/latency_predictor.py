@@ -84,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-seconds", type=float, default=2.0, help="time cap per end-to-end measurement")
+    ap.add_argument("--table-max-seconds", type=float, default=1.0,
+                    help="time cap per operator configuration when the table lacks it (default 1.0)")
+    ap.add_argument("--table-rel-ci", type=float, default=0.02,
+                    help="CI target per operator configuration when the table lacks it (default 0.02)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     input_shape = tuple(int(v) for v in args.input.lower().split("x"))
@@ -94,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
     points, rejected = sample_space(SPACE, args.n, input_shape, args.seed)
     table = LatencyTable()
-    rep = fill_table(table, [g for _, g in points], threads=args.threads,
+    rep = fill_table(table, [g for _, g in points], threads=args.threads, max_seconds=args.table_max_seconds,
+                     rel_ci=args.table_rel_ci,
                      progress=lambda m: print(m, file=sys.stderr))
     print(rep.text(), end="", file=sys.stderr)
 

@@ -143,7 +143,8 @@ def test_predictor_fit_predict_save_load(tmp_path, small_graph, fake_measure):
 
 
 def test_cli_build_table_then_reuse(tmp_path, capsys):
-    argv = ["bench", "--build-table", str(SPACE), "--samples", "2", "--input", "3x32x32", "--threads", "1"]
+    argv = ["bench", "--build-table", str(SPACE), "--samples", "2", "--input", "3x32x32", "--threads", "1",
+            "--max-seconds", "0.1", "--rel-ci", "0.2"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "distinct configurations" in out and "reused 0 " in out
