@@ -21,6 +21,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _spread(values: list[float]) -> dict[str, float]:
+    """{"spread": (max - min) / median, "cv": stdev / mean} of repeated figures."""
+    cv = statistics.stdev(values) / statistics.mean(values) if len(values) > 1 else 0.0
+    return {"spread": (max(values) - min(values)) / statistics.median(values), "cv": cv}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spec", default=str(ROOT / "examples" / "convnext_tiny.arch"))
@@ -45,16 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     med = [r["median_ms"] for r in runs]
     mm = statistics.median(med)
     res = {"spec": args.spec, "threads": args.threads, "n": len(runs), "medians_ms": med,
-           "median_of_medians_ms": mm, "spread": (max(med) - min(med)) / mm,
-           "cv": statistics.stdev(med) / statistics.mean(med) if len(med) > 1 else 0.0,
+           "median_of_medians_ms": mm, **_spread(med),
            "stable_runs": sum(bool(r["stable"]) for r in runs), "fingerprint": runs[0]["fingerprint"],
            "runs": runs}
     # the model's median in units of the reference workload's median, timed in the same rounds: if the spread
     # shrinks, the runs differed by the machine's regime (clock, neighbours), not by the measurement
     ratio = [r["median_ms"] / r["reference_median_ms"] for r in runs]
-    rm = statistics.median(ratio)
-    res["reference_ratio"] = {"values": ratio, "spread": (max(ratio) - min(ratio)) / rm,
-                              "cv": statistics.stdev(ratio) / statistics.mean(ratio) if len(ratio) > 1 else 0.0}
+    res["reference_ratio"] = {"values": ratio, **_spread(ratio)}
     print(f"{Path(args.spec).name}, {args.n} invocations, {args.threads} threads: medians {min(med):.2f}.."
           f"{max(med):.2f} ms (median {mm:.2f}), spread {100 * res['spread']:.1f}%, CV {100 * res['cv']:.1f}%, "
           f"{res['stable_runs']}/{len(runs)} stable; relative to the reference workload timed in the same rounds: "

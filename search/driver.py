@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import SearchError
-from .space import Candidate, SearchSpace, spec_files
+from .space import Candidate, SearchSpace
 
 __all__ = ["SearchConfig", "SearchSummary", "run_search", "FINISHED_STATUSES"]
 
@@ -159,9 +159,9 @@ class _Recorder:
         return out
 
     def best(self) -> dict | None:
-        ok = [r for r in self.records if r["status"] == "ok" and r.get("score") is not None
-              and r.get("latency_ms") is not None and r["latency_ms"] <= self.budget_ms]
-        return max(ok, key=lambda r: (r["score"], -r["latency_ms"])) if ok else None
+        from .pareto import best_under_budget
+
+        return best_under_budget(self.records, self.budget_ms, metric="score")
 
     def line(self) -> str:
         c = self.counts()
@@ -259,7 +259,7 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
             from .trial import start_meters
 
             meters = start_meters(info, cfg.target_label)
-            files = spec_files(cfg.spec)
+            files = space.files()
             tsettings = TrialSettings(files=files, spec_name=Path(cfg.spec).name, budget_ms=cfg.budget_ms,
                                       fixed=dict(cfg.fixed), model=cfg.model, input_shape=cfg.input_shape,
                                       objective=cfg.objective, dataset=cfg.dataset,
@@ -270,7 +270,7 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
             searcher = ArchSearcher(space, algo=cfg.algo, budget_ms=cfg.budget_ms, seed=cfg.seed,
                                     max_trials=remaining, predictor=predictor,
                                     prefilter_margin=cfg.prefilter_margin, on_event=recorder.add, history=history)
-            callback = _make_callback_class()(recorder, searcher, predictor)
+            callback = _make_callback_class()(recorder)
             scheduler = None
             if cfg.asha and cfg.objective == "accuracy" and cfg.epochs > 1:
                 scheduler = ASHAScheduler(time_attr="epoch", max_t=cfg.epochs, grace_period=1, reduction_factor=2)
@@ -289,14 +289,13 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
                 tuner.fit()
             except KeyboardInterrupt:
                 interrupted = True
-            if getattr(searcher, "exhausted", False):
+            if searcher.exhausted:
                 exhausted = searcher.exhausted_message()
             if predictor is not None:
                 predictor_info = predictor.accuracy()
         finally:
             cluster.shutdown()
-    summary = _finish(cfg, space, run, out, recorder, problems, t0, interrupted, exhausted, predictor_info)
-    return summary
+    return _finish(cfg, run, out, recorder, problems, t0, interrupted, exhausted, predictor_info)
 
 
 def _make_callback_class():
@@ -304,8 +303,8 @@ def _make_callback_class():
     from ray import tune
 
     class TuneCallback(tune.Callback):
-        def __init__(self, recorder: _Recorder, searcher, predictor):
-            self.recorder, self.searcher, self.predictor = recorder, searcher, predictor
+        def __init__(self, recorder: _Recorder):
+            self.recorder = recorder
             self.seen: set[str] = set()
 
         def on_trial_start(self, iteration, trials, trial, **info):
@@ -330,15 +329,12 @@ def _make_callback_class():
             if trial.trial_id in self.seen:
                 return
             self.seen.add(trial.trial_id)
-            rec = _trial_record(trial, result, error)
-            if self.predictor is not None and rec["status"] in ("ok", "over_budget") and rec["latency_ms"]:
-                self.predictor.observe_point(self.searcher.space, rec["point"], rec["latency_ms"])
-            self.recorder.add(rec)
+            self.recorder.add(_trial_record(trial, result, error))
 
     return TuneCallback
 
 
-def _finish(cfg, space, run, out, recorder, problems, t0, interrupted, exhausted, predictor_info) -> SearchSummary:
+def _finish(cfg, run, out, recorder, problems, t0, interrupted, exhausted, predictor_info) -> SearchSummary:
     from .pareto import pareto_front, plot_pareto, top_k
 
     records = recorder.records

@@ -35,6 +35,7 @@ class SearchPredictor:
         self.min_fit = min_fit
         self.feats: list[tuple[float, int]] = []
         self.measured: list[float] = []
+        self._predicted: dict[str, tuple[float, int]] = {}  # hash -> features, until its measurement arrives
         self.errors: list[float] = []  # relative error of each prediction made before its measurement
 
     def _features(self, graph) -> tuple[float, int] | None:
@@ -50,15 +51,13 @@ class SearchPredictor:
             self.uncovered += 1
             return None
         self.covered += 1
+        self._predicted[cand.hash] = f
         return self.scale * f[0]
 
-    def observe_point(self, space, point: dict[str, Any], measured_ms: float) -> None:
-        """A trial measured `point` at `measured_ms`: keep it, and refit once enough are in."""
-        cand = space.check_point(point)
-        graph = getattr(cand, "graph", None)
-        if graph is None:
-            return
-        f = self._features(graph)
+    def observe(self, arch_hash: str, measured_ms: float) -> None:
+        """A trial measured the candidate `arch_hash` (predicted before) at `measured_ms`: keep it, and refit once
+        enough are in. Candidates the table could not predict are ignored."""
+        f = self._predicted.pop(arch_hash, None)
         if f is None:
             return
         self.errors.append((self.scale * f[0] - measured_ms) / measured_ms)

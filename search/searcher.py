@@ -97,7 +97,6 @@ class ArchSearcher(Searcher):
         self.started = 0
         self.pending: dict[str, tuple[optuna.trial.Trial, Candidate]] = {}
         self.done: dict[str, dict] = {}  # hash -> the finished record (ok / over_budget / failed)
-        self.pending_hashes: set[str] = set()
         self.rejections: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
         self._index = 0
@@ -114,18 +113,23 @@ class ArchSearcher(Searcher):
             return [s, float(lat)]
         return [s]
 
+    def _outcome(self, rec: dict) -> tuple[list[float], float]:
+        """(Optuna values, latency constraint) of a record: its measured latency, else its predicted one."""
+        lat = rec.get("latency_ms") if rec.get("latency_ms") is not None else rec.get("predicted_ms")
+        return self._values(rec.get("score"), lat), float(lat) - self.budget_ms if lat is not None else 0.0
+
     def _tell(self, ot: optuna.trial.Trial, rec: dict) -> None:
-        status = rec.get("status")
-        if status in ("failed", "rejected"):
+        if rec.get("status") in ("failed", "rejected"):
             self.study.tell(ot, state=optuna.trial.TrialState.FAIL)
             return
-        lat = rec.get("latency_ms") if rec.get("latency_ms") is not None else rec.get("predicted_ms")
-        ot.set_constraint(_CONSTRAINT, float(lat) - self.budget_ms if lat is not None else 0.0)
-        self.study.tell(ot, self._values(rec.get("score"), lat))
+        values, constraint = self._outcome(rec)
+        ot.set_constraint(_CONSTRAINT, constraint)
+        self.study.tell(ot, values)
 
     def _replay(self, rec: dict) -> None:
         """Add a finished record of an earlier run to the study (and to the seen hashes)."""
-        self._index = max(self._index, int(rec.get("trial", -1)) + 1) if rec.get("trial") is not None else self._index
+        if rec.get("trial") is not None:
+            self._index = max(self._index, int(rec["trial"]) + 1)
         status = rec.get("status")
         self.counts[status] += 1
         if status in ("ok", "over_budget", "failed") and rec.get("hash"):
@@ -143,10 +147,8 @@ class ArchSearcher(Searcher):
             if status == "failed":
                 state, values, attrs = optuna.trial.TrialState.FAIL, None, {}
             else:
-                lat = rec.get("latency_ms") if rec.get("latency_ms") is not None else rec.get("predicted_ms")
-                c = float(lat) - self.budget_ms if lat is not None else 0.0
-                state, values, attrs = optuna.trial.TrialState.COMPLETE, self._values(rec.get("score"), lat), {
-                    f"constraints:{_CONSTRAINT}": c}
+                values, constraint = self._outcome(rec)
+                state, attrs = optuna.trial.TrialState.COMPLETE, {f"constraints:{_CONSTRAINT}": constraint}
             try:
                 self.study.add_trial(optuna.trial.create_trial(
                     state=state, params=params, distributions=dists, values=values, system_attrs=attrs))
@@ -167,7 +169,7 @@ class ArchSearcher(Searcher):
         rec = {"trial": None, "status": status, **rec}
         self.counts[status] += 1
         if ot is not None:
-            self._tell(ot, {**rec, "status": status})
+            self._tell(ot, rec)
         self.on_event(rec)
 
     # -- the Searcher interface
@@ -190,7 +192,7 @@ class ArchSearcher(Searcher):
                 self._event("duplicate", ot, {"point": cand.point, "hash": cand.hash, "same_as": prev.get("trial"),
                                               "score": prev.get("score"), "latency_ms": prev.get("latency_ms")})
                 continue
-            if cand.hash in self.pending_hashes:
+            if any(c.hash == cand.hash for _, c in self.pending.values()):
                 self.study.tell(ot, state=optuna.trial.TrialState.FAIL)  # being evaluated right now
                 self.counts["duplicate_pending"] += 1
                 continue
@@ -202,7 +204,6 @@ class ArchSearcher(Searcher):
                                                               "predicted_ms": predicted})
                     continue
             self.pending[trial_id] = (ot, cand)
-            self.pending_hashes.add(cand.hash)
             self.started += 1
             index = self._index
             self._index += 1
@@ -224,13 +225,14 @@ class ArchSearcher(Searcher):
         ot, cand = self.pending.pop(trial_id, (None, None))
         if ot is None:
             return
-        self.pending_hashes.discard(cand.hash)
         result = result or {}
         status = "failed" if error or result.get("status") == "failed" else result.get("status", "ok")
         rec = {"status": status, "score": result.get("score"), "latency_ms": result.get("latency_ms"),
                "trial": result.get("index")}
         self.done[cand.hash] = rec
         self._tell(ot, rec)
+        if self.predictor is not None and status in ("ok", "over_budget") and rec["latency_ms"]:
+            self.predictor.observe(cand.hash, rec["latency_ms"])
 
     def save(self, checkpoint_path: str) -> None:
         """Ray Tune's experiment checkpoint: only counts. Resume replays the run directory's records instead
