@@ -90,6 +90,16 @@ class ChoicePoint:
             return isinstance(v, int) and self.lo <= v <= self.hi and (v - self.lo) % self.step == 0
         return self.lo <= v <= self.hi
 
+    def sample(self, rng) -> Value:
+        """A uniformly random value of the domain (`rng`: a random.Random); log-uniform for log float ranges."""
+        if self.kind == "choice":
+            return rng.choice(self.values)
+        if self.kind == "int_range":
+            return rng.randrange(self.lo, self.hi + 1, self.step)
+        if self.log:
+            return math.exp(rng.uniform(math.log(self.lo), math.log(self.hi)))
+        return rng.uniform(self.lo, self.hi)
+
     def domain(self) -> dict:
         if self.kind == "choice":
             return {"type": "choice", "values": list(self.values)}

@@ -117,20 +117,9 @@ def preflight(space: SearchSpace, tries: int = 200, seed: int = 0) -> None:
     from collections import Counter
 
     rng = random.Random(seed)
-
-    def sample(cp):
-        d = cp.domain()
-        if d["type"] == "choice":
-            return rng.choice(d["values"])
-        if d["type"] == "int_range":
-            return rng.randrange(d["lo"], d["hi"] + 1, d["step"])
-        if d["log"]:
-            return math.exp(rng.uniform(math.log(d["lo"]), math.log(d["hi"])))
-        return rng.uniform(d["lo"], d["hi"])
-
     reasons: Counter[str] = Counter()
     for _ in range(tries):
-        c = space.resolve(sample)
+        c = space.resolve(lambda cp: cp.sample(rng))
         if isinstance(c, Candidate):
             return
         reasons[c.first] += 1

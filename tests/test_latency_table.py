@@ -169,3 +169,13 @@ def test_calibration_points_span_the_predicted_range():
     picks = p.select_calibration(list(range(len(sums))), 3)
     assert sorted(sums[i] for i in picks) == [1.0, 5.0, 9.0]  # smallest, middle, largest
     assert p.select_calibration(list(range(len(sums))), 7) == list(range(7))
+
+
+def test_sample_space_draws_ranges_and_conditional_choices():
+    tiny = Path(__file__).resolve().parent.parent / "examples" / "search" / "tiny_space.arch"
+    points, rejected = T.sample_space(tiny, 8, seed=1)
+    assert len(points) == 8
+    assert all(p["stages.0.blocks"] in (1, 2) for p, _ in points)  # an int_range choice point
+    conditional = [p for p, _ in points if p["stages.0.kind"] == "dilated"]
+    assert conditional and all("stages.0.blocks.0.mixer.dilation" in p for p in conditional)  # met only there
+    assert all("stages.0.blocks.0.mixer.dilation" not in p for p, _ in points if p["stages.0.kind"] != "dilated")

@@ -83,29 +83,30 @@ def graph_signatures(graph, **kw: Any) -> list[dict[str, Any]]:
 
 def sample_space(space_path: str | os.PathLike, n: int, input_shape: tuple[int, int, int] | None = None,
                  seed: int = 0, max_tries: int | None = None) -> tuple[list[tuple[dict, Any]], int]:
-    """`n` random points of the space's choice points, each as (point, deploy-form graph). Points the spec
-    rejects (ArchError) are skipped. Returns (points, number rejected)."""
+    """`n` random points of the space's choice points, each as (point, deploy-form graph). The choice points of
+    the spec at its first values are drawn first, in order; a choice point met only at other values (behind an
+    `if`) is drawn when elaboration meets it (`ChoicePoint.sample`: every domain type). Points the spec rejects
+    (ArchError) are skipped. Returns (points, number rejected)."""
     from ..api import check_file
     from ..errors import ArchError
     from ..passes import deploy_graph
 
     rng = random.Random(seed)
     base = check_file(space_path, None, input_shape)
-    domains = {}
-    for c in base.choices:
-        d = c.domain()
-        if d.get("type") != "choice":
-            raise ValueError(f"choice point {c.name!r}: only discrete choices can be sampled, got {d}")
-        domains[c.name] = d["values"]
     out: list[tuple[dict, Any]] = []
     rejected = 0
     tries = max_tries if max_tries is not None else 20 * n + 20
     for _ in range(tries):
         if len(out) >= n:
             break
-        point = {k: rng.choice(v) for k, v in domains.items()}
+        point = {c.name: c.sample(rng) for c in base.choices}
+
+        def met(cp, point=point):
+            point[cp.name] = cp.sample(rng)
+            return point[cp.name]
+
         try:
-            g = check_file(space_path, point, input_shape, strict_overrides=False)
+            g = check_file(space_path, point, input_shape, strict_overrides=False, sampler=met)
         except ArchError:
             rejected += 1
             continue
