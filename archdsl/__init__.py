@@ -6,7 +6,8 @@ Public API (torch is imported only when a model is built):
     archdsl.build(text, **overrides) -> nn.Module        the same, from spec text
     archdsl.deploy(module) -> nn.Module                  the inference form of a (trained) training-form model:
                                                          BN folded, branches merged, same function in eval mode
-load/build take form="deploy" to get the inference form directly.
+load/build take form="deploy" to get the inference form directly, form="fast" for its measured fused-kernel
+runtime (archdsl.deploy(module, kernels="auto")).
 Overrides fix model parameters or choice points by name; names that are not Python identifiers
 (e.g. 'stages.2.blocks.5.k') go in `overrides={...}`. Every mistake in a spec raises `ArchError`.
 """
@@ -33,19 +34,33 @@ def _module(graph, form: str = "train"):
     from .api import require_resolved
     from .codegen.module import build_module
 
-    if form not in ("train", "deploy"):
-        raise ValueError(f"form must be 'train' or 'deploy', got {form!r}")
+    if form not in ("train", "deploy", "fast"):
+        raise ValueError(f"form must be 'train', 'deploy' or 'fast', got {form!r}")
     require_resolved(graph)
     m = build_module(graph)
-    return deploy(m) if form == "deploy" else m
+    if form == "train":
+        return m
+    return deploy(m, kernels="auto" if form == "fast" else "torch")
 
 
-def deploy(module, debug: bool = False):
+def deploy(module, debug: bool = False, *, kernels: str = "torch", batch: int | None = None):
     """The deploy (inference) form of a training-form model built by archdsl, its weights and BN statistics
-    converted exactly; returned in eval mode. `module.deploy_reports` says what each pass changed."""
+    converted exactly; returned in eval mode. `module.deploy_reports` says what each pass changed.
+
+    kernels="torch" (default): an ArchModule of plain PyTorch modules (what `archdsl compile` emits).
+    kernels="auto": a FastModule: fused C++ kernels where a block pattern matches, and for every step the
+    implementation and memory layout measured fastest on this machine (tuned on the first input of each
+    shape, or now for `batch` x the spec's input shape; choices cached on disk)."""
     from .passes import deploy as _deploy
 
-    return _deploy(module, debug)
+    if kernels not in ("torch", "auto"):
+        raise ValueError(f"kernels must be 'torch' or 'auto', got {kernels!r}")
+    dep = _deploy(module, debug)
+    if kernels == "torch":
+        return dep
+    from .codegen.fast import fast
+
+    return fast(dep, batch=batch)
 
 
 def load(path: str | os.PathLike, overrides: dict[str, Any] | None = None, *,

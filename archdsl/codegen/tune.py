@@ -1,0 +1,109 @@
+"""Stage 5 (deploy runtime): measured choice between candidate implementations, cached on disk.
+
+Takes: a step's candidates (name -> zero-argument callable running it on its real input) and a key describing
+everything the choice depends on (op signature, shapes, memory formats, dtype). Returns: the fastest candidate's
+name and every candidate's median time. Choices are kept in `<cache>/kernels/tune.jsonl`, one JSON line per key,
+where the key also carries the thread count, the CPU, the torch version and the fused-kernel library's hash, so a
+choice made on one machine or build is never reused on another.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import platform
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+TUNE_VERSION = 1
+
+
+def cache_root() -> Path:
+    """`$ARCHDSL_CACHE_DIR/kernels`, else `$XDG_CACHE_HOME/archdsl/kernels`, else ~/.cache/archdsl/kernels."""
+    env = os.environ.get("ARCHDSL_CACHE_DIR")
+    if env:
+        return Path(env) / "kernels"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "archdsl" / "kernels"
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_context() -> dict[str, Any]:
+    """What every tuning choice depends on besides the step itself."""
+    import torch
+
+    from ..kernels import native
+
+    return {"v": TUNE_VERSION, "threads": torch.get_num_threads(), "cpu": _cpu_model(), "torch": torch.__version__,
+            "native": native.build_info().path.name if native.available() else None}
+
+
+def tune_key(signature: dict[str, Any]) -> str:
+    """A stable 24-hex-digit key for a step signature on this machine and build."""
+    blob = json.dumps({"sig": signature, "ctx": machine_context()}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+class TuneCache:
+    """Key -> {"choice", "ms"} records in a JSON-lines file; later lines win. Unreadable lines are skipped."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path is not None else cache_root() / "tune.jsonl"
+        self._data: dict[str, dict[str, Any]] | None = None
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        if self._data is None:
+            self._data = {}
+            try:
+                text = self.path.read_text(encoding="utf-8")
+            except OSError:
+                text = ""
+            for line in text.splitlines():
+                try:
+                    rec = json.loads(line)
+                    self._data[rec["key"]] = rec
+                except (ValueError, KeyError, TypeError):
+                    continue
+        return self._data
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._load().get(key)
+
+    def put(self, key: str, record: dict[str, Any]) -> None:
+        rec = {"key": key, **record}
+        self._load()[key] = rec
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as f:  # one short append: atomic enough for a cache
+                f.write(json.dumps(rec, sort_keys=True) + "\n")
+        except OSError:
+            pass  # a read-only cache only costs re-tuning
+
+
+def pick(candidates: dict[str, Callable[[], Any]], *, max_seconds: float = 1.0, min_runs: int = 5,
+         rounds: int = 40) -> tuple[str, dict[str, float]]:
+    """Time the candidates interleaved (archdsl.bench's compare: warm-up, round-robin, the measurement lock)
+    and return (fastest name by median, name -> median ms). A single candidate is returned unmeasured."""
+    if len(candidates) == 1:
+        (name,) = candidates
+        return name, {}
+    from ..bench.measure import compare
+
+    res = compare(candidates, rounds=rounds, warmup=2, min_runs=min_runs, max_seconds=max_seconds, rel_ci=0.03,
+                  reference=False)
+    ms = {k: 1e3 * m.median for k, m in res.items()}
+    return min(ms, key=ms.__getitem__), ms

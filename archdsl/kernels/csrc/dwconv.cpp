@@ -1,0 +1,312 @@
+// dwconv.cpp: the NHWC depthwise-conv engine behind ak_dwconv_nhwc, ak_mixer_nhwc and ak_dwconv_ln_nhwc.
+//
+// Layouts: x [N, H, W, C] and out [N, Ho, Wo, C] contiguous; a "group" is a channel range [c0, c0 + cw) with
+// its own kernel (kh x kw, padding, dilation) and a packed weight [ceil(cw / 16)][kh][kw][16] (zero-padded
+// channels), bias [ceil(cw / 16) * 16] or null. A plain depthwise conv is one group covering all channels.
+//
+// How it runs: a task is (group, image, 16-channel blocks, range of output rows). It keeps a ring of the
+// input rows it needs, copied once each into a zero-margined buffer [block][W + 2M][16], so the inner loop
+// has no bounds checks and reads 64 contiguous bytes per pixel. Output pixels are computed in tiles of B
+// along W (B x 16 channels of accumulators in registers, each weight vector loaded once per tap and reused
+// B times); a tile only visits the taps that touch the image for at least one of its pixels, so a 31 x 31
+// kernel on a 7 x 7 image costs ~the valid taps, not 961. Bias and activation (or LayerNorm over C, for
+// dwconv_ln) are applied in the store.
+#include <array>
+#include <utility>
+#include <vector>
+
+#include "common.h"
+
+namespace ak {
+namespace {
+
+constexpr int BMAX1 = 12;  // pixels per tile with one 8-channel vector (12 accumulators)
+constexpr int BMAX2 = 6;   // pixels per tile with two vectors (12 accumulators)
+
+struct Geo {
+    int c0, cw, kh, kw, ph, pw, dh, dw;
+    const float* w;
+    const float* b;
+    bool pointwise() const { return kh == 1 && kw == 1 && ph == 0 && pw == 0; }
+    int nblocks() const { return static_cast<int>(ceil_div(cw, 16)); }
+};
+
+struct Img {
+    const float* x;
+    float* out;
+    int N, H, W, C, Ho, Wo, sh, sw, act;
+};
+
+struct LnEpi {  // LayerNorm over C after the conv, and optionally resid = x + rb (stride 1, same size)
+    const float* gamma;
+    const float* beta;
+    float eps;
+    const float* rb;
+    float* resid;
+};
+
+struct Tile {
+    int ow0, b, t0, t1;  // first output column, pixels, tap range [t0, t1) that touches the image
+};
+
+using TileFn = void (*)(const float* const* xr, const float* const* wr, int nr, int64_t xofs, int t0, int t1,
+                        int dws, int sws, const float* bias, int act, float* o, int ostride, int cvalid);
+
+// B output pixels x VB 8-channel vectors. xr[r] / wr[r]: ring row / weight row of the r-th valid kernel row;
+// xofs: offset (floats) of the tile's first pixel at tap 0; dws / sws: floats between taps / pixels.
+template <int B, int VB, int SW>
+void tile(const float* const* xr, const float* const* wr, int nr, int64_t xofs, int t0, int t1, int dws, int sws_rt,
+          const float* bias, int act, float* o, int ostride, int cvalid) {
+    const int sws = SW ? SW * 16 : sws_rt;
+    __m256 acc[B][VB];
+#pragma GCC unroll 4
+    for (int v = 0; v < VB; ++v) {
+        const __m256 bv = bias ? _mm256_loadu_ps(bias + 8 * v) : _mm256_setzero_ps();
+#pragma GCC unroll 16
+        for (int j = 0; j < B; ++j) acc[j][v] = bv;
+    }
+    for (int r = 0; r < nr; ++r) {
+        const float* xp = xr[r] + (xofs + static_cast<int64_t>(t0) * dws);
+        const float* wp = wr[r] + t0 * 16;
+        for (int t = t0; t < t1; ++t, xp += dws, wp += 16) {
+            __m256 wv[VB];
+#pragma GCC unroll 4
+            for (int v = 0; v < VB; ++v) wv[v] = _mm256_loadu_ps(wp + 8 * v);
+#pragma GCC unroll 16
+            for (int j = 0; j < B; ++j) {
+#pragma GCC unroll 4
+                for (int v = 0; v < VB; ++v)
+                    acc[j][v] = _mm256_fmadd_ps(_mm256_load_ps(xp + j * sws + 8 * v), wv[v], acc[j][v]);
+            }
+        }
+    }
+#pragma GCC unroll 16
+    for (int j = 0; j < B; ++j) {
+#pragma GCC unroll 4
+        for (int v = 0; v < VB; ++v) {
+            __m256 y = acc[j][v];
+            if (act == ACT_RELU) y = relu256(y);
+            else if (act == ACT_GELU) y = gelu256(y);
+            store_n(o + j * ostride + 8 * v, y, cvalid - 8 * v);
+        }
+    }
+}
+
+// TABLE[vb - 1][stride-1 ? 0 : 1][B]
+template <int VB, int SW, int... Bs>
+constexpr std::array<TileFn, sizeof...(Bs) + 1> make_row(std::integer_sequence<int, Bs...>) {
+    return {nullptr, &tile<Bs + 1, VB, SW>...};
+}
+const std::array<TileFn, BMAX1 + 1> T1S1 = make_row<1, 1>(std::make_integer_sequence<int, BMAX1>{});
+const std::array<TileFn, BMAX1 + 1> T1SN = make_row<1, 0>(std::make_integer_sequence<int, BMAX1>{});
+const std::array<TileFn, BMAX2 + 1> T2S1 = make_row<2, 1>(std::make_integer_sequence<int, BMAX2>{});
+const std::array<TileFn, BMAX2 + 1> T2SN = make_row<2, 0>(std::make_integer_sequence<int, BMAX2>{});
+
+// Split the Wo output columns into near-equal tiles of at most bmax pixels, with each tile's tap range.
+void plan_tiles(const Img& im, const Geo& g, int bmax, std::vector<Tile>& out) {
+    out.clear();
+    const int nb = static_cast<int>(ceil_div(im.Wo, bmax));
+    int ow0 = 0;
+    for (int i = 0; i < nb; ++i) {
+        const int b = static_cast<int>((int64_t)im.Wo * (i + 1) / nb - (int64_t)im.Wo * i / nb);
+        // tap t is valid for column ow when 0 <= ow * sw - pw + t * dw <= W - 1; take the union over the tile
+        int64_t lo = ceil_div(g.pw - (int64_t)(ow0 + b - 1) * im.sw, g.dw);
+        int64_t hi = floor_div(im.W - 1 + g.pw - (int64_t)ow0 * im.sw, g.dw) + 1;
+        lo = std::max<int64_t>(lo, 0);
+        hi = std::min<int64_t>(hi, g.kw);
+        out.push_back({ow0, b, static_cast<int>(lo), static_cast<int>(std::max(lo, hi))});
+        ow0 += b;
+    }
+}
+
+// Copy input row src (x + ((n * H + ih) * W) * C + c0) of blocks [cb0, cb1) into the ring slot dst.
+void copy_row(const float* src, int W, int C, int cw, int cb0, int cb1, float* dst, size_t cbstride, int M) {
+    for (int iw = 0; iw < W; ++iw) {
+        const float* s = src + (size_t)iw * C;
+        float* d = dst + (size_t)(M + iw) * 16;
+        for (int cb = cb0; cb < cb1; ++cb, d += cbstride) {
+            const int rem = cw - cb * 16;
+            if (rem >= 16) {
+                _mm256_store_ps(d, _mm256_loadu_ps(s + cb * 16));
+                _mm256_store_ps(d + 8, _mm256_loadu_ps(s + cb * 16 + 8));
+            } else {
+                _mm256_store_ps(d, load_n(s + cb * 16, rem));
+                _mm256_store_ps(d + 8, load_n(s + cb * 16 + 8, rem - 8));
+            }
+        }
+    }
+}
+
+void conv_rows(const Img& im, const Geo& g, int n, int cb0, int cb1, int oh0, int oh1, const LnEpi* ln) {
+    const int ncb = cb1 - cb0;
+    const int span = (g.kh - 1) * g.dh + 1;
+    const int nslot = std::min(span, im.H);
+    const int M = std::min(g.pw, (BMAX1 - 1) * im.sw);
+    const int Wp = im.W + 2 * M;
+    const size_t cbstride = (size_t)Wp * 16;
+    const size_t slot = (size_t)ncb * cbstride;
+    float* ring = thread_scratch((size_t)nslot * slot);
+    for (int s = 0; s < nslot; ++s)
+        for (int cb = 0; cb < ncb; ++cb) {
+            float* p = ring + s * slot + cb * cbstride;
+            std::memset(p, 0, sizeof(float) * 16 * M);
+            std::memset(p + (size_t)(M + im.W) * 16, 0, sizeof(float) * 16 * M);
+        }
+    std::vector<int> tag(nslot, -1);
+    std::vector<Tile> tiles1, tiles2;
+    plan_tiles(im, g, BMAX1, tiles1);
+    plan_tiles(im, g, BMAX2, tiles2);
+    std::vector<const float*> xr(g.kh), wr(g.kh);
+    const bool s1 = im.sw == 1;
+    const float* xn = im.x + (size_t)n * im.H * im.W * im.C + g.c0;
+
+    for (int oh = oh0; oh < oh1; ++oh) {
+        const int ib = oh * im.sh - g.ph;
+        const int r0 = static_cast<int>(std::max<int64_t>(0, ceil_div(-ib, g.dh)));
+        const int r1 = static_cast<int>(std::min<int64_t>(g.kh, floor_div(im.H - 1 - ib, g.dh) + 1));
+        const int nr = std::max(0, r1 - r0);
+        for (int i = 0; i < nr; ++i) {
+            const int ih = ib + (r0 + i) * g.dh;
+            const int s = ih % nslot;
+            if (tag[s] != ih) {
+                copy_row(xn + (size_t)ih * im.W * im.C, im.W, im.C, g.cw, cb0, cb1, ring + s * slot, cbstride, M);
+                tag[s] = ih;
+            }
+        }
+        float* orow = im.out + ((size_t)n * im.Ho + oh) * im.Wo * im.C;
+        for (int cb = cb0; cb < cb1; ++cb) {
+            const int cvalid = std::min(16, g.cw - cb * 16);
+            const int vb = cvalid > 8 ? 2 : 1;
+            for (int i = 0; i < nr; ++i) {
+                const int ih = ib + (r0 + i) * g.dh;
+                xr[i] = ring + (ih % nslot) * slot + (cb - cb0) * cbstride;
+                wr[i] = g.w + ((size_t)cb * g.kh + r0 + i) * g.kw * 16;
+            }
+            const float* bias = g.b ? g.b + cb * 16 : nullptr;
+            float* o = orow + g.c0 + cb * 16;
+            const auto& tiles = vb == 2 ? tiles2 : tiles1;
+            const TileFn* table = vb == 2 ? (s1 ? T2S1.data() : T2SN.data()) : (s1 ? T1S1.data() : T1SN.data());
+            for (const Tile& t : tiles) {
+                const int64_t xofs = ((int64_t)M - g.pw + (int64_t)t.ow0 * im.sw) * 16;
+                table[t.b](xr.data(), wr.data(), nr, xofs, t.t0, t.t1, g.dw * 16, im.sw * 16, bias, im.act,
+                           o + (size_t)t.ow0 * im.C, im.C, cvalid);
+            }
+        }
+        if (ln) {
+            for (int ow = 0; ow < im.Wo; ++ow) {
+                float* p = orow + (size_t)ow * im.C;
+                layernorm_row(p, p, im.C, ln->gamma, ln->beta, ln->eps);
+            }
+            if (ln->resid) {  // resid row oh = x row oh + rb (stride 1 "same": Ho == H, Wo == W)
+                const float* xs = xn + (size_t)oh * im.W * im.C;
+                float* rs = ln->resid + ((size_t)n * im.H + oh) * im.W * im.C;
+                for (int iw = 0; iw < im.W; ++iw)
+                    for (int c = 0; c < im.C; c += 8) {
+                        const size_t k = (size_t)iw * im.C + c;
+                        store_n(rs + k, _mm256_add_ps(load_n(xs + k, im.C - c), load_n(ln->rb + c, im.C - c)),
+                                im.C - c);
+                    }
+            }
+        }
+    }
+}
+
+// 1 x 1 kernel, no padding: out = act(x * w + b) per channel (any stride).
+void pointwise_rows(const Img& im, const Geo& g, int n, int oh0, int oh1) {
+    for (int oh = oh0; oh < oh1; ++oh) {
+        const float* xs = im.x + ((size_t)n * im.H + (size_t)oh * im.sh) * im.W * im.C + g.c0;
+        float* os = im.out + ((size_t)n * im.Ho + oh) * im.Wo * im.C + g.c0;
+        for (int ow = 0; ow < im.Wo; ++ow) {
+            const float* s = xs + (size_t)ow * im.sw * im.C;
+            float* d = os + (size_t)ow * im.C;
+            for (int c = 0; c < g.cw; c += 8) {
+                const int k = g.cw - c;
+                __m256 y = _mm256_fmadd_ps(load_n(s + c, k), load_n(g.w + c, k),
+                                           g.b ? load_n(g.b + c, k) : _mm256_setzero_ps());
+                if (im.act == ACT_RELU) y = relu256(y);
+                else if (im.act == ACT_GELU) y = gelu256(y);
+                store_n(d + c, y, k);
+            }
+        }
+    }
+}
+
+struct Task {
+    int g, n, cb0, cb1, oh0, oh1;
+};
+
+void run(const Img& im, const std::vector<Geo>& geos, const LnEpi* ln, int nthreads) {
+    nthreads = std::max(1, nthreads);
+    std::vector<Task> tasks;
+    if (ln) {  // LayerNorm needs every channel of a pixel: tasks own all blocks of a range of rows
+        const int nch = static_cast<int>(std::clamp<int64_t>(ceil_div(2 * nthreads, im.N), 1, im.Ho));
+        for (int n = 0; n < im.N; ++n)
+            for (int c = 0; c < nch; ++c)
+                tasks.push_back({0, n, 0, geos[0].nblocks(), im.Ho * c / nch, im.Ho * (c + 1) / nch});
+    } else {
+        int64_t base = 0;
+        for (const Geo& g : geos) base += (g.pointwise() ? 1 : g.nblocks()) * (int64_t)im.N;
+        const int nch = nthreads == 1 ? 1 : static_cast<int>(std::clamp<int64_t>(ceil_div(3 * nthreads, base), 1, im.Ho));
+        for (int gi = 0; gi < (int)geos.size(); ++gi) {
+            const Geo& g = geos[gi];
+            const int nb = g.pointwise() ? 1 : g.nblocks();
+            for (int n = 0; n < im.N; ++n)
+                for (int cb = 0; cb < nb; ++cb)
+                    for (int c = 0; c < nch; ++c)
+                        tasks.push_back({gi, n, cb, cb + 1, im.Ho * c / nch, im.Ho * (c + 1) / nch});
+        }
+    }
+    const int64_t nt = static_cast<int64_t>(tasks.size());
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1 && nt > 1)
+    for (int64_t i = 0; i < nt; ++i) {
+        const Task& t = tasks[i];
+        const Geo& g = geos[t.g];
+        if (g.pointwise() && !ln) pointwise_rows(im, g, t.n, t.oh0, t.oh1);
+        else conv_rows(im, g, t.n, t.cb0, t.cb1, t.oh0, t.oh1, ln);
+    }
+}
+
+}  // namespace
+}  // namespace ak
+
+using namespace ak;
+
+extern "C" {
+
+// Depthwise conv, multiplier 1. w: packed [ceil(C/16)][kh][kw][16]; b: [ceil(C/16)*16] or null.
+// out: [N, Ho, Wo, C] with Ho = (H + 2ph - dh(kh-1) - 1) / sh + 1 (likewise Wo).
+void ak_dwconv_nhwc(const float* x, const float* w, const float* b, float* out, int N, int H, int W, int C, int kh,
+                    int kw, int sh, int sw, int ph, int pw, int dh, int dw, int act, int nthreads) {
+    Img im{x, out, N, H, W, C, (H + 2 * ph - dh * (kh - 1) - 1) / sh + 1, (W + 2 * pw - dw * (kw - 1) - 1) / sw + 1,
+           sh, sw, act};
+    std::vector<Geo> geos{{0, C, kh, kw, ph, pw, dh, dw, w, b}};
+    run(im, geos, nullptr, nthreads);
+}
+
+// Several channel ranges with their own "same" kernels (odd kh, kw; stride 1, dilation 1) in one pass.
+// desc: ngroups rows of int32 [c0, cw, kh, kw, w_offset, b_offset (-1: none)] into wbuf / bbuf (floats);
+// each group's weight is packed like ak_dwconv_nhwc's. The groups must cover [0, C) exactly once.
+void ak_mixer_nhwc(const float* x, float* out, int N, int H, int W, int C, int ngroups, const int32_t* desc,
+                   const float* wbuf, const float* bbuf, int act, int nthreads) {
+    Img im{x, out, N, H, W, C, H, W, 1, 1, act};
+    std::vector<Geo> geos;
+    for (int i = 0; i < ngroups; ++i) {
+        const int32_t* d = desc + 6 * i;
+        geos.push_back({d[0], d[1], d[2], d[3], (d[2] - 1) / 2, (d[3] - 1) / 2, 1, 1, wbuf + d[4],
+                        d[5] >= 0 ? bbuf + d[5] : nullptr});
+    }
+    run(im, geos, nullptr, nthreads);
+}
+
+// Stride-1 "same" depthwise conv + bias, then LayerNorm over C per pixel; if rb is not null also
+// resid = x + rb. out and resid: [N, H, W, C].
+void ak_dwconv_ln_nhwc(const float* x, const float* w, const float* b, int kh, int kw, const float* gamma,
+                       const float* beta, float eps, const float* rb, float* resid, float* out, int N, int H, int W,
+                       int C, int nthreads) {
+    Img im{x, out, N, H, W, C, H, W, 1, 1, ACT_NONE};
+    std::vector<Geo> geos{{0, C, kh, kw, (kh - 1) / 2, (kw - 1) / 2, 1, 1, w, b}};
+    LnEpi ln{gamma, beta, eps, rb, rb ? resid : nullptr};
+    run(im, geos, &ln, nthreads);
+}
+
+}  // extern "C"

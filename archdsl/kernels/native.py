@@ -1,0 +1,216 @@
+"""Build and load the native kernel library: csrc/*.cpp -> one cached shared library -> ctypes handle.
+
+Takes nothing but the environment; returns the loaded library (``lib()``) or ``None`` with a one-line reason
+(``why_unavailable()``). Nothing happens at import: the library is compiled on first use, into
+``$ARCHDSL_CACHE_DIR/kernels`` (else ``$XDG_CACHE_HOME/archdsl/kernels``, else ``~/.cache/archdsl/kernels``),
+under a name that hashes the sources, the flags, the compiler's ``--version``, the torch version and this
+CPU's model and flags (``-march=native`` code is CPU-specific). Compiles write a temp file and rename it
+(atomic) under a file lock, so concurrent processes neither race nor see half-written libraries.
+
+The library links the OpenMP runtime that torch ships (``torch/lib/libgomp.so.1``, via rpath, and anyway
+the same soname torch has already loaded), so kernels and torch share one thread pool.
+
+``ARCHDSL_NO_NATIVE=1`` disables the library; so do a missing compiler or a failed build. The wrappers in
+``archdsl.kernels.ops`` then compute the same results with their plain PyTorch references.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import hashlib
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+CSRC = Path(__file__).parent / "csrc"
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+ABI_VERSION = 1
+
+_P, _I, _I64, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
+# name -> argtypes (all return void but ak_abi_version)
+SIGNATURES: dict[str, tuple] = {
+    "ak_dwconv_nhwc": (_P, _P, _P, _P) + (_I,) * 14,
+    "ak_mixer_nhwc": (_P, _P, _I, _I, _I, _I, _I, _P, _P, _P, _I, _I),
+    "ak_dwconv_ln_nhwc": (_P, _P, _P, _I, _I, _P, _P, _F, _P, _P, _P, _I, _I, _I, _I, _I),
+    "ak_layernorm_rows": (_P, _P, _P, _F, _P, _I64, _I, _I),
+    "ak_bias_act": (_P, _P, _I64, _I, _I, _I, _P, _I),
+    "ak_scale_channels": (_P, _P, _I, _I64, _I, _I),
+}
+
+
+@dataclass
+class BuildInfo:
+    """What the last build() did: the library path, whether it compiled (False: reused the cache), seconds."""
+
+    path: Path
+    compiled: bool
+    seconds: float
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+_lock = threading.Lock()
+_state: dict = {}  # "lib": CDLL | None, "why": str | None, "info": BuildInfo | None
+
+
+def cache_dir() -> Path:
+    if os.environ.get("ARCHDSL_CACHE_DIR"):
+        return Path(os.environ["ARCHDSL_CACHE_DIR"]) / "kernels"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "archdsl" / "kernels"
+
+
+def compiler() -> list[str]:
+    """The C++ compiler command ($CXX, may carry arguments, else g++ / c++ on PATH); raises BuildError."""
+    cxx = os.environ.get("CXX")
+    if cxx:
+        return shlex.split(cxx)
+    for name in ("g++", "c++"):
+        if shutil.which(name):
+            return [name]
+    raise BuildError("no C++ compiler (set CXX or install g++)")
+
+
+def _torch_lib_dir() -> str:
+    import torch
+
+    return str(Path(torch.__file__).parent / "lib")
+
+
+def _cpu_id() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    keep = [ln for ln in text.splitlines() if ln.split(":")[0].strip() in ("model name", "flags")]
+    return "\n".join(sorted(set(keep)))
+
+
+def _compiler_version(cxx: list[str]) -> str:
+    try:
+        r = subprocess.run([*cxx, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise BuildError(f"C++ compiler {shlex.join(cxx)!r} does not run: {e}") from None
+    if r.returncode != 0:
+        raise BuildError(f"C++ compiler {shlex.join(cxx)!r} --version failed (exit {r.returncode})")
+    return r.stdout
+
+
+def sources() -> dict[str, str]:
+    """File name -> text of every csrc/*.cpp and *.h (all of them enter the hash; the .cpp are compiled)."""
+    return {p.name: p.read_text() for p in sorted(CSRC.iterdir()) if p.suffix in (".cpp", ".h")}
+
+
+def build(srcs: dict[str, str] | None = None, out_dir: Path | None = None, name: str = "archdsl_kernels") -> BuildInfo:
+    """Compile srcs (default: csrc/) into out_dir (default: cache_dir()) unless a library with the same hash
+    is already there. Returns BuildInfo; raises BuildError (no compiler, compile error)."""
+    import torch
+
+    srcs = sources() if srcs is None else srcs
+    out_dir = cache_dir() if out_dir is None else Path(out_dir)
+    cxx = compiler()
+    torch_lib = _torch_lib_dir()
+    flags = [*FLAGS, f"-L{torch_lib}", f"-Wl,-rpath,{torch_lib}"]
+    h = hashlib.sha256()
+    for part in (*(f"{k}\0{v}" for k, v in sorted(srcs.items())), " ".join(flags), _compiler_version(cxx),
+                 torch.__version__, _cpu_id()):
+        h.update(part.encode())
+        h.update(b"\0\0")
+    path = out_dir / f"{name}_{h.hexdigest()[:20]}.so"
+    if path.exists():
+        return BuildInfo(path, False, 0.0)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BuildError(f"cannot create cache dir {out_dir}: {e}") from None
+    t0 = time.perf_counter()
+    with open(out_dir / ".lock", "w") as lockf:
+        fcntl.flock(lockf, fcntl.LOCK_EX)  # another process may be compiling the same library
+        try:
+            if path.exists():
+                return BuildInfo(path, False, 0.0)
+            with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as tmp:
+                cpps = []
+                for fname, text in srcs.items():
+                    (Path(tmp) / fname).write_text(text)
+                    if fname.endswith(".cpp"):
+                        cpps.append(str(Path(tmp) / fname))
+                tmp_so = Path(tmp) / "lib.so"
+                cmd = [*cxx, *flags, *cpps, "-o", str(tmp_so)]
+                try:
+                    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+                except (OSError, subprocess.SubprocessError) as e:
+                    raise BuildError(f"compiler failed to run: {e}") from None
+                if r.returncode != 0:
+                    first = next((ln for ln in r.stderr.splitlines() if "error" in ln), r.stderr.strip()[:300])
+                    raise BuildError(f"compile failed (exit {r.returncode}): {first}")
+                os.replace(tmp_so, path)
+        finally:
+            fcntl.flock(lockf, fcntl.LOCK_UN)
+    return BuildInfo(path, True, time.perf_counter() - t0)
+
+
+def _load() -> None:
+    if os.environ.get("ARCHDSL_NO_NATIVE", "") not in ("", "0"):
+        _state.update(lib=None, why="disabled by ARCHDSL_NO_NATIVE", info=None)
+        return
+    try:
+        import torch  # noqa: F401  (loads torch's libgomp.so.1 first, so the library binds to it)
+
+        info = build()
+        lib = ctypes.CDLL(str(info.path))
+        if lib.ak_abi_version() != ABI_VERSION:
+            raise BuildError(f"library ABI {lib.ak_abi_version()} != {ABI_VERSION}")
+        lib.ak_abi_version.restype = ctypes.c_int
+        for fname, argtypes in SIGNATURES.items():
+            fn = getattr(lib, fname)
+            fn.argtypes, fn.restype = argtypes, None
+    except (BuildError, OSError, AttributeError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        _state.update(lib=None, why=why, info=None)
+        warnings.warn(f"archdsl native kernels unavailable ({why}); using PyTorch fallbacks", RuntimeWarning,
+                      stacklevel=3)
+        return
+    _state.update(lib=lib, why=None, info=info)
+
+
+def lib() -> ctypes.CDLL | None:
+    """The loaded library (compiling it on first use), or None when unavailable."""
+    if "lib" not in _state:
+        with _lock:
+            if "lib" not in _state:
+                _load()
+    return _state["lib"]
+
+
+def available() -> bool:
+    return lib() is not None
+
+
+def why_unavailable() -> str | None:
+    """One line saying why the native library is not used, or None when it is."""
+    lib()
+    return _state["why"]
+
+
+def build_info() -> BuildInfo | None:
+    """How this process got its library (path, compiled or reused, seconds), or None when unavailable."""
+    lib()
+    return _state["info"]
+
+
+def reset() -> None:
+    """Forget the loaded library, so the next use re-reads the environment (tests)."""
+    with _lock:
+        _state.clear()

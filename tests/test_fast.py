@@ -1,0 +1,153 @@
+"""The measured fused-kernel runtime (archdsl.codegen.fast): same function as the training form on random
+weights and BN statistics, the block patterns found, choices cached, bad candidates refused, fallback."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+import archdsl
+from archdsl.api import check_file, check_text
+from archdsl.codegen import fast as fastmod
+from archdsl.codegen.fast import FastModule
+from archdsl.codegen.module import build_module
+from archdsl.codegen.tune import TuneCache
+from archdsl.kernels import native
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+needs_native = pytest.mark.skipif(not native.available(), reason=f"no native kernels: {native.why_unavailable()}")
+
+
+def randomized(graph, seed: int = 0):
+    """The training form in eval mode with random weights, BN statistics, layer scales and GRN gammas (their
+    initial values, 1e-6 and 0, would hide a wrong block body)."""
+    torch.manual_seed(seed)
+    m = build_module(graph).eval()
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                mod.running_mean.normal_(0, 0.2)
+                mod.running_var.uniform_(0.5, 1.5)
+                mod.weight.normal_(1, 0.2)
+                mod.bias.normal_(0, 0.2)
+        for name, p in m.named_parameters():
+            if name.endswith(("gamma", "beta")):
+                p.normal_(0, 0.5)
+    return m
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / a.abs().max()).item()
+
+
+MODELS = [("convnext_atto", {}, 12), ("inceptionnext_atto", {}, 12), ("unireplknet_a", {}, 12),
+          ("convnext_atto", {"kernel": 31}, 12)]
+
+
+@pytest.mark.parametrize("name,overrides,blocks", MODELS, ids=[f"{m}{o}" for m, o, _ in MODELS])
+@pytest.mark.parametrize("prefer", [("fused", "kernel"), ("torch_cl",)], ids=["kernels", "plain_cl"])
+def test_same_function_as_training_form(name, overrides, blocks, prefer, tmp_path):
+    g = check_file(EXAMPLES / f"{name}.arch", overrides, input_shape=(3, 64, 64))
+    m = randomized(g)
+    f = FastModule(archdsl.deploy(m), cache=TuneCache(tmp_path / "t.jsonl"), prefer=prefer)
+    assert sum(1 for s in f.steps if s.kind == "block") == blocks
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        ref = m(x)
+        out = f(x)
+    assert out.shape == ref.shape
+    assert rel_err(ref, out) < 1e-4
+    if native.available() and prefer[0] == "fused":
+        assert sum(p["choice"] == "fused" for p in f.plan()) == blocks
+
+
+@needs_native
+def test_measured_choice_is_cached_and_reused(tmp_path, monkeypatch):
+    g = check_file(EXAMPLES / "convnext_atto.arch", input_shape=(3, 32, 32))
+    m = randomized(g)
+    dep = archdsl.deploy(m)
+    cache = TuneCache(tmp_path / "tune.jsonl")
+    x = torch.randn(1, 3, 32, 32)
+    f = FastModule(dep, cache=cache).tune(x)
+    plan = [(p["node"], p["choice"]) for p in f.plan()]
+    assert (tmp_path / "tune.jsonl").exists()
+    assert any(len(p["ms"]) > 1 for p in f.plan())  # candidates were timed
+
+    def no_measuring(*a, **k):
+        raise AssertionError("a cached choice was measured again")
+
+    monkeypatch.setattr(fastmod, "pick", no_measuring)
+    g2 = FastModule(dep, cache=TuneCache(tmp_path / "tune.jsonl")).tune(x)  # a fresh process reads the file
+    assert [(p["node"], p["choice"]) for p in g2.plan()] == plan
+    with torch.inference_mode():
+        assert rel_err(m(x), g2(x)) < 1e-4
+
+
+@needs_native
+def test_a_new_input_shape_is_tuned_on_first_use(tmp_path):
+    g = check_file(EXAMPLES / "convnext_atto.arch", input_shape=(3, 32, 32))
+    m = randomized(g)
+    f = FastModule(archdsl.deploy(m), cache=TuneCache(tmp_path / "t.jsonl"), prefer=("fused", "kernel"))
+    for shape in [(1, 3, 32, 32), (3, 3, 48, 40)]:
+        x = torch.randn(*shape)
+        with torch.inference_mode():
+            assert rel_err(m(x), f(x)) < 1e-4
+    assert len(f.steps[0].choice) == 2
+
+
+@needs_native
+def test_a_candidate_that_disagrees_is_never_chosen(tmp_path, caplog):
+    g = check_file(EXAMPLES / "convnext_atto.arch", input_shape=(3, 32, 32))
+    m = randomized(g)
+    f = FastModule(archdsl.deploy(m), cache=TuneCache(tmp_path / "t.jsonl"))
+    block = next(s for s in f.steps if s.kind == "block")
+    good = block.candidates["fused"]
+    block.candidates["fused"] = lambda *a: good(*a) * 1.01  # a wrong kernel, however fast
+    block.candidates["torch"] = block.candidates["torch_cl"]
+    with caplog.at_level(logging.WARNING, logger="archdsl.fast"):
+        f.tune(torch.randn(1, 3, 32, 32))
+    assert all(c != "fused" for c in block.choice.values())
+    assert "disagrees" in caplog.text and block.out in caplog.text
+
+
+def test_without_native_kernels_only_plain_candidates(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARCHDSL_NO_NATIVE", "1")
+    native.reset()
+    try:
+        assert not native.available()
+        g = check_file(EXAMPLES / "inceptionnext_atto.arch", input_shape=(3, 32, 32))
+        m = randomized(g)
+        f = FastModule(archdsl.deploy(m), cache=TuneCache(tmp_path / "t.jsonl"))
+        assert all(set(s.candidates) <= {"torch", "torch_cl", "torch_cf"} for s in f.steps)
+        x = torch.randn(1, 3, 32, 32)
+        with torch.inference_mode():
+            assert rel_err(m(x), f(x)) < 1e-5
+    finally:
+        monkeypatch.delenv("ARCHDSL_NO_NATIVE")
+        native.reset()
+
+
+def test_deploy_kernels_argument_and_load_form(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARCHDSL_CACHE_DIR", str(tmp_path))
+    native.reset()  # the compiled library is looked up under the new cache directory
+    try:
+        spec = ("model m() { input(3, 16, 16) conv(8) bn() relu() "
+                "residual { dwconv(5) nhwc() layernorm() linear(32) gelu() linear(8) nchw() } }")
+        f = archdsl.build(spec, form="fast")
+        assert isinstance(f, FastModule)
+        assert [s.kind for s in f.steps].count("block") == 1
+        x = torch.randn(1, 3, 16, 16)
+        plain = archdsl.build(spec, form="deploy")
+        plain.load_state_dict(f.base.state_dict())
+        with torch.inference_mode():
+            assert rel_err(plain(x), f(x)) < 1e-5
+        with pytest.raises(ValueError, match="kernels must be"):
+            archdsl.deploy(build_module(check_text(spec)), kernels="triton")
+        with pytest.raises(ValueError, match=r"expects input of shape \(N, 3, H, W\)"):
+            f(torch.randn(1, 4, 16, 16))
+    finally:
+        native.reset()
