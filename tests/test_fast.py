@@ -65,6 +65,31 @@ def test_same_function_as_training_form(name, overrides, blocks, prefer, tmp_pat
         assert sum(p["choice"] == "fused" for p in f.plan()) == blocks
 
 
+@pytest.mark.parametrize("name,overrides,blocks", MODELS, ids=[f"{m}{o}" for m, o, _ in MODELS])
+def test_every_candidate_of_every_step_agrees(name, overrides, blocks, tmp_path):
+    """Each step's candidates (fused kernels with either GEMM, plain modules in either layout) on the values the
+    plain path computes, channels-last and contiguous inputs alike."""
+    g = check_file(EXAMPLES / f"{name}.arch", overrides, input_shape=(3, 48, 48))
+    m = randomized(g, seed=1)
+    f = FastModule(archdsl.deploy(m), cache=TuneCache(tmp_path / "t.jsonl"))
+    vals = {f.base.input_node: torch.randn(2, 3, 48, 48)}
+    seen = set()
+    with torch.inference_mode():
+        for step in f.steps:
+            args = [vals[src] for src, _ in step.refs]
+            ref = step.candidates["torch"](*args)
+            for fmt in (torch.channels_last, torch.contiguous_format):
+                fargs = [a.contiguous(memory_format=fmt) if a.dim() == 4 else a for a in args]
+                for cname, cand in step.candidates.items():
+                    out = cand(*fargs)
+                    assert out.shape == ref.shape, (step.out, cname)
+                    assert rel_err(ref, out) < 1e-5, (step.out, cname, fmt)
+                    seen.add(cname)
+            vals[step.out] = ref
+    if native.available():
+        assert {"fused", "fused_gemm"} <= seen
+
+
 @needs_native
 def test_measured_choice_is_cached_and_reused(tmp_path, monkeypatch):
     g = check_file(EXAMPLES / "convnext_atto.arch", input_shape=(3, 32, 32))

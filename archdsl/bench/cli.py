@@ -20,7 +20,8 @@ def add_bench_parser(sub) -> None:
                    help="build/refresh the per-operator latency table of a search space (archdsl.bench.table)")
     p.add_argument("--samples", type=int, default=20,
                    help="with --build-table: random architectures of the space to draw configurations from")
-    p.add_argument("--form", default="deploy", help="deploy (default: BN folded, branches merged) or train")
+    p.add_argument("--form", default="deploy", help="deploy (default: BN folded, branches merged), fast (the deploy "
+                   "form on archdsl's fused kernels, each step's implementation measured on this machine) or train")
     p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     p.add_argument("--input", metavar="CxHxW", help="input shape, e.g. 3x224x224 (overrides the spec's input)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
@@ -48,8 +49,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return cmd_build_table(args)
     if args.file is None:
         raise SystemExit(_usage("bench needs a .arch file (or --build-table SPACE.arch)"))
-    if args.form not in ("deploy", "train"):
-        raise SystemExit(_usage(f"--form must be 'deploy' or 'train', got {args.form!r}"))
+    if args.form not in ("deploy", "fast", "train"):
+        raise SystemExit(_usage(f"--form must be 'deploy', 'fast' or 'train', got {args.form!r}"))
     if args.batch < 1:
         raise SystemExit(_usage(f"--batch must be a positive integer, got {args.batch}"))
     if args.threads is not None and args.threads < 1:

@@ -284,7 +284,7 @@ def bench_model(path: str | os.PathLike, form: str = "deploy", batch: int = 1,
                 overrides: dict[str, Any] | None = None, *, model: str | None = None, device: str | None = None,
                 import_paths: tuple[str, ...] = (), allow_outside_imports: bool = False,
                 **measure_kw: Any) -> dict[str, Any]:
-    """Build the model of a .arch file (form "deploy" or "train", in eval mode) and measure one forward pass
+    """Build the model of a .arch file (form "deploy", "fast" or "train", in eval mode) and measure one forward pass
     on a random batch. `threads` sets torch.set_num_threads for the measurement (restored afterwards);
     `device` is "cpu", "cuda" or None (cuda when available; each run then ends with a synchronize).
     Extra keywords go to `measure`. Raises ArchError for spec mistakes and inputs the model cannot take,
@@ -296,8 +296,8 @@ def bench_model(path: str | os.PathLike, form: str = "deploy", batch: int = 1,
     from ..codegen.module import build_module
     from ..passes import deploy
 
-    if form not in ("train", "deploy"):
-        raise ValueError(f"form must be 'train' or 'deploy', got {form!r}")
+    if form not in ("train", "deploy", "fast"):
+        raise ValueError(f"form must be 'train', 'deploy' or 'fast', got {form!r}")
     if not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
@@ -320,10 +320,16 @@ def bench_model(path: str | os.PathLike, form: str = "deploy", batch: int = 1,
     try:
         try:
             m = build_module(g)
-            if form == "deploy":
+            if form != "train":
                 m = deploy(m)
             m = m.eval().to(device)
             x = torch.randn(batch, c, h, w, device=device)
+            if form == "fast":
+                if device != "cpu":
+                    raise ValueError("form 'fast' runs archdsl's CPU kernels: use --device cpu or form 'deploy'")
+                from ..codegen.fast import FastModule
+
+                m = FastModule(m).tune(x)  # measured choices, outside the timing (cached on disk)
             if device == "cuda":
                 def fn():
                     m(x)

@@ -225,6 +225,7 @@ def match_blocks(g, mods: dict[str, nn.Module]) -> list[Step]:
         fused = FusedBlock.create(b, mods)
         if fused is not None:
             cands["fused"] = fused
+            cands["fused_gemm"] = FusedBlock(b, mods, gemm="archdsl")
         sig = "block:" + ";".join(f"{type(mods[n]).__name__}{_geometry(mods[n])}" for n in nodes)
         span = g.node(nodes[0]).span
         steps.append(Step(b.add, nodes, refs, f"{span}", sig, cands, kind="block"))
@@ -250,12 +251,15 @@ def _pw_weight(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 class FusedBlock:
     """The block pattern as fused kernels + GEMMs on channels-last tensors. Call with (P) or (P, R): P the
-    block input, R the residual (P itself when absent)."""
+    block input, R the residual (P itself when absent). gemm="torch": the two GEMMs are torch.mm / addmm_ (MKL)
+    with bias + GELU as one kernel pass; gemm="archdsl": archdsl.kernels.gemm with weights prepacked and bias,
+    GELU, GRN's sums of squares and scaling, and the residual accumulation in its epilogue / A-packing."""
 
-    def __init__(self, b: Block, mods: dict[str, nn.Module]):
+    def __init__(self, b: Block, mods: dict[str, nn.Module], gemm: str = "torch"):
+        from ..kernels import gemm as G
         from ..kernels import ops as K
 
-        self.K = K
+        self.K, self.G, self.gemm = K, G, gemm
         self.dw = self.mixer = None
         if b.dw is not None:
             m = mods[b.dw]
@@ -284,6 +288,8 @@ class FusedBlock:
                 b2 = extra if b2 is None else b2 + extra
             self.grn = (grn.gamma.detach().contiguous(), float(grn.eps))
         self.b2 = torch.zeros(w2.shape[0]) if b2 is None else b2.contiguous()
+        if gemm == "archdsl":  # fc2's bias rides on the residual (written with it), so its pack has none
+            self.p1, self.p2 = G.pack_linear(w1, self.b1), G.pack_linear(w2, None)
         # dw + LN + residual in one kernel pass needs a stride-1 "same" dw conv without SE between them
         self.one_pass = (self.dw is not None and self.ln is not None and self.se is None
                          and self.dw_geom[0] == (1, 1) and self.dw_geom[2] == (1, 1)
@@ -331,6 +337,8 @@ class FusedBlock:
                 t = K.layernorm_rows(t, *self.ln)
             out = torch.add(res_src, self.b2).contiguous()
         ho, wo = t.shape[1], t.shape[2]
+        if self.gemm == "archdsl":
+            return self._gemms_archdsl(t, out, n, ho * wo).permute(0, 3, 1, 2)
         hid = torch.mm(t.reshape(-1, t.shape[-1]), self.w1t)
         if self.grn is None:
             K.bias_act_(hid, self.b1, "gelu")
@@ -345,6 +353,20 @@ class FusedBlock:
             for i in range(n):
                 o[i].addmm_(hid[i], (self.w2 * scale[i]).t())
         return out.permute(0, 3, 1, 2)
+
+    def _gemms_archdsl(self, t: torch.Tensor, out: torch.Tensor, n: int, rows: int) -> torch.Tensor:
+        G = self.G
+        t2, o2 = t.reshape(-1, t.shape[-1]), out.view(-1, out.shape[-1])
+        if self.grn is None:
+            hid = G.linear(t2, self.p1, act="gelu")
+            G.linear(hid, self.p2, out=o2, accumulate=True)
+            return out
+        gamma, eps = self.grn
+        hid, sumsq = G.linear(t2, self.p1, act="gelu", sumsq_images=n, rows_per_image=rows)
+        gx = sumsq.sqrt()
+        scale = (gamma * (gx / (gx.mean(-1, keepdim=True) + eps)) + 1).contiguous()
+        G.linear(hid, self.p2, out=o2, accumulate=True, a_scale=scale, rows_per_image=rows)
+        return out
 
 
 __all__ = ["Step", "FusedBlock", "match_blocks", "node_candidates", "plain_candidates", "to_format"]

@@ -7,7 +7,7 @@ ARCHDSL_NO_NATIVE=1, every function computes the same result with its PyTorch re
 (``native.available()`` / ``native.why_unavailable()`` say which). Inference only: no autograd.
 """
 
-from . import native
+from . import library, native
 from .ops import (
     PackedDW,
     PackedMixer,
@@ -25,10 +25,11 @@ from .ops import (
     pack_mixer,
     scale_channels_,
     scale_channels_ref_,
+    unpack_mixer,
 )
 
 __all__ = [
     "PackedDW", "PackedMixer", "bias_act_", "bias_act_ref_", "dwconv_ln_nhwc", "dwconv_ln_nhwc_ref", "dwconv_nhwc",
     "dwconv_nhwc_ref", "layernorm_rows", "layernorm_rows_ref", "mixer_nhwc", "mixer_nhwc_ref", "native", "pack_dw",
-    "pack_mixer", "scale_channels_", "scale_channels_ref_",
+    "pack_mixer", "scale_channels_", "scale_channels_ref_", "unpack_mixer", "library",
 ]

@@ -121,10 +121,10 @@ def build(srcs: dict[str, str] | None = None, out_dir: Path | None = None, name:
     out_dir = cache_dir() if out_dir is None else Path(out_dir)
     cxx = compiler()
     torch_lib = _torch_lib_dir()
-    flags = [*FLAGS, f"-L{torch_lib}", f"-Wl,-rpath,{torch_lib}"]
+    link_flags = [f"-L{torch_lib}", f"-Wl,-rpath,{torch_lib}"]
     h = hashlib.sha256()
-    for part in (*(f"{k}\0{v}" for k, v in sorted(srcs.items())), " ".join(flags), _compiler_version(cxx),
-                 torch.__version__, _cpu_id()):
+    for part in (*(f"{k}\0{v}" for k, v in sorted(srcs.items())), " ".join([*FLAGS, *link_flags]),
+                 _compiler_version(cxx), torch.__version__, _cpu_id()):
         h.update(part.encode())
         h.update(b"\0\0")
     path = out_dir / f"{name}_{h.hexdigest()[:20]}.so"
@@ -141,24 +141,44 @@ def build(srcs: dict[str, str] | None = None, out_dir: Path | None = None, name:
             if path.exists():
                 return BuildInfo(path, False, 0.0)
             with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as tmp:
-                cpps = []
-                for fname, text in srcs.items():
-                    (Path(tmp) / fname).write_text(text)
-                    if fname.endswith(".cpp"):
-                        cpps.append(str(Path(tmp) / fname))
-                tmp_so = Path(tmp) / "lib.so"
-                cmd = [*cxx, *flags, *cpps, "-o", str(tmp_so)]
-                try:
-                    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-                except (OSError, subprocess.SubprocessError) as e:
-                    raise BuildError(f"compiler failed to run: {e}") from None
-                if r.returncode != 0:
-                    first = next((ln for ln in r.stderr.splitlines() if "error" in ln), r.stderr.strip()[:300])
-                    raise BuildError(f"compile failed (exit {r.returncode}): {first}")
-                os.replace(tmp_so, path)
+                _compile_and_link(cxx, srcs, Path(tmp), link_flags)
+                os.replace(Path(tmp) / "lib.so", path)
         finally:
             fcntl.flock(lockf, fcntl.LOCK_UN)
     return BuildInfo(path, True, time.perf_counter() - t0)
+
+
+def _run(cmd: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait(proc: subprocess.Popen) -> None:
+    _, err = proc.communicate(timeout=600)
+    if proc.returncode != 0:
+        first = next((ln for ln in err.splitlines() if "error" in ln), err.strip()[:300])
+        raise BuildError(f"compile failed (exit {proc.returncode}): {first}")
+
+
+def _compile_and_link(cxx: list[str], srcs: dict[str, str], tmp: Path, link_flags: list[str]) -> None:
+    """Compile every .cpp of srcs in parallel (one compiler process each), then link tmp/lib.so."""
+    for fname, text in srcs.items():
+        (tmp / fname).write_text(text)
+    compile_flags = [f for f in FLAGS if f != "-shared"]
+    cpps = sorted(f for f in srcs if f.endswith(".cpp"))
+    jobs: list[subprocess.Popen] = []
+    try:
+        for f in cpps:
+            jobs.append(_run([*cxx, *compile_flags, "-c", str(tmp / f), "-o", str(tmp / f"{f}.o")]))
+        for proc in jobs:
+            _wait(proc)
+        _wait(_run([*cxx, *FLAGS, *(str(tmp / f"{f}.o") for f in cpps), *link_flags, "-o", str(tmp / "lib.so")]))
+    except (OSError, subprocess.SubprocessError) as e:
+        raise BuildError(f"compiler failed to run: {e}") from None
+    finally:
+        for proc in jobs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def _load() -> None:

@@ -197,14 +197,32 @@ def dwconv_ln_nhwc_ref(x: Tensor, w: Tensor, b: Tensor | None, gamma: Tensor | N
 @dataclass(frozen=True, slots=True)
 class PackedMixer:
     """Packed multi-geometry depthwise conv: desc int32 [G, 6] rows (c0, cw, kh, kw, w_offset, b_offset|-1)
-    into the flat wbuf / bbuf (each group's weight packed as PackedDW.weight); groups as given, for the
-    reference."""
+    into the flat wbuf / bbuf (each group's weight packed as PackedDW.weight); groups: as given to pack_mixer
+    (for the reference), or None to rebuild them from the buffers when needed."""
 
     desc: Tensor
     wbuf: Tensor
     bbuf: Tensor
     channels: int
-    groups: tuple
+    groups: tuple | None = None
+
+    def torch_groups(self) -> tuple:
+        """The groups in pack_mixer's form (c0, c1, kh, kw, weight [cw, 1, kh, kw], bias or None)."""
+        if self.groups is not None:
+            return self.groups
+        out = []
+        for c0, cw, kh, kw, wo, bo in self.desc.tolist():
+            nb = -(-cw // 16)
+            w = self.wbuf[wo:wo + nb * kh * kw * 16].view(nb, kh, kw, 16)
+            b = None if bo < 0 else self.bbuf[bo:bo + nb * 16]
+            wt, bt = PackedDW(w, b, kh, kw, cw).torch_weight()
+            out.append((c0, c0 + cw, kh, kw, wt, bt))
+        return tuple(out)
+
+
+def unpack_mixer(desc: Tensor, wbuf: Tensor, bbuf: Tensor) -> PackedMixer:
+    """A PackedMixer from its buffers (as the custom op receives them)."""
+    return PackedMixer(desc, wbuf, bbuf, int((desc[:, 0] + desc[:, 1]).max()))
 
 
 def pack_mixer(groups: Sequence[tuple]) -> PackedMixer:
@@ -246,7 +264,7 @@ def mixer_nhwc(x: Tensor, groups: PackedMixer | Sequence[tuple], act: str = "non
     y = _out(out, (n, h, w, c))
     lib = native.lib()
     if lib is None:
-        return y.copy_(mixer_nhwc_ref(x, p.groups, act))
+        return y.copy_(mixer_nhwc_ref(x, p.torch_groups(), act))
     if y.data_ptr() == x.data_ptr():
         raise ValueError("out must not alias x")
     lib.ak_mixer_nhwc(x.data_ptr(), y.data_ptr(), n, h, w, c, p.desc.shape[0], p.desc.data_ptr(), p.wbuf.data_ptr(),

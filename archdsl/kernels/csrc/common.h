@@ -31,48 +31,58 @@ static inline void store_n(float* p, __m256 v, int n) {
     else if (n > 0) _mm256_maskstore_ps(p, tail_mask(n), v);
 }
 
-// exp(x) for x <= 88 (Cephes expf: reduction by ln 2 in two parts, degree-5 polynomial; ~1 ulp).
-// Clamped below at -87.33 (result ~1.2e-38 instead of a denormal or 0); NaN is not propagated, callers
-// that care mix the input back in.
-static inline __m256 exp256(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.33654f)), _mm256_set1_ps(88.0f));
-    const __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
-    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+// Exact GELU x * Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2 = P(|x|) for x >= 0, 1 - P(|x|) for x < 0 (the
+// subtraction is exact: P >= 1/2). P: 8 intervals of width 5.5 / 8 on [0, 5.5], a degree-6 polynomial each
+// (minimax-fitted to the exact Phi), coefficients picked per lane by vpermps; P = 1 beyond 5.5 (where Phi
+// rounds to 1). |P - Phi| <= 7.8e-8 (~1 ulp of Phi), so |gelu error| <= 1.2e-7 |x| + 1/2 ulp: the accuracy
+// of an erf correct to ~1 ulp in 0.5 x (1 + erf), as torch computes it (torch's own is 3.8e-7 off on
+// [-10, 10]); like that form it is absolute, not relative, on the far negative tail.
+// gelu(+inf) = +inf, gelu(-inf) = 0 (not NaN), NaN -> NaN.
+alignas(32) static const float kPhiPoly[7][8] = {  // [coefficient of r^k][interval]
+    {0.5f, 0.754116178f, 0.915434301f, 0.980419934f,
+     0.997020245f, 0.999706447f, 0.999981463f, 0.999999225f},
+    {0.274273455f, 0.216543645f, 0.106570713f, 0.0326935388f,
+     0.00625187764f, 0.000745191704f, 5.53620703e-05f, 2.56340286e-06f},
+    {-1.07954284e-05f, -0.0511651337f, -0.0503676198f, -0.0231827889f,
+     -0.00591082033f, -0.00088017137f, -7.83580763e-05f, -4.22255698e-06f},
+    {-0.02153874f, -0.00905648433f, 0.00745235663f, 0.00840269402f,
+     0.003237759f, 0.000632545853f, 6.88809159e-05f, 4.3494947e-06f},
+    {-0.000202129871f, 0.00526193762f, 0.00227875798f, -0.00120840641f,
+     -0.00108020136f, -0.000298904633f, -4.04054445e-05f, -2.9747614e-06f},
+    {0.0018483887f, -7.36649745e-05f, -0.00107693847f, -0.000177929862f,
+     0.000203012576f, 8.96617858e-05f, 1.49821926e-05f, 1.25884537e-06f},
+    {-0.000254028069f, -0.000192180858f, 0.000128370928f, 7.32151166e-05f,
+     -1.5418078e-05f, -1.3305129e-05f, -2.67037058e-06f, -2.48167481e-07f},
+};
+
+// N vectors at once, step by step, so the dependency chains of N vectors overlap.
+template <int N>
+static inline void gelu_n(__m256* v) {
+    const __m256 amax = _mm256_set1_ps(5.5f), scale = _mm256_set1_ps(8.0f / 5.5f), one = _mm256_set1_ps(1.0f);
+    __m256 a[N], r[N], p[N];
+    __m256i idx[N];
+#define AK_EACH for (int i = 0; i < N; ++i)
+    AK_EACH {
+        a[i] = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v[i]);
+        const __m256 ac = _mm256_min_ps(a[i], amax);  // NaN -> 5.5 (x itself carries the NaN to the result)
+        idx[i] = _mm256_min_epi32(_mm256_cvttps_epi32(_mm256_mul_ps(ac, scale)), _mm256_set1_epi32(7));
+        r[i] = _mm256_fmsub_ps(ac, scale, _mm256_cvtepi32_ps(idx[i]));  // position in the interval, one rounding
+    }
+    AK_EACH p[i] = _mm256_permutevar8x32_ps(_mm256_load_ps(kPhiPoly[6]), idx[i]);
+    for (int k = 5; k >= 0; --k)
+        AK_EACH p[i] = _mm256_fmadd_ps(p[i], r[i], _mm256_permutevar8x32_ps(_mm256_load_ps(kPhiPoly[k]), idx[i]));
+    AK_EACH {
+        const __m256 pp = _mm256_blendv_ps(p[i], one, _mm256_cmp_ps(a[i], amax, _CMP_GE_OQ));
+        const __m256 phi = _mm256_blendv_ps(pp, _mm256_sub_ps(one, pp), v[i]);  // by the sign bit of x
+        // max(-FLT_MAX, x) keeps NaN (second operand) and makes -inf finite so that -inf * 0 = 0.
+        v[i] = _mm256_mul_ps(_mm256_max_ps(_mm256_set1_ps(-FLT_MAX), v[i]), phi);
+    }
+#undef AK_EACH
 }
 
-// Exact GELU x * Phi(x), Phi(x) = 0.5 * erfc(-x / sqrt 2). erfc(|z|) uses the Chebyshev fit of Numerical
-// Recipes (erfcc, relative error < 1.1e-7 everywhere), so Phi, and GELU, are accurate to ~2 ulp relative
-// on both tails (no 1 + erf cancellation). gelu(+inf) = +inf, gelu(-inf) = 0 (not NaN), NaN -> NaN.
 static inline __m256 gelu256(__m256 x) {
-    const __m256 one = _mm256_set1_ps(1.0f);
-    const __m256 z = _mm256_mul_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), x), _mm256_set1_ps(0.70710678118654752f));
-    const __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(0.5f), z, one));
-    __m256 p = _mm256_set1_ps(0.17087277f);
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.82215223f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.48851587f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.13520398f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.27886807f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.18628806f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.09678418f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.37409196f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.00002368f));
-    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.26551223f));
-    const __m256 half_erfc = _mm256_mul_ps(_mm256_mul_ps(t, exp256(_mm256_fnmadd_ps(z, z, p))), _mm256_set1_ps(0.5f));
-    // blendv picks by the sign bit of x: Phi = erfc/2 for x < 0, 1 - erfc/2 otherwise.
-    const __m256 phi = _mm256_blendv_ps(_mm256_sub_ps(one, half_erfc), half_erfc, x);
-    // max(-FLT_MAX, x) keeps NaN (second operand) and turns -inf into a finite value so -inf * 0 = 0.
-    return _mm256_mul_ps(_mm256_max_ps(_mm256_set1_ps(-FLT_MAX), x), phi);
+    gelu_n<1>(&x);
+    return x;
 }
 
 static inline __m256 relu256(__m256 x) { return _mm256_max_ps(_mm256_setzero_ps(), x); }  // NaN stays NaN
@@ -116,33 +126,37 @@ static inline float* thread_scratch(size_t n, int which = 0) {
 static inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 static inline int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
 
-// LayerNorm of one row of c floats (biased variance, two passes over the row, which is in L1).
+// LayerNorm of one row of c floats (biased variance; two passes over the row, which is in L1 by then; four
+// accumulators per pass so the adds overlap). y may be x.
 static inline void layernorm_row(const float* x, float* y, int c, const float* g, const float* b, float eps) {
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     int i = 0;
-    for (; i + 16 <= c; i += 16) {
-        s0 = _mm256_add_ps(s0, _mm256_loadu_ps(x + i));
-        s1 = _mm256_add_ps(s1, _mm256_loadu_ps(x + i + 8));
-    }
-    for (; i < c; i += 8) s0 = _mm256_add_ps(s0, load_n(x + i, c - i));
-    const float mean = hsum(_mm256_add_ps(s0, s1)) / static_cast<float>(c);
+    for (; i + 32 <= c; i += 32)
+        for (int k = 0; k < 4; ++k) s[k] = _mm256_add_ps(s[k], _mm256_loadu_ps(x + i + 8 * k));
+    for (; i < c; i += 8) s[0] = _mm256_add_ps(s[0], load_n(x + i, c - i));
+    const float mean = hsum(_mm256_add_ps(_mm256_add_ps(s[0], s[1]), _mm256_add_ps(s[2], s[3]))) / (float)c;
     const __m256 m = _mm256_set1_ps(mean);
-    __m256 q0 = _mm256_setzero_ps(), q1 = _mm256_setzero_ps();
-    for (i = 0; i + 16 <= c; i += 16) {
-        const __m256 d0 = _mm256_sub_ps(_mm256_loadu_ps(x + i), m);
-        const __m256 d1 = _mm256_sub_ps(_mm256_loadu_ps(x + i + 8), m);
-        q0 = _mm256_fmadd_ps(d0, d0, q0);
-        q1 = _mm256_fmadd_ps(d1, d1, q1);
-    }
+    for (int k = 0; k < 4; ++k) s[k] = _mm256_setzero_ps();
+    for (i = 0; i + 32 <= c; i += 32)
+        for (int k = 0; k < 4; ++k) {
+            const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i + 8 * k), m);
+            s[k] = _mm256_fmadd_ps(d, d, s[k]);
+        }
     for (; i < c; i += 8) {
         const int n = c - i;
         // masked lanes load 0; (0 - mean) must not count, so mask the difference too
         const __m256 d = _mm256_and_ps(_mm256_sub_ps(load_n(x + i, n), m), _mm256_castsi256_ps(tail_mask(n)));
-        q0 = _mm256_fmadd_ps(d, d, q0);
+        s[0] = _mm256_fmadd_ps(d, d, s[0]);
     }
-    const float var = hsum(_mm256_add_ps(q0, q1)) / static_cast<float>(c);
+    const float var = hsum(_mm256_add_ps(_mm256_add_ps(s[0], s[1]), _mm256_add_ps(s[2], s[3]))) / (float)c;
     const __m256 rstd = _mm256_set1_ps(1.0f / std::sqrt(var + eps));
-    for (i = 0; i < c; i += 8) {
+    for (i = 0; i + 8 <= c; i += 8) {
+        const __m256 xn = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), m), rstd);
+        const __m256 gv = g ? _mm256_loadu_ps(g + i) : _mm256_set1_ps(1.0f);
+        const __m256 bv = b ? _mm256_loadu_ps(b + i) : _mm256_setzero_ps();
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(xn, gv, bv));
+    }
+    if (i < c) {
         const int n = c - i;
         const __m256 xn = _mm256_mul_ps(_mm256_sub_ps(load_n(x + i, n), m), rstd);
         const __m256 gv = g ? load_n(g + i, n) : _mm256_set1_ps(1.0f);

@@ -9,8 +9,8 @@
 // has no bounds checks and reads 64 contiguous bytes per pixel. Output pixels are computed in tiles of B
 // along W (B x 16 channels of accumulators in registers, each weight vector loaded once per tap and reused
 // B times); a tile only visits the taps that touch the image for at least one of its pixels, so a 31 x 31
-// kernel on a 7 x 7 image costs ~the valid taps, not 961. Bias and activation (or LayerNorm over C, for
-// dwconv_ln) are applied in the store.
+// kernel on a 7 x 7 image costs ~the valid taps, not 961. The bias comes with the accumulators' start; the
+// activation (or LayerNorm over C, for dwconv_ln) runs over each output row while it is hot in L1.
 #include <array>
 #include <utility>
 #include <vector>
@@ -49,14 +49,13 @@ struct Tile {
     int ow0, b, t0, t1;  // first output column, pixels, tap range [t0, t1) that touches the image
 };
 
-using TileFn = void (*)(const float* const* xr, const float* const* wr, int nr, int64_t xofs, int t0, int t1,
-                        int dws, int sws, const float* bias, int act, float* o, int ostride, int cvalid);
-
 // B output pixels x VB 8-channel vectors. xr[r] / wr[r]: ring row / weight row of the r-th valid kernel row;
 // xofs: offset (floats) of the tile's first pixel at tap 0; dws / sws: floats between taps / pixels.
+// Stores conv + bias; the activation is a separate pass over the (L1-hot) output row.
 template <int B, int VB, int SW>
-void tile(const float* const* xr, const float* const* wr, int nr, int64_t xofs, int t0, int t1, int dws, int sws_rt,
-          const float* bias, int act, float* o, int ostride, int cvalid) {
+__attribute__((always_inline)) inline void tile(const float* const* xr, const float* const* wr, int nr, int64_t xofs,
+                                                int t0, int t1, int dws, int sws_rt, const float* bias, float* o,
+                                                int ostride, int cvalid) {
     const int sws = SW ? SW * 16 : sws_rt;
     __m256 acc[B][VB];
 #pragma GCC unroll 4
@@ -80,27 +79,59 @@ void tile(const float* const* xr, const float* const* wr, int nr, int64_t xofs, 
             }
         }
     }
+    if (cvalid == 8 * VB) {
 #pragma GCC unroll 16
-    for (int j = 0; j < B; ++j) {
+        for (int j = 0; j < B; ++j) {
 #pragma GCC unroll 4
-        for (int v = 0; v < VB; ++v) {
-            __m256 y = acc[j][v];
-            if (act == ACT_RELU) y = relu256(y);
-            else if (act == ACT_GELU) y = gelu256(y);
-            store_n(o + j * ostride + 8 * v, y, cvalid - 8 * v);
+            for (int v = 0; v < VB; ++v) _mm256_storeu_ps(o + j * ostride + 8 * v, acc[j][v]);
+        }
+    } else {
+#pragma GCC unroll 16
+        for (int j = 0; j < B; ++j) {
+#pragma GCC unroll 4
+            for (int v = 0; v < VB; ++v) store_n(o + j * ostride + 8 * v, acc[j][v], cvalid - 8 * v);
         }
     }
 }
 
-// TABLE[vb - 1][stride-1 ? 0 : 1][B]
-template <int VB, int SW, int... Bs>
-constexpr std::array<TileFn, sizeof...(Bs) + 1> make_row(std::integer_sequence<int, Bs...>) {
-    return {nullptr, &tile<Bs + 1, VB, SW>...};
+// One output row of one channel block: every tile of the row (tile sizes 1..BMAX dispatched by a switch, so
+// the tile bodies are inlined here).
+template <int VB, int SW>
+void conv_row(const std::vector<Tile>& tiles, const float* const* xr, const float* const* wr, int nr, int M, int pw,
+              int dws, int sw, const float* bias, float* o, int ostride, int cvalid) {
+    for (const Tile& t : tiles) {
+        const int64_t xofs = ((int64_t)M - pw + (int64_t)t.ow0 * sw) * 16;
+        float* ot = o + (size_t)t.ow0 * ostride;
+#define AK_TILE(b)                                                                                        \
+    case b:                                                                                               \
+        if constexpr (b <= (VB == 2 ? BMAX2 : BMAX1))                                                     \
+            tile<b, VB, SW>(xr, wr, nr, xofs, t.t0, t.t1, dws, sw * 16, bias, ot, ostride, cvalid);       \
+        break;
+        switch (t.b) {
+            AK_TILE(1) AK_TILE(2) AK_TILE(3) AK_TILE(4) AK_TILE(5) AK_TILE(6)
+            AK_TILE(7) AK_TILE(8) AK_TILE(9) AK_TILE(10) AK_TILE(11) AK_TILE(12)
+            default: break;
+        }
+#undef AK_TILE
+    }
 }
-const std::array<TileFn, BMAX1 + 1> T1S1 = make_row<1, 1>(std::make_integer_sequence<int, BMAX1>{});
-const std::array<TileFn, BMAX1 + 1> T1SN = make_row<1, 0>(std::make_integer_sequence<int, BMAX1>{});
-const std::array<TileFn, BMAX2 + 1> T2S1 = make_row<2, 1>(std::make_integer_sequence<int, BMAX2>{});
-const std::array<TileFn, BMAX2 + 1> T2SN = make_row<2, 0>(std::make_integer_sequence<int, BMAX2>{});
+
+using RowFn = decltype(&conv_row<1, 1>);
+
+// In-place activation of n pixels (stride ostride floats) x cvalid <= 16 channels.
+void act_pixels(float* o, int n, int ostride, int cvalid, int act) {
+    for (int j = 0; j < n; ++j, o += ostride) {
+        __m256 y[2] = {load_n(o, cvalid), load_n(o + 8, cvalid - 8)};
+        if (act == ACT_GELU) {
+            gelu_n<2>(y);
+        } else {
+            y[0] = relu256(y[0]);
+            y[1] = relu256(y[1]);
+        }
+        store_n(o, y[0], cvalid);
+        store_n(o + 8, y[1], cvalid - 8);
+    }
+}
 
 // Split the Wo output columns into near-equal tiles of at most bmax pixels, with each tile's tap range.
 void plan_tiles(const Img& im, const Geo& g, int bmax, std::vector<Tile>& out) {
@@ -137,7 +168,19 @@ void copy_row(const float* src, int W, int C, int cw, int cb0, int cb1, float* d
     }
 }
 
-void conv_rows(const Img& im, const Geo& g, int n, int cb0, int cb1, int oh0, int oh1, const LnEpi* ln) {
+struct Plan {  // per group, shared by its tasks: the tiles of an output row for one and two vectors
+    std::vector<Tile> tiles1, tiles2;
+};
+
+template <class T>
+T* thread_array(size_t n) {  // per-thread reusable array (no allocation per task)
+    static thread_local std::vector<T> v;
+    if (v.size() < n) v.resize(n);
+    return v.data();
+}
+
+void conv_rows(const Img& im, const Geo& g, const Plan& plan, int n, int cb0, int cb1, int oh0, int oh1,
+               const LnEpi* ln) {
     const int ncb = cb1 - cb0;
     const int span = (g.kh - 1) * g.dh + 1;
     const int nslot = std::min(span, im.H);
@@ -152,11 +195,11 @@ void conv_rows(const Img& im, const Geo& g, int n, int cb0, int cb1, int oh0, in
             std::memset(p, 0, sizeof(float) * 16 * M);
             std::memset(p + (size_t)(M + im.W) * 16, 0, sizeof(float) * 16 * M);
         }
-    std::vector<int> tag(nslot, -1);
-    std::vector<Tile> tiles1, tiles2;
-    plan_tiles(im, g, BMAX1, tiles1);
-    plan_tiles(im, g, BMAX2, tiles2);
-    std::vector<const float*> xr(g.kh), wr(g.kh);
+    int* tag = thread_array<int>(nslot);
+    std::fill(tag, tag + nslot, -1);
+    const float** xr = thread_array<const float*>(3 * (size_t)g.kh);
+    const float** wr = xr + g.kh;
+    const float** rowp = wr + g.kh;
     const bool s1 = im.sw == 1;
     const float* xn = im.x + (size_t)n * im.H * im.W * im.C + g.c0;
 
@@ -172,25 +215,22 @@ void conv_rows(const Img& im, const Geo& g, int n, int cb0, int cb1, int oh0, in
                 copy_row(xn + (size_t)ih * im.W * im.C, im.W, im.C, g.cw, cb0, cb1, ring + s * slot, cbstride, M);
                 tag[s] = ih;
             }
+            rowp[i] = ring + s * slot;
         }
         float* orow = im.out + ((size_t)n * im.Ho + oh) * im.Wo * im.C;
         for (int cb = cb0; cb < cb1; ++cb) {
             const int cvalid = std::min(16, g.cw - cb * 16);
             const int vb = cvalid > 8 ? 2 : 1;
             for (int i = 0; i < nr; ++i) {
-                const int ih = ib + (r0 + i) * g.dh;
-                xr[i] = ring + (ih % nslot) * slot + (cb - cb0) * cbstride;
+                xr[i] = rowp[i] + (cb - cb0) * cbstride;
                 wr[i] = g.w + ((size_t)cb * g.kh + r0 + i) * g.kw * 16;
             }
             const float* bias = g.b ? g.b + cb * 16 : nullptr;
             float* o = orow + g.c0 + cb * 16;
-            const auto& tiles = vb == 2 ? tiles2 : tiles1;
-            const TileFn* table = vb == 2 ? (s1 ? T2S1.data() : T2SN.data()) : (s1 ? T1S1.data() : T1SN.data());
-            for (const Tile& t : tiles) {
-                const int64_t xofs = ((int64_t)M - g.pw + (int64_t)t.ow0 * im.sw) * 16;
-                table[t.b](xr.data(), wr.data(), nr, xofs, t.t0, t.t1, g.dw * 16, im.sw * 16, bias, im.act,
-                           o + (size_t)t.ow0 * im.C, im.C, cvalid);
-            }
+            const RowFn row = vb == 2 ? (s1 ? &conv_row<2, 1> : &conv_row<2, 0>)
+                                      : (s1 ? &conv_row<1, 1> : &conv_row<1, 0>);
+            row(vb == 2 ? plan.tiles2 : plan.tiles1, xr, wr, nr, M, g.pw, g.dw * 16, im.sw, bias, o, im.C, cvalid);
+            if (im.act != ACT_NONE) act_pixels(o, im.Wo, im.C, cvalid, im.act);
         }
         if (ln) {
             for (int ow = 0; ow < im.Wo; ++ow) {
@@ -235,8 +275,19 @@ struct Task {
     int g, n, cb0, cb1, oh0, oh1;
 };
 
+// Bytes of ring buffer a task needs per 16-channel block.
+size_t ring_bytes_per_block(const Img& im, const Geo& g) {
+    const int M = std::min(g.pw, (BMAX1 - 1) * im.sw);
+    return (size_t)std::min((g.kh - 1) * g.dh + 1, im.H) * (im.W + 2 * M) * 16 * sizeof(float);
+}
+
 void run(const Img& im, const std::vector<Geo>& geos, const LnEpi* ln, int nthreads) {
     nthreads = std::max(1, nthreads);
+    std::vector<Plan> plans(geos.size());
+    for (size_t i = 0; i < geos.size(); ++i) {
+        plan_tiles(im, geos[i], BMAX1, plans[i].tiles1);
+        plan_tiles(im, geos[i], BMAX2, plans[i].tiles2);
+    }
     std::vector<Task> tasks;
     if (ln) {  // LayerNorm needs every channel of a pixel: tasks own all blocks of a range of rows
         const int nch = static_cast<int>(std::clamp<int64_t>(ceil_div(2 * nthreads, im.N), 1, im.Ho));
@@ -244,16 +295,22 @@ void run(const Img& im, const std::vector<Geo>& geos, const LnEpi* ln, int nthre
             for (int c = 0; c < nch; ++c)
                 tasks.push_back({0, n, 0, geos[0].nblocks(), im.Ho * c / nch, im.Ho * (c + 1) / nch});
     } else {
-        int64_t base = 0;
-        for (const Geo& g : geos) base += (g.pointwise() ? 1 : g.nblocks()) * (int64_t)im.N;
-        const int nch = nthreads == 1 ? 1 : static_cast<int>(std::clamp<int64_t>(ceil_div(3 * nthreads, base), 1, im.Ho));
+        // Aim at ~4 tasks per thread: tasks are (image, a few channel blocks, all rows) while there are enough
+        // blocks (several blocks per task when images are small; a task's ring stays <= 128 KiB), else rows
+        // are split too.
+        const int64_t want = nthreads == 1 ? 1 : 4 * nthreads;
+        int64_t units = 0;
+        for (const Geo& g : geos) units += (g.pointwise() ? 1 : g.nblocks()) * (int64_t)im.N;
+        const int nch = static_cast<int>(std::clamp<int64_t>(ceil_div(want, units), 1, im.Ho));
         for (int gi = 0; gi < (int)geos.size(); ++gi) {
             const Geo& g = geos[gi];
             const int nb = g.pointwise() ? 1 : g.nblocks();
+            const int64_t cap = std::max<int64_t>(1, (128 << 10) / ring_bytes_per_block(im, g));
+            const int per = static_cast<int>(std::clamp<int64_t>(units / want, 1, cap));
             for (int n = 0; n < im.N; ++n)
-                for (int cb = 0; cb < nb; ++cb)
+                for (int cb = 0; cb < nb; cb += per)
                     for (int c = 0; c < nch; ++c)
-                        tasks.push_back({gi, n, cb, cb + 1, im.Ho * c / nch, im.Ho * (c + 1) / nch});
+                        tasks.push_back({gi, n, cb, std::min(cb + per, nb), im.Ho * c / nch, im.Ho * (c + 1) / nch});
         }
     }
     const int64_t nt = static_cast<int64_t>(tasks.size());
@@ -262,7 +319,7 @@ void run(const Img& im, const std::vector<Geo>& geos, const LnEpi* ln, int nthre
         const Task& t = tasks[i];
         const Geo& g = geos[t.g];
         if (g.pointwise() && !ln) pointwise_rows(im, g, t.n, t.oh0, t.oh1);
-        else conv_rows(im, g, t.n, t.cb0, t.cb1, t.oh0, t.oh1, ln);
+        else conv_rows(im, g, plans[t.g], t.n, t.cb0, t.cb1, t.oh0, t.oh1, ln);
     }
 }
 

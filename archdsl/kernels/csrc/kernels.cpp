@@ -9,23 +9,23 @@ using namespace ak;
 
 namespace {
 
-// One row of n columns: h = act(h + b); optionally acc += h^2.
+// One row of n columns: h = act(h + b); optionally acc += h^2. 32 columns per step (4 vectors in flight).
 template <int ACT, bool SUMSQ>
 void bias_act_row(float* h, const float* b, int n, float* acc) {
+    constexpr int V = 4;
     int c = 0;
-    for (; c + 16 <= n; c += 16) {
-        __m256 y0 = _mm256_loadu_ps(h + c), y1 = _mm256_loadu_ps(h + c + 8);
-        if (b) {
-            y0 = _mm256_add_ps(y0, _mm256_loadu_ps(b + c));
-            y1 = _mm256_add_ps(y1, _mm256_loadu_ps(b + c + 8));
+    for (; c + 8 * V <= n; c += 8 * V) {
+        __m256 y[V];
+        for (int i = 0; i < V; ++i) {
+            y[i] = _mm256_loadu_ps(h + c + 8 * i);
+            if (b) y[i] = _mm256_add_ps(y[i], _mm256_loadu_ps(b + c + 8 * i));
         }
-        y0 = act256<ACT>(y0);
-        y1 = act256<ACT>(y1);
-        _mm256_storeu_ps(h + c, y0);
-        _mm256_storeu_ps(h + c + 8, y1);
-        if constexpr (SUMSQ) {
-            _mm256_storeu_ps(acc + c, _mm256_fmadd_ps(y0, y0, _mm256_loadu_ps(acc + c)));
-            _mm256_storeu_ps(acc + c + 8, _mm256_fmadd_ps(y1, y1, _mm256_loadu_ps(acc + c + 8)));
+        if constexpr (ACT == ACT_GELU) gelu_n<V>(y);
+        else for (int i = 0; i < V; ++i) y[i] = act256<ACT>(y[i]);
+        for (int i = 0; i < V; ++i) {
+            _mm256_storeu_ps(h + c + 8 * i, y[i]);
+            if constexpr (SUMSQ)
+                _mm256_storeu_ps(acc + c + 8 * i, _mm256_fmadd_ps(y[i], y[i], _mm256_loadu_ps(acc + c + 8 * i)));
         }
     }
     for (; c < n; c += 8) {
@@ -94,7 +94,8 @@ void ak_scale_channels(float* x, const float* s, int N, int64_t P, int C, int nt
     for (int64_t i = 0; i < rows; ++i) {
         float* r = x + i * C;
         const float* sc = s + (i / P) * C;
-        for (int c = 0; c < C; c += 8) store_n(r + c, _mm256_mul_ps(load_n(r + c, C - c), load_n(sc + c, C - c)), C - c);
+        for (int c = 0; c < C; c += 8)
+            store_n(r + c, _mm256_mul_ps(load_n(r + c, C - c), load_n(sc + c, C - c)), C - c);
     }
 }
 
