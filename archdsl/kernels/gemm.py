@@ -6,8 +6,11 @@ plain PyTorch reference.
 ``act(a @ W^T + bias)`` in one pass, or ``out += a @ W^T + bias`` (``accumulate=True``: fc2 straight into the
 residual), optionally scaling A's columns per image on the fly (``a_scale``: GlobalResponseNorm folded into
 the next linear) and returning per-image column sums of squares of the output (``sumsq_images``: GRN's
-statistics, from the epilogue). GELU is the exact erf form (|diff| vs torch <= ~1e-6).
+statistics, from the epilogue). GELU is the exact erf form: |native - F.gelu| <= 1e-6 (and 0 for -inf, where
+torch gives NaN).
 
+All tensors are contiguous fp32 on the CPU; threads: torch.get_num_threads(). Shapes (M, K, N) of any size; the
+result does not depend on the thread count (bitwise; sumsq up to float rounding).
 Without the native library (``native.lib()`` is None) every call computes the same result with PyTorch.
 Inference only: no autograd.
 """
@@ -63,7 +66,7 @@ class PackedLinear:
     def torch_weight(self) -> tuple[Tensor, Tensor | None]:
         """Back to nn.Linear's layout: (weight [N, K], bias [N] or None)."""
         n, k = self.out_features, self.in_features
-        w = self.panels.transpose(1, 2).reshape(-1, k)[:n]
+        w = self.panels.transpose(1, 2).reshape(self.panels.shape[0] * NR, k)[:n]
         return w, (None if self.bias is None else self.bias[:n])
 
 
@@ -109,10 +112,11 @@ def linear(a: Tensor, p: PackedLinear, act: str = "none", out: Tensor | None = N
            sumsq_images: int = 0) -> Tensor | tuple[Tensor, Tensor]:
     """act(a @ W^T + bias) for a [..., K] -> [..., N]; act "none" | "relu" | "gelu" (exact erf form).
 
-    out: the result tensor (shape [..., N], contiguous), else a new one. accumulate=True (act "none", out
-    required): out += a @ W^T + bias. a_scale [n, K]: row i of a is multiplied by a_scale[i // rows_per_image]
-    (rows_per_image = rows / n when 0). sumsq_images = n > 0: also return the per-image column sums of squares
-    of the result, [n, N] (GlobalResponseNorm), i.e. returns (out, sumsq)."""
+    out: the result tensor (shape [..., N], contiguous, not overlapping a), else a new one.
+    accumulate=True (act "none", out required): out += a @ W^T + bias (fc2 into the residual).
+    a_scale [n, K]: row i of a is multiplied by a_scale[i // rows_per_image] (rows_per_image = rows / n when 0).
+    sumsq_images = n > 0: also return the per-image column sums of squares of the result, [n, N]
+    (GlobalResponseNorm's statistics), i.e. return (out, sumsq)."""
     _check(a, "a")
     k, n = p.in_features, p.out_features
     if a.dim() == 0 or a.shape[-1] != k:
@@ -133,6 +137,8 @@ def linear(a: Tensor, p: PackedLinear, act: str = "none", out: Tensor | None = N
         _check(out, "out")
         if tuple(out.shape) != shape:
             raise ValueError(f"out must have shape {shape}, got {tuple(out.shape)}")
+        if out.numel() and a.numel() and out.untyped_storage().data_ptr() == a.untyped_storage().data_ptr():
+            raise ValueError("out must not share memory with a (the kernel reads a while it writes out)")
     rpi = 0
     if a_scale is not None:
         _check(a_scale, "a_scale")
@@ -162,12 +168,13 @@ def linear_ref(a: Tensor, weight: Tensor, bias: Tensor | None = None, act: str =
     """Reference of linear() from the unpacked weight [N, K]: writes out (required) and returns the sumsq
     tensor [sumsq_images, N], or None."""
     k, n = weight.shape[1], weight.shape[0]
-    a2 = a.reshape(-1, k)
+    m = math.prod(a.shape[:-1])
+    a2 = a.reshape(m, k)
     if a_scale is not None:
-        rpi = rows_per_image or a2.shape[0] // a_scale.shape[0]
-        a2 = (a2.view(-1, rpi, k) * a_scale[:, None, :]).view(-1, k)
+        rpi = rows_per_image or m // a_scale.shape[0]
+        a2 = (a2.view(-1, rpi, k) * a_scale[:, None, :]).view(m, k)
     y = F.linear(a2, weight, bias)
-    o = out.view(-1, n)
+    o = out.view(m, n)
     if accumulate:
         o.add_(y)
     elif act == "gelu":
@@ -178,4 +185,4 @@ def linear_ref(a: Tensor, weight: Tensor, bias: Tensor | None = None, act: str =
         o.copy_(y)
     if not sumsq_images:
         return None
-    return o.reshape(sumsq_images, -1, n).square().sum(1)
+    return o.reshape(sumsq_images, m // sumsq_images, n).square().sum(1)

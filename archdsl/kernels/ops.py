@@ -12,6 +12,7 @@ depthwise token mixer). GELU is the exact erf form; the native one returns 0 (no
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,26 +26,53 @@ ACTS = {"none": 0, "relu": 1, "gelu": 2}
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+    return (v, v) if v.__class__ is int else (int(v[0]), int(v[1]))
 
 
 def _check(t: Tensor, name: str, dim: int | None = None) -> None:
-    if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
+    """t must be a contiguous float32 CPU tensor (with dim dims). Cheap: it runs on every call."""
+    if t.dtype is not torch.float32 or not t.is_cpu or not t.is_contiguous():
         raise ValueError(f"{name} must be a contiguous float32 CPU tensor, got {t.dtype} {t.device} "
                          f"contiguous={t.is_contiguous()}")
     if dim is not None and t.dim() != dim:
         raise ValueError(f"{name} must have {dim} dims, got shape {tuple(t.shape)}")
 
 
-def _ptr(t: Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
+def _vec(t: Tensor | None, n: int, name: str) -> None:
+    """t must be None or a contiguous float32 CPU vector of n elements."""
+    if t is not None and (t.dtype is not torch.float32 or t.shape != (n,) or not t.is_cpu or not t.is_contiguous()):
+        raise ValueError(f"{name} must be a contiguous float32 CPU tensor of shape [{n}], got {t.dtype} "
+                         f"{tuple(t.shape)}")
+
+
+def _act_code(act: str) -> int:
+    code = ACTS.get(act)
+    if code is None:
+        raise ValueError(f"act must be one of {sorted(ACTS)}, got {act!r}")
+    return code
+
+
+def _distinct(*ptrs: int) -> None:
+    """The kernels read x while writing the outputs: no two of them (data pointers, 0: none) may share memory."""
+    live = [p for p in ptrs if p]
+    if len(set(live)) != len(live):
+        raise ValueError("the output tensors must not alias the input or each other")
+
+
+def _ptr(t: Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _args(*values: int) -> array:
+    """The int64 argument block a kernel takes (keep it referenced until the call returns)."""
+    return array("q", values)
 
 
 def _act(y: Tensor, act: str) -> Tensor:
     if act == "relu":
         return F.relu(y)
-    if act == "gelu":
-        return F.gelu(y)
+    if act == "gelu":  # as the native GELU: its limit 0 at -inf, where torch's 0.5 x (1 + erf) gives NaN
+        return F.gelu(y).masked_fill_(y == float("-inf"), 0.0)
     if act == "none":
         return y
     raise ValueError(f"act must be one of {sorted(ACTS)}, got {act!r}")
@@ -54,7 +82,7 @@ def _out(out: Tensor | None, shape: tuple[int, ...], name: str = "out") -> Tenso
     if out is None:
         return torch.empty(shape, dtype=torch.float32)
     _check(out, name)
-    if tuple(out.shape) != shape:
+    if out.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(out.shape)}")
     return out
 
@@ -105,14 +133,12 @@ def pack_dw(w: Tensor, b: Tensor | None = None) -> PackedDW:
 def _dw_geometry(x: Tensor, p: PackedDW, stride, pad, dilation) -> tuple:
     _check(x, "x", 4)
     n, h, w, c = x.shape
-    if c != p.channels:
-        raise ValueError(f"x has {c} channels, the weight {p.channels}")
-    (sh, sw), (dh, dw) = _pair(stride), _pair(dilation)
-    ph, pw = ((dh * (p.kh - 1)) // 2, (dw * (p.kw - 1)) // 2) if pad is None else _pair(pad)
-    ho, wo = (h + 2 * ph - dh * (p.kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (p.kw - 1) - 1) // sw + 1
-    if min(sh, sw, dh, dw) < 1 or min(ph, pw) < 0 or ho < 1 or wo < 1:
-        raise ValueError(f"bad conv geometry: x {tuple(x.shape)}, kernel {p.kh}x{p.kw}, stride {stride}, "
-                         f"pad {(ph, pw)}, dilation {dilation}")
+    (sh, sw), (dh, dw), kh, kw = _pair(stride), _pair(dilation), p.kh, p.kw
+    ph, pw = ((dh * (kh - 1)) // 2, (dw * (kw - 1)) // 2) if pad is None else _pair(pad)
+    ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    if c != p.channels or sh < 1 or sw < 1 or dh < 1 or dw < 1 or ph < 0 or pw < 0 or ho < 1 or wo < 1:
+        raise ValueError(f"bad depthwise conv: x {tuple(x.shape)}, weight of {p.channels} channels, kernel "
+                         f"{kh}x{kw}, stride {stride}, pad {(ph, pw)}, dilation {dilation}")
     return n, h, w, c, ho, wo, sh, sw, ph, pw, dh, dw
 
 
@@ -129,14 +155,16 @@ def dwconv_nhwc(x: Tensor, w: Tensor | PackedDW, b: Tensor | None = None, stride
         raise ValueError("give the bias to pack_dw, not with a PackedDW")
     n, h, wd, c, ho, wo, sh, sw, ph, pw, dh, dw = _dw_geometry(x, p, stride, pad, dilation)
     y = _out(out, (n, ho, wo, c))
+    xp, yp = x.data_ptr(), y.data_ptr()
+    if xp == yp:
+        _distinct(xp, yp)
     lib = native.lib()
     if lib is None:
         wt, bt = p.torch_weight()
         return y.copy_(dwconv_nhwc_ref(x, wt, bt, (sh, sw), (ph, pw), (dh, dw), act))
-    if y.data_ptr() == x.data_ptr():
-        raise ValueError("out must not alias x")
-    lib.ak_dwconv_nhwc(x.data_ptr(), p.weight.data_ptr(), _ptr(p.bias), y.data_ptr(), n, h, wd, c, p.kh, p.kw,
-                       sh, sw, ph, pw, dh, dw, ACTS[act], torch.get_num_threads())
+    a = _args(xp, p.weight.data_ptr(), _ptr(p.bias), yp, n, h, wd, c, p.kh, p.kw, sh, sw, ph, pw, dh, dw,
+              _act_code(act), torch.get_num_threads())
+    lib.ak_dwconv_nhwc(a.buffer_info()[0])
     return y
 
 
@@ -162,14 +190,18 @@ def dwconv_ln_nhwc(pdw: PackedDW, x: Tensor, gamma: Tensor | None, beta: Tensor 
     x [N, H, W, C]; gamma, beta [C] (or None); eps as F.layer_norm (biased variance). Returns y [N, H, W, C].
     With resid_bias [C] it also computes resid = x + resid_bias (the ConvNeXt shortcut with fc2's bias
     folded in) and returns (y, resid); resid is written into resid_out when given, else allocated."""
-    n, h, w, c, *_ = _dw_geometry(x, pdw, 1, None, 1)
-    if pdw.kh % 2 == 0 or pdw.kw % 2 == 0:
-        raise ValueError(f"dwconv_ln_nhwc needs an odd kernel, got {pdw.kh}x{pdw.kw}")
-    y = _out(out, (n, h, w, c))
-    r = None if resid_bias is None else _out(resid_out, (n, h, w, c), "resid_out")
-    for t, name in ((gamma, "gamma"), (beta, "beta"), (resid_bias, "resid_bias")):
-        if t is not None and (t.shape != (c,) or not t.is_contiguous() or t.dtype != torch.float32):
-            raise ValueError(f"{name} must be a contiguous float32 [{c}], got {t.dtype} {tuple(t.shape)}")
+    _check(x, "x", 4)
+    n, h, w, c = shape = tuple(x.shape)
+    if c != pdw.channels or pdw.kh % 2 == 0 or pdw.kw % 2 == 0:
+        raise ValueError(f"dwconv_ln_nhwc needs an odd kernel with the channels of x, got a {pdw.kh}x{pdw.kw} "
+                         f"kernel of {pdw.channels} channels for x {shape}")
+    y = _out(out, shape)
+    r = None if resid_bias is None else _out(resid_out, shape, "resid_out")
+    _vec(gamma, c, "gamma")
+    _vec(beta, c, "beta")
+    _vec(resid_bias, c, "resid_bias")
+    xp, yp, rp = x.data_ptr(), y.data_ptr(), _ptr(r)
+    _distinct(xp, yp, rp)
     lib = native.lib()
     if lib is None:
         wt, bt = pdw.torch_weight()
@@ -177,11 +209,9 @@ def dwconv_ln_nhwc(pdw: PackedDW, x: Tensor, gamma: Tensor | None, beta: Tensor 
         if r is None:
             return y.copy_(ref)
         return y.copy_(ref[0]), r.copy_(ref[1])
-    if y.data_ptr() == x.data_ptr() or (r is not None and r.data_ptr() in (x.data_ptr(), y.data_ptr())):
-        raise ValueError("out / resid_out must not alias x or each other")
-    lib.ak_dwconv_ln_nhwc(x.data_ptr(), pdw.weight.data_ptr(), _ptr(pdw.bias), pdw.kh, pdw.kw, _ptr(gamma),
-                          _ptr(beta), eps, _ptr(resid_bias), _ptr(r), y.data_ptr(), n, h, w, c,
-                          torch.get_num_threads())
+    a = _args(xp, pdw.weight.data_ptr(), _ptr(pdw.bias), pdw.kh, pdw.kw, _ptr(gamma), _ptr(beta),
+              _ptr(resid_bias), rp, yp, n, h, w, c, torch.get_num_threads())
+    lib.ak_dwconv_ln_nhwc(a.buffer_info()[0], eps)
     return y if r is None else (y, r)
 
 
@@ -262,13 +292,14 @@ def mixer_nhwc(x: Tensor, groups: PackedMixer | Sequence[tuple], act: str = "non
     if c != p.channels:
         raise ValueError(f"x has {c} channels, the mixer {p.channels}")
     y = _out(out, (n, h, w, c))
+    xp, yp = x.data_ptr(), y.data_ptr()
+    _distinct(xp, yp)
     lib = native.lib()
     if lib is None:
         return y.copy_(mixer_nhwc_ref(x, p.torch_groups(), act))
-    if y.data_ptr() == x.data_ptr():
-        raise ValueError("out must not alias x")
-    lib.ak_mixer_nhwc(x.data_ptr(), y.data_ptr(), n, h, w, c, p.desc.shape[0], p.desc.data_ptr(), p.wbuf.data_ptr(),
-                      p.bbuf.data_ptr(), ACTS[act], torch.get_num_threads())
+    a = _args(xp, yp, n, h, w, c, p.desc.shape[0], p.desc.data_ptr(), p.wbuf.data_ptr(), p.bbuf.data_ptr(),
+              _act_code(act), torch.get_num_threads())
+    lib.ak_mixer_nhwc(a.buffer_info()[0])
     return y
 
 
@@ -287,12 +318,15 @@ def layernorm_rows(x: Tensor, gamma: Tensor | None, beta: Tensor | None, eps: fl
     """LayerNorm over the last dim of x ([M, C], NHWC, any contiguous shape). out may be x (in place)."""
     _check(x, "x")
     c = x.shape[-1]
+    _vec(gamma, c, "gamma")
+    _vec(beta, c, "beta")
     y = _out(out, tuple(x.shape))
     lib = native.lib()
     if lib is None:
         return y.copy_(layernorm_rows_ref(x, gamma, beta, eps))
-    lib.ak_layernorm_rows(x.data_ptr(), _ptr(gamma), _ptr(beta), eps, y.data_ptr(), x.numel() // max(c, 1), c,
-                          torch.get_num_threads())
+    a = _args(x.data_ptr(), _ptr(gamma), _ptr(beta), y.data_ptr(), x.numel() // max(c, 1), c,
+              torch.get_num_threads())
+    lib.ak_layernorm_rows(a.buffer_info()[0], eps)
     return y
 
 
@@ -309,17 +343,17 @@ def bias_act_(h: Tensor, b: Tensor | None = None, act: str = "gelu",
     _check(h, "h")
     ncol = h.shape[-1]
     m = h.numel() // max(ncol, 1)
-    code = ACTS.get(act)
-    if code is None:
-        raise ValueError(f"act must be one of {sorted(ACTS)}, got {act!r}")
-    if sumsq_images and m % sumsq_images:
+    _vec(b, ncol, "b")
+    code = _act_code(act)
+    if sumsq_images < 0 or (sumsq_images and m % sumsq_images):
         raise ValueError(f"{m} rows do not split into {sumsq_images} images")
     lib = native.lib()
     if lib is None:
         s = bias_act_ref_(h, b, act, sumsq_images)
         return h if s is None else (h, s)
     s = torch.empty(sumsq_images, ncol) if sumsq_images else None
-    lib.ak_bias_act(h.data_ptr(), _ptr(b), m, ncol, code, sumsq_images, _ptr(s), torch.get_num_threads())
+    a = _args(h.data_ptr(), _ptr(b), m, ncol, code, sumsq_images, _ptr(s), torch.get_num_threads())
+    lib.ak_bias_act(a.buffer_info()[0])
     return h if s is None else (h, s)
 
 
@@ -342,7 +376,8 @@ def scale_channels_(x: Tensor, s: Tensor) -> Tensor:
     lib = native.lib()
     if lib is None:
         return scale_channels_ref_(x, s)
-    lib.ak_scale_channels(x.data_ptr(), s.data_ptr(), n, x.numel() // max(n * c, 1), c, torch.get_num_threads())
+    a = _args(x.data_ptr(), s.data_ptr(), n, x.numel() // max(n * c, 1), c, torch.get_num_threads())
+    lib.ak_scale_channels(a.buffer_info()[0])
     return x
 
 

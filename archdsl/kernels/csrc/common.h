@@ -17,6 +17,12 @@ namespace ak {
 
 enum Act : int { ACT_NONE = 0, ACT_RELU = 1, ACT_GELU = 2 };
 
+// A pointer passed as an int64 in an argument block.
+template <class T>
+static inline T* ptr(int64_t v) {
+    return reinterpret_cast<T*>(static_cast<intptr_t>(v));
+}
+
 // Lanes [0, n) set, n in [0, 8] (n outside is clamped by the compare).
 static inline __m256i tail_mask(int n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
@@ -32,45 +38,51 @@ static inline void store_n(float* p, __m256 v, int n) {
 }
 
 // Exact GELU x * Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2 = P(|x|) for x >= 0, 1 - P(|x|) for x < 0 (the
-// subtraction is exact: P >= 1/2). P: 8 intervals of width 5.5 / 8 on [0, 5.5], a degree-6 polynomial each
-// (minimax-fitted to the exact Phi), coefficients picked per lane by vpermps; P = 1 beyond 5.5 (where Phi
-// rounds to 1). |P - Phi| <= 7.8e-8 (~1 ulp of Phi), so |gelu error| <= 1.2e-7 |x| + 1/2 ulp: the accuracy
-// of an erf correct to ~1 ulp in 0.5 x (1 + erf), as torch computes it (torch's own is 3.8e-7 off on
-// [-10, 10]); like that form it is absolute, not relative, on the far negative tail.
+// subtraction is exact: P >= 1/2). P: 4 intervals of width 5.5 / 4 on [0, 5.5], a degree-9 polynomial each
+// (minimax-fitted to the exact Phi), coefficients picked per lane by an in-lane vpermilps (1 cycle); P = 1
+// beyond 5.5 (where Phi rounds to 1). |P - Phi| <= 8.1e-8 (~1 ulp of Phi), so |gelu error| <= 1.25e-7 |x|: the
+// accuracy of an erf correct to ~1 ulp in 0.5 x (1 + erf), as torch computes it (torch's own is 2.7e-7 |x|
+// off); like that form it is absolute, not relative, on the far negative tail.
 // gelu(+inf) = +inf, gelu(-inf) = 0 (not NaN), NaN -> NaN.
-alignas(32) static const float kPhiPoly[7][8] = {  // [coefficient of r^k][interval]
-    {0.5f, 0.754116178f, 0.915434301f, 0.980419934f,
-     0.997020245f, 0.999706447f, 0.999981463f, 0.999999225f},
-    {0.274273455f, 0.216543645f, 0.106570713f, 0.0326935388f,
-     0.00625187764f, 0.000745191704f, 5.53620703e-05f, 2.56340286e-06f},
-    {-1.07954284e-05f, -0.0511651337f, -0.0503676198f, -0.0231827889f,
-     -0.00591082033f, -0.00088017137f, -7.83580763e-05f, -4.22255698e-06f},
-    {-0.02153874f, -0.00905648433f, 0.00745235663f, 0.00840269402f,
-     0.003237759f, 0.000632545853f, 6.88809159e-05f, 4.3494947e-06f},
-    {-0.000202129871f, 0.00526193762f, 0.00227875798f, -0.00120840641f,
-     -0.00108020136f, -0.000298904633f, -4.04054445e-05f, -2.9747614e-06f},
-    {0.0018483887f, -7.36649745e-05f, -0.00107693847f, -0.000177929862f,
-     0.000203012576f, 8.96617858e-05f, 1.49821926e-05f, 1.25884537e-06f},
-    {-0.000254028069f, -0.000192180858f, 0.000128370928f, 7.32151166e-05f,
-     -1.5418078e-05f, -1.3305129e-05f, -2.67037058e-06f, -2.48167481e-07f},
+alignas(32) static const float kPhiPoly[10][8] = {  // [coefficient of r^k][interval, twice: one per 128-bit lane]
+    {0.5f, 0.915434301f, 0.997020245f, 0.999981463f,
+     0.5f, 0.915434301f, 0.997020245f, 0.999981463f},
+    {0.54854542f, 0.213141888f, 0.0125036584f, 0.0001107426f,
+     0.54854542f, 0.213141888f, 0.0125036584f, 0.0001107426f},
+    {7.42001339e-06f, -0.201486394f, -0.0236399584f, -0.000314042409f,
+     7.42001339e-06f, -0.201486394f, -0.0236399584f, -0.000314042409f},
+    {-0.172945723f, 0.0598270334f, 0.0258588437f, 0.000558650529f,
+     -0.172945723f, 0.0598270334f, 0.0258588437f, 0.000558650529f},
+    {0.000640397775f, 0.0351319797f, -0.0170100927f, -0.000692122616f,
+     0.000640397775f, 0.0351319797f, -0.0170100927f, -0.000692122616f},
+    {0.0465846993f, -0.0298999641f, 0.00557327783f, 0.000623461092f,
+     0.0465846993f, -0.0298999641f, 0.00557327783f, 0.000623461092f},
+    {0.00561923999f, -0.000398463686f, 0.000711539353f, -0.000409800734f,
+     0.00561923999f, -0.000398463686f, 0.000711539353f, -0.000409800734f},
+    {-0.0189928394f, 0.00853698235f, -0.00161538564f, 0.000189111335f,
+     -0.0189928394f, 0.00853698235f, -0.00161538564f, 0.000189111335f},
+    {0.00661276048f, -0.00386113604f, 0.000691189489f, -5.50876903e-05f,
+     0.00661276048f, -0.00386113604f, 0.000691189489f, -5.50876903e-05f},
+    {-0.000637080404f, 0.000594036595f, -0.000111845548f, 7.60565763e-06f,
+     -0.000637080404f, 0.000594036595f, -0.000111845548f, 7.60565763e-06f},
 };
 
 // N vectors at once, step by step, so the dependency chains of N vectors overlap.
 template <int N>
 static inline void gelu_n(__m256* v) {
-    const __m256 amax = _mm256_set1_ps(5.5f), scale = _mm256_set1_ps(8.0f / 5.5f), one = _mm256_set1_ps(1.0f);
+    const __m256 amax = _mm256_set1_ps(5.5f), scale = _mm256_set1_ps(4.0f / 5.5f), one = _mm256_set1_ps(1.0f);
     __m256 a[N], r[N], p[N];
     __m256i idx[N];
 #define AK_EACH for (int i = 0; i < N; ++i)
     AK_EACH {
         a[i] = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v[i]);
         const __m256 ac = _mm256_min_ps(a[i], amax);  // NaN -> 5.5 (x itself carries the NaN to the result)
-        idx[i] = _mm256_min_epi32(_mm256_cvttps_epi32(_mm256_mul_ps(ac, scale)), _mm256_set1_epi32(7));
+        idx[i] = _mm256_min_epi32(_mm256_cvttps_epi32(_mm256_mul_ps(ac, scale)), _mm256_set1_epi32(3));
         r[i] = _mm256_fmsub_ps(ac, scale, _mm256_cvtepi32_ps(idx[i]));  // position in the interval, one rounding
     }
-    AK_EACH p[i] = _mm256_permutevar8x32_ps(_mm256_load_ps(kPhiPoly[6]), idx[i]);
-    for (int k = 5; k >= 0; --k)
-        AK_EACH p[i] = _mm256_fmadd_ps(p[i], r[i], _mm256_permutevar8x32_ps(_mm256_load_ps(kPhiPoly[k]), idx[i]));
+    AK_EACH p[i] = _mm256_permutevar_ps(_mm256_load_ps(kPhiPoly[9]), idx[i]);
+    for (int k = 8; k >= 0; --k)
+        AK_EACH p[i] = _mm256_fmadd_ps(p[i], r[i], _mm256_permutevar_ps(_mm256_load_ps(kPhiPoly[k]), idx[i]));
     AK_EACH {
         const __m256 pp = _mm256_blendv_ps(p[i], one, _mm256_cmp_ps(a[i], amax, _CMP_GE_OQ));
         const __m256 phi = _mm256_blendv_ps(pp, _mm256_sub_ps(one, pp), v[i]);  // by the sign bit of x

@@ -11,8 +11,6 @@
 // B times); a tile only visits the taps that touch the image for at least one of its pixels, so a 31 x 31
 // kernel on a 7 x 7 image costs ~the valid taps, not 961. The bias comes with the accumulators' start; the
 // activation (or LayerNorm over C, for dwconv_ln) runs over each output row while it is hot in L1.
-#include <array>
-#include <utility>
 #include <vector>
 
 #include "common.h"
@@ -49,13 +47,13 @@ struct Tile {
     int ow0, b, t0, t1;  // first output column, pixels, tap range [t0, t1) that touches the image
 };
 
-// B output pixels x VB 8-channel vectors. xr[r] / wr[r]: ring row / weight row of the r-th valid kernel row;
-// xofs: offset (floats) of the tile's first pixel at tap 0; dws / sws: floats between taps / pixels.
+// B output pixels x VB 8-channel vectors. xr[r] / wr[r]: ring row / weight row of the r-th valid kernel row,
+// at offsets xofs (the tile's first pixel at tap 0) / wofs (floats); dws / sws: floats between taps / pixels.
 // Stores conv + bias; the activation is a separate pass over the (L1-hot) output row.
 template <int B, int VB, int SW>
 __attribute__((always_inline)) inline void tile(const float* const* xr, const float* const* wr, int nr, int64_t xofs,
-                                                int t0, int t1, int dws, int sws_rt, const float* bias, float* o,
-                                                int ostride, int cvalid) {
+                                                int64_t wofs, int t0, int t1, int dws, int sws_rt, const float* bias,
+                                                float* o, int ostride, int cvalid) {
     const int sws = SW ? SW * 16 : sws_rt;
     __m256 acc[B][VB];
 #pragma GCC unroll 4
@@ -66,7 +64,7 @@ __attribute__((always_inline)) inline void tile(const float* const* xr, const fl
     }
     for (int r = 0; r < nr; ++r) {
         const float* xp = xr[r] + (xofs + static_cast<int64_t>(t0) * dws);
-        const float* wp = wr[r] + t0 * 16;
+        const float* wp = wr[r] + (wofs + t0 * 16);
         for (int t = t0; t < t1; ++t, xp += dws, wp += 16) {
             __m256 wv[VB];
 #pragma GCC unroll 4
@@ -94,29 +92,62 @@ __attribute__((always_inline)) inline void tile(const float* const* xr, const fl
     }
 }
 
-// One output row of one channel block: every tile of the row (tile sizes 1..BMAX dispatched by a switch, so
-// the tile bodies are inlined here).
+struct Plan {  // per group, shared by its tasks: the tiles of an output row for one and two vectors
+    std::vector<Tile> tiles1, tiles2;
+};
+
+struct RowArgs {     // one output row of channel blocks [cb0, cb1)
+    int nr, M, pw, dws, sw, cb0, cb1, cw;
+    size_t cbstride;  // floats between the blocks of a ring row
+    size_t wblock;    // floats per block of packed weight (kh * kw * 16)
+    const float* bias;  // group's padded bias or null
+    float* o;           // output row at the group's first channel
+    int ostride;
+};
+
+// One tile of one block: the tile bodies (1..BMAX pixels) are inlined behind a switch.
 template <int VB, int SW>
-void conv_row(const std::vector<Tile>& tiles, const float* const* xr, const float* const* wr, int nr, int M, int pw,
-              int dws, int sw, const float* bias, float* o, int ostride, int cvalid) {
-    for (const Tile& t : tiles) {
-        const int64_t xofs = ((int64_t)M - pw + (int64_t)t.ow0 * sw) * 16;
-        float* ot = o + (size_t)t.ow0 * ostride;
-#define AK_TILE(b)                                                                                        \
-    case b:                                                                                               \
-        if constexpr (b <= (VB == 2 ? BMAX2 : BMAX1))                                                     \
-            tile<b, VB, SW>(xr, wr, nr, xofs, t.t0, t.t1, dws, sw * 16, bias, ot, ostride, cvalid);       \
+__attribute__((always_inline)) inline void tile_at(const Tile& t, int cb, const float* const* xr,
+                                                   const float* const* wr, const RowArgs& a) {
+    const int64_t xofs = ((int64_t)a.M - a.pw + (int64_t)t.ow0 * a.sw) * 16 + (int64_t)(cb - a.cb0) * a.cbstride;
+    const int64_t wofs = (int64_t)cb * a.wblock;
+    const float* bias = a.bias ? a.bias + cb * 16 : nullptr;
+    float* ot = a.o + (size_t)t.ow0 * a.ostride + cb * 16;
+    const int cvalid = std::min(16, a.cw - cb * 16);
+#define AK_TILE(b)                                                                                               \
+    case b:                                                                                                      \
+        if constexpr (b <= (VB == 2 ? BMAX2 : BMAX1))                                                            \
+            tile<b, VB, SW>(xr, wr, a.nr, xofs, wofs, t.t0, t.t1, a.dws, a.sw * 16, bias, ot, a.ostride, cvalid); \
         break;
-        switch (t.b) {
-            AK_TILE(1) AK_TILE(2) AK_TILE(3) AK_TILE(4) AK_TILE(5) AK_TILE(6)
-            AK_TILE(7) AK_TILE(8) AK_TILE(9) AK_TILE(10) AK_TILE(11) AK_TILE(12)
-            default: break;
-        }
-#undef AK_TILE
+    switch (t.b) {
+        AK_TILE(1) AK_TILE(2) AK_TILE(3) AK_TILE(4) AK_TILE(5) AK_TILE(6)
+        AK_TILE(7) AK_TILE(8) AK_TILE(9) AK_TILE(10) AK_TILE(11) AK_TILE(12)
+        default: break;
     }
+#undef AK_TILE
 }
 
-using RowFn = decltype(&conv_row<1, 1>);
+// Every tile x block of one output row. PM (pixel-major): tiles outer, so each output pixel's channels are
+// written together (sequential stores, better for large memory-bound tensors, when all the blocks' weights
+// fit in L1); else blocks outer (one block's weights and ring rows stay hot across the row).
+template <int SW, bool PM>
+void conv_row(const Plan& plan, const float* const* xr, const float* const* wr, const RowArgs& a) {
+    if constexpr (PM) {
+        for (const Tile& t : plan.tiles2)
+            for (int cb = a.cb0; cb < a.cb1; ++cb) {
+                if (a.cw - cb * 16 > 8) tile_at<2, SW>(t, cb, xr, wr, a);
+                else tile_at<1, SW>(t, cb, xr, wr, a);
+            }
+    } else {
+        for (int cb = a.cb0; cb < a.cb1; ++cb) {
+            if (a.cw - cb * 16 > 8) {
+                for (const Tile& t : plan.tiles2) tile_at<2, SW>(t, cb, xr, wr, a);
+            } else {
+                for (const Tile& t : plan.tiles1) tile_at<1, SW>(t, cb, xr, wr, a);
+            }
+        }
+    }
+}
 
 // In-place activation of n pixels (stride ostride floats) x cvalid <= 16 channels.
 void act_pixels(float* o, int n, int ostride, int cvalid, int act) {
@@ -168,10 +199,6 @@ void copy_row(const float* src, int W, int C, int cw, int cb0, int cb1, float* d
     }
 }
 
-struct Plan {  // per group, shared by its tasks: the tiles of an output row for one and two vectors
-    std::vector<Tile> tiles1, tiles2;
-};
-
 template <class T>
 T* thread_array(size_t n) {  // per-thread reusable array (no allocation per task)
     static thread_local std::vector<T> v;
@@ -197,10 +224,11 @@ void conv_rows(const Img& im, const Geo& g, const Plan& plan, int n, int cb0, in
         }
     int* tag = thread_array<int>(nslot);
     std::fill(tag, tag + nslot, -1);
-    const float** xr = thread_array<const float*>(3 * (size_t)g.kh);
-    const float** wr = xr + g.kh;
+    const float** wr = thread_array<const float*>(2 * (size_t)g.kh);
     const float** rowp = wr + g.kh;
     const bool s1 = im.sw == 1;
+    // pixel-major when several blocks' weights fit in L1 together (small kernels, memory-bound rows)
+    const bool pm = s1 && ncb > 1 && (size_t)ncb * g.kh * g.kw * 16 * sizeof(float) <= (24 << 10);
     const float* xn = im.x + (size_t)n * im.H * im.W * im.C + g.c0;
 
     for (int oh = oh0; oh < oh1; ++oh) {
@@ -218,20 +246,15 @@ void conv_rows(const Img& im, const Geo& g, const Plan& plan, int n, int cb0, in
             rowp[i] = ring + s * slot;
         }
         float* orow = im.out + ((size_t)n * im.Ho + oh) * im.Wo * im.C;
-        for (int cb = cb0; cb < cb1; ++cb) {
-            const int cvalid = std::min(16, g.cw - cb * 16);
-            const int vb = cvalid > 8 ? 2 : 1;
-            for (int i = 0; i < nr; ++i) {
-                xr[i] = rowp[i] + (cb - cb0) * cbstride;
-                wr[i] = g.w + ((size_t)cb * g.kh + r0 + i) * g.kw * 16;
-            }
-            const float* bias = g.b ? g.b + cb * 16 : nullptr;
-            float* o = orow + g.c0 + cb * 16;
-            const RowFn row = vb == 2 ? (s1 ? &conv_row<2, 1> : &conv_row<2, 0>)
-                                      : (s1 ? &conv_row<1, 1> : &conv_row<1, 0>);
-            row(vb == 2 ? plan.tiles2 : plan.tiles1, xr, wr, nr, M, g.pw, g.dw * 16, im.sw, bias, o, im.C, cvalid);
-            if (im.act != ACT_NONE) act_pixels(o, im.Wo, im.C, cvalid, im.act);
-        }
+        for (int i = 0; i < nr; ++i) wr[i] = g.w + (size_t)(r0 + i) * g.kw * 16;
+        const RowArgs ra{nr, M, g.pw, g.dw * 16, im.sw, cb0, cb1, g.cw, cbstride, (size_t)g.kh * g.kw * 16, g.b,
+                         orow + g.c0, im.C};
+        if (pm) conv_row<1, true>(plan, rowp, wr, ra);
+        else if (s1) conv_row<1, false>(plan, rowp, wr, ra);
+        else conv_row<0, false>(plan, rowp, wr, ra);
+        if (im.act != ACT_NONE)
+            for (int cb = cb0; cb < cb1; ++cb)
+                act_pixels(orow + g.c0 + cb * 16, im.Wo, im.C, std::min(16, g.cw - cb * 16), im.act);
         if (ln) {
             for (int ow = 0; ow < im.Wo; ++ow) {
                 float* p = orow + (size_t)ow * im.C;
@@ -272,7 +295,7 @@ void pointwise_rows(const Img& im, const Geo& g, int n, int oh0, int oh1) {
 }
 
 struct Task {
-    int g, n, cb0, cb1, oh0, oh1;
+    int g, n, cb0, cb1, oh0, oh1;  // g < 0: every group, all channels (a mixer's row band)
 };
 
 // Bytes of ring buffer a task needs per 16-channel block.
@@ -282,6 +305,7 @@ size_t ring_bytes_per_block(const Img& im, const Geo& g) {
 }
 
 void run(const Img& im, const std::vector<Geo>& geos, const LnEpi* ln, int nthreads) {
+    if (im.N <= 0 || im.Ho <= 0 || im.Wo <= 0 || im.C <= 0 || geos.empty()) return;
     nthreads = std::max(1, nthreads);
     std::vector<Plan> plans(geos.size());
     for (size_t i = 0; i < geos.size(); ++i) {
@@ -294,32 +318,41 @@ void run(const Img& im, const std::vector<Geo>& geos, const LnEpi* ln, int nthre
         for (int n = 0; n < im.N; ++n)
             for (int c = 0; c < nch; ++c)
                 tasks.push_back({0, n, 0, geos[0].nblocks(), im.Ho * c / nch, im.Ho * (c + 1) / nch});
+    } else if (geos.size() > 1) {
+        // A mixer: tasks are bands of <= ~8 rows of one image running every group in turn, so the band's
+        // input and output rows (all channels) stay in L2 between groups and go to memory once.
+        const int64_t row_bytes = (int64_t)im.W * im.C * sizeof(float);
+        const int64_t by_cache = std::max<int64_t>(1, (256 << 10) / std::max<int64_t>(1, 2 * row_bytes));
+        const int64_t by_tasks = ceil_div((int64_t)im.N * im.Ho, 4 * nthreads);
+        const int rows = static_cast<int>(std::clamp<int64_t>(std::min(by_cache, by_tasks), 1, 8));
+        for (int n = 0; n < im.N; ++n)
+            for (int oh = 0; oh < im.Ho; oh += rows) tasks.push_back({-1, n, 0, 0, oh, std::min(oh + rows, im.Ho)});
     } else {
         // Aim at ~4 tasks per thread: tasks are (image, a few channel blocks, all rows) while there are enough
         // blocks (several blocks per task when images are small; a task's ring stays <= 128 KiB), else rows
         // are split too.
+        const Geo& g = geos[0];
         const int64_t want = nthreads == 1 ? 1 : 4 * nthreads;
-        int64_t units = 0;
-        for (const Geo& g : geos) units += (g.pointwise() ? 1 : g.nblocks()) * (int64_t)im.N;
+        const int nb = g.pointwise() ? 1 : g.nblocks();
+        const int64_t units = nb * (int64_t)im.N;
         const int nch = static_cast<int>(std::clamp<int64_t>(ceil_div(want, units), 1, im.Ho));
-        for (int gi = 0; gi < (int)geos.size(); ++gi) {
-            const Geo& g = geos[gi];
-            const int nb = g.pointwise() ? 1 : g.nblocks();
-            const int64_t cap = std::max<int64_t>(1, (128 << 10) / ring_bytes_per_block(im, g));
-            const int per = static_cast<int>(std::clamp<int64_t>(units / want, 1, cap));
-            for (int n = 0; n < im.N; ++n)
-                for (int cb = 0; cb < nb; cb += per)
-                    for (int c = 0; c < nch; ++c)
-                        tasks.push_back({gi, n, cb, std::min(cb + per, nb), im.Ho * c / nch, im.Ho * (c + 1) / nch});
-        }
+        const int64_t cap = std::max<int64_t>(1, (128 << 10) / ring_bytes_per_block(im, g));
+        const int per = static_cast<int>(std::clamp<int64_t>(units / want, 1, cap));
+        for (int n = 0; n < im.N; ++n)
+            for (int cb = 0; cb < nb; cb += per)
+                for (int c = 0; c < nch; ++c)
+                    tasks.push_back({0, n, cb, std::min(cb + per, nb), im.Ho * c / nch, im.Ho * (c + 1) / nch});
     }
     const int64_t nt = static_cast<int64_t>(tasks.size());
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1 && nt > 1)
     for (int64_t i = 0; i < nt; ++i) {
         const Task& t = tasks[i];
-        const Geo& g = geos[t.g];
-        if (g.pointwise() && !ln) pointwise_rows(im, g, t.n, t.oh0, t.oh1);
-        else conv_rows(im, g, plans[t.g], t.n, t.cb0, t.cb1, t.oh0, t.oh1, ln);
+        for (int gi = std::max(t.g, 0); gi < (t.g < 0 ? (int)geos.size() : t.g + 1); ++gi) {
+            const Geo& g = geos[gi];
+            const int cb1 = t.g < 0 ? g.nblocks() : t.cb1;
+            if (g.pointwise() && !ln) pointwise_rows(im, g, t.n, t.oh0, t.oh1);
+            else conv_rows(im, g, plans[gi], t.n, t.cb0, cb1, t.oh0, t.oh1, ln);
+        }
     }
 }
 
@@ -328,42 +361,52 @@ void run(const Img& im, const std::vector<Geo>& geos, const LnEpi* ln, int nthre
 
 using namespace ak;
 
+// Entry points take one block of int64 arguments (pointers as integers, 0 = null): ctypes converts a
+// single pointer argument ~10x faster than a long typed argument list.
 extern "C" {
 
-// Depthwise conv, multiplier 1. w: packed [ceil(C/16)][kh][kw][16]; b: [ceil(C/16)*16] or null.
-// out: [N, Ho, Wo, C] with Ho = (H + 2ph - dh(kh-1) - 1) / sh + 1 (likewise Wo).
-void ak_dwconv_nhwc(const float* x, const float* w, const float* b, float* out, int N, int H, int W, int C, int kh,
-                    int kw, int sh, int sw, int ph, int pw, int dh, int dw, int act, int nthreads) {
-    Img im{x, out, N, H, W, C, (H + 2 * ph - dh * (kh - 1) - 1) / sh + 1, (W + 2 * pw - dw * (kw - 1) - 1) / sw + 1,
-           sh, sw, act};
-    std::vector<Geo> geos{{0, C, kh, kw, ph, pw, dh, dw, w, b}};
-    run(im, geos, nullptr, nthreads);
+// Depthwise conv, multiplier 1. a = [x, w, b, out, N, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, act, nthreads].
+// w: packed [ceil(C/16)][kh][kw][16]; b: [ceil(C/16)*16] or null; out: [N, Ho, Wo, C] with
+// Ho = (H + 2ph - dh(kh-1) - 1) / sh + 1 (likewise Wo).
+void ak_dwconv_nhwc(const int64_t* a) {
+    const int N = (int)a[4], H = (int)a[5], W = (int)a[6], C = (int)a[7], kh = (int)a[8], kw = (int)a[9];
+    const int sh = (int)a[10], sw = (int)a[11], ph = (int)a[12], pw = (int)a[13], dh = (int)a[14], dw = (int)a[15];
+    Img im{ptr<const float>(a[0]), ptr<float>(a[3]), N, H, W, C, (H + 2 * ph - dh * (kh - 1) - 1) / sh + 1,
+           (W + 2 * pw - dw * (kw - 1) - 1) / sw + 1, sh, sw, (int)a[16]};
+    std::vector<Geo> geos{{0, C, kh, kw, ph, pw, dh, dw, ptr<const float>(a[1]), ptr<const float>(a[2])}};
+    run(im, geos, nullptr, (int)a[17]);
 }
 
 // Several channel ranges with their own "same" kernels (odd kh, kw; stride 1, dilation 1) in one pass.
-// desc: ngroups rows of int32 [c0, cw, kh, kw, w_offset, b_offset (-1: none)] into wbuf / bbuf (floats);
-// each group's weight is packed like ak_dwconv_nhwc's. The groups must cover [0, C) exactly once.
-void ak_mixer_nhwc(const float* x, float* out, int N, int H, int W, int C, int ngroups, const int32_t* desc,
-                   const float* wbuf, const float* bbuf, int act, int nthreads) {
-    Img im{x, out, N, H, W, C, H, W, 1, 1, act};
+// a = [x, out, N, H, W, C, ngroups, desc, wbuf, bbuf, act, nthreads]. desc: ngroups rows of int32
+// [c0, cw, kh, kw, w_offset, b_offset (-1: none)] into wbuf / bbuf (floats); each group's weight is packed
+// like ak_dwconv_nhwc's. The groups must cover [0, C) exactly once.
+void ak_mixer_nhwc(const int64_t* a) {
+    Img im{ptr<const float>(a[0]), ptr<float>(a[1]), (int)a[2], (int)a[3], (int)a[4], (int)a[5], (int)a[3],
+           (int)a[4], 1, 1, (int)a[10]};
+    const int32_t* desc = ptr<const int32_t>(a[7]);
+    const float* wbuf = ptr<const float>(a[8]);
+    const float* bbuf = ptr<const float>(a[9]);
     std::vector<Geo> geos;
-    for (int i = 0; i < ngroups; ++i) {
+    for (int i = 0; i < (int)a[6]; ++i) {
         const int32_t* d = desc + 6 * i;
         geos.push_back({d[0], d[1], d[2], d[3], (d[2] - 1) / 2, (d[3] - 1) / 2, 1, 1, wbuf + d[4],
                         d[5] >= 0 ? bbuf + d[5] : nullptr});
     }
-    run(im, geos, nullptr, nthreads);
+    run(im, geos, nullptr, (int)a[11]);
 }
 
 // Stride-1 "same" depthwise conv + bias, then LayerNorm over C per pixel; if rb is not null also
-// resid = x + rb. out and resid: [N, H, W, C].
-void ak_dwconv_ln_nhwc(const float* x, const float* w, const float* b, int kh, int kw, const float* gamma,
-                       const float* beta, float eps, const float* rb, float* resid, float* out, int N, int H, int W,
-                       int C, int nthreads) {
-    Img im{x, out, N, H, W, C, H, W, 1, 1, ACT_NONE};
-    std::vector<Geo> geos{{0, C, kh, kw, (kh - 1) / 2, (kw - 1) / 2, 1, 1, w, b}};
-    LnEpi ln{gamma, beta, eps, rb, rb ? resid : nullptr};
-    run(im, geos, &ln, nthreads);
+// resid = x + rb. a = [x, w, b, kh, kw, gamma, beta, rb, resid, out, N, H, W, C, nthreads];
+// out and resid: [N, H, W, C].
+void ak_dwconv_ln_nhwc(const int64_t* a, float eps) {
+    const int kh = (int)a[3], kw = (int)a[4], H = (int)a[11], W = (int)a[12];
+    Img im{ptr<const float>(a[0]), ptr<float>(a[9]), (int)a[10], H, W, (int)a[13], H, W, 1, 1, ACT_NONE};
+    std::vector<Geo> geos{{0, im.C, kh, kw, (kh - 1) / 2, (kw - 1) / 2, 1, 1, ptr<const float>(a[1]),
+                           ptr<const float>(a[2])}};
+    const float* rb = ptr<const float>(a[7]);
+    LnEpi ln{ptr<const float>(a[5]), ptr<const float>(a[6]), eps, rb, rb ? ptr<float>(a[8]) : nullptr};
+    run(im, geos, &ln, (int)a[14]);
 }
 
 }  // extern "C"

@@ -3,7 +3,7 @@
 // A 6x16 register-blocked AVX2/FMA microkernel; the epilogue (bias, ReLU / exact GELU, accumulate, per-image
 // column sums of squares for GlobalResponseNorm) runs on the last K block while the C tile is in registers;
 // a per-image scale of A's columns (GRN folded into the next linear) is applied while packing A.
-// Plain C ABI (no torch headers); OpenMP over a 2-D grid of (M range, N range) per thread.
+// Plain C ABI (no torch headers). OpenMP threads take tasks (row chunk x panel chunk) from a shared counter.
 #include <immintrin.h>
 #include <omp.h>
 
@@ -11,7 +11,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
+#include <memory>
 #include <vector>
 
 namespace {
@@ -21,11 +21,13 @@ constexpr int NR = 16;  // columns: one packed panel, two ymm vectors
 
 enum Act : int { ACT_NONE = 0, ACT_RELU = 1, ACT_GELU = 2 };
 
-// Blocking (floats): the B micro-panel kc x 16 should stay in L1 and the A block mc x kc in L2.
-int g_kc = 384;
+// Blocking, in floats. K blocks of up to kc: the B micro-panel (kc x 16, up to 64 KiB) then streams from L2,
+// which on Zen 3 measured as fast as L1-sized blocks (kc 256..384) and saves C reloads and A packing; row
+// blocks (and M-split tasks) of up to mc rows keep a packed A block (mc x kc) mostly in L2.
+int g_kc = 1024;
 int g_mc = 144;
-int g_pack_a = 2;
-int g_sched = 1;    // 1 dynamic tasks, 0 static split  // 0 never (unless a_scale), 1 always, 2 when K is blocked
+int g_pack_a = 2;  // 0 never (unless a_scale), 1 always, 2 when K is blocked
+int g_sched = 1;   // 1 dynamic tasks, 0 static split (for A/B tests)
 
 inline __m256i tail_mask(int n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
@@ -35,7 +37,8 @@ inline __m256i tail_mask(int n) {
 // (interleaved: the polynomial chains are latency bound one vector at a time). erf(z) = z P(z^2) / Q(z^2) is the
 // rational minimax fit used by Eigen / XLA (~6e-8 in exact arithmetic); here with z^2 = x^2 / 2 and 1 / sqrt 2
 // folded into the coefficients, and erfc = (Q - z P) / Q, which keeps the error absolute (no 1 + erf
-// cancellation): |gelu - torch.gelu| <= 9.6e-7 over all floats, ~1e-7 for |x| < 1. No exp, one divide.
+// cancellation): |gelu - torch.gelu| <= 9.6e-7 (checked on a 1e-4 grid of [-12, 12]; beyond, exactly relu(x)),
+// ~1e-7 for |x| < 1. No exp, one divide.
 // Beyond |x| = 5.3, |x| erfc / 2 < 3.1e-7 is dropped. +inf -> +inf, -inf -> 0, NaN -> NaN.
 template <int V>
 __attribute__((always_inline)) inline void gelu(__m256* x) {
@@ -62,13 +65,13 @@ __attribute__((always_inline)) inline void gelu(__m256* x) {
 #undef EACH
 }
 
-// act over n vectors, in groups of 4 for GELU
+// act over N vectors (GELU two at a time: more in flight spills registers, measured slower)
 template <int ACT, int N>
 __attribute__((always_inline)) inline void act(__m256* v) {
     if constexpr (ACT == ACT_RELU) {
         for (int i = 0; i < N; ++i) v[i] = _mm256_max_ps(_mm256_setzero_ps(), v[i]);
     } else if constexpr (ACT == ACT_GELU) {
-        constexpr int G = 4;
+        constexpr int G = 2;
         for (int i = 0; i + G <= N; i += G) gelu<G>(v + i);
         if constexpr (N % G) gelu<N % G>(v + N / G * G);
     }
@@ -82,15 +85,17 @@ struct Tile {
     bool load_c;          // add the C already there (a previous K block, or accumulate=True)
     bool last;            // last K block: apply bias, activation, sums of squares
     const float* bias;    // 16 floats of this panel (zero padded), or nullptr
-    float* ssq;           // per-image partial sums of squares of this panel, [n_images][ld_ssq], or nullptr
+    float* ssq;           // partial sums of squares of this panel, [images from ssq_img0][ld_ssq], or nullptr
     int64_t ld_ssq;
+    int64_t ssq_img0;
     int64_t row0;         // global row of the tile's first row
     int64_t rows_per_image;
+    const float* prefetch;  // the B micro-panel that comes next (kc x 16): one line per step of k goes to L2
 };
 
 // C tile (R rows x 8*NV columns) = A micro-panel x B micro-panel (kc x 16), then the epilogue. A micro-panel:
 // PACKED, [kc][MR] (row r of step k at a[k * MR + r]); else R rows of A itself, a[r * lda + k].
-template <int R, int NV, int ACT, bool PACKED>
+template <int R, int NV, int ACT, bool PACKED, bool PREFETCH = false>
 void ukernel(int kc, const float* a, int64_t lda, const float* b, const Tile& t) {
     __m256 acc[R][NV];
 #pragma GCC unroll 6
@@ -101,8 +106,17 @@ void ukernel(int kc, const float* a, int64_t lda, const float* b, const Tile& t)
 #pragma GCC unroll 6
     for (int r = 0; r < R; ++r) ar[r] = PACKED ? a + r : a + r * lda;
     constexpr int ks = PACKED ? MR : 1;
+    const char* pf = reinterpret_cast<const char*>(t.prefetch);
+    if (t.load_c) {  // the C tile (accumulate: the residual) is read in the epilogue; start fetching it now
+#pragma GCC unroll 6
+        for (int r = 0; r < R; ++r) {
+            _mm_prefetch(reinterpret_cast<const char*>(t.c + r * t.ldc), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(t.c + r * t.ldc + 8 * NV - 1), _MM_HINT_T0);
+        }
+    }
 #pragma GCC unroll 4
     for (int k = 0; k < kc; ++k) {
+        if (PREFETCH) _mm_prefetch(pf + 64 * k, _MM_HINT_T1);
         __m256 bv[NV];
 #pragma GCC unroll 2
         for (int v = 0; v < NV; ++v) bv[v] = _mm256_loadu_ps(b + k * NR + 8 * v);
@@ -138,13 +152,25 @@ void ukernel(int kc, const float* a, int64_t lda, const float* b, const Tile& t)
             for (int i = 0; i < NVEC; ++i) v[i] = _mm256_add_ps(v[i], bias[i % NV]);
         }
         act<ACT, NVEC>(v);
-        if (t.ssq) {
-#pragma GCC unroll 12
-            for (int i = 0; i < NVEC; ++i) {
-                float* s = t.ssq + ((t.row0 + i / NV) / t.rows_per_image) * t.ld_ssq + 8 * (i % NV);
-                // the padded columns of v are act(0 + 0) = 0 for every act: the full-width update is exact
-                _mm256_storeu_ps(s, _mm256_fmadd_ps(v[i], v[i], _mm256_loadu_ps(s)));
+        if (t.ssq) {  // rows summed in registers per image, then one update per image the tile touches
+            // (the padded columns of v are act(0 + 0) = 0 for every act: the full-width update is exact)
+            int64_t img = t.row0 / t.rows_per_image, end = (img + 1) * t.rows_per_image;
+            __m256 sq[NV];
+            for (int j = 0; j < NV; ++j) sq[j] = _mm256_setzero_ps();
+            for (int r = 0; r < R; ++r) {
+                if (t.row0 + r >= end) {
+                    float* s = t.ssq + (img - t.ssq_img0) * t.ld_ssq;
+                    for (int j = 0; j < NV; ++j) {
+                        _mm256_storeu_ps(s + 8 * j, _mm256_add_ps(sq[j], _mm256_loadu_ps(s + 8 * j)));
+                        sq[j] = _mm256_setzero_ps();
+                    }
+                    img = (t.row0 + r) / t.rows_per_image;
+                    end = (img + 1) * t.rows_per_image;
+                }
+                for (int j = 0; j < NV; ++j) sq[j] = _mm256_fmadd_ps(v[r * NV + j], v[r * NV + j], sq[j]);
             }
+            float* s = t.ssq + (img - t.ssq_img0) * t.ld_ssq;
+            for (int j = 0; j < NV; ++j) _mm256_storeu_ps(s + 8 * j, _mm256_add_ps(sq[j], _mm256_loadu_ps(s + 8 * j)));
         }
     }
 #pragma GCC unroll 12
@@ -165,21 +191,24 @@ constexpr Ukernel pick_rows(int r) {
         case 3: return ukernel<3, NV, ACT, PACKED>;
         case 4: return ukernel<4, NV, ACT, PACKED>;
         case 5: return ukernel<5, NV, ACT, PACKED>;
-        default: return ukernel<6, NV, ACT, PACKED>;
+        case -1: return ukernel<MR, NV, ACT, PACKED, true>;  // full tile that prefetches the next B
+        default: return ukernel<MR, NV, ACT, PACKED>;
     }
 }
 
 template <int ACT, bool PACKED>
-void fill(Ukernel (&k)[2][MR]) {
+void fill(Ukernel (&k)[2][MR + 1]) {
     for (int r = 1; r <= MR; ++r) {
         k[0][r - 1] = pick_rows<1, ACT, PACKED>(r);
         k[1][r - 1] = pick_rows<2, ACT, PACKED>(r);
     }
+    k[0][MR] = pick_rows<1, ACT, PACKED>(-1);
+    k[1][MR] = pick_rows<2, ACT, PACKED>(-1);
 }
 
-// [packed][act][nv - 1][rows - 1]
+// [packed][act][nv - 1][rows - 1], and [...][MR]: a full tile that also prefetches the next B micro-panel
 struct Table {
-    Ukernel k[2][3][2][MR];
+    Ukernel k[2][3][2][MR + 1];
     Table() {
         fill<ACT_NONE, false>(k[0][ACT_NONE]);
         fill<ACT_RELU, false>(k[0][ACT_RELU]);
@@ -218,8 +247,7 @@ struct Problem {
     int act;
     bool accumulate;
     const float* a_scale;  // [n_images][k] or nullptr
-    int64_t rows_per_image;
-    float* ssq_parts;      // [threads][n_images][panels * 16] or nullptr
+    int64_t rows_per_image;  // for a_scale and the sums of squares (m when neither)
     int64_t n_images;
 };
 
@@ -244,8 +272,8 @@ inline void transpose8(__m256 (&r)[8]) {
 }
 
 // A rows [ic, ic + mc), columns [pc, pc + kc) (times the per-image scale) -> dst as MR-row tiles [kc][MR].
-// dst needs 2 floats of slack past the end: a full tile is written 8 steps of k at a time, each step k as an
-// 8-float store at dst + 6k whose 2 extra lanes the next store overwrites.
+// A full tile is written 8 steps of k at a time, each step k an 8-float store at dst + 6k whose 2 extra lanes
+// the next store overwrites (the 8th step stores exactly 6).
 void pack_a(const Problem& pb, int64_t ic, int64_t mc, int pc, int kc, float* dst) {
     for (int64_t i0 = 0; i0 < mc; i0 += MR) {
         const int rows = (int)std::min<int64_t>(MR, mc - i0);
@@ -267,7 +295,10 @@ void pack_a(const Problem& pb, int64_t ic, int64_t mc, int pc, int kc, float* ds
                 }
                 v[6] = v[7] = _mm256_setzero_ps();
                 transpose8(v);
-                for (int j = 0; j < 8; ++j) _mm256_storeu_ps(d + (k + j) * MR, v[j]);
+                for (int j = 0; j < 7; ++j) _mm256_storeu_ps(d + (k + j) * MR, v[j]);
+                // the last step stores its 6 floats exactly (the tile may end here, and another thread's begin)
+                _mm_storeu_ps(d + (k + 7) * MR, _mm256_castps256_ps128(v[7]));
+                _mm_storel_pi(reinterpret_cast<__m64*>(d + (k + 7) * MR + 4), _mm256_extractf128_ps(v[7], 1));
             }
         }
         for (; k < kc; ++k)
@@ -275,27 +306,34 @@ void pack_a(const Problem& pb, int64_t ic, int64_t mc, int pc, int kc, float* ds
     }
 }
 
-// One thread's share: rows [m0, m1), panels [p0, p1).
-void run_block(const Problem& pb, int64_t m0, int64_t m1, int p0, int p1, float* ssq) {
+// How a call is cut up: K blocks of kc_max, L2 row blocks of mc_max, tasks of mchunk rows x pchunk panels.
+struct Plan {
+    int kc_max;
+    int64_t mc_max;
+    bool pack;            // A goes through pack_a (per-image scale, or K blocked: strided rows alias in L1)
+    const float* packed;  // A packed once for all tasks (N split), [K block][row tile][kc][MR], or nullptr
+    int64_t m_pad;        // rows of `packed` (a multiple of MR)
+};
+
+// One task: rows [m0, m1), panels [p0, p1); ssq: partial sums of squares [images from m0's][panels * 16].
+void run_block(const Problem& pb, const Plan& pl, int64_t m0, int64_t m1, int p0, int p1, float* ssq) {
     const int K = pb.k;
-    const int nkb = std::max(1, (K + g_kc - 1) / g_kc);
-    const int kc_max = (K + nkb - 1) / nkb;
-    const int64_t mc_max = std::max<int64_t>(MR, g_mc / MR * MR);
     const int64_t ld_ssq = (int64_t)pb.panels * NR;
-    // Pack A when a column scale is to be applied, or when the A block is a strided slice of long rows (K
-    // blocked): rows lda apart alias the same L1 sets when lda * 4 is a multiple of 4 KiB's divisors.
-    const bool pack = pb.a_scale || g_pack_a == 1 || (g_pack_a == 2 && K > kc_max);
-    float* abuf = pack ? scratch((size_t)(mc_max + MR) * kc_max + 8) : nullptr;
-    for (int64_t ic = m0; ic < m1; ic += mc_max) {
-        const int64_t mc = std::min(mc_max, m1 - ic);
-        for (int pc = 0; pc < K; pc += kc_max) {
-            const int kc = std::min(kc_max, K - pc);
+    float* abuf = pl.pack && !pl.packed ? scratch((size_t)(pl.mc_max + MR) * pl.kc_max) : nullptr;
+    for (int64_t ic = m0; ic < m1; ic += pl.mc_max) {
+        const int64_t mc = std::min(pl.mc_max, m1 - ic);
+        for (int pc = 0; pc < K; pc += pl.kc_max) {
+            const int kc = std::min(pl.kc_max, K - pc);
             const bool first = pc == 0, last = pc + kc == K;
             const float* ablk = pb.a + ic * pb.lda + pc;
             int64_t tile_stride = MR * pb.lda;  // from one MR-row tile of A to the next
-            if (pack) {
-                pack_a(pb, ic, mc, pc, kc, abuf);
-                ablk = abuf;
+            if (pl.pack) {
+                if (pl.packed) {
+                    ablk = pl.packed + pc * pl.m_pad + ic * kc;
+                } else {
+                    pack_a(pb, ic, mc, pc, kc, abuf);
+                    ablk = abuf;
+                }
                 tile_stride = (int64_t)MR * kc;
             }
             for (int p = p0; p < p1; ++p) {
@@ -309,14 +347,19 @@ void run_block(const Problem& pb, int64_t m0, int64_t m1, int p0, int p1, float*
                 t.bias = pb.bias ? pb.bias + p * NR : nullptr;
                 t.ssq = ssq ? ssq + p * NR : nullptr;
                 t.ld_ssq = ld_ssq;
+                t.ssq_img0 = m0 / pb.rows_per_image;
                 t.rows_per_image = pb.rows_per_image;
                 const float* bpanel = pb.bp + ((int64_t)p * K + pc) * NR;
                 const int act = last ? pb.act : ACT_NONE;
+                // the first tile fetches the next panel's B into L2 (B streams from L3 / memory when M is small)
+                t.prefetch = p + 1 < p1 ? bpanel + (int64_t)K * NR
+                             : pc + kc < K ? pb.bp + ((int64_t)p0 * K + pc + kc) * NR : bpanel;
                 for (int64_t ir = 0; ir < mc; ir += MR) {
                     const int rows = (int)std::min<int64_t>(MR, mc - ir);
                     t.c = pb.c + (ic + ir) * pb.ldc + p * NR;
                     t.row0 = ic + ir;
-                    kTable.k[pack][act][nv - 1][rows - 1](kc, ablk + ir / MR * tile_stride, pb.lda, bpanel, t);
+                    const int which = ir == 0 && rows == MR ? MR : rows - 1;
+                    kTable.k[pl.pack][act][nv - 1][which](kc, ablk + ir / MR * tile_stride, pb.lda, bpanel, t);
                 }
             }
         }
@@ -372,52 +415,80 @@ void ak_gemm_f32(const float* a, int64_t m, int k, int64_t lda, const float* bp,
     const int panels = (n + NR - 1) / NR;
     if (k <= 0) return;  // the Python wrapper handles the empty sum
     Problem pb{a, m, lda, k, bp, bias, n, panels, c, ldc, act, accumulate != 0, a_scale,
-               rows_per_image > 0 ? rows_per_image : m, nullptr, 0};
+               rows_per_image > 0 ? rows_per_image : m, 0};
     pb.n_images = (m + pb.rows_per_image - 1) / pb.rows_per_image;
     int T = std::max(1, nthreads);
     // tiny problems: one thread (the fork costs more than it saves)
     if ((double)m * n * k < 64.0 * 64 * 64) T = 1;
     int tm, tn;
     grid(m, k, panels, T, &tm, &tn);
-    // Tasks: a grid of (row chunk, panel chunk) blocks handed out dynamically, so a thread that shares its
-    // core with another process does less of the work. Row chunks are L2 blocks (M split); panel chunks
-    // give each thread two (N split: each task re-reads, and may re-pack, all of A).
+    Plan pl{};
+    const int nkb = std::max(1, (k + g_kc - 1) / g_kc);
+    pl.kc_max = (k + nkb - 1) / nkb;
+    pl.mc_max = std::max<int64_t>(MR, g_mc / MR * MR);
+    pl.pack = a_scale || g_pack_a == 1 || (g_pack_a == 2 && nkb > 1);
+    // Tasks: a grid of (row chunk, panel chunk) blocks handed out dynamically, about 8 per thread, so that a
+    // thread that shares its core with another process does less of the work. M split: row chunks of at most
+    // an L2 block, all panels. N split: all rows, panel chunks; A, when packed, is packed once up front.
+    const int64_t mtiles = (m + MR - 1) / MR;
     int64_t mchunk = m;
     int pchunk = panels;
     if (tm > 1 || T == 1) {
-        const int64_t want = (m + 4 * T - 1) / (4 * T);
-        mchunk = std::min<int64_t>(std::max<int64_t>(MR, g_mc / MR * MR), (want + MR - 1) / MR * MR);
+        mchunk = std::min(pl.mc_max, std::max<int64_t>(4, (mtiles + 8 * T - 1) / (8 * T)) * MR);
     } else {
-        pchunk = std::max(1, (panels + 2 * T - 1) / (2 * T));
+        pchunk = std::max(1, (panels + 8 * T - 1) / (8 * T));
     }
     if (g_sched == 0) {  // static tm x tn split (A/B testing)
-        mchunk = ((m + MR - 1) / MR + tm - 1) / tm * MR;
+        mchunk = (mtiles + tm - 1) / tm * MR;
         pchunk = (panels + tn - 1) / tn;
     }
     const int64_t mt = (m + mchunk - 1) / mchunk, nt = (panels + pchunk - 1) / pchunk, ntasks = mt * nt;
     if (ntasks < T) T = (int)ntasks;
-    // per-task partial sums of squares, reduced in task order: deterministic whatever thread ran a task
-    const int64_t ssq_size = sumsq ? pb.n_images * panels * NR : 0;
-    std::vector<float> parts(sumsq ? (size_t)ntasks * ssq_size : 0, 0.0f);
+    std::unique_ptr<float[]> shared_a;
+    if (pl.pack && mt == 1 && nt > 1 && g_sched) {
+        pl.m_pad = mtiles * MR;
+        shared_a.reset(new float[(size_t)pl.m_pad * k]);
+        pl.packed = shared_a.get();
+    }
+    // Partial sums of squares per row chunk (its tasks cover disjoint panels), over the images the chunk
+    // spans, reduced in chunk order: deterministic for a given thread count.
+    const int64_t ld_ssq = (int64_t)panels * NR, rpi = pb.rows_per_image;
+    std::vector<int64_t> ssq_off(sumsq ? mt + 1 : 0, 0);
+    for (int64_t mi = 0; sumsq && mi < mt; ++mi) {
+        const int64_t r0 = mi * mchunk, r1 = std::min(m, r0 + mchunk);
+        ssq_off[mi + 1] = ssq_off[mi] + ((r1 - 1) / rpi - r0 / rpi + 1) * ld_ssq;
+    }
+    std::vector<float> parts(sumsq ? (size_t)ssq_off[mt] : 0, 0.0f);
     std::atomic<int64_t> next{0};
 #pragma omp parallel num_threads(T) if (T > 1)
     {
+        if (pl.packed) {  // each thread packs a share of the row tiles, for every K block
+            const int nth = omp_get_num_threads(), th = omp_get_thread_num();
+            const int64_t t0 = mtiles * th / nth * MR, t1 = std::min(m, mtiles * (th + 1) / nth * MR);
+            for (int pc = 0; pc < k && t0 < t1; pc += pl.kc_max) {
+                const int kc = std::min(pl.kc_max, k - pc);
+                pack_a(pb, t0, t1 - t0, pc, kc, const_cast<float*>(pl.packed) + pc * pl.m_pad + t0 * kc);
+            }
+#pragma omp barrier
+        }
         for (;;) {
             const int64_t task = next.fetch_add(1, std::memory_order_relaxed);
             if (task >= ntasks) break;
             const int64_t mi = task / nt, nj = task % nt;
             const int64_t m0 = mi * mchunk, m1 = std::min(m, m0 + mchunk);
             const int p0 = (int)(nj * pchunk), p1 = std::min(panels, p0 + pchunk);
-            run_block(pb, m0, m1, p0, p1, sumsq ? parts.data() + task * ssq_size : nullptr);
+            run_block(pb, pl, m0, m1, p0, p1, sumsq ? parts.data() + ssq_off[mi] : nullptr);
         }
     }
-    if (sumsq) {  // fixed order: deterministic for a given thread count
-        for (int64_t i = 0; i < pb.n_images; ++i)
-            for (int j = 0; j < n; ++j) {
-                float s = 0.0f;
-                for (int64_t t = 0; t < ntasks; ++t) s += parts[t * ssq_size + i * panels * NR + j];
-                sumsq[i * n + j] = s;
+    if (sumsq) {
+        std::fill(sumsq, sumsq + pb.n_images * n, 0.0f);
+        for (int64_t mi = 0; mi < mt; ++mi) {
+            const int64_t r0 = mi * mchunk, r1 = std::min(m, r0 + mchunk);
+            for (int64_t img = r0 / rpi; img <= (r1 - 1) / rpi; ++img) {
+                const float* src = parts.data() + ssq_off[mi] + (img - r0 / rpi) * ld_ssq;
+                for (int j = 0; j < n; ++j) sumsq[img * n + j] += src[j];
             }
+        }
     }
 }
 

@@ -70,26 +70,40 @@ void bias_act_dispatch(float* h, const float* b, int64_t M, int N, int nimg, flo
 
 extern "C" {
 
-int ak_abi_version() { return 1; }
+int ak_abi_version() { return 2; }
 
-// x, out: [M, C] rows (out may be x); gamma / beta: [C] or null.
-void ak_layernorm_rows(const float* x, const float* gamma, const float* beta, float eps, float* out, int64_t M, int C,
-                       int nthreads) {
+// a = [x, gamma, beta, out, M, C, nthreads]: x, out [M, C] rows (out may be x); gamma / beta: [C] or null.
+void ak_layernorm_rows(const int64_t* a, float eps) {
+    const float* x = ptr<const float>(a[0]);
+    const float* gamma = ptr<const float>(a[1]);
+    const float* beta = ptr<const float>(a[2]);
+    float* out = ptr<float>(a[3]);
+    const int64_t M = a[4];
+    const int C = (int)a[5], nthreads = (int)a[6];
 #pragma omp parallel for schedule(static) num_threads(std::max(1, nthreads)) if (nthreads > 1 && M * C >= 8192)
     for (int64_t i = 0; i < M; ++i) layernorm_row(x + i * C, out + i * C, C, gamma, beta, eps);
 }
 
-// h: [M, N] in place, h = act(h + b); b: [N] or null. If nimg > 0 (M divisible by nimg), also
-// sumsq[i, c] = sum over the rows of image i (rows i*M/nimg ...) of h[row, c]^2 after the activation.
-void ak_bias_act(float* h, const float* b, int64_t M, int N, int act, int nimg, float* sumsq, int nthreads) {
+// a = [h, b, M, N, act, nimg, sumsq, nthreads]. h: [M, N] in place, h = act(h + b); b: [N] or null. If nimg > 0
+// (M divisible by nimg), also sumsq[i, c] = sum over the rows of image i (rows i*M/nimg ...) of h[row, c]^2
+// after the activation.
+void ak_bias_act(const int64_t* a) {
+    float* h = ptr<float>(a[0]);
+    const float* b = ptr<const float>(a[1]);
+    const int64_t M = a[2];
+    const int N = (int)a[3], act = (int)a[4], nimg = (int)a[5], nthreads = (int)a[7];
+    float* sumsq = ptr<float>(a[6]);
     if (act == ACT_GELU) bias_act_dispatch<ACT_GELU>(h, b, M, N, nimg, sumsq, nthreads);
     else if (act == ACT_RELU) bias_act_dispatch<ACT_RELU>(h, b, M, N, nimg, sumsq, nthreads);
     else bias_act_dispatch<ACT_NONE>(h, b, M, N, nimg, sumsq, nthreads);
 }
 
-// x: [N, P, C] in place, x[n, p, c] *= s[n, c].
-void ak_scale_channels(float* x, const float* s, int N, int64_t P, int C, int nthreads) {
-    const int64_t rows = (int64_t)N * P;
+// a = [x, s, N, P, C, nthreads]: x [N, P, C] in place, x[n, p, c] *= s[n, c].
+void ak_scale_channels(const int64_t* a) {
+    float* x = ptr<float>(a[0]);
+    const float* s = ptr<const float>(a[1]);
+    const int N = (int)a[2], C = (int)a[4], nthreads = (int)a[5];
+    const int64_t P = a[3], rows = (int64_t)N * P;
 #pragma omp parallel for schedule(static) num_threads(std::max(1, nthreads)) if (nthreads > 1 && rows * C >= 8192)
     for (int64_t i = 0; i < rows; ++i) {
         float* r = x + i * C;
