@@ -65,6 +65,7 @@ class FastModule(nn.Module):
         self._check = check
         self._prefer = tuple(prefer or ())
         self._retune = os.environ.get("ARCHDSL_RETUNE") == "1" if retune is None else retune
+        self._fresh: set[str] = set()
         self.tune_seconds = 0.0
         self.steps = self._lower()
         self._free_after = self._lifetimes()
@@ -143,7 +144,7 @@ class FastModule(nn.Module):
             step.ms[sig] = {}
             return preferred[0]
         key = tune_key({"step": step.signature, "inputs": sig, "candidates": sorted(step.candidates)})
-        rec = None if self._retune else self._cache.get(key)
+        rec = self._cache.get(key) if not self._retune or key in self._fresh else None
         if rec is not None and rec.get("choice") in step.candidates:
             name, ms = rec["choice"], rec.get("ms", {})
         else:
@@ -152,6 +153,7 @@ class FastModule(nn.Module):
                 cands = self._agreeing(step, cands, args)
             name, ms = pick({k: functools.partial(f, *args) for k, f in cands.items()})
             self._cache.put(key, {"choice": name, "ms": ms, "step": step.signature[:200]})
+            self._fresh.add(key)  # a retune measures each signature once, not once per block using it
         step.choice[sig] = name
         step.ms[sig] = ms
         self.tune_seconds += time.perf_counter() - t0

@@ -63,6 +63,31 @@ def plain_candidates(module: Callable[..., Any]) -> dict[str, Callable[..., Any]
     }
 
 
+def _is_patchify(m: nn.Module) -> bool:
+    """A conv whose kernel tiles the input without overlap or padding (ConvNeXt's stem and downsampling)."""
+    return (type(m) is nn.Conv2d and m.groups == 1 and m.kernel_size == m.stride and m.padding == (0, 0)
+            and m.dilation == (1, 1) and m.padding_mode == "zeros")
+
+
+def _patchify(m: nn.Conv2d) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A non-overlapping conv as one packed GEMM over the channels-last patches: [N*Ho*Wo, kh*kw*Cin] x
+    [kh*kw*Cin, Cout] (one gather copy of the input, no im2col blow-up)."""
+    from ..kernels import gemm as G
+
+    kh, kw = m.kernel_size
+    w = m.weight.detach().permute(0, 2, 3, 1).reshape(m.out_channels, -1)  # (kh, kw, cin) order, as the patches
+    packed = G.pack_linear(w, None if m.bias is None else m.bias.detach())
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        n, c, h, wd = x.shape
+        ho, wo = h // kh, wd // kw
+        xh = x.contiguous(memory_format=CL).permute(0, 2, 3, 1)[:, :ho * kh, :wo * kw]
+        patches = xh.reshape(n, ho, kh, wo, kw, c).permute(0, 1, 3, 2, 4, 5).reshape(n * ho * wo, kh * kw * c)
+        return G.linear(patches, packed).view(n, ho, wo, -1).permute(0, 3, 1, 2)
+
+    return run
+
+
 def pack_inception(m: L.InceptionDW):
     """The InceptionNeXt mixer's four branches as one multi-geometry depthwise conv (archdsl.kernels)."""
     from ..kernels import ops as K
@@ -96,6 +121,8 @@ def node_candidates(module: nn.Module) -> dict[str, Callable[..., Any]]:
         pdw = K.pack_dw(module.weight.detach(), None if module.bias is None else module.bias.detach())
         s, pad, d = module.stride, module.padding, module.dilation
         cands["kernel"] = lambda x: K.dwconv_nhwc(nhwc(x), pdw, stride=s, pad=pad, dilation=d).permute(0, 3, 1, 2)
+    elif _is_patchify(module):
+        cands["kernel"] = _patchify(module)
     elif isinstance(module, L.InceptionDW):
         pm = pack_inception(module)
         cands["kernel"] = lambda x: K.mixer_nhwc(nhwc(x), pm).permute(0, 3, 1, 2)
