@@ -49,6 +49,17 @@ def shapes(which: str, batches: list[int]) -> list[tuple[str, int, int, int]]:
     return out
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _cpu_busy(interval: float = 0.5) -> float | None:
     """Fraction of all CPUs busy over `interval` seconds (from /proc/stat; None where unavailable)."""
     def read():
@@ -237,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
           "mkl+ba = torch.mm + archdsl bias_act_ | mlas = ORT MatMul + Add + Gelu; fused fc2 res += a W^T + b: ours "
           "accumulate | mkl = res.addmm_ + add_ | mlas = ORT MatMul + Add + Add")
     if args.json:
-        meta = {"threads": args.threads, "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+        meta = {"threads": args.threads, "torch": torch.__version__, "cpu": _cpu_model(),
                 "cpu_count": os.cpu_count(), "loadavg_at_end": os.getloadavg(), "native": native.available()}
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=1)

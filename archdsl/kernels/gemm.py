@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +38,7 @@ _SIGNATURES = {
     "ak_gemm_pack_b": (_P, _I, _I, _P),
     "ak_gemm_set_blocking": (_I, _I, _I),
 }
-_bound: dict[int, ctypes.CDLL] = {}
+_bound: dict[int, ctypes.CDLL | None] = {}
 
 
 def _lib() -> ctypes.CDLL | None:
@@ -46,11 +47,16 @@ def _lib() -> ctypes.CDLL | None:
     if lib is None:
         return None
     if id(lib) not in _bound:
-        for name, argtypes in _SIGNATURES.items():
-            fn = getattr(lib, name)
-            fn.argtypes, fn.restype = argtypes, None
-        _bound[id(lib)] = lib
-    return lib
+        try:
+            for name, argtypes in _SIGNATURES.items():
+                fn = getattr(lib, name)
+                fn.argtypes, fn.restype = argtypes, None
+        except AttributeError as e:  # a library built without csrc/gemm.cpp
+            warnings.warn(f"archdsl native GEMM unavailable ({e}); using PyTorch", RuntimeWarning, stacklevel=3)
+            _bound[id(lib)] = None
+        else:
+            _bound[id(lib)] = lib
+    return _bound[id(lib)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -368,7 +368,7 @@ void run_block(const Problem& pb, const Plan& pl, int64_t m0, int64_t m1, int p0
 
 // Split T threads into tm (over M) x tn (over N panels): the grid that minimizes one thread's work,
 // counted as multiply-adds plus a little for the A rows and B columns it streams.
-void grid(int64_t m, int k, int panels, int T, int* tm, int* tn) {
+void grid(int64_t m, int panels, int T, int* tm, int* tn) {
     const int64_t mtiles = (m + MR - 1) / MR;
     double best = 1e300;
     *tm = 1;
@@ -385,7 +385,6 @@ void grid(int64_t m, int k, int panels, int T, int* tm, int* tn) {
             *tn = b;
         }
     }
-    (void)k;
 }
 
 }  // namespace
@@ -421,7 +420,7 @@ void ak_gemm_f32(const float* a, int64_t m, int k, int64_t lda, const float* bp,
     // tiny problems: one thread (the fork costs more than it saves)
     if ((double)m * n * k < 64.0 * 64 * 64) T = 1;
     int tm, tn;
-    grid(m, k, panels, T, &tm, &tn);
+    grid(m, panels, T, &tm, &tn);
     Plan pl{};
     const int nkb = std::max(1, (k + g_kc - 1) / g_kc);
     pl.kc_max = (k + nkb - 1) / nkb;
