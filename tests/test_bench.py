@@ -300,8 +300,15 @@ def test_bench_cli_text(capsys):
     assert "median" in out and "p90" in out and "fingerprint" in out and "train form" in out
 
 
+def test_bench_cli_fast_form(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("ARCHDSL_TUNE_CACHE", str(tmp_path / "tune.jsonl"))
+    assert main(["bench", ATTO, "--input", "3x32x32", "--form", "fast", "--threads", "1",
+                 "--max-seconds", "0.5"]) == 0
+    assert "fast form" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("args, needle", [
-    (["--form", "fast"], "--form must be"),
+    (["--form", "turbo"], "--form must be"),
     (["--batch", "0"], "--batch must be a positive integer"),
     (["--threads", "0"], "--threads must be a positive integer"),
     (["--input", "3x32"], "--input must look like"),

@@ -308,6 +308,8 @@ def bench_model(path: str | os.PathLike, form: str = "deploy", batch: int = 1,
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for, but torch sees no CUDA device")
+    if form == "fast" and device != "cpu":
+        raise ValueError("form 'fast' runs archdsl's CPU kernels: use --device cpu, or form 'deploy'")
     allocator = steady_state_allocator()  # before the model's and the input's buffers are allocated
 
     g = check_file(path, overrides, input_shape, model, tuple(import_paths), allow_outside_imports)
@@ -325,8 +327,6 @@ def bench_model(path: str | os.PathLike, form: str = "deploy", batch: int = 1,
             m = m.eval().to(device)
             x = torch.randn(batch, c, h, w, device=device)
             if form == "fast":
-                if device != "cpu":
-                    raise ValueError("form 'fast' runs archdsl's CPU kernels: use --device cpu or form 'deploy'")
                 from ..codegen.fast import FastModule
 
                 m = FastModule(m).tune(x)  # measured choices, outside the timing (cached on disk)

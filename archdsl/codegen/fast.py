@@ -46,11 +46,12 @@ class FastModule(nn.Module):
     `plan()` lists the choices; `base` is the plain deploy-form ArchModule it was made from."""
 
     def __init__(self, base: ArchModule, *, cache: TuneCache | None = None, check: bool = True,
-                 prefer: tuple[str, ...] | None = None, retune: bool | None = None):
+                 prefer: tuple[str, ...] | None = None, retune: bool | None = None, max_seconds: float = 1.0):
         """`cache`: where choices are kept (default ~/.cache/archdsl/kernels/tune.jsonl). `check`: refuse fused
         candidates that disagree with the plain modules on the tuning input. `prefer`: take the first of these
         candidate names a step has instead of measuring (e.g. ("fused", "kernel") to force the kernels).
-        `retune`: measure again even where the cache has a choice (default: $ARCHDSL_RETUNE=1)."""
+        `retune`: measure again even where the cache has a choice (default: $ARCHDSL_RETUNE=1). `max_seconds`:
+        the time cap for measuring one step's candidates."""
         super().__init__()
         from ..bench.measure import steady_state_allocator
 
@@ -66,6 +67,7 @@ class FastModule(nn.Module):
         self._prefer = tuple(prefer or ())
         self._retune = os.environ.get("ARCHDSL_RETUNE") == "1" if retune is None else retune
         self._fresh: set[str] = set()
+        self._max_seconds = max_seconds
         self.tune_seconds = 0.0
         self.steps = self._lower()
         self._free_after = self._lifetimes()
@@ -151,7 +153,7 @@ class FastModule(nn.Module):
             cands = dict(step.candidates)
             if self._check and len(cands) > 1:
                 cands = self._agreeing(step, cands, args)
-            name, ms = pick({k: functools.partial(f, *args) for k, f in cands.items()})
+            name, ms = pick({k: functools.partial(f, *args) for k, f in cands.items()}, max_seconds=self._max_seconds)
             self._cache.put(key, {"choice": name, "ms": ms, "step": step.signature[:200]})
             self._fresh.add(key)  # a retune measures each signature once, not once per block using it
         step.choice[sig] = name

@@ -83,6 +83,7 @@ def _patchify(m: nn.Conv2d) -> Callable[[torch.Tensor], torch.Tensor]:
         ho, wo = h // kh, wd // kw
         xh = x.contiguous(memory_format=CL).permute(0, 2, 3, 1)[:, :ho * kh, :wo * kw]
         patches = xh.reshape(n, ho, kh, wo, kw, c).permute(0, 1, 3, 2, 4, 5).reshape(n * ho * wo, kh * kw * c)
+        patches = patches.contiguous()  # reshape may hand back a strided view (a cropped edge, size-1 dims)
         return G.linear(patches, packed).view(n, ho, wo, -1).permute(0, 3, 1, 2)
 
     return run

@@ -59,10 +59,12 @@ def tune_key(signature: dict[str, Any]) -> str:
 
 
 class TuneCache:
-    """Key -> {"choice", "ms"} records in a JSON-lines file; later lines win. Unreadable lines are skipped."""
+    """Key -> {"choice", "ms"} records in a JSON-lines file ($ARCHDSL_TUNE_CACHE, else <cache>/kernels/tune.jsonl);
+    later lines win. Unreadable lines are skipped."""
 
     def __init__(self, path: str | os.PathLike | None = None):
-        self.path = Path(path) if path is not None else cache_root() / "tune.jsonl"
+        env = os.environ.get("ARCHDSL_TUNE_CACHE")
+        self.path = Path(path) if path is not None else Path(env) if env else cache_root() / "tune.jsonl"
         self._data: dict[str, dict[str, Any]] | None = None
 
     def _load(self) -> dict[str, dict[str, Any]]:
