@@ -23,6 +23,16 @@ def test_every_package_is_in_the_wheel():
     assert "*.lark" in cfg["package-data"]["archdsl.grammar"]
 
 
+def test_kernel_sources_are_package_data():
+    """The C++ kernels compile on first use from the installed package, so every source ships in the wheel."""
+    from fnmatch import fnmatch
+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = cfg["package-data"]["archdsl.kernels"]
+    srcs = [p.relative_to(ROOT / "archdsl" / "kernels").as_posix() for p in (ROOT / "archdsl/kernels/csrc").iterdir()]
+    assert srcs and all(any(fnmatch(f, pat) for pat in patterns) for f in srcs), (srcs, patterns)
+
+
 def test_grammar_loads_as_package_data():
     from archdsl.parse import grammar_text
 
