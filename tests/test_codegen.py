@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from archdsl.api import check_file, check_text
-from archdsl.codegen.module import NodeError, build_module
+from archdsl.codegen.module import InputError, NodeError, build_module
 
 EXAMPLES = sorted(p for p in Path("examples").glob("*.arch"))
 
@@ -47,8 +47,11 @@ def test_runtime_failure_names_node_and_line():
     m = build_module(g).eval()
     with pytest.raises(ValueError, match=r"expects input of shape \(N, 3, H, W\)"):
         m(torch.randn(1, 4, 16, 16))
+    with pytest.raises(InputError, match=r"(?s)cannot take a 2x2 input.*rt.arch:3:17: error: conv: kernel 3x3"):
+        m(torch.randn(1, 3, 2, 2))  # too small for an unpadded 3x3 kernel: found at the boundary, positioned
+    m(torch.randn(1, 3, 5, 7))  # another size every layer can take
     with pytest.raises(NodeError, match=r"rt.arch:3:9: node 'body' \(conv\)"):
-        m(torch.randn(1, 3, 2, 2))  # too small for an unpadded 3x3 kernel
+        m(torch.randn(1, 3, 16, 16, dtype=torch.float64))  # fails inside the layer (dtype): named there
 
 
 @pytest.mark.slow

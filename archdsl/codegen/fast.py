@@ -106,14 +106,13 @@ class FastModule(nn.Module):
 
     # ------------------------------------------------------------------ running
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.input_chw[0]:
-            raise ValueError(f"{self.arch_name} expects input of shape (N, {self.input_chw[0]}, H, W), "
-                             f"got {tuple(x.shape)}")
+        self.base.validate_input(x)
         with torch.inference_mode():
             return self._run(x, tune=False)
 
     def tune(self, x: torch.Tensor) -> FastModule:
         """Choose every step's implementation for inputs shaped like `x` (measuring where not cached)."""
+        self.base.validate_input(x)
         t0 = time.perf_counter()
         with torch.inference_mode():
             self._run(x, tune=True)

@@ -25,6 +25,11 @@ class NodeError(RuntimeError):
     """A runtime failure inside one node of a compiled model, naming the node and its spec position."""
 
 
+class InputError(ValueError):
+    """An input the compiled model cannot take (rank, channels, a spatial size some layer cannot reduce),
+    found at the model's boundary before any layer runs."""
+
+
 class ArchModule(nn.Module):
     def __init__(self, graph: ArchGraph):
         super().__init__()
@@ -56,11 +61,35 @@ class ArchModule(nn.Module):
             if src != self._out[0]:
                 self._free_after[i].append(src)
         self._modules_by_name = {name: self.get_submodule(name) for name, *_ in self._plan}
+        self._sizes_ok: set[tuple[int, int]] = {(shape.h, shape.w)}
+
+    def validate_input(self, x: torch.Tensor) -> None:
+        """Raise InputError unless x is (N, C, H, W) with the spec's C and an H x W every layer can take: a new
+        size is checked once by the graph's own shape inference, so the message names the layer and its
+        source line (e.g. a stride-2 conv that would leave no pixels) instead of a PyTorch stack."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.input_chw[0] or x.shape[0] < 1:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise InputError(f"{self.arch_name} expects input of shape (N, {self.input_chw[0]}, H, W), got {got}")
+        hw = (int(x.shape[2]), int(x.shape[3]))
+        if hw in self._sizes_ok:
+            return
+        from ..check import check
+        from ..errors import ArchError
+        from ..ir import Node
+
+        g = self.graph.copy()
+        old = g.node(g.input_node)
+        params = {**old.raw_params(), "h": hw[0], "w": hw[1]}
+        g.replace_node(Node(old.name, old.op, tuple(params.items()), old.span, old.arg_spans, old.notes))
+        try:
+            check(g)
+        except ArchError as e:
+            raise InputError(f"{self.arch_name} cannot take a {hw[0]}x{hw[1]} input (built for "
+                             f"{self.input_chw[1]}x{self.input_chw[2]}):\n{e}") from None
+        self._sizes_ok.add(hw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.input_chw[0]:
-            raise ValueError(f"{self.arch_name} expects input of shape (N, {self.input_chw[0]}, H, W), "
-                             f"got {tuple(x.shape)}")
+        self.validate_input(x)
         vals: dict[str, object] = {self.input_node: x}
         for i, (name, op, refs, where) in enumerate(self._plan):
             args = [vals[src] if not isinstance(vals[src], tuple) else vals[src][port] for src, port in refs]
