@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import json
 import math
@@ -86,6 +87,7 @@ def steady_state_allocator() -> dict[str, Any]:
     return _ALLOCATOR
 
 
+@functools.lru_cache(maxsize=1)
 def _cpuinfo() -> tuple[str | None, int | None]:
     """(CPU model name, physical core count) from /proc/cpuinfo; (None, None) where unreadable."""
     try:

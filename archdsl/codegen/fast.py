@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .fusion import CL, Step, match_blocks, node_candidates
-from .module import ArchModule, NodeError
+from .module import ArchModule, NodeError, free_after, gather
 from .tune import TuneCache, pick, tune_key
 
 log = logging.getLogger("archdsl.fast")
@@ -70,19 +70,15 @@ class FastModule(nn.Module):
         self._max_seconds = max_seconds
         self.tune_seconds = 0.0
         self.steps = self._lower()
-        self._free_after = self._lifetimes()
+        self._free_after = free_after([s.refs for s in self.steps], base._out[0])
 
     # ------------------------------------------------------------------ lowering
     def _lower(self) -> list[Step]:
         g = self.graph
         mods = self.base._modules_by_name
-        covered: dict[str, Step] = {}
-        steps: list[Step] = []
-        for block in match_blocks(g, mods):
-            steps.append(block)
-            for n in block.nodes:
-                covered[n] = block
-        by_out = {s.out: s for s in steps}
+        blocks = match_blocks(g, mods)
+        covered = {n for b in blocks for n in b.nodes}
+        by_out = {b.out: b for b in blocks}
         ordered: list[Step] = []
         for name, op, refs, where in self.base._plan:
             if name in covered:
@@ -93,36 +89,23 @@ class FastModule(nn.Module):
             ordered.append(Step(name, (name,), refs, where, f"{op}:{mod!r}", node_candidates(mod)))
         return ordered
 
-    def _lifetimes(self) -> list[list[str]]:
-        last: dict[str, int] = {}
-        for i, s in enumerate(self.steps):
-            for src, _ in s.refs:
-                last[src] = i
-        out: list[list[str]] = [[] for _ in self.steps]
-        for src, i in last.items():
-            if src != self.base._out[0]:
-                out[i].append(src)
-        return out
-
     # ------------------------------------------------------------------ running
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.base.validate_input(x)
         with torch.inference_mode():
-            return self._run(x, tune=False)
+            return self._run(x)
 
     def tune(self, x: torch.Tensor) -> FastModule:
         """Choose every step's implementation for inputs shaped like `x` (measuring where not cached)."""
         self.base.validate_input(x)
-        t0 = time.perf_counter()
         with torch.inference_mode():
-            self._run(x, tune=True)
-        self.tune_seconds += time.perf_counter() - t0
+            self._run(x)  # every step meeting a new input signature is tuned as it runs
         return self
 
-    def _run(self, x: torch.Tensor, tune: bool) -> torch.Tensor:
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         vals: dict[str, Any] = {self.base.input_node: x}
         for i, step in enumerate(self.steps):
-            args = [vals[src] if not isinstance(vals[src], tuple) else vals[src][port] for src, port in step.refs]
+            args = gather(vals, step.refs)
             sig = tuple(_fmt(a) for a in args)
             name = step.choice.get(sig)
             if name is None:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels import native
 from . import layers as L
 
 CL = torch.channels_last
@@ -109,8 +110,6 @@ def node_candidates(module: nn.Module) -> dict[str, Callable[..., Any]]:
     depthwise conv (any size, stride, dilation), the InceptionNeXt mixer (one pass, no split / concat), a
     channels-first LayerNorm (on the channels-last view, no permute copies)."""
     cands = plain_candidates(module)
-    from ..kernels import native
-
     if not native.available():
         return cands
     from ..kernels import ops as K
@@ -206,19 +205,15 @@ def _match(g, mods: dict[str, nn.Module], start: str) -> Block | None:
     if cur is None or not _pointwise(mods[cur], layout):
         return None
     b.fc2 = cur
-    cur = list(g.g.successors(cur))[0] if len(list(g.g.successors(cur))) == 1 else None
-    if b.perm_in:
-        if cur is None or not (isinstance(mods[cur], L.Permute) and mods[cur].to == "nchw") or _next(g, b.fc2) != cur:
+    cur = _next(g, b.fc2)
+    if b.perm_in:  # channels-last inside the block: it must end with the permute back
+        if cur is None or not (isinstance(mods[cur], L.Permute) and mods[cur].to == "nchw"):
             return None
         b.perm_out = cur
-        cur = list(g.g.successors(cur))[0] if len(list(g.g.successors(cur))) == 1 else None
-    last = b.perm_out or b.fc2
-    if cur is None or _next(g, last) != cur or not isinstance(mods[cur], L.Add) or len(g.inputs(cur)) != 2:
+        cur = _next(g, cur)
+    if cur is None or not isinstance(mods[cur], L.Add) or len(g.inputs(cur)) != 2:
         return None
     b.add = cur
-    # the first node must read a channels-first 4-D value: a bare nhwc-layout LN / linear reads a permuted one
-    if b.dw is None and b.perm_in is None and layout == "nhwc":
-        return None
     return b
 
 
@@ -250,9 +245,8 @@ def match_blocks(g, mods: dict[str, nn.Module]) -> list[Step]:
             return cur
 
         cands = {k: v for k, v in plain_candidates(plain).items() if k != "torch_cf"}
-        fused = FusedBlock.create(b, mods)
-        if fused is not None:
-            cands["fused"] = fused
+        if native.available():  # without the library the references would only be slower than the plain modules
+            cands["fused"] = FusedBlock(b, mods)
             cands["fused_gemm"] = FusedBlock(b, mods, gemm="archdsl")
         sig = "block:" + ";".join(f"{type(mods[n]).__name__}{_geometry(mods[n])}" for n in nodes)
         span = g.node(nodes[0]).span
@@ -322,14 +316,6 @@ class FusedBlock:
         self.one_pass = (self.dw is not None and self.ln is not None and self.se is None
                          and self.dw_geom[0] == (1, 1) and self.dw_geom[2] == (1, 1)
                          and tuple(2 * p + 1 for p in self.dw_geom[1]) == tuple(self.dw_geom[3]))
-
-    @classmethod
-    def create(cls, b: Block, mods: dict[str, nn.Module]) -> FusedBlock | None:
-        from ..kernels import native
-
-        if not native.available():
-            return None  # the references would only be slower than the plain modules
-        return cls(b, mods)
 
     def _se_scale(self, t: torch.Tensor) -> torch.Tensor:
         se = self.se

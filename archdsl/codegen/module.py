@@ -52,14 +52,7 @@ class ArchModule(nn.Module):
             refs = tuple(graph.inputs(name))
             self._plan.append((name, node.op, refs, f"{node.span}"))
         # Free each value after its last use, so activation memory stays as in a hand-written model.
-        last_use: dict[str, int] = {}
-        for i, (_, _, refs, _) in enumerate(self._plan):
-            for src, _ in refs:
-                last_use[src] = i
-        self._free_after = [[] for _ in self._plan]
-        for src, i in last_use.items():
-            if src != self._out[0]:
-                self._free_after[i].append(src)
+        self._free_after = free_after([refs for _, _, refs, _ in self._plan], self._out[0])
         self._modules_by_name = {name: self.get_submodule(name) for name, *_ in self._plan}
         self._sizes_ok: set[tuple[int, int]] = {(shape.h, shape.w)}
 
@@ -92,7 +85,7 @@ class ArchModule(nn.Module):
         self.validate_input(x)
         vals: dict[str, object] = {self.input_node: x}
         for i, (name, op, refs, where) in enumerate(self._plan):
-            args = [vals[src] if not isinstance(vals[src], tuple) else vals[src][port] for src, port in refs]
+            args = gather(vals, refs)
             try:
                 vals[name] = self._modules_by_name[name](*args)
             except Exception as e:  # re-raised with the node's name and source position
@@ -102,6 +95,25 @@ class ArchModule(nn.Module):
                 del vals[src]
         out = vals[self._out[0]]
         return out[self._out[1]] if isinstance(out, tuple) else out
+
+
+def free_after(refs_per_step: list, keep: str) -> list[list[str]]:
+    """For each step of a run (its input refs given in order), the values whose last use it is: freed right after
+    it. `keep` (the model's output) is never freed."""
+    last_use: dict[str, int] = {}
+    for i, refs in enumerate(refs_per_step):
+        for src, _ in refs:
+            last_use[src] = i
+    out: list[list[str]] = [[] for _ in refs_per_step]
+    for src, i in last_use.items():
+        if src != keep:
+            out[i].append(src)
+    return out
+
+
+def gather(vals: dict, refs) -> list:
+    """The input values of a step: `vals[node]`, or its `port`-th item where the node produced a tuple."""
+    return [vals[src] if not isinstance(vals[src], tuple) else vals[src][port] for src, port in refs]
 
 
 def _install(root: nn.Module, path: str, module: nn.Module) -> None:

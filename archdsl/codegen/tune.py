@@ -9,7 +9,6 @@ choice made on one machine or build is never reused on another.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -18,37 +17,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..bench.measure import _cpuinfo
+from ..kernels import native
+
 TUNE_VERSION = 1
-
-
-def cache_root() -> Path:
-    """`$ARCHDSL_CACHE_DIR/kernels`, else `$XDG_CACHE_HOME/archdsl/kernels`, else ~/.cache/archdsl/kernels."""
-    env = os.environ.get("ARCHDSL_CACHE_DIR")
-    if env:
-        return Path(env) / "kernels"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "archdsl" / "kernels"
-
-
-@functools.lru_cache(maxsize=1)
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_context() -> dict[str, Any]:
     """What every tuning choice depends on besides the step itself."""
     import torch
 
-    from ..kernels import native
-
-    return {"v": TUNE_VERSION, "threads": torch.get_num_threads(), "cpu": _cpu_model(), "torch": torch.__version__,
+    cpu = _cpuinfo()[0] or platform.processor() or platform.machine()
+    return {"v": TUNE_VERSION, "threads": torch.get_num_threads(), "cpu": cpu, "torch": torch.__version__,
             "native": native.build_info().path.name if native.available() else None}
 
 
@@ -64,7 +44,7 @@ class TuneCache:
 
     def __init__(self, path: str | os.PathLike | None = None):
         env = os.environ.get("ARCHDSL_TUNE_CACHE")
-        self.path = Path(path) if path is not None else Path(env) if env else cache_root() / "tune.jsonl"
+        self.path = Path(path) if path is not None else Path(env) if env else native.cache_dir() / "tune.jsonl"
         self._data: dict[str, dict[str, Any]] | None = None
 
     def _load(self) -> dict[str, dict[str, Any]]:
