@@ -22,14 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
+from _timing import interleaved_samples
 
+from archdsl.bench.measure import fingerprint
 from archdsl.kernels import bias_act_, gemm, native
 
 CONVNEXT_T = [(56, 96), (28, 192), (14, 384), (7, 768)]  # (H = W, dim); InceptionNeXt-T has the same MLPs
@@ -47,17 +48,6 @@ def shapes(which: str, batches: list[int]) -> list[tuple[str, int, int, int]]:
                 out.append((f"{tag} b{b}", m, d, 4 * d))
                 out.append((f"{tag} b{b}", m, 4 * d, d))
     return out
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _cpu_busy(interval: float = 0.5) -> float | None:
@@ -92,21 +82,7 @@ def wait_quiet(max_s: float, busy: float = 0.1, checks: int = 3) -> bool:
 def timeit(cands: dict, reps: int, sample_ms: float, stats: dict | None = None) -> dict[str, float]:
     """Median ms per call of each candidate (name -> zero-arg callable), measured interleaved. stats, if given,
     receives name -> {"median", "p25", "min"}: on a shared machine the low quantiles show the uncontended speed."""
-    inner = {}
-    for name, fn in cands.items():  # warm up, and size each sample to ~sample_ms
-        for _ in range(3):
-            fn()
-        t0 = time.perf_counter()
-        fn()
-        dt = time.perf_counter() - t0
-        inner[name] = max(1, int(sample_ms / 1e3 / max(dt, 1e-7)))
-    samples = {name: [] for name in cands}
-    for _ in range(reps):
-        for name, fn in cands.items():
-            t0 = time.perf_counter()
-            for _ in range(inner[name]):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / inner[name] * 1e3)
+    samples = interleaved_samples(cands, reps, sample_ms, warmup=3)
     if stats is not None:
         for name, s in samples.items():
             q = statistics.quantiles(s, n=4) if len(s) > 1 else [s[0]] * 3
@@ -248,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
           "mkl+ba = torch.mm + archdsl bias_act_ | mlas = ORT MatMul + Add + Gelu; fused fc2 res += a W^T + b: ours "
           "accumulate | mkl = res.addmm_ + add_ | mlas = ORT MatMul + Add + Add")
     if args.json:
-        meta = {"threads": args.threads, "torch": torch.__version__, "cpu": _cpu_model(),
+        meta = {"threads": args.threads, "torch": torch.__version__, "cpu": fingerprint()["cpu_model"],
                 "cpu_count": os.cpu_count(), "loadavg_at_end": os.getloadavg(), "native": native.available()}
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=1)

@@ -18,6 +18,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _timing import interleaved_samples
 
 from archdsl.kernels import (
     bias_act_,
@@ -75,27 +76,9 @@ def measure(cands: dict, reps: int, sample_ms: float, quiet: float) -> tuple[dic
 
 
 def timeit(cands: dict, reps: int, sample_ms: float) -> dict[str, list[float]]:
-    """ms per call of each candidate (name -> zero-arg callable), one sample per rep, measured interleaved."""
-    inner = {}
-    for name, fn in cands.items():  # warm up, and size each sample to ~sample_ms
-        fn()
-        t0 = time.perf_counter()
-        fn()
-        dt = time.perf_counter() - t0
-        inner[name] = max(1, int(sample_ms / 1e3 / max(dt, 1e-7)))
-    samples = {name: [] for name in cands}
-    live = list(cands)
-    for rep in range(reps):
-        for name in live:
-            fn = cands[name]
-            t0 = time.perf_counter()
-            for _ in range(inner[name]):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / inner[name] * 1e3)
-        if rep == 2:  # a candidate 3x slower than the best cannot decide the ratio: stop timing it
-            best = min(statistics.median(samples[n]) for n in live)
-            live = [n for n in live if n == "ours" or statistics.median(samples[n]) < 3 * best]
-    return samples
+    """ms per call of each candidate, one sample per rep, interleaved; a PyTorch variant 3x slower than the best
+    after three rounds is dropped (it cannot decide the ratio)."""
+    return interleaved_samples(cands, reps, sample_ms, warmup=1, drop_slower_than=3.0, keep="ours")
 
 
 def dw_cases(quick: bool):
