@@ -30,14 +30,14 @@ def check_file(path: str | os.PathLike, overrides: dict[str, Any] | None = None,
     return api.check_file(path, {**(overrides or {}), **kw}, input_shape, model)
 
 
-def _module(graph, form: str = "train"):
+def _module(graph, form: str = "train", max_memory: int | str | None = None):
     from .api import require_resolved
     from .codegen.module import build_module
 
     if form not in ("train", "deploy", "fast"):
         raise ValueError(f"form must be 'train', 'deploy' or 'fast', got {form!r}")
     require_resolved(graph)
-    m = build_module(graph)
+    m = build_module(graph, max_memory)
     if form == "train":
         return m
     return deploy(m, kernels="auto" if form == "fast" else "torch")
@@ -65,19 +65,22 @@ def deploy(module, debug: bool = False, *, kernels: str = "torch", batch: int | 
 
 def load(path: str | os.PathLike, overrides: dict[str, Any] | None = None, *,
          input_shape: tuple[int, int, int] | None = None, model: str | None = None, form: str = "train",
-         **kw: Any):
+         max_memory: int | str | None = None, **kw: Any):
     """The training-form nn.Module of a .arch file. Every choice point must be fixed by an override or by
-    its default=; otherwise ArchError lists the open ones."""
-    return _module(check_file(path, overrides, input_shape=input_shape, model=model, **kw), form)
+    its default=; otherwise ArchError lists the open ones. A model whose float32 parameters plus one batch-1
+    inference pass would need more than `max_memory` (bytes or '8G', '25%'; default $ARCHDSL_MAX_MEMORY, else
+    half of this machine's RAM) is refused with an ArchError at the responsible layer before anything is
+    allocated; each forward call checks its batch against the same limit (InputError)."""
+    return _module(check_file(path, overrides, input_shape=input_shape, model=model, **kw), form, max_memory)
 
 
 def build(text: str, overrides: dict[str, Any] | None = None, *, file: str = "<spec>",
           input_shape: tuple[int, int, int] | None = None, model: str | None = None, form: str = "train",
-          **kw: Any):
+          max_memory: int | str | None = None, **kw: Any):
     """Like load(), from spec text."""
     from .api import check_text
 
-    return _module(check_text(text, file, {**(overrides or {}), **kw}, input_shape, model), form)
+    return _module(check_text(text, file, {**(overrides or {}), **kw}, input_shape, model), form, max_memory)
 
 
 __all__ = ["ArchError", "build", "check_file", "deploy", "load", "__version__"]

@@ -204,6 +204,9 @@ def cmd_ops(args) -> int:
 def make_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="archdsl", description="Declarative ConvNet architectures: check, build, search.")
     ap.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    ap.add_argument("--max-memory", metavar="SIZE",
+                    help="refuse models whose float32 parameters + activations would need more (e.g. 8G, 512MiB, "
+                         "25%%; default: $ARCHDSL_MAX_MEMORY, else half of this machine's RAM)")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     p = sub.add_parser("check", help="check a spec; print params / MACs / shapes per stage and block")
@@ -239,6 +242,9 @@ def make_parser() -> argparse.ArgumentParser:
     from .search.cli import add_search_parser  # Ray, Optuna and torch are imported only when it runs
 
     add_search_parser(sub)
+    from .viz import add_viz_parser  # graphviz is imported only when it runs
+
+    add_viz_parser(sub)
     return ap
 
 
@@ -246,6 +252,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = make_parser()
     args = ap.parse_args(argv)
     debug = args.debug or os.environ.get("ARCHDSL_DEBUG") == "1"
+    if args.max_memory is not None:
+        from .limits import parse_memory
+
+        try:
+            parse_memory(args.max_memory, "--max-memory")
+        except ValueError as e:
+            print(f"archdsl: {e}", file=sys.stderr)
+            return 2
+        os.environ["ARCHDSL_MAX_MEMORY"] = args.max_memory  # read where models are built (also by search trials)
     try:
         return args.fn(args)
     except ArchError as e:

@@ -37,21 +37,162 @@ def check_ast_depth(items, file: str) -> None:
     """Reject ASTs nested deeper than MAX_EXPR_DEPTH (the evaluator recurses over them)."""
     import dataclasses
 
-    stack = [(it, 1) for it in items]
+    stack = [(it, 1, Span.unknown(file)) for it in items]
     while stack:
-        node, depth = stack.pop()
+        node, depth, near = stack.pop()
+        span = getattr(node, "span", None)
+        span = span if isinstance(span, Span) else near  # the innermost enclosing node that has a place
         if depth > MAX_EXPR_DEPTH:
-            span = getattr(node, "span", Span.unknown(file))
             raise ArchError([Diagnostic(span, f"nesting is deeper than {MAX_EXPR_DEPTH} levels",
                                         "split the expression or body into named parts")])
         if dataclasses.is_dataclass(node):
             for f in dataclasses.fields(node):
                 v = getattr(node, f.name)
                 if dataclasses.is_dataclass(v):
-                    stack.append((v, depth + 1))
+                    stack.append((v, depth + 1, span))
                 elif isinstance(v, tuple):
                     for x in v:
                         if dataclasses.is_dataclass(x):
-                            stack.append((x, depth + 1))
+                            stack.append((x, depth + 1, span))
                         elif isinstance(x, tuple):
-                            stack.extend((y, depth + 1) for y in x if dataclasses.is_dataclass(y))
+                            stack.extend((y, depth + 1, span) for y in x if dataclasses.is_dataclass(y))
+
+
+# ---------------------------------------------------------------- memory
+
+BYTES_PER_VALUE = 4           # float32 parameters and activations
+DEFAULT_MEMORY_FRACTION = 0.5  # of this machine's RAM (or its cgroup's limit), when ARCHDSL_MAX_MEMORY is unset
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
+          "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def machine_memory() -> int:
+    """Bytes of RAM this process may use: the physical memory, or the cgroup's limit where that is lower."""
+    import os
+
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                v = f.read().strip()
+        except OSError:
+            continue
+        if v.isdigit() and 0 < int(v) < total:
+            total = int(v)
+    return total
+
+
+def parse_memory(text: str | int | float, what: str = "memory limit") -> int:
+    """'8G', '512MiB', '1.5e9', '25%' (of this machine's memory), or a number of bytes -> bytes.
+    Raises ValueError naming `what` for anything else."""
+    import re
+
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if text <= 0:
+            raise ValueError(f"{what} must be positive, got {text}")
+        return int(text)
+    s = str(text).strip().lower().replace(" ", "")
+    m = re.fullmatch(r"(\d+(?:\.\d*)?(?:e\d+)?)(%|[kmgt]?i?b?)", s)
+    if not m or (m.group(2) not in _UNITS and m.group(2) != "%"):
+        raise ValueError(f"{what} {text!r} is not a size: write e.g. 8G, 512MiB, 25% (of this machine's memory) "
+                         "or a number of bytes")
+    n = float(m.group(1))
+    out = int(n / 100 * machine_memory()) if m.group(2) == "%" else int(n * _UNITS[m.group(2)])
+    if out <= 0:
+        raise ValueError(f"{what} must be positive, got {text!r}")
+    return out
+
+
+def memory_limit(value: str | int | float | None = None) -> int:
+    """The byte limit for one model's parameters plus activations: `value` if given, else $ARCHDSL_MAX_MEMORY,
+    else DEFAULT_MEMORY_FRACTION of machine_memory()."""
+    import os
+
+    if value is not None:
+        return parse_memory(value)
+    env = os.environ.get("ARCHDSL_MAX_MEMORY")
+    if env:
+        return parse_memory(env, "ARCHDSL_MAX_MEMORY")
+    return int(DEFAULT_MEMORY_FRACTION * machine_memory())
+
+
+def describe_limit(limit: int) -> str:
+    """'1.00 GB (ARCHDSL_MAX_MEMORY=1G)', '12.6 GB (50% of this machine's 25.3 GB)' or '2.00 GB (max_memory=)'."""
+    import os
+
+    env = os.environ.get("ARCHDSL_MAX_MEMORY")
+    try:
+        if env and parse_memory(env) == limit:
+            return f"{gb(limit)} (--max-memory / ARCHDSL_MAX_MEMORY={env})"
+    except ValueError:
+        pass
+    if not env and limit == int(DEFAULT_MEMORY_FRACTION * machine_memory()):
+        return f"{gb(limit)} ({DEFAULT_MEMORY_FRACTION:.0%} of this machine's {gb(machine_memory())})"
+    return f"{gb(limit)} (max_memory=)"
+
+
+def gb(n: int) -> str:
+    """Bytes as text: '1.20 GB', '640.0 MB', '12.0 KB'."""
+    for unit, div in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= div:
+            return f"{n / div:.3g} {unit}" if n / div < 100 else f"{n / div:.0f} {unit}"
+    return f"{n} bytes"
+
+
+def activation_peak(graph) -> tuple[int, str | None]:
+    """(values, node): the most activation values alive at once in one batch-1 forward pass of a checked graph in
+    eval mode (each value freed after its last use, as ArchModule does), and the node whose output is the largest
+    of them. Views (reshapes, layout changes) count 0: they share their input's storage."""
+    order = graph.order()
+    last: dict[str, int] = {}
+    for i, name in enumerate(order):
+        for src, _ in graph.inputs(name):
+            last[src] = i
+    live: dict[str, int] = {}
+    peak, at = 0, None
+    for i, name in enumerate(order):
+        live[name] = graph.cost(name).acts if name != graph.input_node else _numel(graph.input_shape)
+        now = sum(live.values())
+        if now > peak:
+            peak, at = now, max(live, key=live.__getitem__)
+        for src, _ in graph.inputs(name):
+            if last.get(src) == i and (graph.output is None or src != graph.output[0]):
+                live.pop(src, None)
+    return peak, at
+
+
+def _numel(shape) -> int:
+    return 0 if shape is None else shape.numel()
+
+
+def check_memory(graph, limit: int, batch: int = 1, training: bool = False) -> None:
+    """Refuse (ArchError at the responsible layer) a checked graph whose float32 parameters plus the activations of
+    one forward pass at `batch` exceed `limit` bytes: before any tensor is allocated. Training keeps every
+    activation for the backward pass; eval frees each after its last use (activation_peak)."""
+    names = [n for n in graph.order() if n != graph.input_node]
+    params = sum(graph.cost(n).params for n in names)
+    p_bytes = params * BYTES_PER_VALUE
+    hint = (f"the limit is {describe_limit(limit)}; change it with archdsl --max-memory, ARCHDSL_MAX_MEMORY or "
+            "max_memory=")
+    if p_bytes > limit:
+        big = max(names, key=lambda n: graph.cost(n).params)
+        top = sorted(names, key=lambda n: -graph.cost(n).params)[:3]
+        notes = tuple(f"'{n}' ({graph.node(n).op}) has {graph.cost(n).params:,} parameters, at {graph.node(n).span}"
+                      for n in top)
+        raise ArchError([Diagnostic(graph.node(big).span, f"the model has {params:,} parameters ({gb(p_bytes)} as "
+                                    f"float32), more than the memory limit", hint, notes)])
+    if training:
+        acts = sum(graph.cost(n).acts for n in names) + _numel(graph.input_shape)
+        at = max(names, key=lambda n: graph.cost(n).acts) if names else None
+        kind = "keeps"
+    else:
+        acts, at = activation_peak(graph)
+        kind = "holds at its peak"
+    a_bytes = acts * batch * BYTES_PER_VALUE
+    if p_bytes + a_bytes > limit and at is not None:
+        node = graph.node(at)
+        raise ArchError([Diagnostic(node.span, f"one {'training' if training else 'inference'} pass at batch "
+                                    f"{batch} {kind} {gb(a_bytes)} of activations (the largest: '{at}' ({node.op}), "
+                                    f"output {graph.attrs(at).get('shape')}); with {gb(p_bytes)} of parameters "
+                                    f"that exceeds the memory limit", hint + "; use a smaller input or batch",
+                                    node.notes)])

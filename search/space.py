@@ -98,8 +98,13 @@ class SearchSpace:
                               "int_range(...) or float_range(...), or every one is fixed)")
 
     def _check(self, overrides: dict[str, Any], sampler):
-        return _checker.check(elaborate(self.program, overrides, self.input_shape, self.model,
-                                        strict_overrides=False, sampler=sampler))
+        """The checked graph; ArchError also for an architecture over the memory limit (never built)."""
+        from .. import limits
+
+        g = _checker.check(elaborate(self.program, overrides, self.input_shape, self.model,
+                                     strict_overrides=False, sampler=sampler))
+        limits.check_memory(g, limits.memory_limit())
+        return g
 
     def resolve(self, sample: Callable[[ChoicePoint], Any]) -> Candidate | Rejection:
         """Elaborate the spec, asking `sample(choice_point)` for the value of every open choice point met."""

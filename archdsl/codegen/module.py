@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import limits
 from ..ir import ArchGraph
 from ..ops import registry
 
@@ -31,8 +32,12 @@ class InputError(ValueError):
 
 
 class ArchModule(nn.Module):
-    def __init__(self, graph: ArchGraph):
+    def __init__(self, graph: ArchGraph, max_memory: int | str | None = None):
+        """Raises ArchError (at the responsible layer) before allocating anything when the parameters plus one
+        batch-1 inference pass would exceed the memory limit (archdsl.limits.memory_limit(max_memory))."""
         super().__init__()
+        self.memory_limit = limits.memory_limit(max_memory)
+        limits.check_memory(graph, self.memory_limit)
         self.graph = graph  # the checked IR it was built from (archdsl.deploy reads it)
         self.arch_name = graph.model
         self.input_node = graph.input_node
@@ -54,7 +59,9 @@ class ArchModule(nn.Module):
         # Free each value after its last use, so activation memory stays as in a hand-written model.
         self._free_after = free_after([refs for _, _, refs, _ in self._plan], self._out[0])
         self._modules_by_name = {name: self.get_submodule(name) for name, *_ in self._plan}
-        self._sizes_ok: set[tuple[int, int]] = {(shape.h, shape.w)}
+        self._param_bytes = sum(graph.cost(n).params for n in graph.g.nodes) * limits.BYTES_PER_VALUE
+        # per input size: activation values of one image (eval peak, training total), for the batch check
+        self._sizes_ok: dict[tuple[int, int], tuple[int, int]] = {(shape.h, shape.w): _act_values(graph)}
 
     def validate_input(self, x: torch.Tensor) -> None:
         """Raise InputError unless x is (N, C, H, W) with the spec's C and an H x W every layer can take: a new
@@ -64,8 +71,19 @@ class ArchModule(nn.Module):
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise InputError(f"{self.arch_name} expects input of shape (N, {self.input_chw[0]}, H, W), got {got}")
         hw = (int(x.shape[2]), int(x.shape[3]))
-        if hw in self._sizes_ok:
+        acts = self._sizes_ok.get(hw) or self._check_size(hw)
+        if x.device.type != "cpu":  # the limit is about this machine's RAM; a GPU reports its own OOM
             return
+        training = self.training and torch.is_grad_enabled()
+        need = self._param_bytes + int(x.shape[0]) * acts[training] * limits.BYTES_PER_VALUE
+        if need > self.memory_limit:
+            raise InputError(
+                f"{self.arch_name}: {'a training' if training else 'an inference'} pass on input {tuple(x.shape)} "
+                f"needs about {limits.gb(need)} (parameters and activations as float32), more than the memory "
+                f"limit of {limits.describe_limit(self.memory_limit)}: use a smaller batch or input, or raise the "
+                f"limit (archdsl --max-memory, ARCHDSL_MAX_MEMORY or max_memory=)")
+
+    def _check_size(self, hw: tuple[int, int]) -> tuple[int, int]:
         from ..check import check
         from ..errors import ArchError
         from ..ir import Node
@@ -75,11 +93,12 @@ class ArchModule(nn.Module):
         params = {**old.raw_params(), "h": hw[0], "w": hw[1]}
         g.replace_node(Node(old.name, old.op, tuple(params.items()), old.span, old.arg_spans, old.notes))
         try:
-            check(g)
+            checked = check(g)
         except ArchError as e:
             raise InputError(f"{self.arch_name} cannot take a {hw[0]}x{hw[1]} input (built for "
                              f"{self.input_chw[1]}x{self.input_chw[2]}):\n{e}") from None
-        self._sizes_ok.add(hw)
+        self._sizes_ok[hw] = _act_values(checked)
+        return self._sizes_ok[hw]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.validate_input(x)
@@ -95,6 +114,12 @@ class ArchModule(nn.Module):
                 del vals[src]
         out = vals[self._out[0]]
         return out[self._out[1]] if isinstance(out, tuple) else out
+
+
+def _act_values(graph: ArchGraph) -> tuple[int, int]:
+    """(eval peak, training total) activation values of one image through a checked graph."""
+    total = sum(graph.cost(n).acts for n in graph.g.nodes) + graph.input_shape.numel()
+    return limits.activation_peak(graph)[0], total
 
 
 def free_after(refs_per_step: list, keep: str) -> list[list[str]]:
@@ -128,10 +153,11 @@ def _install(root: nn.Module, path: str, module: nn.Module) -> None:
     parent.add_module(parts[-1], module)
 
 
-def build_module(graph: ArchGraph) -> ArchModule:
-    """The training-form nn.Module of a checked graph, initialised as the spec's init(...) says."""
+def build_module(graph: ArchGraph, max_memory: int | str | None = None) -> ArchModule:
+    """The training-form nn.Module of a checked graph, initialised as the spec's init(...) says. Raises ArchError
+    before allocating when it would not fit the memory limit (see ArchModule)."""
     from .init import apply_init
 
-    m = ArchModule(graph)
+    m = ArchModule(graph, max_memory)
     apply_init(m, graph.init)
     return m

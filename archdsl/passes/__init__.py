@@ -50,7 +50,7 @@ def deploy(module, debug: bool = False):
     from ..codegen.module import ArchModule
 
     g, reports = deploy_graph(attach_weights(module.graph, module), debug)
-    out = ArchModule(g)
+    out = ArchModule(g, getattr(module, "memory_limit", None))
     ref = next(module.parameters(), None)
     if ref is not None:  # match dtype/device before loading, so no weight is rounded on the way
         out.to(device=ref.device, dtype=ref.dtype)

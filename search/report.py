@@ -1,0 +1,840 @@
+"""`archdsl report RUN_DIR -o report.html`: one self-contained HTML page for a finished or running search.
+
+Takes: a search output directory (search/records.py's files, plus what search/driver.py writes when a search ends:
+summary.json and top/<rank>_<hash>.arch). It is only read: the lock is never taken, nothing there is written, and
+a search still appending records is fine (a partial last line is left out and the page says so; corrupt lines are
+listed, not fatal).
+Returns: the page as HTML text (`build_report`), written to a file by `archdsl report` (`add_report_parser`).
+The page shows the Pareto plot (score vs measured latency, the budget line, the front), the top architectures
+(links to their .arch files, their graphs rendered by archdsl.viz when Graphviz is installed), trial status
+counts, how the latency predictor's estimates compared with the measurements, the fingerprints of the measuring
+machines, the settings, and the failures. Inline CSS and SVG only: no script, no external URL (its
+Content-Security-Policy forbids both). Every text that comes from the directory is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import re
+import socket
+import sys
+import urllib.parse
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .records import CSV_NAME, LOCK, RUN_JSON, TRIALS, RunDir, RunDirError
+
+__all__ = ["ReportError", "RunState", "read_run", "build_report", "add_report_parser", "cmd_report"]
+
+STATUSES = {  # in the order the page lists them, with what each means
+    "ok": "measured within the budget, scored",
+    "over_budget": "measured over the budget",
+    "predicted_over_budget": "predicted over the budget, never built",
+    "rejected": "rejected by the spec's checks",
+    "duplicate": "the same network as an earlier trial",
+    "failed": "raised an error (see Failures)",
+}
+FINISHED = ("ok", "over_budget", "failed")  # search/driver.py's FINISHED_STATUSES: they count against --trials
+SUMMARY = "summary.json"
+_PROTECTED = (RUN_JSON, TRIALS, CSV_NAME, LOCK, SUMMARY, "pareto.json", "pareto.png", "trials.corrupt.jsonl")
+_TRIAL_DIR = re.compile(r"^run_trial_([0-9a-f]+)_\d+")
+
+
+class ReportError(Exception):
+    """The directory cannot be reported on: missing, not a search output directory, unreadable."""
+
+
+@dataclass
+class RunState:
+    """What the directory holds, read once. `state`: "running", "finished", "interrupted" or "stopped"."""
+
+    path: Path
+    settings: dict
+    records: list[dict]
+    problems: list[str] = field(default_factory=list)
+    summary: dict | None = None
+    state: str = "stopped"
+    state_note: str = ""
+    running: list[str] = field(default_factory=list)  # Ray trial ids started by the live search, no record yet
+    top_files: dict[str, Path] = field(default_factory=dict)  # architecture hash -> top/<rank>_<hash>.arch
+
+    @property
+    def metric(self) -> str:
+        """"score" (the objective's value), or "accuracy" for records written before there was a score."""
+        return "score" if any(_num(r.get("score")) is not None for r in self.records) or not self.records \
+            else "accuracy"
+
+    @property
+    def budget(self) -> float | None:
+        return _num(self.settings.get("budget_ms"))
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def read_run(run_dir: str | os.PathLike) -> RunState:
+    """Read RUN_DIR without the lock. Raises ReportError (one line) when it is not a readable search directory."""
+    path = Path(run_dir)
+    if not path.exists():
+        raise ReportError(f"{path} does not exist")
+    if not path.is_dir():
+        raise ReportError(f"{path} is not a directory")
+    if not (path / RUN_JSON).exists():
+        raise ReportError(f"{path} is not a search output directory: it has no {RUN_JSON}")
+    run = RunDir(path)  # not opened: its load() reads only, and repairs nothing
+    try:
+        settings = run.read_settings()
+        loaded = run.load()
+    except RunDirError as err:
+        raise ReportError(str(err)) from None
+    except OSError as err:
+        raise ReportError(f"cannot read {path / TRIALS}: {err.strerror or err}") from None
+    st = RunState(path=path, settings=settings, records=loaded.records, problems=list(loaded.problems))
+    try:
+        summary = json.loads((path / SUMMARY).read_text(encoding="utf-8"))
+        st.summary = summary if isinstance(summary, dict) else None
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as err:  # written in place at the end: may be caught half-written
+        st.problems.append(f"{path / SUMMARY}: not readable ({err}); ignored")
+    for f in sorted((path / "top").glob("*_*.arch")):
+        st.top_files.setdefault(f.stem.split("_", 1)[1], f)
+    holder = _lock_holder(path)
+    if holder is not None:
+        st.state = "running"
+        st.state_note = f"running: pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('started')}"
+        recorded = {str(r.get("trial_id")) for r in st.records}
+        st.running = [t for t in _started_trials(path, holder.get("started")) if t not in recorded]
+    elif st.summary is not None and sum(int(v) for v in (st.summary.get("counts") or {}).values()
+                                        if isinstance(v, int)) >= len(st.records):
+        st.state = "interrupted" if st.summary.get("interrupted") else "finished"
+        st.state_note = ("interrupted: finished trials are kept; continue it with archdsl search ... --resume"
+                         if st.state == "interrupted" else "finished")
+    else:
+        st.state_note = ("stopped before finishing (killed?): no summary of the last trials; continue it with "
+                         "archdsl search ... --resume")
+    return st
+
+
+def _lock_holder(path: Path) -> dict | None:
+    """The lock file's {pid, host, started} when the search holding it still runs, else None. The holder writes
+    them when it takes the lock and empties the file when it lets go; a killed search leaves them behind, so on
+    this host the pid must also be alive, and not have started after the lock was taken (a reused pid). The lock
+    itself is never taken: trying it could make a search starting at that moment refuse to run."""
+    try:
+        info = json.loads((path / LOCK).read_text(encoding="utf-8"))
+        pid = int(info["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if info.get("host") in (None, socket.gethostname()):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:  # alive, another user's
+            pass
+        began = _process_start(pid)
+        try:
+            locked = datetime.fromisoformat(str(info.get("started"))).timestamp()
+        except ValueError:
+            locked = None
+        if began is not None and locked is not None and began > locked + 2:
+            return None
+    return info
+
+
+def _process_start(pid: int) -> float | None:
+    """When process `pid` started (Unix time, from Linux's /proc); None where that cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime: clock ticks after boot
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _started_trials(path: Path, since: Any) -> list[str]:
+    """Ray trial ids whose trial directory (RUN_DIR/ray/*/run_trial_<id>_...) appeared since the lock was taken."""
+    try:
+        t0 = datetime.fromisoformat(str(since)).timestamp()
+    except ValueError:
+        return []
+    out = []
+    for d in sorted((path / "ray").glob("*/run_trial_*")):
+        m = _TRIAL_DIR.match(d.name)
+        try:
+            if m and d.is_dir() and d.stat().st_mtime >= t0 - 1:
+                out.append(m.group(1))
+        except OSError:
+            continue
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ formatting
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _f(value: Any, spec: str = ".3f", none: str = "–") -> str:
+    v = _num(value)
+    return none if v is None else format(v, spec)
+
+
+def _score(value: Any) -> str:
+    v = _num(value)
+    return "–" if v is None else (f"{v:.4f}" if abs(v) < 10 else f"{v:,.1f}")
+
+
+def _int(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else "–"
+
+
+def _value(value: Any) -> str:
+    return value if isinstance(value, str) else "–" if value is None else json.dumps(value)
+
+
+def _href(target: Path, base: Path) -> str:
+    rel = os.path.relpath(target.resolve(), base.resolve())
+    return urllib.parse.quote(Path(rel).as_posix())
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """Round tick values (steps of 1, 2, 2.5 or 5 times a power of ten) whose range covers [lo, hi]."""
+    if not hi > lo:
+        lo, hi = (lo - 1, hi + 1) if lo == 0 else (lo - abs(lo) * 0.1, hi + abs(hi) * 0.1)
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw * (1 - 1e-9))
+    first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+    return [round(i * step, 12) for i in range(first, last + 1)]
+
+
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    """1-2-5 ticks of a log axis whose range covers [lo, hi] (lo > 0)."""
+    ticks: list[float] = []
+    e = math.floor(math.log10(lo))
+    while not ticks or ticks[-1] < hi:
+        for m in (1, 2, 5):
+            t = round(m * 10.0 ** e, 12)
+            if t * 2.5 > lo and (not ticks or ticks[-1] < hi):
+                ticks.append(t)
+        e += 1
+    return ticks
+
+
+def _tick_text(t: float) -> str:
+    text = f"{t:,.6f}".rstrip("0").rstrip(".")
+    return text if text not in ("-0", "") else "0"
+
+
+class _Plot:
+    """One SVG scatter plot: data -> pixels (x linear or log), a grid with round ticks, axis labels and a legend
+    on the right."""
+
+    def __init__(self, xr: tuple[float, float], yr: tuple[float, float], xlabel: str, ylabel: str, *,
+                 xlog: bool = False, size: tuple[int, int] = (1100, 400), legend_width: int = 210):
+        self.xlog = xlog
+        self.xt, self.yt = (_log_ticks(*xr) if xlog else _ticks(*xr)), _ticks(*yr)
+        self.xlabel, self.ylabel = xlabel, ylabel
+        self.W, self.H = size
+        self.L, self.R, self.T, self.B = 70, legend_width, 18, 48  # margins in px; the right one holds the legend
+        self.legend: list[tuple[str, str, str]] = []  # (marker, css class, text)
+
+    def x(self, v: float) -> float:
+        a, b = self.xt[0], self.xt[-1]
+        if self.xlog:
+            a, b, v = math.log10(a), math.log10(b), math.log10(max(v, self.xt[0]))
+        return round(self.L + (v - a) / (b - a) * (self.W - self.L - self.R), 2)
+
+    def y(self, v: float) -> float:
+        a, b = self.yt[0], self.yt[-1]
+        return round(self.H - self.B - (v - a) / (b - a) * (self.H - self.T - self.B), 2)
+
+    def frame(self) -> list[str]:
+        out = []
+        x0, x1, y0, y1 = self.L, self.W - self.R, self.H - self.B, self.T
+        for t in self.xt:
+            out.append(f'<line class="grid" x1="{self.x(t)}" y1="{y0}" x2="{self.x(t)}" y2="{y1}"/>'
+                       f'<text x="{self.x(t)}" y="{y0 + 16}" text-anchor="middle">{_tick_text(t)}</text>')
+        for t in self.yt:
+            out.append(f'<line class="grid" x1="{x0}" y1="{self.y(t)}" x2="{x1}" y2="{self.y(t)}"/>'
+                       f'<text x="{x0 - 6}" y="{self.y(t) + 4}" text-anchor="end">{_tick_text(t)}</text>')
+        out.append(f'<rect class="axes" x="{x0}" y="{y1}" width="{x1 - x0}" height="{y0 - y1}"/>')
+        xlabel = self.xlabel + (", log scale" if self.xlog else "")
+        out.append(f'<text class="label" x="{(x0 + x1) / 2}" y="{self.H - 8}" text-anchor="middle">'
+                   f'{esc(xlabel)}</text>')
+        out.append(f'<text class="label" transform="translate(16 {(y0 + y1) / 2}) rotate(-90)" '
+                   f'text-anchor="middle">{esc(self.ylabel)}</text>')
+        return out
+
+    @staticmethod
+    def marker(kind: str, cls: str, x: float, y: float, title: str, href: str | None = None) -> str:
+        tip = f"<title>{esc(title)}</title>"
+        if kind == "circle":
+            shape = f'<circle class="{cls}" cx="{x}" cy="{y}" r="4.5">{tip}</circle>'
+        else:  # "x" or "+", drawn as one path
+            d = 4
+            lines = (f"M{x - d} {y - d}L{x + d} {y + d}M{x - d} {y + d}L{x + d} {y - d}" if kind == "x"
+                     else f"M{x - d - 1} {y}L{x + d + 1} {y}M{x} {y - d - 1}L{x} {y + d + 1}")
+            shape = f'<path class="{cls}" d="{lines}">{tip}</path>'
+        return f'<a href="{esc(href)}">{shape}</a>' if href else shape
+
+    def svg(self, body: list[str], ident: str, label: str) -> str:
+        legend = []
+        lx, ly = self.W - self.R + 18, self.T + 10
+        for i, (kind, cls, text) in enumerate(self.legend):
+            y = ly + 20 * i
+            if kind == "line":
+                legend.append(f'<line class="{cls}" x1="{lx - 6}" y1="{y}" x2="{lx + 8}" y2="{y}"/>')
+            else:
+                legend.append(self.marker(kind, cls, lx + 1, y, text))
+            legend.append(f'<text x="{lx + 16}" y="{y + 4}">{esc(text)}</text>')
+        return (f'<svg id="{ident}" class="plot" role="img" aria-label="{esc(label)}" '
+                f'viewBox="0 0 {self.W} {self.H}" width="{self.W}" height="{self.H}" '
+                f'xmlns="http://www.w3.org/2000/svg">{"".join(self.frame() + body + legend)}</svg>')
+
+
+# ------------------------------------------------------------------------------------------------ the plots
+
+def pareto_svg(st: RunState) -> str:
+    """Score vs measured latency: every scored trial, the Pareto front (within the budget) as a step line, trials
+    over budget in grey (at the predicted latency when only predicted; along the bottom when never scored) and the
+    budget as a dashed red line. Each point's tooltip names its trial and links to its row."""
+    from .pareto import pareto_front
+
+    metric, budget = st.metric, st.budget
+    scored, unscored = [], []  # (latency, score, record, kind, css class)
+    for r in st.records:
+        status = r.get("status")
+        lat = _num(r.get("predicted_ms")) if status == "predicted_over_budget" else _num(r.get("latency_ms"))
+        if status not in ("ok", "over_budget", "predicted_over_budget") or lat is None:
+            continue
+        kind, cls = {"ok": ("circle", "pt-ok"), "over_budget": ("x", "pt-over")}.get(status, ("+", "pt-pred"))
+        s = _num(r.get(metric))
+        (scored if s is not None else unscored).append((lat, s, r, kind, cls))
+    front = pareto_front(st.records, budget_ms=budget, metric=metric)
+    ref = max([p[0] for p in scored + unscored if p[2].get("status") == "ok"] + ([budget] if budget else []),
+              default=1.0)
+    far = 100 * ref  # points beyond this sit at the right edge (a prediction can be off by far more)
+    lats = [min(p[0], far) for p in scored + unscored if p[0] > 0] + ([budget] if budget else [])
+    lo, hi = min(lats, default=0.5), max(lats, default=1.0)
+    xlog = lo > 0 and hi / lo > 12  # e.g. 1 ms trials under a 50 ms budget: a linear axis would crowd them
+    scores = [p[1] for p in scored]
+    pad = 0.06 * ((max(scores) - min(scores)) or abs(scores[0]) or 1.0) if scores else 0.0
+    ylabel = ("validation accuracy" if st.settings.get("objective", "accuracy") == "accuracy"
+              else f"{st.settings.get('objective', metric)} score (zero-cost proxy)")
+    plot = _Plot((lo / 1.25, hi * 1.25) if xlog else (0.0, hi * 1.05),
+                 (min(scores) - pad, max(scores) + pad) if scores else (0.0, 1.0), "latency (ms)", ylabel, xlog=xlog)
+    xmax = plot.xt[-1]
+    body = []
+    if budget is not None:
+        bx = plot.x(min(budget, xmax))
+        body.append(f'<line class="budget" x1="{bx}" y1="{plot.T}" x2="{bx}" y2="{plot.H - plot.B}"/>'
+                    f'<text class="budget-label" x="{bx + 4}" y="{plot.T + 12}">budget {budget:g} ms</text>')
+    if len(front) > 1:
+        pts = []
+        for a, b in zip(front, front[1:]):
+            pts += [(a["latency_ms"], a[metric]), (b["latency_ms"], a[metric])]
+        pts.append((front[-1]["latency_ms"], front[-1][metric]))
+        body.append('<polyline class="front-line" points="' +
+                    " ".join(f"{plot.x(x)},{plot.y(y)}" for x, y in pts) + '"/>')
+    front_ids = {id(r) for r in front}
+    bottom = plot.H - plot.B - 7
+    for lat, s, r, kind, cls in sorted(scored + unscored, key=lambda p: id(p[2]) in front_ids):
+        shown = min(lat, xmax)
+        which = "predicted" if r.get("status") == "predicted_over_budget" else "measured"
+        tip = (f"trial {r.get('trial')} ({r.get('status')}): {metric} {_score(s)}, {which} {lat:.3f} ms"
+               + (f", {r['params']:,} params" if isinstance(r.get("params"), int) else "")
+               + (" (off the scale)" if lat > xmax else "") + ("" if s is not None else ", not scored"))
+        if id(r) in front_ids:
+            cls = "pt-front"
+        body.append(plot.marker(kind, cls, plot.x(shown), plot.y(s) if s is not None else bottom, tip,
+                                f"#trial-{r.get('trial')}"))
+    n_ok = sum(1 for p in scored if p[2].get("status") == "ok")
+    plot.legend = [("circle", "pt-ok", f"trials ({n_ok})"), ("circle", "pt-front", f"Pareto front ({len(front)})")]
+    for kind, cls, status, text in (("x", "pt-over", "over_budget", "over budget, measured"),
+                                    ("+", "pt-pred", "predicted_over_budget", "over budget, predicted")):
+        n = sum(1 for p in scored + unscored if p[2].get("status") == status)
+        if n:
+            plot.legend.append((kind, cls, f"{text} ({n})"))
+    if budget is not None:
+        plot.legend.append(("line", "budget", f"budget {budget:g} ms"))
+    if not scored and not unscored:
+        body.append(f'<text class="empty" x="{(plot.L + plot.W - plot.R) / 2}" y="{(plot.T + plot.H - plot.B) / 2}" '
+                    'text-anchor="middle">no measured trials yet</text>')
+    return plot.svg(body, "pareto", f"{ylabel} vs latency")
+
+
+def _ranks(values: list[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):  # ties share their average rank
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(xs: list[float], ys: list[float]) -> float | None:
+    """Spearman's rank correlation (Pearson's on average ranks); None with fewer than 2 points or no spread."""
+    if len(xs) < 2:
+        return None
+    rx, ry = _ranks(xs), _ranks(ys)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return None if sxx == 0 or syy == 0 else sxy / math.sqrt(sxx * syy)
+
+
+def predictor_stats(records: list[dict]) -> dict[str, Any]:
+    """Predicted vs measured latency over the records that have both: n, MAE (ms), MAPE (%), Spearman's rho,
+    the share within 10%, and the (predicted, measured, record) pairs."""
+    pairs = [(p, m, r) for r in records
+             if (p := _num(r.get("predicted_ms"))) is not None and (m := _num(r.get("latency_ms"))) and m > 0]
+    if not pairs:
+        return {"n": 0, "pairs": []}
+    errs = [abs(p - m) for p, m, _ in pairs]
+    rel = [abs(p - m) / m for p, m, _ in pairs]
+    return {"n": len(pairs), "mae_ms": sum(errs) / len(errs), "mape_pct": 100 * sum(rel) / len(rel),
+            "within_10pct": sum(e <= 0.10 + 1e-9 for e in rel) / len(rel),
+            "spearman": spearman([p for p, _, _ in pairs], [m for _, m, _ in pairs]), "pairs": pairs}
+
+
+def predictor_svg(pairs: list[tuple[float, float, dict]]) -> str:
+    top = max(max(p, m) for p, m, _ in pairs) * 1.05
+    plot = _Plot((0.0, top), (0.0, top), "predicted latency (ms)", "measured latency (ms)", size=(560, 360),
+                 legend_width=150)
+    end = min(plot.xt[-1], plot.yt[-1])
+    body = [f'<line class="diag" x1="{plot.x(0)}" y1="{plot.y(0)}" x2="{plot.x(end)}" y2="{plot.y(end)}"/>']
+    for p, m, r in pairs:
+        body.append(plot.marker("circle", "pt-ok", plot.x(p), plot.y(m),
+                                f"trial {r.get('trial')}: predicted {p:.3f} ms, measured {m:.3f} ms",
+                                f"#trial-{r.get('trial')}"))
+    plot.legend = [("circle", "pt-ok", f"trials ({len(pairs)})"), ("line", "diag", "exact (y = x)")]
+    return plot.svg(body, "predictor", "predicted vs measured latency")
+
+
+# ------------------------------------------------------------------------------------------------ graphs
+
+_SVG_NS = "{http://www.w3.org/2000/svg}"
+_UNSAFE = ("script", "foreignObject", "iframe", "object", "embed", "handler", "listener")
+
+
+def clean_svg(text: str) -> str:
+    """An SVG document as an element to inline in HTML: no XML prolog or doctype, no script, foreign content,
+    event handler or outside link (only links to "#..." stay). Raises ValueError if it is not SVG."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(text)
+    if root.tag != _SVG_NS + "svg":
+        raise ValueError(f"not an SVG document (root element {root.tag!r})")
+    for el in list(root.iter()):
+        el.tag = el.tag[len(_SVG_NS):]  # plain names: the HTML parser puts <svg> and its children in SVG's namespace
+        for child in list(el):
+            if not isinstance(child.tag, str) or not child.tag.startswith(_SVG_NS) \
+                    or child.tag[len(_SVG_NS):] in _UNSAFE:
+                el.remove(child)
+        for key in list(el.attrib):
+            local = key.rsplit("}", 1)[-1]
+            value = el.attrib.pop(key)
+            if local.lower().startswith("on") or (local == "href" and not value.startswith("#")):
+                continue
+            if key.startswith("{") and local != "href":
+                continue  # attributes of other namespaces (xml:space, ...) are not needed to draw
+            el.attrib[local] = value
+    root.set("xmlns", _SVG_NS[1:-1])
+    return ET.tostring(root, encoding="unicode")
+
+
+def _graph(st: RunState, rec: dict, title: str, id_prefix: str) -> tuple[str | None, str]:
+    """(inline SVG, "") of the record's architecture, or (None, why not). From its top/*.arch file, or, while a
+    search still runs, from the spec and the record's choice values when the spec is found unchanged."""
+    import hashlib
+
+    from ..api import check_file
+    from ..errors import ArchError
+
+    f = st.top_files.get(str(rec.get("hash")))
+    try:
+        if f is not None:
+            graph = check_file(f)
+        else:
+            spec = Path(str(st.settings.get("spec", "")))
+            if not spec.is_file() or hashlib.sha256(spec.read_bytes()).hexdigest() != st.settings.get("spec_sha256"):
+                return None, "no .arch file for it, and the search's spec is not found unchanged here"
+            shape = st.settings.get("input_shape")
+            graph = check_file(spec, {**(st.settings.get("fixed") or {}), **(rec.get("point") or {})},
+                               input_shape=tuple(shape) if shape else None, model=st.settings.get("model"))
+    except ArchError as err:
+        return None, "the architecture does not check: " + str(err).strip().splitlines()[0]
+    except OSError as err:
+        return None, f"cannot read it: {err.strerror or err}"
+    try:
+        import importlib
+
+        viz = importlib.import_module("archdsl.viz")  # by name: written beside this module, maybe not there yet
+    except ImportError as err:
+        return None, f"archdsl.viz is not available ({err})"
+    try:
+        import inspect
+
+        # several drawings share the page: their element ids must not collide
+        known = inspect.signature(viz.to_svg).parameters
+        kw = {k: v for k, v in (("title", title), ("id_prefix", id_prefix)) if k in known}
+        return clean_svg(viz.to_svg(graph, **kw)), ""
+    except getattr(viz, "VizUnavailable", RuntimeError) as err:
+        return None, str(err) or type(err).__name__
+    except Exception as err:  # noqa: BLE001 - one graph that does not render must not cost the whole page
+        return None, f"{type(err).__name__}: {err}"
+
+
+# ------------------------------------------------------------------------------------------------ the page
+
+def _table(head: list[str], rows: list, cls: str = "", ident: str = "") -> str:
+    """A table from cells that are already HTML. A row is a list of cells, or (tr attributes, cells); head names
+    ending in '#' are right-aligned numbers."""
+    nums = [h.endswith("#") for h in head]
+    th = "".join(f'<th{" class=num" if n else ""}>{esc(h.rstrip("#"))}</th>' for h, n in zip(head, nums))
+    body = []
+    for row in rows:
+        attrs, cells = row if isinstance(row, tuple) else ("", row)
+        tds = "".join(f'<td{" class=num" if n else ""}>{c}</td>' for c, n in zip(cells, nums))
+        body.append(f"<tr{attrs}>{tds}</tr>")
+    return (f'<table{f" id={ident}" if ident else ""}{f" class={cls}" if cls else ""}><thead><tr>{th}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table>')
+
+
+def _point(point: Any) -> str:
+    if not isinstance(point, dict) or not point:
+        return "–"
+    return '<dl class="point">' + "".join(f"<dt>{esc(k)}</dt><dd>{esc(_value(v))}</dd>"
+                                           for k, v in point.items()) + "</dl>"
+
+
+def _section_top(st: RunState, base: Path, top: int) -> str:
+    from .pareto import top_k
+
+    budget = st.budget
+    ranked = top_k(st.records, top, budget, metric=st.metric)
+    if not ranked:
+        return ('<section id="top-section"><h2>Top architectures</h2><p class="muted">No architecture has met '
+                f'the budget{" yet" if st.state == "running" else ""}.</p></section>')
+    acc_col = st.metric == "score" and st.settings.get("objective", "accuracy") != "accuracy" \
+        and any(_num(r.get("accuracy")) is not None for r in ranked)  # a proxy search whose trials were trained
+    head = ["rank#", "trial#", "status", f"{'score' if st.metric == 'score' else 'accuracy'}#"]
+    head += ["accuracy#"] if acc_col else []
+    head += ["latency ms#", "predicted ms#", "params#", "MACs#", "choices", ".arch file"]
+    rows, graphs = [], []
+    for rank, r in enumerate(ranked, 1):
+        f = st.top_files.get(str(r.get("hash")))
+        link = (f'<a href="{esc(_href(f, base))}">{esc(f.name)}</a>' if f is not None
+                else '<span class="muted">not written' + (" yet" if st.state == "running" else "") + "</span>")
+        row = [str(rank), f'<a href="#trial-{esc(r.get("trial"))}">{esc(r.get("trial"))}</a>',
+               esc(r.get("status")), _score(r.get(st.metric))]
+        row += [_score(r.get("accuracy"))] if acc_col else []
+        row += [_f(r.get("latency_ms")), _f(r.get("predicted_ms")), _int(r.get("params")), _int(r.get("macs")),
+                _point(r.get("point")), link]
+        rows.append((f' id="rank-{rank}"', row))
+        name = f.name if f is not None else f"trial {r.get('trial')}"
+        svg, why = _graph(st, r, f"rank {rank}: {name}", f"g{rank}-")
+        inner = f'<div class="graph">{svg}</div>' if svg else f'<p class="muted">graph unavailable: {esc(why)}</p>'
+        graphs.append(f'<details class="graph-box" id="graph-{rank}"><summary>rank {rank}: trial '
+                      f'{esc(r.get("trial"))}, {esc(f.name if f else r.get("hash"))}</summary>{inner}</details>')
+    return ('<section id="top-section"><h2>Top architectures</h2><p class="muted">Ranked by '
+            f'{esc(st.metric)} among the trials measured within the budget (one per network).</p>'
+            f'{_table(head, rows, "top", "top")}<h3>Rendered graphs</h3>{"".join(graphs)}</section>')
+
+
+def _section_counts(st: RunState) -> str:
+    counts = Counter(str(r.get("status")) for r in st.records)
+    names = list(STATUSES) + sorted(s for s in counts if s not in STATUSES)
+    rows_data = [(s, counts.get(s, 0), STATUSES.get(s, "")) for s in names]
+    if st.state == "running":
+        rows_data.append(("running", len(st.running), "started, no record yet"))
+    most = max([1] + [n for _, n, _ in rows_data])
+    rows = [(f' class="st-{esc(s)}"', [f"<code>{esc(s)}</code>", str(n),
+             f'<span class="bar" style="width:{100 * n / most:.1f}%"></span>', esc(what)])
+            for s, n, what in rows_data]
+    finished = sum(counts.get(s, 0) for s in FINISHED)
+    want = st.settings.get("trials")
+    note = f"{finished} of {want} trials finished" if isinstance(want, int) else f"{finished} trials finished"
+    return (f'<section id="counts"><h2>Trial status</h2><p>{esc(note)}; {len(st.records)} records in all.</p>'
+            f'{_table(["status", "trials#", "", "meaning"], rows, "counts")}</section>')
+
+
+def _section_predictor(st: RunState) -> str:
+    s = predictor_stats(st.records)
+    parts = ['<section id="predictor-section"><h2>Latency predictor</h2>']
+    if s["n"]:
+        rho = "–" if s["spearman"] is None else f"{s['spearman']:.3f}"
+        parts.append(_table(["trials#", "MAE ms#", "MAPE#", "within 10%#", "rank correlation (Spearman)#"],
+                            [[str(s["n"]), f"{s['mae_ms']:.3f}", f"{s['mape_pct']:.1f}%",
+                              f"{100 * s['within_10pct']:.0f}%", rho]], "kv"))
+        parts.append(predictor_svg(s["pairs"]))
+    else:
+        parts.append('<p class="muted">No trial has both a predicted and a measured latency: the per-operator latency '
+                     'table covered none of the candidates (<code>archdsl bench --build-table SPACE.arch</code> '
+                     'builds it), or the predictor was off.</p>')
+    info = (st.summary or {}).get("predictor")
+    if isinstance(info, dict):
+        parts.append('<p class="muted">During the search: ' + esc(", ".join(
+            f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items())) + "</p>")
+    return "".join(parts) + "</section>"
+
+
+def _section_machine(st: RunState) -> str:
+    fps: dict[str, tuple[dict, int]] = {}
+    threads: Counter[str] = Counter()
+    for r in st.records:
+        lat = r.get("latency") if isinstance(r.get("latency"), dict) else {}
+        fp = lat.get("fingerprint")
+        if isinstance(fp, dict):
+            key = str(fp.get("hash") or json.dumps(fp, sort_keys=True))
+            fps[key] = (fp, fps.get(key, (fp, 0))[1] + 1)
+        if lat.get("threads") is not None:
+            threads[str(lat.get("threads"))] += 1
+    parts = ['<section id="machine"><h2>Machine</h2>']
+    if not fps:
+        parts.append('<p class="muted">No measurement recorded a machine fingerprint yet.</p>')
+    if len(fps) > 1:
+        parts.append(f'<p class="warn">Latencies were measured on {len(fps)} different machines or setups: '
+                     "compare them with care.</p>")
+    for fp, n in fps.values():
+        rows = [[f"<code>{esc(k)}</code>", esc(_value(v))] for k, v in fp.items()]
+        parts.append(f"<h3>fingerprint {esc(fp.get('hash', '?'))} ({n} measurements)</h3>"
+                     + _table(["field", "value"], rows, "kv"))
+    if threads:
+        parts.append("<p>torch threads while measuring: " + esc(", ".join(
+            f"{t} ({n} trials)" for t, n in sorted(threads.items()))) + "</p>")
+    return "".join(parts) + "</section>"
+
+
+def _section_settings(st: RunState) -> str:
+    s = st.settings
+    keys = ["spec", "budget_ms", "objective", "algo", "trials", "dataset", "dataset_limit", "epochs", "seed",
+            "fixed", "model", "input_shape", "address", "created", "archdsl_version", "spec_sha256"]
+    keys += [k for k in s if k not in keys and k not in ("dimensions", "resumed")]
+    rows = [[f"<code>{esc(k)}</code>", esc(_value(s[k]))] for k in keys if k in s]
+    parts = [f'<section id="settings"><h2>Search settings</h2>{_table(["setting", "value"], rows, "kv")}']
+    for res in s.get("resumed") or []:
+        if isinstance(res, dict):
+            parts.append(f"<p>resumed {esc(res.get('time'))}: changed {esc(_value(res.get('changed')))}</p>")
+    dims = [d for d in s.get("dimensions") or [] if isinstance(d, dict)]
+    if dims:
+        rows = [[f"<code>{esc(d.get('name'))}</code>", esc(_value(d.get("domain"))), esc(d.get("where", ""))]
+                for d in dims]
+        parts.append(f"<details><summary>{len(dims)} search dimensions</summary>"
+                     f"{_table(['choice point', 'domain', 'where'], rows)}</details>")
+    return "".join(parts) + "</section>"
+
+
+def _section_failures(st: RunState) -> str:
+    failed = [r for r in st.records if r.get("status") == "failed"]
+    rejected = Counter(str(r.get("error") or "no message").strip() for r in st.records
+                       if r.get("status") == "rejected")
+    if not failed and not rejected:
+        return '<section id="failures"><h2>Failures</h2><p class="muted">No trial failed or was rejected.</p></section>'
+    parts = ['<section id="failures"><h2>Failures</h2>']
+    if failed:
+        rows = [[f'<a href="#trial-{esc(r.get("trial"))}">{esc(r.get("trial"))}</a>', _point(r.get("point")),
+                 f'<pre class="error">{esc(r.get("error") or "no message")}</pre>'] for r in failed]
+        parts.append(f"<h3>{len(failed)} failed trials</h3>" + _table(["trial#", "choices", "error"], rows))
+    if rejected:
+        rows = [[str(n), f'<pre class="error">{esc(msg)}</pre>'] for msg, n in rejected.most_common()]
+        parts.append(f"<h3>{sum(rejected.values())} rejected candidates</h3>" + _table(["times#", "reason"], rows))
+    return "".join(parts) + "</section>"
+
+
+def _section_trials(st: RunState) -> str:
+    rows = []
+    for r in st.records:
+        err = str(r.get("error") or "")
+        rows.append((f' id="trial-{esc(r.get("trial"))}" class="st-{esc(r.get("status"))}"', [
+            esc(r.get("trial")), f"<code>{esc(r.get('status'))}</code>", _score(r.get(st.metric)),
+            _f(r.get("latency_ms")), _f(r.get("predicted_ms")), _int(r.get("params")), esc(r.get("hash") or "–"),
+            esc(err.splitlines()[0][:160] if err else "")]))
+    return (f'<section id="trials"><details><summary><h2>All {len(rows)} trials</h2></summary>'
+            + _table(["trial#", "status", f"{st.metric}#", "latency ms#", "predicted ms#", "params#", "hash", "error"],
+                     rows, "trials") + "</details></section>")
+
+
+def _problems(st: RunState) -> str:
+    notes, warns = [], []
+    for p in st.problems:
+        (notes if st.state == "running" and "partial last line" in p else warns).append(p)
+    for p in (st.summary or {}).get("problems") or []:
+        warns.append(str(p))
+    out = ""
+    if warns:
+        out += ('<section id="problems" class="warn-box"><h2>Problems reading the records</h2><ul>'
+                + "".join(f"<li><code>{esc(p)}</code></li>" for p in warns) + "</ul></section>")
+    if notes:
+        out += ('<p class="muted" id="notes">The last record was being written while this page was made; it is '
+                'left out: ' + "".join(f"<code>{esc(p)}</code>" for p in notes) + "</p>")
+    return out
+
+
+def _cards(st: RunState) -> str:
+    from .pareto import best_under_budget
+
+    best = best_under_budget(st.records, st.budget, metric=st.metric)
+    counts = Counter(str(r.get("status")) for r in st.records)
+    finished = sum(counts.get(s, 0) for s in FINISHED)
+    want = st.settings.get("trials")
+    cards = [("trials finished", f"{finished}" + (f" / {want}" if isinstance(want, int) else ""),
+              f"{len(st.running)} running" if st.state == "running" else f"{len(st.records)} records"),
+             ("latency budget", f"{st.budget:g} ms" if st.budget is not None else "–", "median, batch 1"),
+             ("objective", str(st.settings.get("objective", "?")), f"search algorithm {st.settings.get('algo', '?')}")]
+    if best:
+        cards.append((f"best {st.metric} within budget", _score(best.get(st.metric)),
+                      f"trial {best.get('trial')} at {_f(best.get('latency_ms'))} ms"))
+    else:
+        cards.append(("best within budget", "none yet" if st.state == "running" else "none", "no ok trial in budget"))
+    return '<div class="cards">' + "".join(
+        f'<div class="card"><div class="k">{esc(k)}</div><div class="v">{esc(v)}</div><div class="s">{esc(s)}</div>'
+        f"</div>" for k, v, s in cards) + "</div>"
+
+
+_CSS = """
+:root{--fg:#1e2533;--muted:#5f6b7d;--line:#e2e6ec;--bg:#f4f6f9;--card:#fff;--accent:#2563eb}
+*{box-sizing:border-box}
+body{margin:0;background:var(--bg);color:var(--fg);font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,
+"DejaVu Sans",sans-serif}
+main{max-width:1180px;margin:0 auto;padding:24px 24px 48px}
+h1{font-size:22px;margin:0 0 6px}h2{font-size:17px;margin:0 0 12px;display:inline-block}
+h3{font-size:14px;margin:18px 0 8px}
+.two{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:0 16px;align-items:start}
+header .meta{color:var(--muted)}header code{color:var(--fg)}
+section{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:16px 20px;margin:16px 0}
+.badge{display:inline-block;padding:2px 10px;border-radius:999px;font-size:12px;font-weight:600;margin-left:8px;
+vertical-align:middle;color:#fff}
+.badge.finished{background:#15803d}.badge.running{background:#d97706}.badge.interrupted{background:#64748b}
+.badge.stopped{background:#b91c1c}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(210px,1fr));gap:12px;margin:16px 0}
+.card{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:12px 16px}
+.card .k{color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.04em}
+.card .v{font-size:22px;font-weight:650;margin:2px 0}.card .s{color:var(--muted);font-size:12px}
+table{border-collapse:collapse;width:100%;margin:4px 0}
+th,td{padding:6px 8px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}
+th{font-size:12px;color:var(--muted);font-weight:600;background:#f8fafc}
+.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+table.kv{width:auto}table.kv td:first-child{padding-right:24px}
+tbody tr:hover{background:#f5f8ff}tr:target{background:#fff7d6}
+code,pre,.point{font-family:ui-monospace,"DejaVu Sans Mono",Menlo,monospace;font-size:12px}
+pre.error{margin:0;white-space:pre-wrap;word-break:break-word;color:#991b1b}
+dl.point{margin:0;display:grid;grid-template-columns:max-content auto;column-gap:10px;line-height:1.3}
+dl.point dt{color:var(--muted)}dl.point dd{margin:0}
+a{color:var(--accent);text-decoration:none}a:hover{text-decoration:underline}
+.muted{color:var(--muted)}.warn{color:#b45309;font-weight:600}
+.warn-box{border-color:#f59e0b;background:#fffbeb}
+.bar{display:inline-block;height:10px;border-radius:3px;background:var(--accent);min-width:1px}
+table.counts td:nth-child(3){width:28%}table.kv td{overflow-wrap:anywhere}
+.st-failed .bar{background:#dc2626}.st-over_budget .bar,.st-predicted_over_budget .bar{background:#94a3b8}
+.st-rejected .bar{background:#f59e0b}.st-duplicate .bar{background:#cbd5e1}.st-running .bar{background:#d97706}
+details{margin:6px 0}summary{cursor:pointer}
+.graph-box{border:1px solid var(--line);border-radius:8px;padding:6px 10px}
+.graph{max-height:640px;overflow:auto;padding:8px 0}.graph svg{max-width:100%;height:auto}
+svg.plot{width:100%;max-width:1100px;height:auto;display:block;margin:4px 0}
+#predictor{max-width:560px}
+svg.plot text{font-size:11px;fill:#5f6b7d}svg.plot text.label{font-size:12px;fill:#1e2533}
+svg.plot .grid{stroke:#eef1f5}svg.plot .axes{fill:none;stroke:#9aa5b4}
+svg.plot .pt-ok{fill:#3b82f6;fill-opacity:.7;stroke:#1d4ed8;stroke-width:.8}
+svg.plot .pt-front{fill:#f97316;stroke:#9a3412;stroke-width:1}
+svg.plot .pt-over,svg.plot .pt-pred{stroke:#8b95a5;stroke-width:1.6;fill:none}
+svg.plot circle:hover{stroke:#111;stroke-width:2}
+svg.plot .front-line{fill:none;stroke:#f97316;stroke-width:1.6}
+svg.plot .budget{stroke:#dc2626;stroke-width:1.4;stroke-dasharray:6 4}svg.plot .budget-label{fill:#dc2626}
+svg.plot .diag{stroke:#94a3b8;stroke-dasharray:5 4}svg.plot text.empty{font-size:14px}
+footer{color:var(--muted);font-size:12px;margin-top:24px}
+"""
+
+
+def build_report(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = None, top: int = 10) -> str:
+    """The HTML page for the search in `run_dir` (read-only, see the module docstring). Links to files in the run
+    directory are relative to `out`'s directory (the current directory when `out` is None), so the page keeps
+    working when it and the run directory move together. `top`: rows of the top-architectures table.
+    Raises ReportError when `run_dir` is not a readable search output directory."""
+    return render(read_run(run_dir), out=out, top=top)
+
+
+def render(st: RunState, *, out: str | os.PathLike | None = None, top: int = 10) -> str:
+    """The page for an already read RunState (see build_report)."""
+    base = Path(out).parent if out is not None else Path.cwd()
+    spec = Path(str(st.settings.get("spec", "search")))
+    now = datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+    body = [
+        f"<header><h1>Search report: {esc(spec.name)}<span class=\"badge {esc(st.state)}\">{esc(st.state)}</span>"
+        f"</h1><div class=\"meta\">run directory <code>{esc(st.path)}</code> · {esc(st.state_note)} · page made "
+        f"{esc(now)}</div></header>",
+        _cards(st), _problems(st),
+        f'<section id="pareto-section"><h2>Pareto front</h2>{pareto_svg(st)}<p class="muted">Each point is a trial '
+        f"(hover for details, click for its row); the front is the best {esc(st.metric)} at each latency within the "
+        "budget.</p></section>",
+        _section_top(st, base, top), f'<div class="two">{_section_counts(st)}{_section_predictor(st)}</div>',
+        f'<div class="two">{_section_machine(st)}{_section_settings(st)}</div>', _section_failures(st),
+        _section_trials(st),
+        f"<footer>archdsl {esc(st.settings.get('archdsl_version', ''))} · <code>archdsl report</code></footer>",
+    ]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; "
+            "img-src data:\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>archdsl search report: {esc(spec.name)}</title><style>{_CSS}</style></head>\n"
+            f"<body><main>\n{chr(10).join(body)}\n</main></body></html>\n")
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+def add_report_parser(sub) -> None:
+    p = sub.add_parser("report", help="write one self-contained HTML page of a search's results (finished or "
+                                      "running)")
+    p.add_argument("run_dir", help="the search's output directory (its --out)")
+    p.add_argument("-o", "--output", default="report.html",
+                   help="the HTML file to write (default report.html; - for standard output)")
+    p.add_argument("--top", type=int, default=10, help="rows of the top-architectures table (default 10)")
+    p.set_defaults(fn=cmd_report)
+
+
+def cmd_report(args) -> int:
+    """Exit code: 0 written, 1 the run directory cannot be read or the page cannot be written, 2 bad usage."""
+    if args.top < 1:
+        print(f"archdsl: error: --top must be at least 1, got {args.top}", file=sys.stderr)
+        return 2
+    out = None if args.output == "-" else Path(args.output)
+    if out is not None and out.name in _PROTECTED and out.resolve().parent == Path(args.run_dir).resolve():
+        print(f"archdsl report: {out} is one of the search's own files; write the page elsewhere", file=sys.stderr)
+        return 1
+    try:
+        st = read_run(args.run_dir)
+        text = render(st, out=out, top=args.top)
+    except ReportError as err:
+        print(f"archdsl report: {err}", file=sys.stderr)
+        return 1
+    if out is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as err:
+        print(f"archdsl report: cannot write {out}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}: {len(st.records)} trial records, search {st.state}")
+    return 0
