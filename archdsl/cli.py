@@ -242,6 +242,9 @@ def make_parser() -> argparse.ArgumentParser:
     from .search.cli import add_search_parser  # Ray, Optuna and torch are imported only when it runs
 
     add_search_parser(sub)
+    from .search.report import add_report_parser  # the standard library only, at import
+
+    add_report_parser(sub)
     from .viz import add_viz_parser  # graphviz is imported only when it runs
 
     add_viz_parser(sub)
@@ -251,16 +254,29 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     ap = make_parser()
     args = ap.parse_args(argv)
-    debug = args.debug or os.environ.get("ARCHDSL_DEBUG") == "1"
-    if args.max_memory is not None:
-        from .limits import parse_memory
+    if args.max_memory is None:
+        return _run(args)
+    from .limits import parse_memory
 
-        try:
-            parse_memory(args.max_memory, "--max-memory")
-        except ValueError as e:
-            print(f"archdsl: {e}", file=sys.stderr)
-            return 2
-        os.environ["ARCHDSL_MAX_MEMORY"] = args.max_memory  # read where models are built (also by search trials)
+    try:
+        parse_memory(args.max_memory, "--max-memory")
+    except ValueError as e:
+        print(f"archdsl: {e}", file=sys.stderr)
+        return 2
+    old = os.environ.get("ARCHDSL_MAX_MEMORY")
+    os.environ["ARCHDSL_MAX_MEMORY"] = args.max_memory  # read where models are built (search trials inherit it)
+    try:
+        return _run(args)
+    finally:
+        if old is None:
+            os.environ.pop("ARCHDSL_MAX_MEMORY", None)
+        else:
+            os.environ["ARCHDSL_MAX_MEMORY"] = old
+
+
+def _run(args) -> int:
+    """Run the subcommand: a spec mistake prints its diagnostics (exit 1), never a traceback."""
+    debug = args.debug or os.environ.get("ARCHDSL_DEBUG") == "1"
     try:
         return args.fn(args)
     except ArchError as e:

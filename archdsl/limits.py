@@ -33,29 +33,36 @@ def too_big_file(file: str, size: int) -> ArchError:
                                  f"archdsl reads spec files of at most {MAX_FILE_BYTES} bytes")])
 
 
+_FIELDS: dict[type, tuple[str, ...]] = {}  # dataclass type -> its field names (dataclasses.fields is slow)
+
+
+def _fields(cls: type) -> tuple[str, ...] | None:
+    names = _FIELDS.get(cls)
+    if names is None and hasattr(cls, "__dataclass_fields__") and cls is not Span:  # spans hold no nodes
+        names = _FIELDS[cls] = tuple(f for f in cls.__dataclass_fields__ if f != "span")
+    return names
+
+
 def check_ast_depth(items, file: str) -> None:
     """Reject ASTs nested deeper than MAX_EXPR_DEPTH (the evaluator recurses over them)."""
-    import dataclasses
-
     stack = [(it, 1, Span.unknown(file)) for it in items]
     while stack:
         node, depth, near = stack.pop()
-        span = getattr(node, "span", None)
-        span = span if isinstance(span, Span) else near  # the innermost enclosing node that has a place
+        span = getattr(node, "span", near)
+        span = span if type(span) is Span else near  # the innermost enclosing node that has a place
         if depth > MAX_EXPR_DEPTH:
             raise ArchError([Diagnostic(span, f"nesting is deeper than {MAX_EXPR_DEPTH} levels",
                                         "split the expression or body into named parts")])
-        if dataclasses.is_dataclass(node):
-            for f in dataclasses.fields(node):
-                v = getattr(node, f.name)
-                if dataclasses.is_dataclass(v):
-                    stack.append((v, depth + 1, span))
-                elif isinstance(v, tuple):
-                    for x in v:
-                        if dataclasses.is_dataclass(x):
-                            stack.append((x, depth + 1, span))
-                        elif isinstance(x, tuple):
-                            stack.extend((y, depth + 1, span) for y in x if dataclasses.is_dataclass(y))
+        for name in _fields(type(node)) or ():
+            v = getattr(node, name)
+            if _fields(type(v)) is not None:
+                stack.append((v, depth + 1, span))
+            elif isinstance(v, tuple):
+                for x in v:
+                    if _fields(type(x)) is not None:
+                        stack.append((x, depth + 1, span))
+                    elif isinstance(x, tuple):
+                        stack.extend((y, depth + 1, span) for y in x if _fields(type(y)) is not None)
 
 
 # ---------------------------------------------------------------- memory

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import os
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -455,9 +457,31 @@ def _unclosed_diagnostic(d: Diagnostic, e: UnexpectedInput, work: str, file: str
     return diag, "\n".join(lines)
 
 
+_CACHE: OrderedDict[tuple[str, str], S.Module] = OrderedDict()  # (file, text) -> its AST, most recent last
+_CACHE_LOCK = threading.Lock()
+CACHE_CHARS = 8_000_000  # the texts kept, in all: a search or a checker re-reads the same specs and imports
+
+
 def parse_text(text: str, file: str = "<string>") -> S.Module:
-    """Parse one file's text. Raises ArchError with all syntax errors found (re-parsing past each bad line)."""
+    """Parse one file's text. Raises ArchError with all syntax errors found (re-parsing past each bad line).
+    ASTs are immutable, so the last few parsed texts are remembered and given back as they are."""
     register_source(file, text)
+    key = (file, text)
+    with _CACHE_LOCK:
+        mod = _CACHE.get(key)
+        if mod is not None:
+            _CACHE.move_to_end(key)
+            return mod
+    mod = _parse_text(text, file)
+    with _CACHE_LOCK:
+        _CACHE[key] = mod
+        kept = sum(len(t) for _, t in _CACHE)
+        while kept > CACHE_CHARS and len(_CACHE) > 1:
+            kept -= len(_CACHE.popitem(last=False)[0][1])
+    return mod
+
+
+def _parse_text(text: str, file: str) -> S.Module:
     limits.check_text(text, file)
     diags: list[Diagnostic] = []
     work = text

@@ -14,7 +14,10 @@ Content-Security-Policy forbids both). Every text that comes from the directory 
 
 from __future__ import annotations
 
+import hashlib
 import html
+import importlib
+import inspect
 import json
 import math
 import os
@@ -63,6 +66,7 @@ class RunState:
     state_note: str = ""
     running: list[str] = field(default_factory=list)  # Ray trial ids started by the live search, no record yet
     top_files: dict[str, Path] = field(default_factory=dict)  # architecture hash -> top/<rank>_<hash>.arch
+    _rows: dict[int, int] = field(default_factory=dict, repr=False)  # id(record) -> its index in records
 
     @property
     def metric(self) -> str:
@@ -73,6 +77,16 @@ class RunState:
     @property
     def budget(self) -> float | None:
         return _num(self.settings.get("budget_ms"))
+
+    def anchor(self, record: dict) -> str:
+        """The id of the record's row in the all-trials table: trial-<n>, or rec-<line> for the outcomes decided
+        before any trial started (rejected, duplicate, predicted over budget), which have no trial number."""
+        trial = record.get("trial")
+        if isinstance(trial, int) and not isinstance(trial, bool):
+            return f"trial-{trial}"
+        if not self._rows:
+            self._rows.update({id(r): i for i, r in enumerate(self.records)})
+        return f"rec-{self._rows.get(id(record), 0)}"
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -119,8 +133,9 @@ def read_run(run_dir: str | os.PathLike) -> RunState:
     elif st.summary is not None and sum(int(v) for v in (st.summary.get("counts") or {}).values()
                                         if isinstance(v, int)) >= len(st.records):
         st.state = "interrupted" if st.summary.get("interrupted") else "finished"
+        took = _num(st.summary.get("seconds"))
         st.state_note = ("interrupted: finished trials are kept; continue it with archdsl search ... --resume"
-                         if st.state == "interrupted" else "finished")
+                         if st.state == "interrupted" else "finished" + (f" in {took:.0f} s" if took else ""))
     else:
         st.state_note = ("stopped before finishing (killed?): no summary of the last trials; continue it with "
                          "archdsl search ... --resume")
@@ -357,13 +372,14 @@ def pareto_svg(st: RunState) -> str:
     for lat, s, r, kind, cls in sorted(scored + unscored, key=lambda p: id(p[2]) in front_ids):
         shown = min(lat, xmax)
         which = "predicted" if r.get("status") == "predicted_over_budget" else "measured"
-        tip = (f"trial {r.get('trial')} ({r.get('status')}): {metric} {_score(s)}, {which} {lat:.3f} ms"
+        who = "candidate" if r.get("trial") is None else f"trial {r.get('trial')}"
+        tip = (f"{who} ({r.get('status')}): {metric} {_score(s)}, {which} {lat:.3f} ms"
                + (f", {r['params']:,} params" if isinstance(r.get("params"), int) else "")
                + (" (off the scale)" if lat > xmax else "") + ("" if s is not None else ", not scored"))
         if id(r) in front_ids:
             cls = "pt-front"
         body.append(plot.marker(kind, cls, plot.x(shown), plot.y(s) if s is not None else bottom, tip,
-                                f"#trial-{r.get('trial')}"))
+                                f"#{st.anchor(r)}"))
     n_ok = sum(1 for p in scored if p[2].get("status") == "ok")
     plot.legend = [("circle", "pt-ok", f"trials ({n_ok})"), ("circle", "pt-front", f"Pareto front ({len(front)})")]
     for kind, cls, status, text in (("x", "pt-over", "over_budget", "over budget, measured"),
@@ -418,7 +434,7 @@ def predictor_stats(records: list[dict]) -> dict[str, Any]:
             "spearman": spearman([p for p, _, _ in pairs], [m for _, m, _ in pairs]), "pairs": pairs}
 
 
-def predictor_svg(pairs: list[tuple[float, float, dict]]) -> str:
+def predictor_svg(st: RunState, pairs: list[tuple[float, float, dict]]) -> str:
     top = max(max(p, m) for p, m, _ in pairs) * 1.05
     plot = _Plot((0.0, top), (0.0, top), "predicted latency (ms)", "measured latency (ms)", size=(560, 360),
                  legend_width=150)
@@ -426,8 +442,9 @@ def predictor_svg(pairs: list[tuple[float, float, dict]]) -> str:
     body = [f'<line class="diag" x1="{plot.x(0)}" y1="{plot.y(0)}" x2="{plot.x(end)}" y2="{plot.y(end)}"/>']
     for p, m, r in pairs:
         body.append(plot.marker("circle", "pt-ok", plot.x(p), plot.y(m),
-                                f"trial {r.get('trial')}: predicted {p:.3f} ms, measured {m:.3f} ms",
-                                f"#trial-{r.get('trial')}"))
+                                f"trial {r.get('trial')}: predicted {p:.3f} ms, measured {m:.3f} ms"
+                                .replace("trial None", "candidate"),
+                                f"#{st.anchor(r)}"))
     plot.legend = [("circle", "pt-ok", f"trials ({len(pairs)})"), ("line", "diag", "exact (y = x)")]
     return plot.svg(body, "predictor", "predicted vs measured latency")
 
@@ -440,7 +457,8 @@ _UNSAFE = ("script", "foreignObject", "iframe", "object", "embed", "handler", "l
 
 def clean_svg(text: str) -> str:
     """An SVG document as an element to inline in HTML: no XML prolog or doctype, no script, foreign content,
-    event handler or outside link (only links to "#..." stay). Raises ValueError if it is not SVG."""
+    event handler or outside link (only links to "#..." stay). Raises ValueError when it is not SVG
+    (xml.etree.ElementTree.ParseError, a SyntaxError, when it is not XML)."""
     import xml.etree.ElementTree as ET
 
     root = ET.fromstring(text)
@@ -467,8 +485,6 @@ def clean_svg(text: str) -> str:
 def _graph(st: RunState, rec: dict, title: str, id_prefix: str) -> tuple[str | None, str]:
     """(inline SVG, "") of the record's architecture, or (None, why not). From its top/*.arch file, or, while a
     search still runs, from the spec and the record's choice values when the spec is found unchanged."""
-    import hashlib
-
     from ..api import check_file
     from ..errors import ArchError
 
@@ -482,20 +498,19 @@ def _graph(st: RunState, rec: dict, title: str, id_prefix: str) -> tuple[str | N
                 return None, "no .arch file for it, and the search's spec is not found unchanged here"
             shape = st.settings.get("input_shape")
             graph = check_file(spec, {**(st.settings.get("fixed") or {}), **(rec.get("point") or {})},
-                               input_shape=tuple(shape) if shape else None, model=st.settings.get("model"))
+                               input_shape=tuple(shape) if shape else None, model=st.settings.get("model"),
+                               strict_overrides=False)  # as the trials did: a choice its branch skips is unused
     except ArchError as err:
         return None, "the architecture does not check: " + str(err).strip().splitlines()[0]
     except OSError as err:
         return None, f"cannot read it: {err.strerror or err}"
+    except Exception as err:  # noqa: BLE001 - e.g. a value the record holds that the spec no longer takes
+        return None, f"{type(err).__name__}: {err}"
     try:
-        import importlib
-
-        viz = importlib.import_module("archdsl.viz")  # by name: written beside this module, maybe not there yet
+        viz = importlib.import_module("archdsl.viz")  # by name: a separate module, maybe not installed yet
     except ImportError as err:
         return None, f"archdsl.viz is not available ({err})"
     try:
-        import inspect
-
         # several drawings share the page: their element ids must not collide
         known = inspect.signature(viz.to_svg).parameters
         kw = {k: v for k, v in (("title", title), ("id_prefix", id_prefix)) if k in known}
@@ -547,7 +562,7 @@ def _section_top(st: RunState, base: Path, top: int) -> str:
         f = st.top_files.get(str(r.get("hash")))
         link = (f'<a href="{esc(_href(f, base))}">{esc(f.name)}</a>' if f is not None
                 else '<span class="muted">not written' + (" yet" if st.state == "running" else "") + "</span>")
-        row = [str(rank), f'<a href="#trial-{esc(r.get("trial"))}">{esc(r.get("trial"))}</a>',
+        row = [str(rank), f'<a href="#{st.anchor(r)}">{esc(r.get("trial"))}</a>',
                esc(r.get("status")), _score(r.get(st.metric))]
         row += [_score(r.get("accuracy"))] if acc_col else []
         row += [_f(r.get("latency_ms")), _f(r.get("predicted_ms")), _int(r.get("params")), _int(r.get("macs")),
@@ -588,7 +603,7 @@ def _section_predictor(st: RunState) -> str:
         parts.append(_table(["trials#", "MAE ms#", "MAPE#", "within 10%#", "rank correlation (Spearman)#"],
                             [[str(s["n"]), f"{s['mae_ms']:.3f}", f"{s['mape_pct']:.1f}%",
                               f"{100 * s['within_10pct']:.0f}%", rho]], "kv"))
-        parts.append(predictor_svg(s["pairs"]))
+        parts.append(predictor_svg(st, s["pairs"]))
     else:
         parts.append('<p class="muted">No trial has both a predicted and a measured latency: the per-operator latency '
                      'table covered none of the candidates (<code>archdsl bench --build-table SPACE.arch</code> '
@@ -648,13 +663,13 @@ def _section_settings(st: RunState) -> str:
 
 def _section_failures(st: RunState) -> str:
     failed = [r for r in st.records if r.get("status") == "failed"]
-    rejected = Counter(str(r.get("error") or "no message").strip() for r in st.records
-                       if r.get("status") == "rejected")
+    rejected = Counter(str(r.get("reason") or r.get("error") or "no message").strip() for r in st.records
+                       if r.get("status") == "rejected")  # grouped by the first (positioned) message
     if not failed and not rejected:
         return '<section id="failures"><h2>Failures</h2><p class="muted">No trial failed or was rejected.</p></section>'
     parts = ['<section id="failures"><h2>Failures</h2>']
     if failed:
-        rows = [[f'<a href="#trial-{esc(r.get("trial"))}">{esc(r.get("trial"))}</a>', _point(r.get("point")),
+        rows = [[f'<a href="#{st.anchor(r)}">{esc(r.get("trial"))}</a>', _point(r.get("point")),
                  f'<pre class="error">{esc(r.get("error") or "no message")}</pre>'] for r in failed]
         parts.append(f"<h3>{len(failed)} failed trials</h3>" + _table(["trial#", "choices", "error"], rows))
     if rejected:
@@ -667,11 +682,12 @@ def _section_trials(st: RunState) -> str:
     rows = []
     for r in st.records:
         err = str(r.get("error") or "")
-        rows.append((f' id="trial-{esc(r.get("trial"))}" class="st-{esc(r.get("status"))}"', [
-            esc(r.get("trial")), f"<code>{esc(r.get('status'))}</code>", _score(r.get(st.metric)),
+        trial = r.get("trial")
+        rows.append((f' id="{st.anchor(r)}" class="st-{esc(r.get("status"))}"', [
+            esc("–" if trial is None else trial), f"<code>{esc(r.get('status'))}</code>", _score(r.get(st.metric)),
             _f(r.get("latency_ms")), _f(r.get("predicted_ms")), _int(r.get("params")), esc(r.get("hash") or "–"),
             esc(err.splitlines()[0][:160] if err else "")]))
-    return (f'<section id="trials"><details><summary><h2>All {len(rows)} trials</h2></summary>'
+    return (f'<section id="trials"><details><summary><h2>All {len(rows)} records</h2></summary>'
             + _table(["trial#", "status", f"{st.metric}#", "latency ms#", "predicted ms#", "params#", "hash", "error"],
                      rows, "trials") + "</details></section>")
 
@@ -681,7 +697,7 @@ def _problems(st: RunState) -> str:
     for p in st.problems:
         (notes if st.state == "running" and "partial last line" in p else warns).append(p)
     for p in (st.summary or {}).get("problems") or []:
-        warns.append(str(p))
+        warns.append(f"noted by the search: {p}")
     out = ""
     if warns:
         out += ('<section id="problems" class="warn-box"><h2>Problems reading the records</h2><ul>'
@@ -746,7 +762,8 @@ a{color:var(--accent);text-decoration:none}a:hover{text-decoration:underline}
 .muted{color:var(--muted)}.warn{color:#b45309;font-weight:600}
 .warn-box{border-color:#f59e0b;background:#fffbeb}
 .bar{display:inline-block;height:10px;border-radius:3px;background:var(--accent);min-width:1px}
-table.counts td:nth-child(3){width:28%}table.kv td{overflow-wrap:anywhere}
+table.counts td:nth-child(3){width:28%}table.kv td:last-child{overflow-wrap:anywhere}
+table.kv td:first-child{white-space:nowrap}
 .st-failed .bar{background:#dc2626}.st-over_budget .bar,.st-predicted_over_budget .bar{background:#94a3b8}
 .st-rejected .bar{background:#f59e0b}.st-duplicate .bar{background:#cbd5e1}.st-running .bar{background:#d97706}
 details{margin:6px 0}summary{cursor:pointer}

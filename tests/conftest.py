@@ -11,6 +11,22 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 GOLDEN = Path(__file__).resolve().parent / "golden"
+FUZZ_STATS = pytest.StashKey[dict]()  # test_fuzz_errors.py's counts, printed at the end of the run
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    stats = config.stash.get(FUZZ_STATS, None)
+    if stats:
+        terminalreporter.write_line(
+            f"fuzz: {stats['cases']:,} generated inputs, {stats['inputs']:,} spec checks ({stats['checked']:,} "
+            f"passed, {stats['arch_errors']:,} refused with a positioned ArchError, nothing else raised), "
+            f"{stats['round_trips']:,} formatter round trips")
+
+
+@pytest.fixture(scope="session")
+def fuzz_stats(request) -> dict:
+    """A dict the fuzz tests fill with their counts; printed in the terminal summary."""
+    return request.config.stash.setdefault(FUZZ_STATS, {})
 
 
 def pytest_addoption(parser):

@@ -105,6 +105,22 @@ def test_docs_catalogue_covers_every_case():
     assert all(callable(globals().get(t)) for t in PASSING_DOC_TESTS)
 
 
+def test_docs_catalogue_entries_each_name_an_existing_test():
+    """Every entry (### message) of docs/errors.md names a test: a golden case or tests/FILE.py::test_name, and
+    each such test exists."""
+    doc = (ROOT / "docs" / "errors.md").read_text(encoding="utf-8")
+    entries = re.split(r"^### ", doc, flags=re.M)[1:]
+    assert len(entries) > 60
+    for entry in entries:
+        title = entry.split("\n", 1)[0]
+        assert "test: `" in entry, f"catalogue entry without a test: {title}"
+    refs = re.findall(r"test: `(tests/[\w/]+\.py)::(\w+)`", doc)
+    assert len(refs) >= 25
+    for file, name in refs:
+        text = (ROOT / file).read_text(encoding="utf-8")
+        assert re.search(rf"^def {name}\(", text, flags=re.M), f"docs/errors.md names {file}::{name}: no such test"
+
+
 # ---------------------------------------------------------------- near misses that must pass
 
 PASSING_DOC_TESTS = {"test_terminating_recursion_passes"}

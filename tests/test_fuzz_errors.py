@@ -5,18 +5,22 @@ random argument values, random expressions in every place an expression goes, de
 specs (exponential values, recursion, loops). Each must either check or raise `ArchError` whose every
 diagnostic names a file and a line/column inside it; rendering the error must work too.
 
-The example count is modest by default (the file runs in well under a minute); set ARCHDSL_FUZZ_EXAMPLES
-for a longer run, e.g. `ARCHDSL_FUZZ_EXAMPLES=5000 pytest tests/test_fuzz_errors.py`.
+Each generated strategy runs in-process as its own test (ARCHDSL_FUZZ_EXAMPLES inputs, default 60, where a
+failure shrinks to a minimal example), and all of them again in `test_ten_thousand_inputs`: ARCHDSL_FUZZ_TOTAL
+inputs (default 10,000) shared out over the strategies and run in one process per core. Every
+ROUND_TRIP_EVERY-th input also goes through the formatter round trip. The counts are printed at the end of the
+pytest run; `python benchmarks/fuzz_long.py --total 200000` is the longer run.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from archdsl import limits
@@ -30,6 +34,9 @@ from archdsl.parse import parse_text
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 N = int(os.environ.get("ARCHDSL_FUZZ_EXAMPLES", "60"))
+TOTAL = int(os.environ.get("ARCHDSL_FUZZ_TOTAL", "10000"))
+ROUND_TRIP_EVERY = 10
+STATS = {"cases": 0, "inputs": 0, "checked": 0, "arch_errors": 0, "round_trips": 0}  # reported by conftest at the end
 FUZZ = settings(max_examples=N, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 
@@ -40,9 +47,12 @@ KEYWORDS = ("import", "as", "block", "model", "fix", "let", "require", "input", 
 
 def check_only_arch_errors(text: str, file: str = "fuzz.arch", **kw) -> None:
     """check_text must succeed or raise ArchError whose diagnostics all point into a real file position."""
+    STATS["inputs"] += 1
     try:
         check_text(text, file, **kw)
+        STATS["checked"] += 1
     except ArchError as e:
+        STATS["arch_errors"] += 1
         assert e.diagnostics, "an ArchError without diagnostics"
         for d in e.diagnostics:
             s = d.span
@@ -59,7 +69,11 @@ def check_only_arch_errors(text: str, file: str = "fuzz.arch", **kw) -> None:
 
 
 def formats_back(text: str, file: str) -> None:
-    """Whatever parses (mutants included) must survive the formatter: same AST after a round trip."""
+    """Whatever parses (mutants included) must survive the formatter: same AST after a round trip. Run on every
+    ROUND_TRIP_EVERY-th input (it parses four times)."""
+    if STATS["inputs"] % ROUND_TRIP_EVERY:
+        return
+    STATS["round_trips"] += 1
     try:
         mod = parse_text(text, file)
     except ArchError:
@@ -69,6 +83,29 @@ def formats_back(text: str, file: str) -> None:
     kept = format_text(text, file)  # the comment-keeping path
     assert parse_text(kept, file) == mod, kept
     assert format_text(kept, file) == kept
+
+
+FUZZERS: dict = {}  # test name -> (strategy, body): every generated strategy, for test_ten_thousand_inputs
+
+
+def fuzzer(strategy):
+    """Register `body(case)` with its strategy and return it as an in-process hypothesis test."""
+    def wrap(body):
+        @functools.wraps(body)
+        def counted(*args, **kwargs):
+            STATS["cases"] += 1
+            return body(*args, **kwargs)
+
+        FUZZERS[body.__name__] = (strategy, counted)
+        return FUZZ(given(strategy)(counted))
+    return wrap
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_counts(fuzz_stats):
+    yield
+    for k, v in STATS.items():
+        fuzz_stats[k] = fuzz_stats.get(k, 0) + v
 
 
 # ---------------------------------------------------------------- corpus
@@ -121,8 +158,7 @@ def char_mutants(draw):
     return file, text
 
 
-@FUZZ
-@given(char_mutants())
+@fuzzer(char_mutants())
 def test_char_mutations(case):
     file, text = case
     check_only_arch_errors(text, file)
@@ -182,8 +218,7 @@ def token_mutants(draw):
     return file, "".join(s + t for s, t in zip(seps, toks)) + seps[len(toks)]
 
 
-@FUZZ
-@given(token_mutants())
+@fuzzer(token_mutants())
 def test_token_mutations(case):
     file, text = case
     check_only_arch_errors(text, file)
@@ -241,16 +276,15 @@ def op_calls(draw):
             f"    {prefix}\n    {named}{callee}({arg_text}){body}\n    relu()\n}}\n")
 
 
-@FUZZ
-@given(op_calls())
+@fuzzer(op_calls())
 def test_random_op_calls(text):
     check_only_arch_errors(text)
 
 
-@FUZZ
-@given(st.sampled_from(OP_NAMES), st.lists(values, min_size=1, max_size=3), st.sampled_from(["3, 16, 16",
-                                                                                             "4, 1, 1", "2, 5, 7"]))
-def test_every_op_with_random_positional_values(op, vals, shape):
+@fuzzer(st.tuples(st.sampled_from(OP_NAMES), st.lists(values, min_size=1, max_size=3),
+                  st.sampled_from(["3, 16, 16", "4, 1, 1", "2, 5, 7"])))
+def test_every_op_with_random_positional_values(case):
+    op, vals, shape = case
     text = f"model m(dims: list[int] = [8, 16], c: int = 4) {{ input({shape}) {op}({', '.join(vals)}) }}"
     check_only_arch_errors(text)
 
@@ -267,8 +301,7 @@ def op_keyword_calls(draw):
     return f"model m(dims: list[int] = [8, 16], c: int = 4) {{ input({shape}) {prefix} {op}({args}) }}"
 
 
-@FUZZ
-@given(op_keyword_calls())
+@fuzzer(op_keyword_calls())
 def test_every_op_with_random_keywords(text):
     check_only_arch_errors(text)
 
@@ -337,8 +370,7 @@ def expr_specs(draw):
     return f"{HEADER}model m(p: int = {default}) {{\n    {head}\n    {ENV}    {stmt}\n    relu()\n}}\n"
 
 
-@FUZZ
-@given(expr_specs())
+@fuzzer(expr_specs())
 def test_random_expressions(text):
     check_only_arch_errors(text)
     formats_back(text, "fuzz.arch")
@@ -348,17 +380,16 @@ BAD_OVERRIDES = ["1e400", "9" * 30, "-" * 3000 + "1", "[" * 300 + "]" * 300, "no
                  "x" * 20000]
 
 
-@FUZZ
-@given(st.one_of(exprs, st.text(max_size=12), st.sampled_from(BAD_OVERRIDES)),
-       st.sampled_from(["p", "q", "depths", "num_classes", "dims"]))
-def test_random_overrides(e, key):
+@fuzzer(st.tuples(st.one_of(exprs, st.text(max_size=12), st.sampled_from(BAD_OVERRIDES)),
+                  st.sampled_from(["p", "q", "depths", "num_classes", "dims"])))
+def test_random_overrides(case):
+    e, key = case
     file, text = CORPUS[1]
     check_only_arch_errors(text, file, overrides={key: e})
     check_only_arch_errors(text, file, overrides={key: e}, strict_overrides=False)
 
 
-@FUZZ
-@given(st.tuples(st.integers(-2, 10**6), st.integers(-2, 10**5), st.integers(-2, 10**5)))
+@fuzzer(st.tuples(st.integers(-2, 10**6), st.integers(-2, 10**5), st.integers(-2, 10**5)))
 def test_random_input_shapes(shape):
     file, text = CORPUS[1]
     check_only_arch_errors(text, file, input_shape=shape)
@@ -453,3 +484,43 @@ RUNAWAY = {
 def test_runaway_specs(name, monkeypatch):
     monkeypatch.setattr(limits, "MAX_STEPS", 20_000)  # the same guard, reached sooner
     check_only_arch_errors(RUNAWAY[name])
+
+
+# ---------------------------------------------------------------- the 10,000-input run
+
+
+def run_fuzzer(name: str, n: int, seed_value: int) -> dict:
+    """Run one registered strategy for `n` inputs from `seed_value` (in a worker process); its counts."""
+    strategy, body = FUZZERS[name]
+    for k in STATS:
+        STATS[k] = 0
+    test = settings(max_examples=n, deadline=None, database=None, suppress_health_check=list(HealthCheck))(
+        seed(seed_value)(given(strategy)(body)))
+    test()
+    return dict(STATS)
+
+
+@pytest.mark.slow
+def test_ten_thousand_inputs():
+    """TOTAL inputs over every strategy, each strategy's share split over one process per core (spawned: no
+    forked OpenMP state); an input that raises anything but a well-placed ArchError fails the worker and this."""
+    import multiprocessing
+    import random
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = max(1, min(2, len(os.sched_getaffinity(0))))
+    share = -(-TOTAL // len(FUZZERS))
+    base = int(os.environ.get("ARCHDSL_FUZZ_SEED") or random.randrange(2**32))
+    # the costly strategies (whole example specs) first, so the two processes end together
+    order = sorted(FUZZERS, key=lambda n: ("mutations" not in n, "shapes" not in n and "overrides" not in n, n))
+    jobs = [(name, share // workers + (i < share % workers), base + 7919 * j + i)
+            for j, name in enumerate(order) for i in range(workers)]
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(run_fuzzer, *zip(*jobs)))
+    except Exception as e:  # the worker's hypothesis report (falsifying example) is in its captured output
+        raise AssertionError(f"a fuzz worker failed; ARCHDSL_FUZZ_SEED={base} repeats this run: {e}") from e
+    for r in results:
+        for k, v in r.items():
+            STATS[k] += v
+    assert sum(r["cases"] for r in results) >= TOTAL

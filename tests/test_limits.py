@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -185,6 +187,7 @@ def test_cli_max_memory(tmp_path, capsys, monkeypatch):
     assert main(["--max-memory", "50M", "bench", str(spec)]) == 1
     err = capsys.readouterr().err
     assert "big.arch:4:11: error: the model has 21,239,552 parameters" in err and "Traceback" not in err
+    assert "ARCHDSL_MAX_MEMORY" not in os.environ  # the option holds for that command only
 
 
 def test_search_rejects_points_over_the_limit(tmp_path, monkeypatch):

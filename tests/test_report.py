@@ -348,8 +348,8 @@ def test_empty_run(tmp_path):
 def test_predictor_accuracy_and_fingerprints(tmp_path):
     other = {**FP, "cpu_model": "Other CPU", "hash": "0123456789ab"}
     records = [rec(0, lat=1.0, predicted_ms=1.1), rec(1, lat=2.0, predicted_ms=1.8, acc=0.6),
-               rec(2, lat=4.0, predicted_ms=5.0, acc=0.7, fp=other), rec(3, "predicted_over_budget", None, None,
-                                                                        predicted_ms=40.0)]
+               rec(2, lat=4.0, predicted_ms=5.0, acc=0.7, fp=other),
+               {**rec(3, "predicted_over_budget", None, None, predicted_ms=40.0), "trial": None}]
     stats = predictor_stats(records)
     assert stats["n"] == 3 and stats["mae_ms"] == pytest.approx((0.1 + 0.2 + 1.0) / 3)
     assert stats["mape_pct"] == pytest.approx(100 * (0.1 + 0.1 + 0.25) / 3)
@@ -361,7 +361,8 @@ def test_predictor_accuracy_and_fingerprints(tmp_path):
     assert '<svg id="predictor"' in section and "0.433" in section and "15.0%" in section
     assert "2 different machines" in text and "Other CPU" in text and "Test CPU" in text
     pareto = text[text.index('<svg id="pareto"'):]
-    assert "trial 3 (predicted_over_budget)" in pareto and "predicted 40.000 ms" in pareto  # at its prediction
+    assert "candidate (predicted_over_budget)" in pareto and "predicted 40.000 ms" in pareto  # at its prediction
+    assert 'href="#rec-3"' in pareto and 'id="rec-3"' in text  # no trial number: linked by its record
     assert "budget 5 ms" in pareto
 
 

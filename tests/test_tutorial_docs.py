@@ -1,0 +1,376 @@
+"""docs/tutorial.md and docs/adding_an_op.md cannot drift from archdsl.
+
+tutorial.md: every ```arch block and spec file it uses checks (the mistake it shows on purpose fails with the
+message shown), every `archdsl ...` command it quotes parses with the real command line (nothing slow is run),
+and the output it quotes for `archdsl check` is what archdsl prints (the same lines, params and MACs).
+adding_an_op.md: its Python listings are executed, registering the page's example ops in a copy of the
+registry that the fixture throws away; the page's specs check, build and run with the ops, the counted
+parameters equal the modules' real ones, the re-parameterization is exact, and the quoted outputs are real.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import shlex
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from archdsl import cli, docs
+from archdsl.api import ArchError, check_file, check_text
+from archdsl.check import signature
+from archdsl.codegen import layers
+from archdsl.codegen.module import build_module
+from archdsl.ops import registry
+from archdsl.passes import deploy
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+TUTORIAL_MD = DOCS / "tutorial.md"
+ADD_OP_MD = DOCS / "adding_an_op.md"
+
+
+# ---------------------------------------------------------------- fenced blocks
+
+
+@dataclass
+class Fence:
+    line: int  # of the opening fence, 1-based
+    lang: str
+    info: str  # the rest of the info string
+    text: str
+
+    @property
+    def id(self) -> str:
+        return f"L{self.line}"
+
+
+def fences(path: Path) -> list[Fence]:
+    """Every fenced block of a Markdown file; a fence of N backticks closes only with N or more (so a ````text
+    block may quote ``` fences)."""
+    out: list[Fence] = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    i = 0
+    while i < len(lines):
+        m = re.match(r"^(`{3,})(\S*)\s*(.*)$", lines[i])
+        if not m:
+            i += 1
+            continue
+        ticks = m.group(1)
+        j = i + 1
+        while j < len(lines) and not re.match(rf"^{ticks}`*\s*$", lines[j]):
+            j += 1
+        out.append(Fence(i + 1, m.group(2), m.group(3).strip(), "\n".join(lines[i + 1:j]) + "\n"))
+        i = j + 1
+    return out
+
+
+def run_cli(argv: list[str]) -> tuple[int, str]:
+    """`archdsl ARGV` in this process: (exit code, stdout + stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = cli.main(argv)
+    return rc, out.getvalue() + err.getvalue()
+
+
+def assert_lines_shown(shown: str, real: str, where: str) -> None:
+    """Every line of a quoted output (except `...` elisions) is a line of the real output."""
+    real_lines = {ln.rstrip() for ln in real.splitlines()}
+    for ln in shown.splitlines():
+        if ln.strip() in ("", "...") or ln.lstrip().startswith("..."):
+            continue
+        assert ln.rstrip() in real_lines, f"{where}: this quoted line is not in the real output:\n{ln}\n" \
+            f"real output:\n{real}"
+
+
+# ================================================================ docs/adding_an_op.md
+
+ADD_OP = fences(ADD_OP_MD)
+LAYER_CODE = [f for f in ADD_OP if f.lang == "python" and f.info == "append=archdsl/codegen/layers.py"]
+OP_CODE = [f for f in ADD_OP if f.lang == "python" and f.info.startswith("file=archdsl/ops/")]
+NEW_OPS = ("star", "acb")
+
+
+def test_adding_an_op_has_its_listings():
+    assert len(LAYER_CODE) == 2 and len(OP_CODE) == 2
+
+
+@pytest.mark.parametrize("name", NEW_OPS)
+def test_example_ops_are_not_bundled(name):
+    """The page adds ops archdsl does not have; if one is added for real, the page needs another example."""
+    assert registry.get(name) is None, f"op {name!r} is now bundled: docs/adding_an_op.md needs a new example"
+
+
+@pytest.fixture
+def new_ops(monkeypatch) -> dict[str, registry.Op]:
+    """Execute the page's listings as the files they name: the layer classes in the namespace of
+    archdsl.codegen.layers, each op file as a module archdsl.ops.<name>. The registry has no unregister:
+    registration goes into a copy of it that replaces the module's dict for the test only, and the layer
+    classes and modules are set with monkeypatch, so everything is restored afterwards."""
+    registry.all_ops()  # the bundled families are loaded before the registry is swapped
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    for f in LAYER_CODE:
+        ns = dict(vars(layers))  # as if appended to layers.py: nn, torch, recorded, ConvBN are in scope
+        exec(compile(f.text, f"{ADD_OP_MD}:{f.line}", "exec"), ns)
+        for key, value in ns.items():
+            if isinstance(value, type) and not hasattr(layers, key):
+                monkeypatch.setattr(layers, key, value, raising=False)
+    for f in OP_CODE:
+        rel = f.info[len("file="):]
+        name = "archdsl.ops." + Path(rel).stem
+        mod = types.ModuleType(name)
+        mod.__file__, mod.__package__ = str(ROOT / rel), "archdsl.ops"
+        monkeypatch.setitem(sys.modules, name, mod)
+        exec(compile(f.text, f"{ADD_OP_MD}:{f.line}", "exec"), mod.__dict__)
+    ops = {name: registry.get(name) for name in NEW_OPS}
+    assert all(ops.values()), f"the listings did not register {NEW_OPS}"
+    return ops
+
+
+def test_registry_is_left_as_it_was():
+    # runs after the fixture's users in file order; holds in any order
+    assert "star" not in registry.all_ops() and not hasattr(layers, "Star") and "archdsl.ops.star" not in sys.modules
+
+
+def test_load_all_line_quoted_verbatim():
+    diff = next(f for f in ADD_OP if f.lang == "diff")
+    old = next(ln[1:] for ln in diff.text.splitlines() if ln.startswith("-"))
+    assert old in (ROOT / "archdsl" / "ops" / "registry.py").read_text(encoding="utf-8"), \
+        "docs/adding_an_op.md quotes an import line of registry._load_all that changed"
+
+
+@pytest.mark.parametrize("name", NEW_OPS)
+def test_example_op_samples(new_ops, name):
+    """What tests/test_registry.py runs on every registered op, on the new ones."""
+    op = new_ops[name]
+    assert op.user and op.samples
+    assert f"{name}({signature(op)})" in op.doc().splitlines()[0]
+    for params, ins in op.samples:
+        p = op.Params(**params)
+        out = op.infer(p, ins)
+        module = op.build(p, ins).double().train()
+        assert op.cost(p, ins, out).params == sum(t.numel() for t in module.parameters())
+        x = torch.randn(*ins[0].torch_shape(2), dtype=torch.float64, requires_grad=True)
+        y = module(x)
+        assert tuple(y.shape) == out.torch_shape(2)
+        y.square().sum().backward()
+        assert torch.isfinite(x.grad).all()
+
+
+def _arch_blocks(kind: str) -> list[Fence]:
+    blocks = [f for f in ADD_OP if f.lang == "arch"]
+    return [f for f in blocks if f.info.startswith(kind)]
+
+
+@pytest.mark.parametrize("block", _arch_blocks("params="), ids=lambda b: b.id)
+def test_adding_an_op_specs(new_ops, block):
+    """The page's specs check with the new ops; the checked count is the built module's real count; a forward
+    pass runs; the deploy form computes the same function (random BN statistics) with the count it checks to."""
+    g = check_text(block.text, file=f"adding_an_op_{block.id}.arch")
+    params = int(block.info[len("params="):])
+    assert g.total().params == params
+    torch.manual_seed(0)
+    model = build_module(g)
+    assert sum(t.numel() for t in model.parameters()) == params
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    model.eval()
+    c, h, w = g.input_shape.c, g.input_shape.h, g.input_shape.w
+    x = torch.randn(2, c, h, w)
+    dep = deploy(model)
+    with torch.no_grad():
+        y, yd = model(x), dep(x)
+    assert y.shape == (2, 10)
+    assert (y - yd).abs().max() / y.abs().max() < 1e-5
+    assert sum(t.numel() for t in dep.parameters()) == dep.graph.total().params
+
+
+@pytest.mark.parametrize("block", _arch_blocks("error"), ids=lambda b: b.id)
+def test_adding_an_op_error_block(new_ops, block):
+    expected = block.info[len("error"):].lstrip(":").strip()
+    with pytest.raises(ArchError) as info:
+        check_text(block.text, file="m.arch")
+    assert expected in info.value.render()
+
+
+def _spec(title: str) -> str:
+    """The text of the page's spec whose first line names `title`."""
+    return next(f.text for f in _arch_blocks("params=") if f.text.startswith(f"# {title}"))
+
+
+def _quoted_after(marker: str) -> str:
+    """The ```text block that follows the first paragraph containing `marker`."""
+    text = ADD_OP_MD.read_text(encoding="utf-8")
+    at = text.index(marker)
+    line = text[:at].count("\n") + 1
+    return next(f.text for f in ADD_OP if f.line > line and f.lang == "text")
+
+
+def test_adding_an_op_quoted_outputs(new_ops, tmp_path, monkeypatch):
+    """The outputs the page shows are what the commands print with the ops registered."""
+    monkeypatch.chdir(tmp_path)
+    star = _spec("starnet_mini.arch")
+    Path("starnet_mini.arch").write_text(star, encoding="utf-8")
+    typo = star.replace("star(mlp_ratio * dim)             #", 'star(mlp_ratio * dim, act="relu7") #')
+    assert typo != star
+    Path("starnet_typo.arch").write_text(typo, encoding="utf-8")
+    Path("acnet_mini.arch").write_text(_spec("acnet_mini.arch"), encoding="utf-8")
+
+    rc, out = run_cli(["check", "starnet_mini.arch"])
+    assert rc == 0
+    assert_lines_shown(_quoted_after("`archdsl check starnet_mini.arch`, with the op registered"), out, "star check")
+    rc, out = run_cli(["check", "starnet_mini.arch", "--deploy", "--json"])
+    assert json.loads(out)["params"] == 503_338  # quoted in section 2.4
+    rc, out = run_cli(["check", "starnet_typo.arch"])
+    assert rc == 1
+    assert_lines_shown(_quoted_after("(`archdsl check starnet_typo.arch`, exit code 1)"), out, "star error")
+    rc, out = run_cli(["check", "acnet_mini.arch", "--deploy"])
+    assert rc == 0
+    assert_lines_shown(_quoted_after("`archdsl check acnet_mini.arch --deploy`:"), out, "acb deploy")
+    rc, out = run_cli(["show", "acnet_mini.arch", "--deploy", "--no-spans"])
+    assert rc == 0
+    assert_lines_shown(_quoted_after("`archdsl show acnet_mini.arch --deploy --no-spans`"), out, "acb show")
+
+
+def test_adding_an_op_quoted_ops_md_entry(new_ops):
+    quoted = next(f.text for f in ADD_OP if f.lang == "text" and f.text.startswith("### `star`"))
+    section = "\n".join(docs._op_section(new_ops["star"])) + "\n"
+    assert quoted.strip() == section[section.index("### `star`"):].strip()
+
+
+# ================================================================ docs/tutorial.md
+
+TUTORIAL = fences(TUTORIAL_MD)
+TUTORIAL_DIR = DOCS / "tutorial"
+# the spec the tutorial breaks on purpose, and the error it shows for it
+MISTAKES = {"docs/tutorial/mistake.arch": "add: input shapes differ: input 0 is 16x16x16 nhwc, input 1 is 16x16x16"}
+
+
+@dataclass
+class Command:
+    line: int  # of the fence holding it
+    argv: list[str]  # without the leading "archdsl"
+    output: str  # what the tutorial shows it printing ("" for a command of a ```sh block)
+
+
+def commands() -> list[Command]:
+    """Every `archdsl ...` command of the tutorial: the `$ archdsl` lines of ```console blocks (with the output
+    shown under them) and the `archdsl` lines of ```sh blocks."""
+    out: list[Command] = []
+    for f in TUTORIAL:
+        if f.lang == "console":
+            cur: Command | None = None
+            for ln in f.text.splitlines():
+                if ln.startswith("$ "):
+                    words = shlex.split(ln[2:], comments=True)
+                    cur = Command(f.line, words[1:], "") if words[:1] == ["archdsl"] else None
+                    if cur is not None:
+                        out.append(cur)
+                elif cur is not None:
+                    cur.output += ln + "\n"
+        elif f.lang == "sh":
+            for ln in f.text.splitlines():
+                words = shlex.split(ln, comments=True)
+                if words[:1] == ["archdsl"]:
+                    out.append(Command(f.line, words[1:], ""))
+    return out
+
+
+COMMANDS = commands()
+CHECKS = [c for c in COMMANDS if c.argv[0] == "check"]
+
+
+def test_tutorial_has_its_parts():
+    used = {c.argv[0] for c in COMMANDS}
+    assert {"check", "viz", "bench", "search", "report", "compile"} <= used, used
+    assert any("--resume" in c.argv for c in COMMANDS)
+    assert any(c.argv[0] == "search" and "--objective" in c.argv for c in COMMANDS)
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: f"L{c.line}-{c.argv[0]}")
+def test_tutorial_command_parses(cmd):
+    """Each quoted command exists with those options: the real parser accepts it (nothing is run)."""
+    parser = cli.make_parser()
+    try:
+        args = parser.parse_args(cmd.argv)
+    except SystemExit:
+        pytest.fail(f"docs/tutorial.md:{cmd.line}: `archdsl {shlex.join(cmd.argv)}` does not parse")
+    spec = getattr(args, "file", None)
+    if spec and not spec.startswith("search-out"):  # the search's outputs exist only after a search
+        assert (ROOT / spec).is_file(), f"docs/tutorial.md:{cmd.line}: {spec} does not exist"
+
+
+@pytest.mark.parametrize("cmd", CHECKS, ids=lambda c: f"L{c.line}-{'-'.join(c.argv[1:3])}")
+def test_tutorial_check_output_is_real(cmd):
+    """`archdsl check` as quoted prints the lines the tutorial shows, and its params / MACs are check_file's."""
+    if cmd.argv[1].startswith("search-out"):
+        pytest.skip("a search's output file")
+    rc, out = run_cli(cmd.argv)
+    assert rc == (1 if cmd.argv[1] in MISTAKES else 0), out
+    assert_lines_shown(cmd.output, out, f"docs/tutorial.md:{cmd.line} `archdsl {shlex.join(cmd.argv)}`")
+    if rc:
+        return
+    args = cli.make_parser().parse_args(cmd.argv)
+    g = check_file(args.file, cli._overrides(args.set), cli._input_shape(args.input))
+    if args.deploy:
+        from archdsl.passes import deploy_graph
+
+        g, _ = deploy_graph(g)
+    total = g.total()
+    for m in re.finditer(r"params ([\d,]+) \(.*?MACs ([\d,]+)", cmd.output):
+        assert (int(m[1].replace(",", "")), int(m[2].replace(",", ""))) == (total.params, total.macs)
+    for m in re.finditer(r'"(params|macs)": (\d+)', cmd.output):
+        assert int(m[2]) == (total.params if m[1] == "params" else total.macs)
+
+
+ARCH = [f for f in TUTORIAL if f.lang == "arch"]
+QUOTES = [f for f in ARCH if f.info.startswith("file=")]
+ERRORS = [f for f in ARCH if f.info.startswith("error")]
+
+
+def test_tutorial_arch_blocks_are_classified():
+    assert len(QUOTES) >= 4 and ERRORS and len(QUOTES) + len(ERRORS) == len(ARCH)
+
+
+@pytest.mark.parametrize("block", QUOTES, ids=lambda b: b.info[len("file="):])
+def test_tutorial_quotes_files_verbatim(block):
+    path = ROOT / block.info[len("file="):]
+    assert block.text == path.read_text(encoding="utf-8"), \
+        f"docs/tutorial.md:{block.line} no longer matches {path.relative_to(ROOT)}: copy the file into the doc"
+
+
+@pytest.mark.parametrize("block", ERRORS, ids=lambda b: b.id)
+def test_tutorial_error_block_fails(block):
+    expected = block.info[len("error"):].lstrip(":").strip()
+    with pytest.raises(ArchError) as info:
+        check_text(block.text, file=str(TUTORIAL_DIR / f"tutorial_md_{block.id}.arch"))
+    assert expected in info.value.render()
+
+
+SPECS = sorted(p.relative_to(ROOT).as_posix() for p in TUTORIAL_DIR.glob("*.arch"))
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_tutorial_spec_files_check(spec):
+    """Every spec under docs/tutorial/ checks, except the mistake, which fails with the message shown."""
+    if spec in MISTAKES:
+        with pytest.raises(ArchError) as info:
+            check_file(spec)
+        assert MISTAKES[spec] in info.value.render()
+        assert MISTAKES[spec] in TUTORIAL_MD.read_text(encoding="utf-8")
+        return
+    g = check_file(spec)
+    assert g.output_shape.to_json() == [10]
+    assert spec in TUTORIAL_MD.read_text(encoding="utf-8"), f"{spec} is not used by docs/tutorial.md"
