@@ -8,6 +8,7 @@ the offending argument where there is one).
 
 from __future__ import annotations
 
+import types
 import typing
 from typing import Any
 
@@ -143,7 +144,7 @@ def describe_type(ann) -> str:
     if ann is None:
         return "a value"
     origin = typing.get_origin(ann)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         return " or ".join(describe_type(a) for a in typing.get_args(ann))
     if origin is typing.Literal:
         return "one of " + ", ".join(fmt(a) for a in typing.get_args(ann))
