@@ -20,15 +20,8 @@ from pathlib import Path
 
 import pytest
 from archdsl.search.records import RunDir, RunDirError
-from archdsl.search.report import (
-    ReportError,
-    add_report_parser,
-    build_report,
-    clean_svg,
-    predictor_stats,
-    read_run,
-    spearman,
-)
+from archdsl.search.report import ReportError, add_report_parser, build_report, clean_svg, read_run
+from archdsl.search.report_plots import predictor_stats, spearman
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "examples" / "search" / "tiny_space.arch"
