@@ -12,6 +12,7 @@
     predictor.py  the latency table as a prefilter
     cluster.py    Ray embedded on 127.0.0.1 or an existing cluster; the target-hardware marker
     cli.py        `archdsl search`
+    report.py     `archdsl report`: one self-contained HTML page of a run (report_plots.py: its SVG plots)
 
 Importing this package imports neither Ray nor torch; the modules that need them import them.
 """
