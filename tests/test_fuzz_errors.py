@@ -9,7 +9,7 @@ Each generated strategy runs in-process as its own test (ARCHDSL_FUZZ_EXAMPLES i
 failure shrinks to a minimal example), and all of them again in `test_ten_thousand_inputs`: ARCHDSL_FUZZ_TOTAL
 inputs (default 10,000) shared out over the strategies and run in one process per core. Every
 ROUND_TRIP_EVERY-th input also goes through the formatter round trip. The counts are printed at the end of the
-pytest run; `python benchmarks/fuzz_long.py --total 200000` is the longer run.
+pytest run; `python benchmarks/fuzz_long.py --total 60000` is the longer run.
 """
 
 from __future__ import annotations
