@@ -110,7 +110,7 @@ def cmd_show(args) -> int:
 
 def cmd_compile(args) -> int:
     from .api import require_resolved
-    from .codegen.source import emit_source
+    from .codegen.source import Unsupported, emit_source
 
     if args.weights and not args.deploy:
         raise SystemExit(_usage("--weights goes with --deploy (it converts a trained checkpoint)"))
@@ -123,7 +123,11 @@ def cmd_compile(args) -> int:
     else:
         g = _graph(args)
     require_resolved(g)
-    text = emit_source(g)
+    try:
+        text = emit_source(g)
+    except Unsupported as e:  # a layer the source writer does not know (e.g. a user op's module kept elsewhere)
+        print(f"archdsl: error: {e}", file=sys.stderr)
+        return 1
     if state is not None:
         import torch
 

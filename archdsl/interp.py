@@ -270,7 +270,9 @@ class Evaluator:
     def _Var(self, e, env, hint):
         if e.name in env:
             return env[e.name]
-        raise EvalError(e.span, f"undefined name '{e.name}'{did_you_mean(e.name, env.keys())}")
+        python = {"True": "true", "False": "false", "None": "none"}.get(e.name)
+        raise EvalError(e.span, f"undefined name '{e.name}'{did_you_mean(e.name, env.keys())}",
+                        f"archdsl writes it `{python}` (lower case)" if python else None)
 
     def _ListExpr(self, e, env, hint):
         return _check_int(tuple(self.eval(x, env, hint) for x in e.items), e.span)

@@ -73,10 +73,12 @@ class SearchSummary:
     exhausted: str | None = None
     problems: list[str] = field(default_factory=list)
     predictor: dict | None = None  # how the prefilter's predictions compared with the measurements
+    objective: str = "accuracy"  # "accuracy" trains each network within budget; a proxy only scores it
 
     def text(self) -> str:
         c = self.counts
-        lines = [f"{c.get('ok', 0)} trained, {c.get('over_budget', 0)} over budget, {c.get('failed', 0)} failed, "
+        done = "trained" if self.objective == "accuracy" else f"scored ({self.objective})"
+        lines = [f"{c.get('ok', 0)} {done}, {c.get('over_budget', 0)} over budget, {c.get('failed', 0)} failed, "
                  f"{c.get('rejected', 0)} rejected by the checker, {c.get('duplicate', 0)} duplicates skipped, "
                  f"{c.get('predicted_over_budget', 0)} discarded by the latency predictor "
                  f"({self.seconds:.0f} s)"]
@@ -336,6 +338,8 @@ def _finish(cfg, run, out, recorder, problems, t0, interrupted, exhausted, predi
         from ..concrete import write_concrete
 
         (out / "top").mkdir(exist_ok=True)
+        for stale in (out / "top").glob("*.arch"):  # a resumed search ranks all its trials again: no old ranks
+            stale.unlink()
         for rank, rec in enumerate(top, 1):
             header = [f"found by archdsl search (trial {rec['trial']}, rank {rank} under {cfg.budget_ms:g} ms)",
                       f"measured latency {rec['latency_ms']:.3f} ms (median, batch 1, deploy form)",
@@ -349,7 +353,7 @@ def _finish(cfg, run, out, recorder, problems, t0, interrupted, exhausted, predi
     best = recorder.best()
     summary = SearchSummary(out=out, counts=recorder.counts(), best=best, front=front, top=top_paths,
                             seconds=time.perf_counter() - t0, interrupted=interrupted, exhausted=exhausted,
-                            problems=problems, predictor=predictor_info)
+                            problems=problems, predictor=predictor_info, objective=cfg.objective)
     data = {k: v for k, v in asdict(summary).items() if k not in ("front",)}
     data["top"] = [str(p) for p in top_paths]
     data["out"] = str(out)

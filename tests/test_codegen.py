@@ -62,3 +62,10 @@ def test_example_gives_1000_logits_at_224(path):
     with torch.no_grad():
         y = build_module(g).eval()(torch.randn(1, 3, 224, 224))
     assert tuple(y.shape) == (1, 1000) and torch.isfinite(y).all()
+
+
+def test_containers_index_like_the_compiled_source():
+    m = build_module(check_file("examples/convnext_atto.arch"))
+    assert m.stages[2].blocks[5] is m.get_submodule("stages.2.blocks.5")
+    with pytest.raises(KeyError):
+        m.stages[9]

@@ -191,9 +191,14 @@ def test_killed_search_resumes_without_redoing_finished_trials(tmp_path, capsys)
     # a second search on the same directory without --resume is refused; with --resume it completes
     assert main(cmd[3:]) == 1
     assert "--resume" in capsys.readouterr().err
+    (out / "top").mkdir(exist_ok=True)
+    (out / "top" / "01_0123456789abcdef.arch").write_text("# a rank written by an earlier end of this search\n")
     rc = main(["search", str(TINY), "--latency-ms", "50", "--trials", "6", "--epochs", "2", "--out", str(out),
                "--seed", "2", "--latency-threads", "1", "--resume"])
     assert rc == 0
+    tops = sorted(p.name for p in (out / "top").glob("*.arch"))  # the ranks of all trials, none left from before
+    assert "01_0123456789abcdef.arch" not in tops and [t[:2] for t in tops] == [f"{i:02d}" for i in
+                                                                              range(1, len(tops) + 1)]
     after = (out / "trials.jsonl").read_bytes()
     assert after.startswith(before.rstrip(b"\n").rsplit(b"\n", 1)[0])  # finished records never rewritten
     recs = [r for r in _records(out) if r["status"] in ("ok", "over_budget", "failed")]

@@ -10,6 +10,7 @@ parameters equal the modules' real ones, the re-parameterization is exact, and t
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -53,21 +54,22 @@ class Fence:
 
 
 def fences(path: Path) -> list[Fence]:
-    """Every fenced block of a Markdown file; a fence of N backticks closes only with N or more (so a ````text
-    block may quote ``` fences)."""
+    """Every fenced block of a Markdown file, also those indented in a list item (their text is dedented); a fence
+    of N backticks closes only with N or more (so a ````text block may quote ``` fences)."""
     out: list[Fence] = []
     lines = path.read_text(encoding="utf-8").splitlines()
     i = 0
     while i < len(lines):
-        m = re.match(r"^(`{3,})(\S*)\s*(.*)$", lines[i])
+        m = re.match(r"^( *)(`{3,})(\S*)\s*(.*)$", lines[i])
         if not m:
             i += 1
             continue
-        ticks = m.group(1)
+        indent, ticks = len(m.group(1)), m.group(2)
         j = i + 1
-        while j < len(lines) and not re.match(rf"^{ticks}`*\s*$", lines[j]):
+        while j < len(lines) and not re.match(rf"^ *{ticks}`*\s*$", lines[j]):
             j += 1
-        out.append(Fence(i + 1, m.group(2), m.group(3).strip(), "\n".join(lines[i + 1:j]) + "\n"))
+        body = [ln[indent:] if ln[:indent].strip() == "" else ln for ln in lines[i + 1:j]]
+        out.append(Fence(i + 1, m.group(3), m.group(4).strip(), "\n".join(body) + "\n"))
         i = j + 1
     return out
 
@@ -242,6 +244,11 @@ def test_adding_an_op_quoted_outputs(new_ops, tmp_path, monkeypatch):
     rc, out = run_cli(["show", "acnet_mini.arch", "--deploy", "--no-spans"])
     assert rc == 0
     assert_lines_shown(_quoted_after("`archdsl show acnet_mini.arch --deploy --no-spans`"), out, "acb show")
+    # the page's layer classes live outside archdsl/codegen/layers.py: compile says so, in one line, exit 1
+    rc, out = run_cli(["compile", "starnet_mini.arch", "-o", "star.py"])
+    assert rc == 1 and "Traceback" not in out
+    assert "cannot write Star as source: `archdsl compile` copies layer classes" in out
+    assert not Path("star.py").exists()
 
 
 def test_adding_an_op_quoted_ops_md_entry(new_ops):
@@ -256,6 +263,9 @@ TUTORIAL = fences(TUTORIAL_MD)
 TUTORIAL_DIR = DOCS / "tutorial"
 # the spec the tutorial breaks on purpose, and the error it shows for it
 MISTAKES = {"docs/tutorial/mistake.arch": "add: input shapes differ: input 0 is 16x16x16 nhwc, input 1 is 16x16x16"}
+# the tutorial's search wrote its best network here; the repository keeps a verbatim copy
+BEST = "search-out/top/01_1c2538ffc4998da9.arch"
+BEST_COPY = "docs/tutorial/best_found.arch"
 
 
 @dataclass
@@ -297,33 +307,51 @@ def test_tutorial_has_its_parts():
     assert {"check", "viz", "bench", "search", "report", "compile"} <= used, used
     assert any("--resume" in c.argv for c in COMMANDS)
     assert any(c.argv[0] == "search" and "--objective" in c.argv for c in COMMANDS)
+    forms = {c.argv[c.argv.index("--form") + 1] for c in COMMANDS if "--form" in c.argv}
+    assert forms == {"train", "fast"} and any(c.argv[0] == "viz" and "--deploy" in c.argv for c in COMMANDS)
+
+
+def strict_parser() -> argparse.ArgumentParser:
+    """archdsl's parser, refusing abbreviations (argparse would accept `--trial` for `--trials`)."""
+    parser = cli.make_parser()
+    parser.allow_abbrev = False
+    for action in parser._subparsers._group_actions:
+        for sub in action.choices.values():
+            sub.allow_abbrev = False
+    return parser
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: f"L{c.line}-{c.argv[0]}")
 def test_tutorial_command_parses(cmd):
     """Each quoted command exists with those options: the real parser accepts it (nothing is run)."""
-    parser = cli.make_parser()
+    parser = strict_parser()
     try:
         args = parser.parse_args(cmd.argv)
     except SystemExit:
         pytest.fail(f"docs/tutorial.md:{cmd.line}: `archdsl {shlex.join(cmd.argv)}` does not parse")
     spec = getattr(args, "file", None)
-    if spec and not spec.startswith("search-out"):  # the search's outputs exist only after a search
+    if spec:
+        spec = BEST_COPY if spec == BEST else spec  # the search's output exists only after a search
         assert (ROOT / spec).is_file(), f"docs/tutorial.md:{cmd.line}: {spec} does not exist"
+
+
+def _real(argv: list[str]) -> tuple[int, str]:
+    """Run `archdsl ARGV`, reading the search's best network from the repository's copy."""
+    rc, out = run_cli([BEST_COPY if a == BEST else a for a in argv])
+    return rc, out.replace(BEST_COPY, BEST)
 
 
 @pytest.mark.parametrize("cmd", CHECKS, ids=lambda c: f"L{c.line}-{'-'.join(c.argv[1:3])}")
 def test_tutorial_check_output_is_real(cmd):
     """`archdsl check` as quoted prints the lines the tutorial shows, and its params / MACs are check_file's."""
-    if cmd.argv[1].startswith("search-out"):
-        pytest.skip("a search's output file")
-    rc, out = run_cli(cmd.argv)
+    rc, out = _real(cmd.argv)
     assert rc == (1 if cmd.argv[1] in MISTAKES else 0), out
     assert_lines_shown(cmd.output, out, f"docs/tutorial.md:{cmd.line} `archdsl {shlex.join(cmd.argv)}`")
     if rc:
         return
     args = cli.make_parser().parse_args(cmd.argv)
-    g = check_file(args.file, cli._overrides(args.set), cli._input_shape(args.input))
+    g = check_file(BEST_COPY if args.file == BEST else args.file, cli._overrides(args.set),
+                   cli._input_shape(args.input))
     if args.deploy:
         from archdsl.passes import deploy_graph
 
@@ -333,6 +361,41 @@ def test_tutorial_check_output_is_real(cmd):
         assert (int(m[1].replace(",", "")), int(m[2].replace(",", ""))) == (total.params, total.macs)
     for m in re.finditer(r'"(params|macs)": (\d+)', cmd.output):
         assert int(m[2]) == (total.params if m[1] == "params" else total.macs)
+
+
+@pytest.mark.parametrize("cmd", [c for c in COMMANDS if c.argv[0] == "compile"], ids=lambda c: f"L{c.line}")
+def test_tutorial_compile_counts(cmd):
+    """`wrote FILE (model: N parameters)`: N is the checked count of the form compiled (nothing is written)."""
+    args = cli.make_parser().parse_args(cmd.argv)
+    g = check_file(BEST_COPY if args.file == BEST else args.file)
+    if args.deploy:
+        from archdsl.passes import deploy_graph
+
+        g, _ = deploy_graph(g)
+    m = re.search(r"\(\w+: ([\d,]+) parameters\)", cmd.output)
+    assert m and int(m[1].replace(",", "")) == g.total().params
+
+
+def test_best_found_is_the_search_output():
+    """The copy is the search's file: its header figures are what it checks to, and the tutorial quotes its head."""
+    text = (ROOT / BEST_COPY).read_text(encoding="utf-8")
+    assert text.startswith("# found by archdsl search (trial 17, rank 1 under 3 ms)\n")
+    total = check_file(BEST_COPY).total()
+    assert f"{total.params:,} params, {total.macs:,} MACs" in text.splitlines()[2]
+    head = next(f.text for f in TUTORIAL if f.lang == "console" and f"$ head -13 {BEST}" in f.text)
+    assert head.splitlines()[1:] == text.splitlines()[:13]
+    assert f"(trial 17, {total.params:,} params)" in TUTORIAL_MD.read_text(encoding="utf-8")
+
+
+def test_tutorial_python_example_runs():
+    """The Python example, on the repository's copy of the search's best network, prints what the tutorial shows."""
+    code = next(f for f in TUTORIAL if f.lang == "python")
+    shown = next(f for f in TUTORIAL if f.lang == "text" and f.line > code.line)
+    assert BEST in code.text
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code.text.replace(BEST, BEST_COPY), f"{TUTORIAL_MD}:{code.line}", "exec"), {})
+    assert out.getvalue() == shown.text
 
 
 ARCH = [f for f in TUTORIAL if f.lang == "arch"]
@@ -365,12 +428,21 @@ SPECS = sorted(p.relative_to(ROOT).as_posix() for p in TUTORIAL_DIR.glob("*.arch
 @pytest.mark.parametrize("spec", SPECS)
 def test_tutorial_spec_files_check(spec):
     """Every spec under docs/tutorial/ checks, except the mistake, which fails with the message shown."""
+    text = TUTORIAL_MD.read_text(encoding="utf-8")
+    assert spec in text, f"{spec} is not used by docs/tutorial.md"
     if spec in MISTAKES:
         with pytest.raises(ArchError) as info:
             check_file(spec)
-        assert MISTAKES[spec] in info.value.render()
-        assert MISTAKES[spec] in TUTORIAL_MD.read_text(encoding="utf-8")
+        assert MISTAKES[spec] in info.value.render() and MISTAKES[spec] in text
         return
     g = check_file(spec)
     assert g.output_shape.to_json() == [10]
-    assert spec in TUTORIAL_MD.read_text(encoding="utf-8"), f"{spec} is not used by docs/tutorial.md"
+
+
+def test_mistake_is_one_line_off():
+    """mistake.arch is convnext_mini.arch with exactly the change the tutorial's diff shows."""
+    diff = next(f.text for f in TUTORIAL if f.lang == "diff")
+    old = [ln[1:] for ln in diff.splitlines() if ln.startswith("-")]
+    new = [ln[1:] for ln in diff.splitlines() if ln.startswith("+")]
+    good = (TUTORIAL_DIR / "convnext_mini.arch").read_text(encoding="utf-8")
+    assert good.replace("\n".join(old), "\n".join(new)) == (TUTORIAL_DIR / "mistake.arch").read_text(encoding="utf-8")

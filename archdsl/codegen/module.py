@@ -16,7 +16,11 @@ from ..ops import registry
 
 
 class Container(nn.Module):
-    """A namespace in the module tree (a stage, a block, a loop iteration); its parent ArchModule runs it."""
+    """A namespace in the module tree (a stage, a block, a loop iteration); its parent ArchModule runs it.
+    Indexable like the compiled source's containers: model.stages[2].blocks[0]."""
+
+    def __getitem__(self, key):
+        return self._modules[str(key)]
 
     def forward(self, *args):  # pragma: no cover - never called directly
         raise RuntimeError("archdsl containers are run by their ArchModule")

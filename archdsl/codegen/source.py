@@ -553,6 +553,11 @@ def _layer_sources(used: set[str]) -> list[str]:
             defs[m.group(1)] = b.replace("@recorded\n", "", 1).rstrip()
             order.append(m.group(1))
     need: set[str] = set()
+    missing = sorted(u for u in used if u not in defs)
+    if missing:  # e.g. a user op's layer class kept in its own module: the file would not import
+        raise Unsupported(f"cannot write {', '.join(missing)} as source: `archdsl compile` copies layer classes "
+                          f"from the text of {L.__file__} and it does not define them there (see "
+                          "docs/adding_an_op.md)")
     todo = [u for u in used if u in defs]
     while todo:
         n = todo.pop()
