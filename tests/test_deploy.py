@@ -163,6 +163,14 @@ def test_refusals_name_the_node():
     assert any("'y.1'" in c and "groups" in c for c in lines), lines
 
 
+def test_a_skip_from_before_the_branch_is_no_refusal():
+    """ResNet's add(conv branch, skip): the skip comes from before the branch, so nothing non-linear sits between
+    a shared input and the merge, and no merge was possible: no 'not linear' refusal (it named the skip's source)."""
+    g = check_file("docs/examples/resnet50.arch")
+    _, reports = deploy_graph(g)
+    assert not [c for r in reports for c in r.changes if "not linear" in c]
+
+
 def test_compile_deploy_with_weights_roundtrip(tmp_path):
     g = check_file("examples/unireplknet_a.arch", input_shape=(3, 32, 32))
     train = randomize(build_module(g))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import networkx as nx
 import torch
 
 from ..check import check
@@ -191,8 +192,8 @@ def merge_branches(g: ArchGraph) -> tuple[ArchGraph, list[str]]:
         if len(conv_sources) == 1 and others:
             # convs on one input merged with something else: name what blocks the merge
             src = conv_sources.pop()
-            for ref in others:
-                if ref != src:
+            for ref in others:  # a branch off the convs' own input through a non-linear op (not a skip from before)
+                if ref != src and src[0] in nx.ancestors(g.g, ref[0]):
                     report.append(_refusal(g.node(ref[0]), f"not merged into '{name}': {g.node(ref[0]).op} between "
                                            "the branch and the merge is not linear"))
                     break
