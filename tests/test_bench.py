@@ -347,3 +347,33 @@ def test_bench_cli_oom_and_run_failures_exit_1(monkeypatch, capsys, exc, needle)
     assert main(["bench", ATTO, "--input", "3x32x32"]) == 1
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err and "internal error" not in err
+
+
+def test_reference_busy_records_the_best_and_flags_a_slow_machine(tmp_path, monkeypatch):
+    from archdsl.bench.measure import BUSY_FACTOR, reference_busy
+
+    monkeypatch.setenv("ARCHDSL_CACHE_DIR", str(tmp_path))
+    assert reference_busy(1e-4, "m-1-cpu") == (None, False)  # the first run on a machine sets the baseline
+    assert reference_busy(1.2e-4, "m-1-cpu") == (1e-4, False)  # within BUSY_FACTOR
+    assert reference_busy(1e-4 * BUSY_FACTOR * 1.01, "m-1-cpu") == (1e-4, True)
+    assert reference_busy(0.5e-4, "m-1-cpu") == (1e-4, False)  # faster: the new best
+    assert reference_busy(0.9e-4, "m-1-cpu") == (0.5e-4, True)
+    assert reference_busy(1e-3, "m-2-cpu") == (None, False)  # keys (machine, threads, device) are separate
+    assert reference_busy(None, "m-1-cpu") == (None, False)
+    (tmp_path / "reference_best.json").write_text("{not json")
+    assert reference_busy(1e-4, "m-1-cpu") == (None, False)  # a broken cache file is started afresh
+
+
+def test_bench_says_busy_when_the_whole_machine_was_slow(tmp_path, monkeypatch, capsys):
+    """Drift inside one run cannot see a load that lasts the whole run; the recorded best reference can."""
+    monkeypatch.setenv("ARCHDSL_CACHE_DIR", str(tmp_path))
+    args = ["bench", ATTO, "--input", "3x32x32", "--threads", "1", "--max-seconds", "0.5"]
+    assert main(args) == 0
+    assert "BUSY" not in capsys.readouterr().out
+    best = tmp_path / "reference_best.json"
+    data = json.loads(best.read_text())
+    assert len(data) == 1
+    best.write_text(json.dumps({k: v / 100 for k, v in data.items()}))  # as if this machine once ran 100x faster
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "UNSTABLE (machine busy)" in out and "BUSY: the reference GEMM ran" in out

@@ -83,6 +83,8 @@ def _text(r: dict) -> str:
     rel = "n/a" if r["rel_ci"] is None else f"+-{100 * r['rel_ci']:.1f}%"
     verdict = "stable" if r["stable"] else "UNSTABLE"
     why = {"converged": "CI target reached", "max_runs": "run cap hit", "max_seconds": "time cap hit"}[r["stop"]]
+    if r.get("busy"):
+        why = "machine busy"
     lines = [
         f"{r['model']} ({r['file']})  {r['form']} form  input {r['batch']}x{c}x{h}x{w}  on {r['device']}, "
         f"{r['threads']} thread(s)",
@@ -95,6 +97,10 @@ def _text(r: dict) -> str:
         again = " (re-measured once)" if r["remeasured"] else ""
         lines.append(f"reference GEMM median {r['reference_median_ms']:.4f} ms, moved "
                      f"{100 * r['reference_change']:+.1f}%{again}{note}")
+        if r.get("busy"):
+            lines.append(f"  BUSY: the reference GEMM ran {r['reference_median_ms'] / r['reference_best_ms']:.1f}x "
+                         f"slower than its best on this machine ({r['reference_best_ms']:.4f} ms): another process "
+                         "is using the CPU, so this latency reads too high; measure again when the machine is quiet")
     lines.append(f"machine {fp['cpu_model']}  {fp['physical_cores']} cores / {fp['logical_cores']} logical  "
                  f"torch {fp['torch_version']}" + (f"  cuda {fp['cuda_device']}" if fp["cuda_device"] else "")
                  + f"  fingerprint {fp['hash']}")

@@ -17,6 +17,9 @@ How steady state is ensured, before a single sample is kept:
      than 10% between the first and the second half of the rounds the machine changed regime (frequency,
      a neighbour process): the measurement is repeated once and flagged `drift` if it happens again.
   5. Every timing loop holds the measurement lock (`lock.py`) and runs under torch.inference_mode.
+  6. `bench_model` also compares the reference's median with the best recorded on this machine (a small JSON in
+     the archdsl cache dir): over BUSY_FACTOR x that, the machine was busy for the whole run (a load drift
+     detection cannot see), and the result is flagged `busy` and not `stable`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import platform
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from . import stats
@@ -168,6 +172,43 @@ class Measurement:
                 "stable": self.stable, "stop": self.stop, "reference_median_ms": ms(self.reference_median),
                 "reference_change": round(self.reference_change, 6), "drift": self.drift,
                 "remeasured": self.remeasured}
+
+
+BUSY_FACTOR = 1.5  # a reference median this many times its best here: another process is using the CPU
+
+
+def _reference_best_path() -> Path:
+    root = os.environ.get("ARCHDSL_CACHE_DIR") or str(Path(os.environ.get("XDG_CACHE_HOME") or
+                                                          Path.home() / ".cache") / "archdsl")
+    return Path(root) / "reference_best.json"
+
+
+def reference_busy(median: float | None, key: str) -> tuple[float | None, bool]:
+    """Compare a run's reference median (s) with the best recorded on this machine for `key` (fingerprint,
+    threads, device). Returns (that earlier best, busy): busy when the median is over BUSY_FACTOR x the best,
+    i.e. the whole machine was slower than it can be, which drift detection inside one run cannot see when the
+    load lasts the whole run. Records the median as the new best when lower. (None, False) on a first run or
+    an unusable cache file."""
+    if median is None or not median > 0:
+        return None, False
+    path = _reference_best_path()
+    try:
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data = data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        data = {}
+    best = data.get(key)
+    best = float(best) if isinstance(best, (int, float)) and best > 0 else None
+    if best is None or median < best:
+        data[key] = median
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    return best, best is not None and median > BUSY_FACTOR * best
 
 
 def reference_workload(n: int = 128) -> Callable[[], Any]:
@@ -350,6 +391,11 @@ def bench_model(path: str | os.PathLike, form: str = "deploy", batch: int = 1,
     finally:
         torch.set_num_threads(old_threads)
     total = g.total()
-    return {"model": g.model, "file": str(path), "form": form, "batch": batch, "input_shape": [c, h, w],
-            "device": device, "threads": fp["torch_threads"], "params": total.params, "macs": total.macs,
-            **meas.to_json(), "allocator": allocator, "fingerprint": fp}
+    best, busy = reference_busy(meas.reference_median, f"{fp['hash']}-{fp['torch_threads']}-{device}")
+    out = {"model": g.model, "file": str(path), "form": form, "batch": batch, "input_shape": [c, h, w],
+           "device": device, "threads": fp["torch_threads"], "params": total.params, "macs": total.macs,
+           **meas.to_json(), "reference_best_ms": None if best is None else round(best * 1e3, 6), "busy": busy,
+           "allocator": allocator, "fingerprint": fp}
+    if busy:  # the whole run was slow: its median is not this machine's latency
+        out["stable"] = False
+    return out
