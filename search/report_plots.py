@@ -156,8 +156,10 @@ def pareto_svg(st: RunState) -> str:
     pad = 0.06 * ((max(scores) - min(scores)) or abs(scores[0]) or 1.0) if scores else 0.0
     ylabel = ("validation accuracy" if st.settings.get("objective", "accuracy") == "accuracy"
               else f"{st.settings.get('objective', metric)} score (zero-cost proxy)")
-    plot = _Plot((lo / 1.25, hi * 1.25) if xlog else (0.0, hi * 1.05),
-                 (min(scores) - pad, max(scores) + pad) if scores else (0.0, 1.0), "latency (ms)", ylabel, xlog=xlog)
+    yr = (min(scores) - pad, max(scores) + pad) if scores else (0.0, 1.0)
+    if ylabel == "validation accuracy":  # a fraction: the axis stays within [0, 1]
+        yr = (max(0.0, yr[0]), min(1.0, yr[1]))
+    plot = _Plot((lo / 1.25, hi * 1.25) if xlog else (0.0, hi * 1.05), yr, "latency (ms)", ylabel, xlog=xlog)
     xmax = plot.xt[-1]
     body = []
     if budget is not None:

@@ -402,3 +402,13 @@ def test_clean_svg_refuses_what_is_not_svg():
         clean_svg("<html><body/></html>")
     assert clean_svg('<svg xmlns="http://www.w3.org/2000/svg"><circle r="1"/></svg>') == \
         '<svg xmlns="http://www.w3.org/2000/svg"><circle r="1" /></svg>'
+
+
+def test_accuracy_axis_stays_within_zero_and_one(tmp_path):
+    """Accuracies near 0 and 1 do not stretch the axis past them (ticks -0.2 / 1.2 read as nonsense)."""
+    records = [rec(0, acc=0.02, lat=1.0), rec(1, acc=0.99, lat=2.0), rec(2, acc=0.5, lat=1.5)]
+    text = build_report(write_run(tmp_path / "run", records))
+    pareto = text[text.index('<svg id="pareto"'):text.index("</svg>", text.index('<svg id="pareto"'))]
+    ticks = re.findall(r">(-?[0-9.]+)</text>", pareto)  # latency ticks 0, 2, 4, 6 and accuracy ticks
+    assert {"0.2", "0.8", "1"} <= set(ticks) and not {"1.2", "-0.2"} & set(ticks)
+    assert min(float(t) for t in ticks) == 0.0
