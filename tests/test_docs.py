@@ -8,10 +8,10 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from md_fences import Fence, fences
 
 from archdsl import docs
 from archdsl.api import ArchError, check_file, check_text
@@ -76,35 +76,10 @@ def test_worked_example_variants():
 # ---------------------------------------------------------------- code blocks of docs/language.md
 
 
-@dataclass
-class Block:
-    line: int  # of the opening fence
-    info: str  # the fence's info string after "arch"
-    text: str
-
-    @property
-    def id(self) -> str:
-        return f"L{self.line}"
-
-
-def arch_blocks(path: Path) -> list[Block]:
+def arch_blocks(path: Path) -> list[Fence]:
     """Every ```arch fenced block. Info strings: `arch`; `arch params=N` (a complete spec with N parameters);
     `arch error: MESSAGE` (must fail with MESSAGE); `arch file=PATH` (a verbatim copy of PATH)."""
-    out: list[Block] = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    i = 0
-    while i < len(lines):
-        m = re.match(r"^```(\S*)\s*(.*)$", lines[i])
-        if not m:
-            i += 1
-            continue
-        j = i + 1
-        while j < len(lines) and not lines[j].startswith("```"):
-            j += 1
-        if m.group(1) == "arch":
-            out.append(Block(i + 1, m.group(2).strip(), "\n".join(lines[i + 1:j]) + "\n"))
-        i = j + 1
-    return out
+    return [f for f in fences(path) if f.lang == "arch"]
 
 
 BLOCKS = arch_blocks(LANGUAGE_MD)
@@ -117,7 +92,7 @@ def test_language_md_has_examples():
     assert len(COMPLETE) >= 10 and len(ERRORS) >= 5 and len(QUOTES) == 2
 
 
-def _check(block: Block):
+def _check(block: Fence):
     # imports in a snippet resolve as if it were a file in docs/examples
     return check_text(block.text, file=str(DOCS / "examples" / f"language_md_{block.id}.arch"))
 
