@@ -134,5 +134,19 @@ class ArchGraph:
         return None if self.input_node is None else self.g.nodes[self.input_node].get("shape")
 
 
+def free_after(refs_per_step: list, keep: str) -> list[list[str]]:
+    """For each step of a run (its input refs given in order), the values whose last use it is: freed right after
+    it. `keep` (the model's output) is never freed."""
+    last_use: dict[str, int] = {}
+    for i, refs in enumerate(refs_per_step):
+        for src, _ in refs:
+            last_use[src] = i
+    out: list[list[str]] = [[] for _ in refs_per_step]
+    for src, i in last_use.items():
+        if src != keep:
+            out[i].append(src)
+    return out
+
+
 def join(*parts: str) -> str:
     return ".".join(p for p in parts if p)

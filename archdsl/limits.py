@@ -148,24 +148,29 @@ def gb(n: int) -> str:
 
 def activation_peak(graph) -> tuple[int, str | None]:
     """(values, node): the most activation values alive at once in one batch-1 forward pass of a checked graph in
-    eval mode (each value freed after its last use, as ArchModule does), and the node whose output is the largest
-    of them. Views (reshapes, layout changes) count 0: they share their input's storage."""
+    eval mode (each value freed after its last use, by the same plan as ArchModule: ir.free_after), and the node
+    whose output is the largest of them. Views (reshapes, layout changes) count 0: they share their input's
+    storage."""
+    from .ir import free_after
+
     order = graph.order()
-    last: dict[str, int] = {}
-    for i, name in enumerate(order):
-        for src, _ in graph.inputs(name):
-            last[src] = i
+    frees = free_after([graph.inputs(n) for n in order], graph.output[0] if graph.output else "")
     live: dict[str, int] = {}
-    peak, at = 0, None
-    for i, name in enumerate(order):
+    now = peak = 0
+    at = None
+    for name, freed in zip(order, frees):
         live[name] = graph.cost(name).acts if name != graph.input_node else _numel(graph.input_shape)
-        now = sum(live.values())
+        now += live[name]
         if now > peak:
             peak, at = now, max(live, key=live.__getitem__)
-        for src, _ in graph.inputs(name):
-            if last.get(src) == i and (graph.output is None or src != graph.output[0]):
-                live.pop(src, None)
+        for src in freed:
+            now -= live.pop(src)
     return peak, at
+
+
+def activation_total(graph) -> int:
+    """Activation values of one image kept for a training pass: every node's output, and the input."""
+    return graph.total().acts + _numel(graph.input_shape)
 
 
 def _numel(shape) -> int:
@@ -177,7 +182,7 @@ def check_memory(graph, limit: int, batch: int = 1, training: bool = False) -> N
     one forward pass at `batch` exceed `limit` bytes: before any tensor is allocated. Training keeps every
     activation for the backward pass; eval frees each after its last use (activation_peak)."""
     names = [n for n in graph.order() if n != graph.input_node]
-    params = sum(graph.cost(n).params for n in names)
+    params = graph.total().params
     p_bytes = params * BYTES_PER_VALUE
     hint = (f"the limit is {describe_limit(limit)}; change it with archdsl --max-memory, ARCHDSL_MAX_MEMORY or "
             "max_memory=")
@@ -189,7 +194,7 @@ def check_memory(graph, limit: int, batch: int = 1, training: bool = False) -> N
         raise ArchError([Diagnostic(graph.node(big).span, f"the model has {params:,} parameters ({gb(p_bytes)} as "
                                     f"float32), more than the memory limit", hint, notes)])
     if training:
-        acts = sum(graph.cost(n).acts for n in names) + _numel(graph.input_shape)
+        acts = activation_total(graph)
         at = max(names, key=lambda n: graph.cost(n).acts) if names else None
         kind = "keeps"
     else:

@@ -24,8 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..ir import free_after
 from .fusion import CL, Step, match_blocks, node_candidates
-from .module import ArchModule, NodeError, free_after, gather
+from .module import ArchModule, NodeError, gather
 from .tune import TuneCache, pick, tune_key
 
 log = logging.getLogger("archdsl.fast")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .. import limits
-from ..ir import ArchGraph
+from ..ir import ArchGraph, free_after
 from ..ops import registry
 
 
@@ -63,7 +63,7 @@ class ArchModule(nn.Module):
         # Free each value after its last use, so activation memory stays as in a hand-written model.
         self._free_after = free_after([refs for _, _, refs, _ in self._plan], self._out[0])
         self._modules_by_name = {name: self.get_submodule(name) for name, *_ in self._plan}
-        self._param_bytes = sum(graph.cost(n).params for n in graph.g.nodes) * limits.BYTES_PER_VALUE
+        self._param_bytes = graph.total().params * limits.BYTES_PER_VALUE
         # per input size: activation values of one image (eval peak, training total), for the batch check
         self._sizes_ok: dict[tuple[int, int], tuple[int, int]] = {(shape.h, shape.w): _act_values(graph)}
 
@@ -122,22 +122,7 @@ class ArchModule(nn.Module):
 
 def _act_values(graph: ArchGraph) -> tuple[int, int]:
     """(eval peak, training total) activation values of one image through a checked graph."""
-    total = sum(graph.cost(n).acts for n in graph.g.nodes) + graph.input_shape.numel()
-    return limits.activation_peak(graph)[0], total
-
-
-def free_after(refs_per_step: list, keep: str) -> list[list[str]]:
-    """For each step of a run (its input refs given in order), the values whose last use it is: freed right after
-    it. `keep` (the model's output) is never freed."""
-    last_use: dict[str, int] = {}
-    for i, refs in enumerate(refs_per_step):
-        for src, _ in refs:
-            last_use[src] = i
-    out: list[list[str]] = [[] for _ in refs_per_step]
-    for src, i in last_use.items():
-        if src != keep:
-            out[i].append(src)
-    return out
+    return limits.activation_peak(graph)[0], limits.activation_total(graph)
 
 
 def gather(vals: dict, refs) -> list:
