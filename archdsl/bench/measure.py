@@ -18,8 +18,8 @@ How steady state is ensured, before a single sample is kept:
      a neighbour process): the measurement is repeated once and flagged `drift` if it happens again.
   5. Every timing loop holds the measurement lock (`lock.py`) and runs under torch.inference_mode.
   6. `bench_model` also compares the reference's median with the best recorded on this machine (a small JSON in
-     the archdsl cache dir): over BUSY_FACTOR x that, the machine was busy for the whole run (a load drift
-     detection cannot see), and the result is flagged `busy` and not `stable`.
+     the latency cache dir, table.default_cache_dir()): over BUSY_FACTOR x that, the machine was busy for the
+     whole run (a load drift detection cannot see), and the result is flagged `busy` and not `stable`.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from typing import Any, Callable
 
 from . import stats
 from .lock import LockTimeout, default_lock_path, measurement_lock
+from .table import default_cache_dir
 
 __all__ = ["Measurement", "measure", "compare", "bench_model", "fingerprint", "steady_state_allocator",
            "measurement_lock", "default_lock_path", "LockTimeout", "ModelRunError", "OutOfMemory"]
@@ -178,9 +179,8 @@ BUSY_FACTOR = 1.5  # a reference median this many times its best here: another p
 
 
 def _reference_best_path() -> Path:
-    root = os.environ.get("ARCHDSL_CACHE_DIR") or str(Path(os.environ.get("XDG_CACHE_HOME") or
-                                                          Path.home() / ".cache") / "archdsl")
-    return Path(root) / "reference_best.json"
+    """Beside the per-operator latency table: the same per-machine measurement cache."""
+    return default_cache_dir() / "reference_best.json"
 
 
 def reference_busy(median: float | None, key: str) -> tuple[float | None, bool]:
