@@ -14,7 +14,7 @@ from . import check as _check
 from . import syntax as S
 from .elaborate import Elaborator
 from .errors import ArchError, Diagnostic, Span
-from .interp import ChoiceTable, EvalError, Evaluator, fmt
+from .interp import ChoiceTable, EvalError, Evaluator, as_value, fmt
 from .ir import ArchGraph
 from .parse import Program, load_program, parse_expr
 
@@ -23,7 +23,7 @@ def parse_override(key: str, value: Any) -> Any:
     """`--set key=value`: strings are read as .arch expressions (a bare word is a string), Python values pass
     through (lists become the language's lists)."""
     if not isinstance(value, str):
-        return _as_arch_value(value)
+        return as_value(value)
     expr = parse_expr(value, f"--set {key}")
     if isinstance(expr, S.Var):  # a bare word is a string: --set kind=inception
         return expr.name
@@ -31,13 +31,6 @@ def parse_override(key: str, value: Any) -> Any:
         return Evaluator(ChoiceTable()).eval(expr, {}, key)  # type: ignore[arg-type]
     except EvalError as e:
         raise ArchError([Diagnostic(e.span, e.message, e.hint)]) from None
-
-
-def _as_arch_value(value: Any) -> Any:
-    """Python lists (at any depth) become the language's lists (tuples); other values pass through."""
-    if isinstance(value, (list, tuple)):
-        return tuple(_as_arch_value(v) for v in value)
-    return value
 
 
 def _overrides(overrides: dict[str, Any] | None) -> dict[str, Any]:

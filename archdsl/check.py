@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import types
 import typing
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -132,12 +131,8 @@ def _prefixed(op: str, message: str) -> str:
 def signature(op) -> str:
     parts = []
     for name, f in op.Params.model_fields.items():
-        parts.append(name if f.is_required() else f"{name}={fmt(_py_to_arch(f.default))}")
+        parts.append(name if f.is_required() else f"{name}={fmt(f.default)}")
     return ", ".join(parts)
-
-
-def _py_to_arch(v: Any) -> Any:
-    return tuple(v) if isinstance(v, list) else v
 
 
 def describe_type(ann) -> str:

@@ -70,7 +70,7 @@ def _param_rows(op: Op) -> list[str]:
         return ["Parameters: none."]
     rows = ["| # | parameter | type | default |", "|---|---|---|---|"]
     for i, (name, f) in enumerate(fields.items()):
-        default = "*required*" if f.is_required() else f"`{fmt(_arch(f.default))}`"
+        default = "*required*" if f.is_required() else f"`{fmt(f.default)}`"
         rows.append(f"| {i} | `{name}` | {_type_text(f.annotation)} | {default} |")
     return rows
 
@@ -79,12 +79,8 @@ def _type_text(ann) -> str:
     return describe_type(ann).replace("|", "\\|")  # a '|' would end the table cell
 
 
-def _arch(v):
-    return tuple(_arch(x) for x in v) if isinstance(v, (list, tuple)) else v
-
-
 def _call_text(op: Op, params: dict) -> str:
-    return f"{op.name}(" + ", ".join(f"{k}={fmt(_arch(v))}" for k, v in params.items()) + ")"
+    return f"{op.name}(" + ", ".join(f"{k}={fmt(v)}" for k, v in params.items()) + ")"
 
 
 def _shape_text(s: Shape) -> str:

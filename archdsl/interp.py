@@ -44,15 +44,20 @@ def type_name(v: Value) -> str:
     return type(v).__name__
 
 
+def as_value(v: Any) -> Any:
+    """Python lists (at any depth) as the language's lists (tuples); other values as they are."""
+    return tuple(as_value(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
 def fmt(v: Value) -> str:
-    """A value written back in .arch syntax."""
+    """A value written back in .arch syntax (a Python list is written as the language's list)."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if v is None:
         return "none"
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    if isinstance(v, tuple):
+    if isinstance(v, (tuple, list)):
         return "[" + ", ".join(fmt(x) for x in v) + "]"
     if isinstance(v, float):
         r = repr(v)

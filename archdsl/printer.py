@@ -19,14 +19,9 @@ from .ir import ArchGraph, Node
 from .parse import parse_expr
 
 
-def _params_text(node: Node) -> str:
-    return ", ".join(f"{k}={fmt(_tuplify(v))}" for k, v in node.raw_params().items())
-
-
-def _tuplify(v):
-    if isinstance(v, list):
-        return tuple(_tuplify(x) for x in v)
-    return v
+def params_text(node: Node) -> str:
+    """'out=64, k=3, ...': every parameter of a node in .arch syntax."""
+    return ", ".join(f"{k}={fmt(v)}" for k, v in node.raw_params().items())
 
 
 def _shape_text(shape) -> str:
@@ -47,7 +42,7 @@ def format_ir(g: ArchGraph, spans: bool = True) -> str:
         node = g.node(name)
         ins = ", ".join(src if port == 0 and not isinstance(g.attrs(src).get("shape"), tuple) else f"{src}:{port}"
                         for src, port in g.inputs(name))
-        line = f"{name} = {node.op}({_params_text(node)})"
+        line = f"{name} = {node.op}({params_text(node)})"
         if ins:
             line += f" <- {ins}"
         line += f" : {_shape_text(g.attrs(name).get('shape'))}"

@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import networkx as nx
 
-from .interp import fmt
+from .interp import as_value, fmt
 from .ir import ArchGraph
 from .ops import registry
+from .printer import params_text
 from .shapes import Cost, human
 
 if TYPE_CHECKING:
@@ -202,9 +203,9 @@ def _call_text(g: ArchGraph, name: str, limit: int = 44) -> str:
         if f is not None and not f.is_required():
             if key in NUMERICS_ONLY or (key not in ALWAYS_SHOWN and _same(value, f.default)):
                 continue
-            parts.append(f"{key}={fmt(_tuplify(value))}")
+            parts.append(f"{key}={fmt(value)}")
         else:
-            parts.append(fmt(_tuplify(value)))
+            parts.append(fmt(value))
     text = ", ".join(parts)
     if len(text) > limit:
         text = text[:limit - 1] + "\u2026"
@@ -212,11 +213,7 @@ def _call_text(g: ArchGraph, name: str, limit: int = 44) -> str:
 
 
 def _same(a, b) -> bool:
-    return _tuplify(a) == _tuplify(b)
-
-
-def _tuplify(v):
-    return tuple(_tuplify(x) for x in v) if isinstance(v, (list, tuple)) else v
+    return as_value(a) == as_value(b)
 
 
 def _shape_text(shape) -> str:
@@ -251,7 +248,7 @@ def _node_label(g: ArchGraph, name: str, notes: Sequence[str]) -> str:
 
 def _node_tooltip(g: ArchGraph, name: str, notes: Sequence[str]) -> str:
     node = g.node(name)
-    params = ", ".join(f"{k}={fmt(_tuplify(v))}" for k, v in node.raw_params().items())
+    params = params_text(node)
     a = g.attrs(name)
     ins = a.get("in_shapes") or ()
     lines = [name, f"{node.op}({params})", f"{', '.join(str(s) for s in ins) or '-'} -> {_shape_text(a.get('shape'))}"]
@@ -279,7 +276,7 @@ def _cluster_tooltip(g: ArchGraph, c: _Cluster) -> str:
     cost = sum((g.cost(n) for n in c.nodes), Cost())
     lines = [c.path]
     if sc is not None and sc.kind == "block":
-        lines.append(f"{sc.label}(" + ", ".join(f"{k}={fmt(_tuplify(v))}" for k, v in sc.args) + ")")
+        lines.append(f"{sc.label}(" + ", ".join(f"{k}={fmt(v)}" for k, v in sc.args) + ")")
     lines.append(f"{len(c.nodes)} nodes, {_cost_text(cost) or 'no parameters'}")
     return _tip(lines)
 
