@@ -177,25 +177,30 @@ def _numel(shape) -> int:
     return 0 if shape is None else shape.numel()
 
 
-def check_memory(graph, limit: int, batch: int = 1, training: bool = False) -> None:
+def check_memory(graph, limit: int, batch: int = 1, training: bool = False) -> int:
     """Refuse (ArchError at the responsible layer) a checked graph whose float32 parameters plus the activations of
     one forward pass at `batch` exceed `limit` bytes: before any tensor is allocated. Training keeps every
-    activation for the backward pass; eval frees each after its last use (activation_peak)."""
-    names = [n for n in graph.order() if n != graph.input_node]
+    activation for the backward pass; eval frees each after its last use (activation_peak). Returns the
+    activation values of one image it counted (the eval peak, or the training total)."""
     params = graph.total().params
     p_bytes = params * BYTES_PER_VALUE
-    hint = (f"the limit is {describe_limit(limit)}; change it with archdsl --max-memory, ARCHDSL_MAX_MEMORY or "
-            "max_memory=")
+
+    def hint() -> str:  # reads the machine's memory: only for an error
+        return (f"the limit is {describe_limit(limit)}; change it with archdsl --max-memory, ARCHDSL_MAX_MEMORY "
+                "or max_memory=")
+
+    def layers() -> list[str]:  # in data-flow order: for naming the culprit of an error
+        return [n for n in graph.order() if n != graph.input_node]
+
     if p_bytes > limit:
-        big = max(names, key=lambda n: graph.cost(n).params)
-        top = sorted(names, key=lambda n: -graph.cost(n).params)[:3]
+        top = sorted(layers(), key=lambda n: -graph.cost(n).params)[:3]
         notes = tuple(f"'{n}' ({graph.node(n).op}) has {graph.cost(n).params:,} parameters, at {graph.node(n).span}"
                       for n in top)
-        raise ArchError([Diagnostic(graph.node(big).span, f"the model has {params:,} parameters ({gb(p_bytes)} as "
-                                    f"float32), more than the memory limit", hint, notes)])
+        raise ArchError([Diagnostic(graph.node(top[0]).span, f"the model has {params:,} parameters "
+                                    f"({gb(p_bytes)} as float32), more than the memory limit", hint(), notes)])
     if training:
         acts = activation_total(graph)
-        at = max(names, key=lambda n: graph.cost(n).acts) if names else None
+        at = max(layers(), key=lambda n: graph.cost(n).acts, default=None)
         kind = "keeps"
     else:
         acts, at = activation_peak(graph)
@@ -206,5 +211,6 @@ def check_memory(graph, limit: int, batch: int = 1, training: bool = False) -> N
         raise ArchError([Diagnostic(node.span, f"one {'training' if training else 'inference'} pass at batch "
                                     f"{batch} {kind} {gb(a_bytes)} of activations (the largest: '{at}' ({node.op}), "
                                     f"output {graph.attrs(at).get('shape')}); with {gb(p_bytes)} of parameters "
-                                    f"that exceeds the memory limit", hint + "; use a smaller input or batch",
+                                    f"that exceeds the memory limit", hint() + "; use a smaller input or batch",
                                     node.notes)])
+    return acts

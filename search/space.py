@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import check as _checker
+from .. import limits
 from ..api import elaborate
 from ..errors import ArchError
 from ..interp import ChoicePoint
@@ -99,8 +100,6 @@ class SearchSpace:
 
     def _check(self, overrides: dict[str, Any], sampler):
         """The checked graph; ArchError also for an architecture over the memory limit (never built)."""
-        from .. import limits
-
         g = _checker.check(elaborate(self.program, overrides, self.input_shape, self.model,
                                      strict_overrides=False, sampler=sampler))
         limits.check_memory(g, limits.memory_limit())

@@ -41,7 +41,7 @@ class ArchModule(nn.Module):
         batch-1 inference pass would exceed the memory limit (archdsl.limits.memory_limit(max_memory))."""
         super().__init__()
         self.memory_limit = limits.memory_limit(max_memory)
-        limits.check_memory(graph, self.memory_limit)
+        peak = limits.check_memory(graph, self.memory_limit)
         self.graph = graph  # the checked IR it was built from (archdsl.deploy reads it)
         self.arch_name = graph.model
         self.input_node = graph.input_node
@@ -65,7 +65,8 @@ class ArchModule(nn.Module):
         self._modules_by_name = {name: self.get_submodule(name) for name, *_ in self._plan}
         self._param_bytes = graph.total().params * limits.BYTES_PER_VALUE
         # per input size: activation values of one image (eval peak, training total), for the batch check
-        self._sizes_ok: dict[tuple[int, int], tuple[int, int]] = {(shape.h, shape.w): _act_values(graph)}
+        self._sizes_ok: dict[tuple[int, int], tuple[int, int]] = {
+            (shape.h, shape.w): (peak, limits.activation_total(graph))}
 
     def validate_input(self, x: torch.Tensor) -> None:
         """Raise InputError unless x is (N, C, H, W) with the spec's C and an H x W every layer can take: a new
