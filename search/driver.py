@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import SearchError
+from .records import measurement_counts, measurement_text
 from .space import Candidate, SearchSpace
 
 __all__ = ["SearchConfig", "SearchSummary", "run_search", "FINISHED_STATUSES"]
 
 FINISHED_STATUSES = ("ok", "over_budget", "failed")  # outcomes of Ray trials (count against --trials)
+# "unmeasured" is a Ray trial's outcome too, but not a finished one: its point is measured again (searcher.py)
 MATCH_ON_RESUME = ("spec_sha256", "budget_ms", "objective", "dataset", "dataset_limit", "fixed", "model",
                    "input_shape", "epochs")
 
@@ -59,6 +61,9 @@ class SearchConfig:
     asha: bool = True
     batch_size: int = 64
     crash_marker: str | None = None  # tests only
+    load_marker: str | None = None  # tests only (trial.TrialSettings.load_marker)
+    latency_quiet_wait: float = 30.0  # s a trial waits for a quiet machine before it is left unmeasured
+    latency_max_seconds: float = 2.0  # time cap of one latency measurement
 
 
 @dataclass
@@ -74,6 +79,7 @@ class SearchSummary:
     problems: list[str] = field(default_factory=list)
     predictor: dict | None = None  # how the prefilter's predictions compared with the measurements
     objective: str = "accuracy"  # "accuracy" trains each network within budget; a proxy only scores it
+    measurements: dict = field(default_factory=dict)  # records.measurement_counts: disturbed / retried / unmeasured
 
     def text(self) -> str:
         c = self.counts
@@ -82,6 +88,11 @@ class SearchSummary:
                  f"{c.get('rejected', 0)} rejected by the checker, {c.get('duplicate', 0)} duplicates skipped, "
                  f"{c.get('predicted_over_budget', 0)} discarded by the latency predictor "
                  f"({self.seconds:.0f} s)"]
+        if self.measurements.get("measurements"):
+            lines.append(measurement_text(self.measurements))
+        if self.measurements.get("unmeasured"):
+            lines.append(f"{self.measurements['unmeasured']} architecture(s) have no clean latency yet (the machine "
+                         f"stayed busy): they are measured first when you continue with --resume --out {self.out}")
         if self.best:
             b = self.best
             lines.append(f"best under the budget: score {b['score']:.4f} at {b['latency_ms']:.2f} ms "
@@ -159,8 +170,11 @@ class _Recorder:
         done = sum(c.get(s, 0) for s in FINISHED_STATUSES)
         b = self.best()
         best = f"best {b['score']:.4f} @ {b['latency_ms']:.2f} ms" if b else "no architecture under budget yet"
+        m = measurement_counts(self.records)
+        busy = (f", {m['disturbed']} disturbed measurement(s), {m['unmeasured']} unmeasured"
+                if m["disturbed"] or m["unmeasured"] else "")
         return (f"[{done}/{self.total} trials done, {self.running} running, {c.get('rejected', 0)} rejected, "
-                f"{c.get('over_budget', 0)} over budget, {c.get('failed', 0)} failed] {best}")
+                f"{c.get('over_budget', 0)} over budget, {c.get('failed', 0)} failed{busy}] {best}")
 
 
 def _trial_record(trial, result: dict, error: str | None = None) -> dict:
@@ -173,7 +187,8 @@ def _trial_record(trial, result: dict, error: str | None = None) -> dict:
     return {"trial": cfg.get("index"), "trial_id": trial.trial_id, "status": status, "point": cfg.get("point"),
             "hash": cfg.get("hash"), "score": r.get("score"), "accuracy": r.get("accuracy"),
             "epochs": r.get("epoch", 0), "latency_ms": r.get("latency_ms"), "latency": r.get("latency"),
-            "predicted_ms": cfg.get("predicted_ms"), "params": r.get("params"), "macs": r.get("macs"),
+            "predicted_ms": cfg.get("predicted_ms"), "retry": cfg.get("retry", 0),
+            "params": r.get("params"), "macs": r.get("macs"),
             "activations": r.get("activations"), "error": err, "node": r.get("node"),
             "latency_node": r.get("latency_node"), "seconds": r.get("seconds", {})}
 
@@ -231,14 +246,16 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
         problems += loaded.problems
     finished = sum(1 for r in history if r.get("status") in FINISHED_STATUSES)
     remaining = max(0, cfg.trials - finished)
+    unmeasured = measurement_counts(history)["unmeasured"]
     recorder = _Recorder(run, cfg.budget_ms, progress, cfg.trials, history)
     if cfg.resume:
-        progress(f"resuming {out}: {finished} trials finished earlier, {remaining} to run")
+        again = f", {unmeasured} left unmeasured to measure again" if unmeasured else ""
+        progress(f"resuming {out}: {finished} trials finished earlier, {remaining} to run{again}")
 
     interrupted = False
     exhausted = None
     predictor_info = None
-    if remaining > 0:
+    if remaining > 0 or unmeasured:
         info = cluster.connect(cfg.address, temp_dir=out / ".ray",
                                target_label=cfg.target_label)
         try:
@@ -257,7 +274,9 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
                                       dataset_limit=cfg.dataset_limit, epochs=cfg.epochs,
                                       batch_size=cfg.batch_size, seed=cfg.seed,
                                       latency_threads=cfg.latency_threads, target_label=cfg.target_label,
-                                      crash_marker=cfg.crash_marker, meters=meters)
+                                      crash_marker=cfg.crash_marker, load_marker=cfg.load_marker,
+                                      latency_quiet_wait=cfg.latency_quiet_wait,
+                                      latency_max_seconds=cfg.latency_max_seconds, meters=meters)
             searcher = ArchSearcher(space, algo=cfg.algo, budget_ms=cfg.budget_ms, seed=cfg.seed,
                                     max_trials=remaining, predictor=predictor,
                                     prefilter_margin=cfg.prefilter_margin, on_event=recorder.add, history=history)
@@ -269,7 +288,8 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
             tuner = tune.Tuner(
                 tune.with_resources(tune.with_parameters(run_trial, settings=tsettings), {"cpu": 1}),
                 tune_config=tune.TuneConfig(metric="score", mode="max", search_alg=searcher, scheduler=scheduler,
-                                            num_samples=remaining, max_concurrent_trials=concurrency,
+                                            # the searcher ends the run (unmeasured points are retried)
+                                            num_samples=-1, max_concurrent_trials=concurrency,
                                             reuse_actors=True),
                 run_config=tune.RunConfig(name="ray", storage_path=str((out / "ray").resolve()), verbose=0,
                                           callbacks=[callback], log_to_file=True,
@@ -353,7 +373,8 @@ def _finish(cfg, run, out, recorder, problems, t0, interrupted, exhausted, predi
     best = recorder.best()
     summary = SearchSummary(out=out, counts=recorder.counts(), best=best, front=front, top=top_paths,
                             seconds=time.perf_counter() - t0, interrupted=interrupted, exhausted=exhausted,
-                            problems=problems, predictor=predictor_info, objective=cfg.objective)
+                            problems=problems, predictor=predictor_info, objective=cfg.objective,
+                            measurements=measurement_counts(records))
     data = {k: v for k, v in asdict(summary).items() if k not in ("front",)}
     data["top"] = [str(p) for p in top_paths]
     data["out"] = str(out)

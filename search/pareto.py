@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from .records import measurement_counts, measurement_text
+
 __all__ = ["pareto_front", "hypervolume", "best_under_budget", "top_k", "pareto_figure", "plot_pareto"]
 
 
@@ -174,7 +176,8 @@ def pareto_figure(records: Iterable[dict], budget_ms: float | None, title: str |
     if not ok and not any(r.get("status") in ("over_budget", "predicted_over_budget") for r in records):
         ax.text(0.5, 0.5, "no finished trials", transform=ax.transAxes, ha="center", va="center", color="0.4")
 
-    ax.set_xlabel("latency (ms)")
+    quality = measurement_text(measurement_counts(records))
+    ax.set_xlabel("latency (ms)" + (f"\n{quality}" if quality else ""))
     ax.set_ylabel(ylabel or metric)
     ax.set_title(title or f"{metric} vs latency")
     ax.grid(True, alpha=0.3)

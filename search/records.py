@@ -17,6 +17,8 @@ Record schema (the caller builds it; `append` adds the last two fields):
     trial         int            sequence number of the trial in this directory
     trial_id      str            the tuner's id for it
     status        str            "ok" | "over_budget" | "predicted_over_budget" | "rejected" | "duplicate" | "failed"
+                                 | "unmeasured" (no clean latency: other programs kept the cores busy; measured again)
+    retry         int            0, or how many times this point had been left unmeasured before this trial
     score         float | null   the objective's value (optional; = accuracy for objective "accuracy")
     point         {name: value}  the choice-point values of the architecture
     hash          str | null     structural hash of the built graph (null when it did not build)
@@ -57,6 +59,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["RunDir", "RunDirError", "LoadResult", "MUST_MATCH", "RECORD_VERSION", "CSV_COLUMNS", "checksum",
+           "measurement_counts", "measurement_text",
            "csv_columns"]
 
 RECORD_VERSION = 1
@@ -86,6 +89,41 @@ class LoadResult:
     records: list[dict] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     bad_lines: list[tuple[int, bytes]] = field(default_factory=list)
+
+
+def measurement_counts(records: Iterable[dict]) -> dict[str, int]:
+    """How clean a search's latency measurements were: `measurements` (measurement attempts), `disturbed`
+    (attempts discarded because other programs took the cores), `retried` (trials that measured again a point
+    left unmeasured), `unmeasured` (points still without a clean measurement), `rounds` / `discarded_rounds`
+    (timed rounds, and those dropped because a measuring thread waited for a CPU)."""
+    out = dict.fromkeys(("measurements", "disturbed", "retried", "unmeasured", "rounds", "discarded_rounds"), 0)
+    last: dict[str, str] = {}
+    for r in records:
+        lat = r.get("latency")
+        if isinstance(lat, dict):
+            out["measurements"] += int(lat.get("tries") or 1)
+            out["disturbed"] += int(lat.get("disturbed_tries") or (1 if lat.get("disturbed") else 0))
+            d = lat.get("disturbance") if isinstance(lat.get("disturbance"), dict) else {}
+            out["rounds"] += int(d.get("rounds") or 0)
+            out["discarded_rounds"] += int(d.get("discarded") or 0)
+        if int(r.get("retry") or 0) > 0:
+            out["retried"] += 1
+        if r.get("hash") and r.get("status") in ("ok", "over_budget", "failed", "unmeasured"):
+            last[r["hash"]] = r["status"]
+    out["unmeasured"] = sum(1 for s in last.values() if s == "unmeasured")
+    return out
+
+
+def measurement_text(counts: dict[str, int]) -> str:
+    """One line for the progress, the summary and the plot: '3 of 14 latency measurements disturbed by other
+    programs (2 retried, 1 left unmeasured)'; '' when nothing was measured."""
+    if not counts.get("measurements"):
+        return ""
+    text = (f"{counts['disturbed']} of {counts['measurements']} latency measurements disturbed by other "
+            f"programs")
+    if counts["disturbed"] or counts["retried"] or counts["unmeasured"]:
+        text += f" ({counts['retried']} retried later, {counts['unmeasured']} left unmeasured)"
+    return text
 
 
 def _now() -> str:

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .records import CSV_NAME, LOCK, RUN_JSON, TRIALS, RunDir, RunDirError
+from .records import CSV_NAME, LOCK, RUN_JSON, TRIALS, RunDir, RunDirError, measurement_counts, measurement_text
 from .report_plots import _num, _score, esc, pareto_svg, predictor_stats, predictor_svg
 
 __all__ = ["ReportError", "RunState", "read_run", "build_report", "add_report_parser", "cmd_report"]
@@ -41,6 +41,7 @@ STATUSES = {  # in the order the page lists them, with what each means
     "rejected": "rejected by the spec's checks",
     "duplicate": "the same network as an earlier trial",
     "failed": "raised an error (see Failures)",
+    "unmeasured": "no clean latency: other programs kept the cores busy; measured again later or on --resume",
 }
 FINISHED = ("ok", "over_budget", "failed")  # search/driver.py's FINISHED_STATUSES: they count against --trials
 SUMMARY = "summary.json"
@@ -353,8 +354,13 @@ def _section_counts(st: RunState) -> str:
     finished = sum(counts.get(s, 0) for s in FINISHED)
     want = st.settings.get("trials")
     note = f"{finished} of {want} trials finished" if isinstance(want, int) else f"{finished} trials finished"
+    m = measurement_counts(st.records)
+    quality = ""
+    if m["measurements"]:
+        quality = (f'<p id="measurement-quality">{esc(measurement_text(m))}; {m["discarded_rounds"]} of '
+                   f'{m["rounds"]} timed rounds discarded because a measuring thread waited for a CPU.</p>')
     return (f'<section id="counts"><h2>Trial status</h2><p>{esc(note)}; {len(st.records)} records in all.</p>'
-            f'{_table(["status", "trials#", "", "meaning"], rows, "counts")}</section>')
+            f'{_table(["status", "trials#", "", "meaning"], rows, "counts")}{quality}</section>')
 
 
 def _section_predictor(st: RunState) -> str:
@@ -481,6 +487,10 @@ def _cards(st: RunState) -> str:
               f"{len(st.running)} running" if st.state == "running" else f"{len(st.records)} records"),
              ("latency budget", f"{st.budget:g} ms" if st.budget is not None else "–", "median, batch 1"),
              ("objective", str(st.settings.get("objective", "?")), f"search algorithm {st.settings.get('algo', '?')}")]
+    m = measurement_counts(st.records)
+    if m["measurements"]:
+        cards.append(("latency measurements", f"{m['disturbed']} disturbed",
+                      f"of {m['measurements']}; {m['retried']} retried, {m['unmeasured']} unmeasured"))
     if best:
         cards.append((f"best {st.metric} within budget", _score(best.get(st.metric)),
                       f"trial {best.get('trial')} at {_f(best.get('latency_ms'))} ms"))

@@ -13,6 +13,14 @@ predictor, its latency estimated. Nothing that fails there becomes a Ray trial:
 Each of those is passed to `on_event(record)` so the driver writes it down. Optuna learns from every outcome:
 an over-budget latency is a violated constraint (`latency - budget > 0`, `Trial.set_constraint`), which TPE and
 NSGA-II treat as infeasible.
+
+A trial whose latency could not be measured cleanly (another program kept the cores busy) comes back
+"unmeasured": Optuna is not told anything yet, the point keeps its slot of the trial budget, and it is issued
+again as a new Ray trial (config "retry": 1, 2, ...) after RETRY_GAP other trials have finished (or at once when
+nothing else is left to run), at most MAX_REMEASURE times in a run. A point still unmeasured then is told to
+Optuna as failed, its slot goes to a new point, and it stays unmeasured in the records; `--resume` measures it
+again first. At most `max_trials` unmeasured outcomes are allowed in a run, so a machine that never quiets down
+still ends the search.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ __all__ = ["ArchSearcher", "ALGORITHMS", "make_sampler"]
 ALGORITHMS = ("random", "tpe", "nsga2")
 _CONSTRAINT = "latency"  # Optuna constraint: latency - budget (ms), feasible when <= 0
 MAX_RESAMPLES = 200  # consecutive rejected / duplicate / prefiltered points before the space counts as exhausted
+MAX_REMEASURE = 2  # times an unmeasured point is measured again in one run
+RETRY_GAP = 2  # finished trials between an unmeasured outcome and its retry (time for the load to pass)
 
 
 def make_sampler(algo: str, seed: int, n_startup: int = 5) -> optuna.samplers.BaseSampler:
@@ -101,8 +111,21 @@ class ArchSearcher(Searcher):
         self.counts: Counter[str] = Counter()
         self._index = 0
         self.exhausted = False
+        self.finished = 0  # Ray trials that ended in this run
+        self.measured = 0  # ... of which did not end unmeasured
+        self.unmeasured_events = 0
+        self.retry: list[dict] = []  # unmeasured points to measure again: {ot, cand, retries, due, trial}
+        self._retry_pending: dict[str, dict] = {}  # trial_id -> the retry entry issued for it
+        unmeasured: dict[str, dict] = {}
         for rec in history or []:
             self._replay(rec)
+            if rec.get("status") == "unmeasured" and rec.get("hash"):
+                unmeasured[rec["hash"]] = rec
+        for h, rec in unmeasured.items():  # resume: points an earlier run could not measure, first in line
+            if h not in self.done:
+                cand = self._resolve_point(rec["point"])
+                if cand is not None:
+                    self.retry.append({"ot": None, "cand": cand, "retries": 0, "due": 0, "trial": rec.get("trial")})
 
     # -- bookkeeping
 
@@ -137,23 +160,36 @@ class ArchSearcher(Searcher):
         if status == "rejected":
             self.rejections[rec.get("reason", "?")] += 1
         if status in ("ok", "over_budget", "failed", "predicted_over_budget") and rec.get("point"):
-            dists, params = {}, {}
-            for name, value in rec["point"].items():
-                dim = self.space.dims.get(name)
-                if dim is None:
-                    continue
-                dists[name] = _distribution(dim.domain)
-                params[name] = _to_optuna(value)
-            if status == "failed":
-                state, values, attrs = optuna.trial.TrialState.FAIL, None, {}
-            else:
-                values, constraint = self._outcome(rec)
-                state, attrs = optuna.trial.TrialState.COMPLETE, {f"constraints:{_CONSTRAINT}": constraint}
-            try:
-                self.study.add_trial(optuna.trial.create_trial(
-                    state=state, params=params, distributions=dists, values=values, system_attrs=attrs))
-            except ValueError:  # a value outside a domain that changed: the record is kept, Optuna skips it
-                pass
+            self._add_finished(rec["point"], rec)
+
+    def _add_finished(self, point: dict[str, Any], rec: dict) -> None:
+        """Add an outcome that no open Optuna trial stands for (an earlier run's record) to the study."""
+        dists, params = {}, {}
+        for name, value in point.items():
+            dim = self.space.dims.get(name)
+            if dim is None:
+                continue
+            dists[name] = _distribution(dim.domain)
+            params[name] = _to_optuna(value)
+        if rec.get("status") == "failed":
+            state, values, attrs = optuna.trial.TrialState.FAIL, None, {}
+        else:
+            values, constraint = self._outcome(rec)
+            state, attrs = optuna.trial.TrialState.COMPLETE, {f"constraints:{_CONSTRAINT}": constraint}
+        try:
+            self.study.add_trial(optuna.trial.create_trial(
+                state=state, params=params, distributions=dists, values=values, system_attrs=attrs))
+        except ValueError:  # a value outside a domain that changed: the record is kept, Optuna skips it
+            pass
+
+    def _resolve_point(self, point: dict[str, Any]) -> Candidate | None:
+        """The candidate of a recorded point (every choice met takes its recorded value); None if it no longer
+        resolves (the space changed)."""
+        try:
+            c = self.space.resolve(lambda cp: point[cp.name])
+        except KeyError:
+            return None
+        return c if isinstance(c, Candidate) else None
 
     def _sample(self, ot: optuna.trial.Trial):
         def sample(cp):
@@ -177,9 +213,27 @@ class ArchSearcher(Searcher):
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # the space comes from the spec; Tune's own param_space is not used
 
+    def _issue(self, trial_id: str, ot, cand: Candidate, predicted, retry: int = 0) -> dict:
+        self.pending[trial_id] = (ot, cand)
+        self.started += 1
+        index = self._index
+        self._index += 1
+        return {"point": cand.point, "hash": cand.hash, "index": index, "predicted_ms": predicted, "retry": retry}
+
     def suggest(self, trial_id: str):
-        if self.started >= self.max_trials:
-            return Searcher.FINISHED
+        # every point holds a slot of the trial budget while it runs, waits for its retry, or once it is measured
+        slots = len(self.pending) + len(self.retry) + self.measured
+        new_allowed = (slots < self.max_trials and self.unmeasured_events <= self.max_trials
+                       and not self.exhausted)
+        due = [e for e in self.retry if e["due"] <= self.finished or not new_allowed]
+        if due:
+            e = due[0]
+            self.retry.remove(e)
+            self._retry_pending[trial_id] = e
+            return self._issue(trial_id, e["ot"], e["cand"], None, retry=e["retries"] + 1)
+        if not new_allowed:
+            # a running trial may still come back unmeasured and need its retry: keep Tune asking until none is
+            return None if (self.pending or self.retry) else Searcher.FINISHED
         for _ in range(MAX_RESAMPLES):
             ot = self.study.ask()
             cand = self.space.resolve(self._sample(ot))
@@ -192,7 +246,8 @@ class ArchSearcher(Searcher):
                 self._event("duplicate", ot, {"point": cand.point, "hash": cand.hash, "same_as": prev.get("trial"),
                                               "score": prev.get("score"), "latency_ms": prev.get("latency_ms")})
                 continue
-            if any(c.hash == cand.hash for _, c in self.pending.values()):
+            if any(c.hash == cand.hash for _, c in self.pending.values()) or any(
+                    e["cand"].hash == cand.hash for e in self.retry):
                 self.study.tell(ot, state=optuna.trial.TrialState.FAIL)  # being evaluated right now
                 self.counts["duplicate_pending"] += 1
                 continue
@@ -203,13 +258,9 @@ class ArchSearcher(Searcher):
                     self._event("predicted_over_budget", ot, {"point": cand.point, "hash": cand.hash,
                                                               "predicted_ms": predicted})
                     continue
-            self.pending[trial_id] = (ot, cand)
-            self.started += 1
-            index = self._index
-            self._index += 1
-            return {"point": cand.point, "hash": cand.hash, "index": index, "predicted_ms": predicted}
+            return self._issue(trial_id, ot, cand, predicted)
         self.exhausted = True  # the driver reports exhausted_message() after the run
-        return Searcher.FINISHED
+        return None if (self.pending or self.retry) else Searcher.FINISHED
 
     def exhausted_message(self) -> str:
         lines = [f"no valid new architecture in {MAX_RESAMPLES} samples of {self.space.spec}: "
@@ -222,15 +273,30 @@ class ArchSearcher(Searcher):
         return "\n".join(lines)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        ot, cand = self.pending.pop(trial_id, (None, None))
-        if ot is None:
+        if trial_id not in self.pending:
             return
+        ot, cand = self.pending.pop(trial_id)
+        entry = self._retry_pending.pop(trial_id, None)
+        self.finished += 1
         result = result or {}
         status = "failed" if error or result.get("status") == "failed" else result.get("status", "ok")
+        if status == "unmeasured":
+            self.unmeasured_events += 1
+            retries = entry["retries"] + 1 if entry else 0  # retries of this point done so far
+            if retries < MAX_REMEASURE:  # the point keeps its slot and waits for its retry
+                self.retry.append({"ot": ot, "cand": cand, "retries": retries, "due": self.finished + RETRY_GAP,
+                                   "trial": result.get("index")})
+            elif ot is not None:  # given up for this run (its slot goes to a new point): --resume tries again
+                self.study.tell(ot, state=optuna.trial.TrialState.FAIL)
+            return
+        self.measured += 1
         rec = {"status": status, "score": result.get("score"), "latency_ms": result.get("latency_ms"),
                "trial": result.get("index")}
         self.done[cand.hash] = rec
-        self._tell(ot, rec)
+        if ot is None:  # a point from an earlier run's records, measured now: Optuna learns it as a new trial
+            self._add_finished(cand.point, rec)
+        else:
+            self._tell(ot, rec)
         if self.predictor is not None and status in ("ok", "over_budget") and rec["latency_ms"]:
             self.predictor.observe(cand.hash, rec["latency_ms"])
 

@@ -2,6 +2,8 @@
 
     measure(fn) -> Measurement                 median / p10 / p90 of fn() until the median's 95% CI is tight
     compare({"a": fa, "b": fb}) -> {name: Measurement}   the same, candidates interleaved round-robin
+    measure_until_clean(fn) -> (Measurement, info)         measure; while disturbed, wait for quiet and again
+    disturb                                     the probes: run-queue wait per measuring thread, machine load
     bench_model(path, form="deploy", batch=1) -> dict     one forward pass of a .arch model, with fingerprint()
     measurement_lock()                          the cross-process lock every timing loop holds (exclusive)
     compute_lock()                              its shared side: heavy work (training steps) that pauses for it
@@ -21,9 +23,10 @@ from .measure import (
     compare,
     fingerprint,
     measure,
+    measure_until_clean,
     steady_state_allocator,
 )
 
 __all__ = ["Measurement", "ModelRunError", "OutOfMemory", "LockTimeout", "bench_model", "compute_lock", "compare",
            "fingerprint",
-           "measure", "measurement_lock", "default_lock_path", "steady_state_allocator"]
+           "measure", "measure_until_clean", "measurement_lock", "default_lock_path", "steady_state_allocator"]

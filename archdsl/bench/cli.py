@@ -2,7 +2,8 @@
 
 Takes: the parsed arguments of the `bench` subcommand (registered by `add_bench_parser`). Returns: an exit
 code — 0 measured, 1 a spec mistake / an input the model cannot take / a failed forward pass / out of memory
-(a clear message, never a traceback), 2 bad usage (unknown --form, non-positive --batch or --threads).
+(a clear message, never a traceback), 2 bad usage (unknown --form, non-positive --batch or --threads), 3 with
+--strict: measured, but not clean (the machine was busy, the reference drifted or the CI target was missed).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--rel-ci", type=float, default=0.02,
                    help="stop when the median's 95%% CI half-width is within this fraction (default 0.02)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 3 when the measurement is not stable (disturbed by other processes, drifting, or "
+                        "short of its CI target within --max-seconds)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="override a model parameter or fix a choice point (repeatable)")
     p.add_argument("--model", help="which model of the file (when it defines several)")
@@ -72,9 +76,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 1
     if args.json:
         print(json.dumps(r, indent=2))
-        return 0
-    print(_text(r), end="")
+    else:
+        print(_text(r), end="")
+    if args.strict and not r["stable"]:
+        print(f"archdsl: error: the measurement is not stable ({_why(r)}); measure again when the machine is "
+              "quiet, or with fewer --threads", file=sys.stderr)
+        return 3
     return 0
+
+
+def _why(r: dict) -> str:
+    """Why a result is (or is not) stable, in a few words."""
+    d = r.get("disturbance") or {}
+    if r.get("disturbed"):
+        return f"machine busy: {d.get('reason')}"
+    if r.get("busy"):
+        return (f"machine busy: the reference GEMM ran {r['reference_median_ms'] / r['reference_best_ms']:.1f}x "
+                "slower than its best here")
+    if r.get("drift"):
+        return "the machine changed speed during the run"
+    return {"converged": "CI target reached", "max_runs": "run cap hit", "max_seconds": "time cap hit"}[r["stop"]]
+
+
+def _ms(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f} ms"
 
 
 def _text(r: dict) -> str:
@@ -82,16 +107,20 @@ def _text(r: dict) -> str:
     c, h, w = r["input_shape"]
     rel = "n/a" if r["rel_ci"] is None else f"+-{100 * r['rel_ci']:.1f}%"
     verdict = "stable" if r["stable"] else "UNSTABLE"
-    why = {"converged": "CI target reached", "max_runs": "run cap hit", "max_seconds": "time cap hit"}[r["stop"]]
-    if r.get("busy"):
-        why = "machine busy"
+    d = r.get("disturbance") or {}
     lines = [
         f"{r['model']} ({r['file']})  {r['form']} form  input {r['batch']}x{c}x{h}x{w}  on {r['device']}, "
         f"{r['threads']} thread(s)",
-        f"median {r['median_ms']:.3f} ms   p10 {r['p10_ms']:.3f} ms   p90 {r['p90_ms']:.3f} ms   "
-        f"min {r['min_ms']:.3f} ms",
-        f"runs {r['runs']}   median 95% CI {rel}   {verdict} ({why})",
+        f"median {_ms(r['median_ms'])}   p10 {_ms(r['p10_ms'])}   p90 {_ms(r['p90_ms'])}   min {_ms(r['min_ms'])}",
+        f"runs {r['runs']}   median 95% CI {rel}   {verdict} ({_why(r)})",
     ]
+    if d.get("rounds"):
+        load = "" if d.get("others_cpu") is None else (f"; other processes used {d['others_cpu']:.2f} cores, "
+                                                       f"steal {d['steal']:.2f}")
+        lines.append(f"disturbance: {d['discarded']} of {d['rounds']} rounds discarded (a measuring thread waited "
+                     f"{d['wait_ms']:.1f} ms for a CPU){load}; load average {d.get('load1')}")
+        if r.get("disturbed") and d.get("discarded_median_ms") is not None:
+            lines.append(f"  the discarded rounds read {d['discarded_median_ms']:.3f} ms: not this model's latency")
     if r["reference_median_ms"] is not None:
         note = "  DRIFT: the machine changed speed during the run" if r["drift"] else ""
         again = " (re-measured once)" if r["remeasured"] else ""

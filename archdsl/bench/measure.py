@@ -11,13 +11,20 @@ How steady state is ensured, before a single sample is kept:
      64 MiB, M_TRIM_THRESHOLD = 128 MiB), so every measuring process sees the long-lived regime at once.
      It is a no-op (reported as such) on non-glibc platforms.
   2. Warm-up runs of every candidate and of the reference workload, which are discarded.
-  3. A stop rule: runs continue until the 95% confidence interval of the median (order statistics, no
-     distribution assumed) is within +-`rel_ci` of it, or a run/time cap is hit (then `stable` is False).
-  4. A reference workload (a fixed 128x128 fp32 GEMM) timed in the same rounds; if its median moves by more
+  3. Disturbed rounds are discarded (disturb.py): a round in which a measuring thread (the caller or an OpenMP
+     worker) waited in the run queue, i.e. another program took its core, is never summarized. A measurement
+     left with fewer than `min_runs` clean rounds at its cap, or with steal time from the hypervisor, is
+     `disturbed` (and not `stable`); `disturbance` records the rounds, the discarded ones, the wait, the other
+     processes' CPU use, the load average and the reason. `measure_until_clean` waits for the machine to quiet
+     down (bounded backoff) and measures again.
+  4. A stop rule: runs continue until the 95% confidence interval of the median over the clean rounds
+     (order statistics, no distribution assumed) is within +-`rel_ci` of it, or a run/time cap is hit (then
+     `stable` is False).
+  5. A reference workload (a fixed 128x128 fp32 GEMM) timed in the same rounds; if its median moves by more
      than 10% between the first and the second half of the rounds the machine changed regime (frequency,
      a neighbour process): the measurement is repeated once and flagged `drift` if it happens again.
-  5. Every timing loop holds the measurement lock (`lock.py`) and runs under torch.inference_mode.
-  6. `bench_model` also compares the reference's median with the best recorded on this machine (a small JSON in
+  6. Every timing loop holds the measurement lock (`lock.py`) and runs under torch.inference_mode.
+  7. `bench_model` also compares the reference's median with the best recorded on this machine (a small JSON in
      the latency cache dir, table.default_cache_dir()): over BUSY_FACTOR x that, the machine was busy for the
      whole run (a load drift detection cannot see), and the result is flagged `busy` and not `stable`.
 """
@@ -39,11 +46,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import stats
+from .disturb import LoadSample, LoadWindow, ThreadProbe, round_disturbed, usable_cores, wait_for_quiet
 from .lock import LockTimeout, default_lock_path, measurement_lock
 from .table import default_cache_dir
 
-__all__ = ["Measurement", "measure", "compare", "bench_model", "fingerprint", "steady_state_allocator",
-           "measurement_lock", "default_lock_path", "LockTimeout", "ModelRunError", "OutOfMemory"]
+__all__ = ["Measurement", "measure", "compare", "measure_until_clean", "bench_model", "fingerprint",
+           "steady_state_allocator", "measurement_lock", "default_lock_path", "LockTimeout", "ModelRunError", "OutOfMemory"]
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -160,19 +168,21 @@ class Measurement:
     reference_change: float = 0.0  # relative change of the reference's median, second half vs first
     drift: bool = False
     remeasured: bool = False
+    disturbed: bool = False  # too few clean rounds (or steal time): the median is not this machine's latency
+    disturbance: dict[str, Any] = field(default_factory=dict)  # rounds, discarded, wait, load, reason
     samples: list[float] = field(default_factory=list, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        """Times in milliseconds; rel_ci as a fraction (null when infinite)."""
+        """Times in milliseconds (null when there is no clean sample); rel_ci as a fraction (null when infinite)."""
         def ms(v: float | None) -> float | None:
-            return None if v is None else round(v * 1e3, 6)
+            return None if v is None or not math.isfinite(v) else round(v * 1e3, 6)
 
         return {"median_ms": ms(self.median), "p10_ms": ms(self.p10), "p90_ms": ms(self.p90),
                 "min_ms": ms(self.min), "runs": self.runs,
                 "rel_ci": round(self.rel_ci, 6) if math.isfinite(self.rel_ci) else None,
                 "stable": self.stable, "stop": self.stop, "reference_median_ms": ms(self.reference_median),
                 "reference_change": round(self.reference_change, 6), "drift": self.drift,
-                "remeasured": self.remeasured}
+                "remeasured": self.remeasured, "disturbed": self.disturbed, "disturbance": self.disturbance}
 
 
 BUSY_FACTOR = 1.5  # a reference median this many times its best here: another process is using the CPU
@@ -222,43 +232,121 @@ def reference_workload(n: int = 128) -> Callable[[], Any]:
 
 
 def _rounds(fns: dict[str, Callable[[], Any]], ref: Callable[[], Any] | None, *, warmup: int, min_runs: int,
-            max_runs: int, max_seconds: float, rel_ci: float, timer: Callable[[], float]):
+            max_runs: int, max_seconds: float, rel_ci: float, timer: Callable[[], float], probe: ThreadProbe | None):
     """Warm up, then time rounds (each candidate once, in order, then the reference) until every candidate's
-    median CI is within rel_ci (after min_runs rounds) or a cap is hit. Returns (samples, ref samples, stop)."""
+    median CI over the clean rounds is within rel_ci (after min_runs clean rounds) or a cap is hit. A round in
+    which a measuring thread waited for a CPU (`probe`) is disturbed: its samples are kept apart and never
+    summarized. Returns (clean samples, clean ref samples, stop, _Disturbance)."""
     start = timer()
+    if probe is not None:
+        probe.begin_warmup()
     for _ in range(warmup):
         for f in fns.values():
             f()
         if ref is not None:
             ref()
+    if probe is not None:
+        probe.end_warmup()
+    window = LoadWindow()
     samples: dict[str, list[float]] = {k: [] for k in fns}
     ref_samples: list[float] = []
+    dist = _Disturbance(probe="none" if probe is None else probe.probe,
+                        threads=0 if probe is None else probe.threads)
     stop = "max_runs"
-    for r in range(1, max_runs + 1):
+    for _r in range(1, max_runs + 1):
+        if probe is not None:
+            w0, c0 = probe.read(), probe.nivcsw()
+        r0 = timer()
+        times = {}
         for k, f in fns.items():
             t0 = timer()
             f()
-            samples[k].append(timer() - t0)
+            times[k] = timer() - t0
+        tref = None
         if ref is not None:
             t0 = timer()
             ref()
-            ref_samples.append(timer() - t0)
-        if r >= min_runs and all(stats.rel_ci_halfwidth(s) <= rel_ci for s in samples.values()):
+            tref = timer() - t0
+        dist.rounds += 1
+        if probe is not None:
+            wait, preempt = probe.read() - w0, probe.nivcsw() - c0
+            if round_disturbed(wait, preempt, timer() - r0, probe.probe):
+                dist.discarded += 1
+                dist.raw.append(next(iter(times.values())))
+                dist.wait_ns += wait
+                dist.preempted += preempt > 0
+                if timer() - start >= max_seconds:
+                    stop = "max_seconds"
+                    break
+                continue
+        for k, t in times.items():
+            samples[k].append(t)
+        if tref is not None:
+            ref_samples.append(tref)
+        n = len(ref_samples) if ref is not None else len(next(iter(samples.values())))
+        if n >= min_runs and all(stats.rel_ci_halfwidth(s) <= rel_ci for s in samples.values()):
             stop = "converged"
             break
         if timer() - start >= max_seconds:
             stop = "max_seconds"
             break
-    return samples, ref_samples, stop
+    dist.load = window.sample()
+    return samples, ref_samples, stop, dist
 
 
-def _summarize(s: list[float], stop: str, rel_ci_target: float, ref: list[float]) -> Measurement:
-    rel = stats.rel_ci_halfwidth(s)
+@dataclass
+class _Disturbance:
+    """How disturbed one series of rounds was (see disturb.py)."""
+
+    probe: str
+    threads: int
+    rounds: int = 0
+    discarded: int = 0
+    preempted: int = 0
+    wait_ns: int = 0
+    load: LoadSample | None = None
+    raw: list[float] = field(default_factory=list)  # the first candidate's times in the discarded rounds
+
+    def clean(self) -> int:
+        return self.rounds - self.discarded
+
+    def verdict(self, min_clean: int) -> str | None:
+        """None when the measurement is clean; else why not, in words."""
+        load = self.load
+        if self.clean() < min_clean:
+            why = (f"{self.clean()} of {self.rounds} rounds clean, {min_clean} needed; measuring threads waited "
+                   f"{self.wait_ns / 1e6:.1f} ms for a CPU")
+            if load is not None and load.others_cpu is not None:
+                why += f", other processes used {load.others_cpu:.1f} cores"
+            return why
+        if load is not None and load.steal is not None and load.steal > STEAL_TOL:
+            return f"the hypervisor took {load.steal:.2f} cores (steal time) during the measurement"
+        return None
+
+    def to_json(self, min_clean: int) -> dict[str, Any]:
+        return {"probe": self.probe, "threads_watched": self.threads, "rounds": self.rounds,
+                "discarded": self.discarded, "preempted": self.preempted,
+                "wait_ms": round(self.wait_ns / 1e6, 3),
+                "discarded_median_ms": round(stats.median(self.raw) * 1e3, 6) if self.raw else None,
+                **(self.load.to_json() if self.load else {}),
+                "load1": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+                "reason": self.verdict(min_clean)}
+
+
+STEAL_TOL = 0.05  # cores of steal time over a measurement that make it disturbed
+
+
+def _summarize(s: list[float], stop: str, rel_ci_target: float, ref: list[float], dist: _Disturbance,
+               min_clean: int) -> Measurement:
+    rel = stats.rel_ci_halfwidth(s) if s else math.inf
     drift, change = stats.drifted(ref, DRIFT_TOL) if ref else (False, 0.0)
-    return Measurement(median=stats.median(s), p10=stats.percentile(s, 10), p90=stats.percentile(s, 90),
-                       min=min(s), runs=len(s), rel_ci=rel, stable=rel <= rel_ci_target and not drift, stop=stop,
+    reason = dist.verdict(min_clean)
+    nan = math.nan
+    return Measurement(median=stats.median(s) if s else nan, p10=stats.percentile(s, 10) if s else nan,
+                       p90=stats.percentile(s, 90) if s else nan, min=min(s) if s else nan, runs=len(s),
+                       rel_ci=rel, stable=rel <= rel_ci_target and not drift and reason is None, stop=stop,
                        reference_median=stats.median(ref) if ref else None, reference_change=change, drift=drift,
-                       samples=list(s))
+                       disturbed=reason is not None, disturbance=dist.to_json(min_clean), samples=list(s))
 
 
 def _inference_mode():
@@ -272,27 +360,38 @@ def _inference_mode():
 def compare(fns: dict[str, Callable[[], Any]], rounds: int = 1000, *, warmup: int = 3, min_runs: int = 10,
             max_seconds: float = 10.0, rel_ci: float = 0.02, reference: bool | Callable[[], Any] = True,
             timer: Callable[[], float] = time.perf_counter, lock: bool = True,
-            lock_path: str | os.PathLike | None = None, lock_timeout: float | None = None) -> dict[str, Measurement]:
+            lock_path: str | os.PathLike | None = None, lock_timeout: float | None = None,
+            detect: bool | None = None) -> dict[str, Measurement]:
     """Measure several candidates interleaved round-robin (A B C [ref] A B C [ref] ...) so a change of the
     machine's regime hits them all alike. `rounds` caps the rounds, `max_seconds` the wall time (warm-up
-    included). `reference`: True for the built-in GEMM, a callable of your own, or False. Returns name ->
-    Measurement; all share the reference and the drift flag. A drifting run is repeated once."""
+    included). `reference`: True for the built-in GEMM, a callable of your own, or False. `detect`: discard
+    rounds in which a measuring thread waited for a CPU (disturb.py); default on with the real clock, off with
+    an injected `timer`. Returns name -> Measurement; all share the reference, the drift flag and the
+    disturbance record. A drifting run is repeated once."""
     if not fns:
         raise ValueError("compare() needs at least one callable")
     if min(rounds, min_runs) < 1 or warmup < 0 or max_seconds <= 0 or rel_ci <= 0:
         raise ValueError("rounds and min_runs must be >= 1, warmup >= 0, max_seconds and rel_ci > 0")
     steady_state_allocator()
     ref = reference_workload() if reference is True else (reference or None)
+    if detect is None:
+        detect = timer is time.perf_counter
     guard = measurement_lock(lock_path, lock_timeout) if lock else contextlib.nullcontext()
+    min_clean = min(min_runs, rounds)
     with guard, _inference_mode():
-        kw = dict(warmup=warmup, min_runs=min(min_runs, rounds), max_runs=rounds, max_seconds=max_seconds,
+        kw = dict(warmup=warmup, min_runs=min_clean, max_runs=rounds, max_seconds=max_seconds,
                   rel_ci=rel_ci, timer=timer)
-        samples, refs, stop = _rounds(fns, ref, **kw)
-        remeasured = False
-        if refs and stats.drifted(refs, DRIFT_TOL)[0]:
-            samples, refs, stop = _rounds(fns, ref, **kw)
-            remeasured = True
-    out = {k: _summarize(s, stop, rel_ci, refs) for k, s in samples.items()}
+        probe = ThreadProbe() if detect else None
+        try:
+            samples, refs, stop, dist = _rounds(fns, ref, probe=probe, **kw)
+            remeasured = False
+            if refs and stats.drifted(refs, DRIFT_TOL)[0]:
+                samples, refs, stop, dist = _rounds(fns, ref, probe=probe, **kw)
+                remeasured = True
+        finally:
+            if probe is not None:
+                probe.close()
+    out = {k: _summarize(s, stop, rel_ci, refs, dist, min_clean) for k, s in samples.items()}
     for m in out.values():
         m.remeasured = remeasured
     return out
@@ -301,13 +400,43 @@ def compare(fns: dict[str, Callable[[], Any]], rounds: int = 1000, *, warmup: in
 def measure(fn: Callable[[], Any], *, warmup: int = 3, min_runs: int = 10, max_runs: int = 1000,
             max_seconds: float = 10.0, rel_ci: float = 0.02, reference: bool | Callable[[], Any] = True,
             timer: Callable[[], float] = time.perf_counter, lock: bool = True,
-            lock_path: str | os.PathLike | None = None, lock_timeout: float | None = None) -> Measurement:
+            lock_path: str | os.PathLike | None = None, lock_timeout: float | None = None,
+            detect: bool | None = None) -> Measurement:
     """Time `fn()` (under the measurement lock and torch.inference_mode) until the median's 95% CI half-width
-    is within `rel_ci` of it or `max_runs` / `max_seconds` is reached. See the module docstring for how
-    steady state is ensured. `timer` is injectable (tests use a fake clock)."""
+    over the clean rounds is within `rel_ci` of it or `max_runs` / `max_seconds` is reached. See the module
+    docstring for how steady state is ensured and disturbed rounds are discarded. `timer` is injectable (tests
+    use a fake clock)."""
     return compare({"fn": fn}, max_runs, warmup=warmup, min_runs=min_runs, max_seconds=max_seconds,
                    rel_ci=rel_ci, reference=reference, timer=timer, lock=lock, lock_path=lock_path,
-                   lock_timeout=lock_timeout)["fn"]
+                   lock_timeout=lock_timeout, detect=detect)["fn"]
+
+
+def measure_until_clean(fn: Callable[[], Any], *, quiet_wait: float = 30.0, threads: int | None = None,
+                        clock: Callable[[], float] = time.monotonic, lock_path: str | os.PathLike | None = None,
+                        **measure_kw: Any) -> tuple[Measurement, dict[str, Any]]:
+    """`measure(fn)`, and while the result is disturbed: wait for the machine to leave `threads` cores free
+    (`wait_for_quiet`, each wait capped at 1, 2, 4, 8 ... s) and measure again, until `quiet_wait` seconds have
+    passed. A load that never fully ends still leaves clean rounds now and then, so each pause ends in a new
+    measurement even when the machine is not yet quiet. Holds the measurement lock throughout, so this process's
+    own compute slices (a search's training) pause and only other programs count as load. Returns (the clean
+    measurement, or the last disturbed one, and {"tries", "disturbed_tries", "waited_s", "attempts": [reason]})."""
+    threads = min(threads or 1, usable_cores())
+    info: dict[str, Any] = {"tries": 0, "disturbed_tries": 0, "waited_s": 0.0, "attempts": []}
+    deadline = clock() + quiet_wait
+    pause = 1.0
+    with measurement_lock(lock_path):
+        while True:
+            m = measure(fn, lock_path=lock_path, **measure_kw)
+            info["tries"] += 1
+            if not m.disturbed:
+                return m, info
+            info["disturbed_tries"] += 1
+            info["attempts"].append(m.disturbance.get("reason"))
+            if clock() >= deadline:
+                return m, info
+            _, waited, _ = wait_for_quiet(threads, min(deadline, clock() + pause))
+            info["waited_s"] = round(info["waited_s"] + waited, 3)
+            pause *= 2
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -187,7 +187,12 @@ class LatencyTable:
         return rec["median_ms"]
 
     def add(self, sig: dict[str, Any], timing: dict[str, Any]) -> dict[str, Any]:
-        """Record a timing (a dict with at least median_ms) for `sig` on this machine; returns the record."""
+        """Record a timing (a dict with at least median_ms) for `sig` on this machine; returns the record. A timing
+        flagged `disturbed` (other programs took the cores) is refused with ValueError: it would be trusted
+        forever."""
+        if timing.get("disturbed") or timing.get("median_ms") is None:
+            raise ValueError(f"refusing to store a disturbed timing of {sig.get('op')!r}: "
+                             f"{(timing.get('disturbance') or {}).get('reason')}")
         rec = {"key": sig_key(sig, self.machine), "sig": sig, "machine": self.machine,
                **{k: timing[k] for k in ("median_ms", "p10_ms", "p90_ms", "min_ms", "runs", "rel_ci", "stable")
                   if k in timing},
@@ -215,14 +220,16 @@ class LatencyTable:
 
 
 def measure_signature(sig: dict[str, Any], *, max_seconds: float = 1.0, rel_ci: float = 0.02,
-                      seed: int = 0, **measure_kw: Any) -> dict[str, Any]:
+                      seed: int = 0, quiet_wait: float = 10.0, **measure_kw: Any) -> dict[str, Any]:
     """Build the single op of `sig`, run it on random inputs of its in_shapes (batch, dtype, threads of the
-    signature) and time it with `measure`. Returns the Measurement's JSON (ms)."""
+    signature) and time it with `measure_until_clean` (disturbed rounds discarded; a disturbed result measured
+    again once the machine quiets down, for at most `quiet_wait` s). Returns the Measurement's JSON (ms); check
+    its `disturbed` flag."""
     import torch
 
     from ..ops import registry
     from ..shapes import Shape
-    from .measure import measure
+    from .measure import measure_until_clean
 
     op = registry.get(sig["op"])
     if op is None:
@@ -238,7 +245,8 @@ def measure_signature(sig: dict[str, Any], *, max_seconds: float = 1.0, rel_ci: 
         xs = [torch.randn(s.torch_shape(sig["batch"]), generator=gen).to(dtype) for s in shapes]
         with torch.inference_mode():
             mod(*xs)  # a trial run outside the timing
-        m = measure(lambda: mod(*xs), max_seconds=max_seconds, rel_ci=rel_ci, **measure_kw)
+        m, _ = measure_until_clean(lambda: mod(*xs), quiet_wait=quiet_wait, threads=sig["threads"],
+                                   max_seconds=max_seconds, rel_ci=rel_ci, **measure_kw)
     finally:
         torch.set_num_threads(old)
     return m.to_json()
@@ -256,6 +264,7 @@ class TableReport:
     configs: int = 0  # distinct configurations among them
     measured: int = 0
     reused: int = 0
+    unmeasured: int = 0  # configurations whose every measurement was disturbed: not stored, measured next time
     load: LoadReport = field(default_factory=LoadReport)
     path: str = ""
     seconds: float = 0.0
@@ -265,6 +274,9 @@ class TableReport:
         lines.append(f"{self.points} architectures sampled ({self.rejected} rejected by the spec), {self.nodes} "
                      f"operator nodes, {self.configs} distinct configurations")
         lines.append(f"measured {self.measured}, reused {self.reused} from {self.path} ({self.seconds:.1f} s)")
+        if self.unmeasured:
+            lines.append(f"UNMEASURED {self.unmeasured}: other programs kept the cores busy, so their timings were "
+                         "discarded (never stored); run the same command again when the machine is quiet")
         return "\n".join(lines) + "\n"
 
 
@@ -283,8 +295,12 @@ def fill_table(table: LatencyTable, graphs: list, *, dtype: str = "float32", bat
     todo = [s for s in distinct.values() if table.get(s) is None]
     rep.reused = rep.configs - len(todo)
     for i, sig in enumerate(todo, 1):
-        table.add(sig, measure_signature(sig, max_seconds=max_seconds, rel_ci=rel_ci, **(measure_kw or {})))
-        rep.measured += 1
+        timing = measure_signature(sig, max_seconds=max_seconds, rel_ci=rel_ci, **(measure_kw or {}))
+        if timing.get("disturbed"):
+            rep.unmeasured += 1
+        else:
+            table.add(sig, timing)
+            rep.measured += 1
         if progress and (i % 25 == 0 or i == len(todo)):
             progress(f"measured {i}/{len(todo)} configurations")
         if i % 50 == 0:
@@ -335,4 +351,4 @@ def cmd_build_table(args) -> int:
         print(f"archdsl: error: {e}", file=sys.stderr)
         return 1
     print(rep.text(), end="")
-    return 0
+    return 3 if rep.unmeasured and getattr(args, "strict", False) else 0

@@ -1,0 +1,221 @@
+"""Disturbance detection for timing loops: did anything take a core from the code being timed?
+
+Takes: nothing (reads /proc). Returns: `ThreadProbe` (read around each timed round), `LoadWindow` (the whole
+machine's load over a measurement) and `wait_for_quiet` (bounded backoff until the machine is free).
+
+Signals, each measured in the run itself, so no earlier run is needed:
+  - run-queue wait of each measuring thread: /proc/self/task/TID/schedstat, second field (nanoseconds the
+    thread was runnable but not running). A measuring thread that waits during a timed round was preempted,
+    so that round's time includes someone else's work: the round is discarded. The measuring threads are the
+    calling thread plus every thread of the process that ran during the warm-up (torch's OpenMP workers).
+  - involuntary context switches of the process (getrusage): the same event, where schedstat is missing.
+  - other processes' CPU time and the hypervisor's steal time over the whole measurement: /proc/stat's busy
+    and steal jiffies minus this process's own CPU time, in cores.
+On a platform without /proc the probes say so (`probe: "rusage"` or `"none"`) and the engine falls back on the
+reference workload's drift check alone.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ThreadProbe", "LoadWindow", "LoadSample", "wait_for_quiet", "round_disturbed", "usable_cores",
+           "WAIT_ABS_NS", "WAIT_REL"]
+
+# A round is disturbed when its measuring threads waited in the run queue for more than
+# WAIT_ABS_NS + WAIT_REL x the round's duration. On a quiet machine the wait is 0 in nearly every round (a kernel
+# worker now and then takes a few microseconds); a neighbour process sharing a core makes it a time slice
+# (0.75-3 ms on Linux), far above this bound.
+WAIT_ABS_NS = 20_000
+WAIT_REL = 0.02
+
+_TASKS = "/proc/self/task"
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _schedstat(tid: int) -> tuple[int, int] | None:
+    """(ns on the CPU, ns waiting in the run queue) of one thread of this process; None when unreadable."""
+    try:
+        with open(f"{_TASKS}/{tid}/schedstat", "rb") as fh:
+            f = fh.read().split()
+        return int(f[0]), int(f[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _all_threads() -> dict[int, tuple[int, int]]:
+    out = {}
+    try:
+        tids = os.listdir(_TASKS)
+    except OSError:
+        return out
+    for t in tids:
+        if t.isdigit():
+            s = _schedstat(int(t))
+            if s is not None:
+                out[int(t)] = s
+    return out
+
+
+class ThreadProbe:
+    """Run-queue wait of the measuring threads, read cheaply (one pread per thread) around each timed round.
+
+    Use: `begin_warmup()` before the warm-up runs, `end_warmup()` after them (picks the threads that ran), then
+    `read()` before and after each round; the difference is the wait in nanoseconds. `nivcsw()` is the process's
+    involuntary context switch count (the fallback signal)."""
+
+    def __init__(self) -> None:
+        self.caller = threading.get_native_id()
+        self.probe = "schedstat" if _schedstat(self.caller) is not None else "rusage"
+        self._fds: dict[int, int] = {}
+        self._before: dict[int, tuple[int, int]] = {}
+        self._t0 = 0.0
+
+    @property
+    def threads(self) -> int:
+        return len(self._fds)
+
+    def begin_warmup(self) -> None:
+        if self.probe == "schedstat":
+            self._before = _all_threads()
+            self._t0 = time.perf_counter()
+
+    def end_warmup(self) -> None:
+        """Keep the threads that were on a CPU for at least 2% of the warm-up (and the calling thread)."""
+        if self.probe != "schedstat":
+            return
+        wall_ns = max(1.0, (time.perf_counter() - self._t0) * 1e9)
+        chosen = {self.caller}
+        for tid, (cpu, _) in _all_threads().items():
+            if cpu - self._before.get(tid, (0, 0))[0] >= 0.02 * wall_ns:
+                chosen.add(tid)
+        self.close()
+        for tid in chosen:
+            try:
+                self._fds[tid] = os.open(f"{_TASKS}/{tid}/schedstat", os.O_RDONLY)
+            except OSError:
+                pass
+        if not self._fds:
+            self.probe = "rusage"
+
+    def read(self) -> int:
+        """Total run-queue wait (ns) of the measuring threads so far; threads that ended are dropped."""
+        total = 0
+        for tid, fd in list(self._fds.items()):
+            try:
+                total += int(os.pread(fd, 128, 0).split()[1])
+            except (OSError, ValueError, IndexError):
+                os.close(fd)
+                del self._fds[tid]
+        return total
+
+    @staticmethod
+    def nivcsw() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds = {}
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        self.close()
+
+
+def round_disturbed(wait_ns: int, nivcsw: int, round_s: float, probe: str) -> bool:
+    """Whether one timed round was disturbed: its measuring threads waited for a CPU beyond the tolerance
+    (schedstat), or, without schedstat, the process was preempted at all."""
+    if probe == "schedstat":
+        return wait_ns > WAIT_ABS_NS + WAIT_REL * round_s * 1e9
+    return nivcsw > 0
+
+
+@dataclass
+class LoadSample:
+    """The machine's load over a window: other processes' CPU use and steal time in cores, the window's length."""
+
+    others_cpu: float | None
+    steal: float | None
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        def r(v: float | None) -> float | None:
+            return None if v is None else round(v, 3)
+        return {"others_cpu": r(self.others_cpu), "steal": r(self.steal), "window_s": round(self.seconds, 3)}
+
+
+def _proc_stat() -> tuple[int, int] | None:
+    """(busy jiffies, steal jiffies) over all CPUs from /proc/stat's first line; None where unreadable."""
+    try:
+        with open("/proc/stat", "rb") as fh:
+            f = fh.readline().split()
+        v = [int(x) for x in f[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice]: guest time is already in user/nice
+    busy = v[0] + v[1] + v[2] + (v[5] + v[6] if len(v) > 6 else 0)
+    return busy, (v[7] if len(v) > 7 else 0)
+
+
+class LoadWindow:
+    """Other processes' CPU time and steal time from `start()` (or construction) to `sample()`."""
+
+    HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+    def __init__(self) -> None:
+        self.start()
+
+    def start(self) -> None:
+        self._stat = _proc_stat()
+        t = os.times()
+        self._self = t.user + t.system
+        self._t = time.perf_counter()
+
+    def sample(self) -> LoadSample:
+        dt = max(1e-9, time.perf_counter() - self._t)
+        now = _proc_stat()
+        if now is None or self._stat is None:
+            return LoadSample(None, None, dt)
+        t = os.times()
+        own = (t.user + t.system) - self._self
+        busy = (now[0] - self._stat[0]) / self.HZ
+        steal = (now[1] - self._stat[1]) / self.HZ
+        # jiffies are counted in ticks (10 ms at HZ=100): a short window can read a little below zero
+        return LoadSample(max(0.0, (busy - own) / dt), max(0.0, steal / dt), dt)
+
+
+def wait_for_quiet(threads: int, deadline: float, *, window_s: float = 0.25,
+                   clock=time.monotonic, sleep=time.sleep) -> tuple[bool, float, LoadSample | None]:
+    """Wait, with backoff (window_s, then doubling up to 4 s between looks), until the other processes leave
+    `threads` cores free (their CPU use + steal <= usable cores - threads + 0.25), or until `clock()` passes
+    `deadline`. Returns (quiet, seconds waited, the last load sample)."""
+    t0 = clock()
+    cores = usable_cores()
+    pause = window_s
+    last = None
+    while True:
+        w = LoadWindow()
+        sleep(window_s)
+        last = w.sample()
+        if last.others_cpu is None:  # no /proc: nothing to wait for
+            return True, clock() - t0, last
+        if last.others_cpu + (last.steal or 0.0) <= cores - threads + 0.25:
+            return True, clock() - t0, last
+        if clock() + pause > deadline:
+            return False, clock() - t0, last
+        sleep(pause)
+        pause = min(4.0, pause * 2)
