@@ -51,7 +51,8 @@ from .lock import LockTimeout, default_lock_path, measurement_lock
 from .table import default_cache_dir
 
 __all__ = ["Measurement", "measure", "compare", "measure_until_clean", "bench_model", "fingerprint",
-           "steady_state_allocator", "measurement_lock", "default_lock_path", "LockTimeout", "ModelRunError", "OutOfMemory"]
+           "steady_state_allocator", "measurement_lock", "default_lock_path", "LockTimeout", "ModelRunError",
+           "OutOfMemory"]
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
