@@ -36,6 +36,9 @@ def add_search_parser(sub) -> None:
                    help="the marker of the nodes whose hardware is the target (latency is measured there)")
     p.add_argument("--concurrency", type=int, help="trials at once (default: the cluster's CPUs)")
     p.add_argument("--latency-threads", type=int, help="torch threads when measuring (default: every core)")
+    p.add_argument("--quiet-wait", type=float, default=30.0, metavar="S",
+                   help="seconds a trial waits for other programs to free the cores when its latency measurement "
+                        "is disturbed, before it is left 'unmeasured' and retried later (default 30)")
     p.add_argument("--no-predictor", action="store_true",
                    help="do not discard candidates the latency predictor puts far over budget")
     p.add_argument("--seed", type=int, default=0)
@@ -61,13 +64,15 @@ def cmd_search(args) -> int:
         return _usage(f"--latency-ms must be positive, got {args.latency_ms}")
     if args.epochs < 1:
         return _usage(f"--epochs must be at least 1, got {args.epochs}")
+    if not 0 <= args.quiet_wait < 1e6:
+        return _usage(f"--quiet-wait must be a number of seconds >= 0, got {args.quiet_wait}")
     cfg = SearchConfig(spec=args.file, budget_ms=args.latency_ms, trials=args.trials, algo=args.algo,
                        objective=args.objective, dataset=args.dataset, dataset_limit=args.dataset_limit,
                        epochs=args.epochs, out=args.out,
                        resume=args.resume, address=args.address, seed=args.seed, fixed=_overrides(args.set),
                        model=args.model, input_shape=_input_shape(args.input), concurrency=args.concurrency,
                        latency_threads=args.latency_threads, target_label=args.target_label,
-                       predictor=not args.no_predictor, top_k=args.top)
+                       predictor=not args.no_predictor, top_k=args.top, latency_quiet_wait=args.quiet_wait)
     try:
         summary = run_search(cfg)
     except (SearchError, RunDirError, DatasetError, ClusterError) as e:

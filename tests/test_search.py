@@ -240,3 +240,69 @@ def test_nsga2_with_a_zero_cost_proxy(tmp_path):
     assert all(r["accuracy"] is None and r["epochs"] == 0 and isinstance(r["score"], float) for r in ok)
     assert all("proxy" in r["seconds"] and "train" not in r["seconds"] for r in ok)
     assert json.loads((out / "pareto.json").read_text())  # the front is ranked by the proxy score
+
+
+# --- latency on a busy machine ------------------------------------------------------------------------------
+
+def _busy_spec(tmp_path: Path) -> Path:
+    """tiny_space.arch plus an unused choice `mode`: a point with mode "busy<N>" has its first N latency
+    measurements made beside real busy processes, three per core (trial.TrialSettings.load_marker). At 320x320
+    a round takes 20-40 ms, longer than a scheduler tick (10 ms at HZ=100), so no round of it runs unpreempted."""
+    spec = tmp_path / "busy.arch"
+    spec.write_text(TINY.read_text().replace(
+        'let width = choice(16, 24, 32, name="width")',
+        'let width = choice(16, 24, 32, name="width")\n    let mode = choice("calm", "busy1", "busy9", name="mode")'))
+    return spec
+
+
+def _busy_search(spec: Path, out: Path, trials: int, seed: int, **kw):
+    from archdsl.search.driver import SearchConfig, run_search
+
+    lines: list[str] = []
+    cfg = dict(spec=str(spec), budget_ms=200, trials=trials, out=str(out), algo="random", seed=seed,
+               objective="naswot", load_marker="mode", latency_quiet_wait=1.0, latency_max_seconds=0.6,
+               latency_threads=1, input_shape=(3, 320, 320), predictor=False)
+    return run_search(SearchConfig(**{**cfg, **kw}), progress=lines.append), lines
+
+
+@pytest.mark.slow
+def test_a_disturbed_measurement_is_never_decided_on_and_is_retried(tmp_path):
+    s, lines = _busy_search(_busy_spec(tmp_path), tmp_path / "run", trials=5, seed=4)
+    recs = _records(tmp_path / "run")
+    busy = [r for r in recs if r.get("point", {}).get("mode", "").startswith("busy") and r.get("latency")
+            and not r.get("retry")]
+    assert busy, "the seed must draw a busy point"
+    first = busy[0]
+    assert first["status"] == "unmeasured" and first["latency_ms"] is None and first["score"] in (None, 0.0)
+    assert first["latency"]["disturbed"] and "no clean latency measurement" in first["error"]
+    # measured again later in the same run, under the same hash, and decided only then
+    again = [r for r in recs if r.get("hash") == first["hash"] and r.get("retry")]
+    assert again and again[0]["trial"] > first["trial"]
+    if first["point"]["mode"] == "busy1":
+        assert again[0]["status"] == "ok" and not again[0]["latency"]["disturbed"]
+    m = s.measurements
+    assert m["disturbed"] >= 1 and m["retried"] >= 1 and m["measurements"] >= len([r for r in recs if r.get("latency")])
+    assert sum(1 for r in recs if r["status"] in ("ok", "over_budget", "failed")) == 5
+    assert any("disturbed measurement(s)" in ln for ln in lines)
+    assert "latency measurements disturbed by other programs" in s.text()
+    data = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert data["measurements"] == m
+
+
+@pytest.mark.slow
+def test_a_point_left_unmeasured_is_measured_first_on_resume(tmp_path):
+    spec = tmp_path / "b.arch"
+    spec.write_text(_busy_spec(tmp_path).read_text().replace('choice("calm", "busy1", "busy9", name="mode")',
+                                                               'choice("busy9", name="mode")'))
+    out = tmp_path / "run"
+    s, _ = _busy_search(spec, out, trials=1, seed=0)
+    recs = _records(out)
+    assert [r["status"] for r in recs if r.get("latency")] == ["unmeasured"] * 3  # first try + 2 retries in the run
+    assert s.measurements["unmeasured"] == 1 and not s.best and "--resume" in s.text()
+    # the load is gone: the resumed search measures that point before anything else
+    s2, lines = _busy_search(spec, out, trials=1, seed=0, resume=True, load_marker=None)
+    assert any("1 left unmeasured to measure again" in ln for ln in lines)
+    recs = _records(out)
+    last = [r for r in recs if r.get("latency")][-1]
+    assert last["hash"] == recs[-1]["hash"] == [r for r in recs if r.get("latency")][0]["hash"]
+    assert last["status"] == "ok" and s2.measurements["unmeasured"] == 0 and s2.best
