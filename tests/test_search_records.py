@@ -157,8 +157,12 @@ def test_resume_refuses_changed_settings(tmp_path):
 
 def test_refuses_earlier_trials_without_resume_and_resume_without_run_json(tmp_path):
     write_trials(tmp_path / "a", n=2)
-    with pytest.raises(RunDirError, match=r"holds 2 trials of an earlier search: add --resume"):
+    with pytest.raises(RunDirError, match=r"holds 2 trials of an earlier search: add --resume to continue it, "
+                                          r"or choose another --out"):
         RunDir.open(tmp_path / "a", SETTINGS, resume=False)
+    write_trials(tmp_path / "one", n=1)
+    with pytest.raises(RunDirError, match=r"holds 1 trial of an earlier search"):
+        RunDir.open(tmp_path / "one", SETTINGS, resume=False)
     (tmp_path / "b").mkdir()
     with pytest.raises(RunDirError, match="no run.json"):
         RunDir.open(tmp_path / "b", SETTINGS, resume=True)
