@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -85,7 +86,7 @@ class SearchSummary:
         c = self.counts
         done = "trained" if self.objective == "accuracy" else f"scored ({self.objective})"
         lines = [f"{c.get('ok', 0)} {done}, {c.get('over_budget', 0)} over budget, {c.get('failed', 0)} failed, "
-                 f"{c.get('rejected', 0)} rejected by the checker, {c.get('duplicate', 0)} duplicates skipped, "
+                 f"{c.get('rejected', 0)} rejected by the checker, {_n(c.get('duplicate', 0), 'duplicate')} skipped, "
                  f"{c.get('predicted_over_budget', 0)} discarded by the latency predictor "
                  f"({self.seconds:.0f} s)"]
         if self.measurements.get("measurements"):
@@ -101,12 +102,19 @@ class SearchSummary:
             lines.append("no architecture met the budget")
         if self.top:
             lines.append("top architectures: " + ", ".join(str(p) for p in self.top))
+        lines.append(f"plot: {self.out / 'pareto.png'}")
+        lines.append(f"report: archdsl report {shlex.quote(str(self.out))} -o report.html")
         if self.exhausted:
             lines.append(self.exhausted)
         if self.interrupted:
             lines.append(f"interrupted: finished trials are kept; continue with --resume --out {self.out}")
         lines += [f"note: {p}" for p in self.problems]
         return "\n".join(lines)
+
+
+def _n(count: int, noun: str) -> str:
+    """`1 duplicate`, `2 duplicates`: the noun in the plural only where the count is."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def _now() -> str:
@@ -250,7 +258,7 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
     recorder = _Recorder(run, cfg.budget_ms, progress, cfg.trials, history)
     if cfg.resume:
         again = f", {unmeasured} left unmeasured to measure again" if unmeasured else ""
-        progress(f"resuming {out}: {finished} trials finished earlier, {remaining} to run{again}")
+        progress(f"resuming {out}: {_n(finished, 'trial')} finished earlier, {remaining} to run{again}")
 
     interrupted = False
     exhausted = None
@@ -280,11 +288,13 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
             searcher = ArchSearcher(space, algo=cfg.algo, budget_ms=cfg.budget_ms, seed=cfg.seed,
                                     max_trials=remaining, predictor=predictor,
                                     prefilter_margin=cfg.prefilter_margin, on_event=recorder.add, history=history)
-            callback = _make_callback_class()(recorder)
+            callback = _make_callback_class()(
+                recorder, more_to_start=lambda: searcher.started < remaining and not searcher.exhausted)
             scheduler = None
             if cfg.asha and cfg.objective == "accuracy" and cfg.epochs > 1:
                 scheduler = ASHAScheduler(time_attr="epoch", max_t=cfg.epochs, grace_period=1, reduction_factor=2)
-            concurrency = cfg.concurrency or max(1, int(info.cpus))
+            cpus = max(1, int(info.cpus))
+            concurrency = min(cfg.concurrency or cpus, cpus)  # a trial holds 1 CPU: more at once would only queue
             tuner = tune.Tuner(
                 tune.with_resources(tune.with_parameters(run_trial, settings=tsettings), {"cpu": 1}),
                 tune_config=tune.TuneConfig(metric="score", mode="max", search_alg=searcher, scheduler=scheduler,
@@ -295,7 +305,9 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
                                           callbacks=[callback], log_to_file=True,
                                           failure_config=tune.FailureConfig(max_failures=0)))
             progress(f"searching {cfg.spec}: {remaining} trials, {cfg.algo}, objective {cfg.objective}, budget "
-                     f"{cfg.budget_ms:g} ms, {concurrency} at a time on {len(info.nodes)} node(s)")
+                     f"{cfg.budget_ms:g} ms, {concurrency} at a time on {len(info.nodes)} node(s)"
+                     + (f" (--concurrency {cfg.concurrency}, but {cpus} CPUs)" if (cfg.concurrency or 0) > cpus
+                        else ""))
             try:
                 tuner.fit()
             except KeyboardInterrupt:
@@ -314,17 +326,26 @@ def _make_callback_class():
     from ray import tune
 
     class TuneCallback(tune.Callback):
-        def __init__(self, recorder: _Recorder):
+        """Records every finished trial and prints the progress line. Tune fills the slot a trial frees only after
+        that trial's callback has returned, so a count of running trials taken then always misses the one about
+        to start (a search running 2 at a time read "1 running" on every line). A finished trial's line is
+        therefore printed when the freed slot is taken again (at the next trial's start), or at once when no
+        trial is left to start; two trials finishing before the next start share one line."""
+
+        def __init__(self, recorder: _Recorder, more_to_start: Callable[[], bool] = lambda: False):
             self.recorder = recorder
+            self.more_to_start = more_to_start  # the searcher will still suggest trials
             self.seen: set[str] = set()
+            self.running: set[str] = set()  # ids of the trials started and not finished
+            self.due = False  # a finished trial's progress line is waiting for the next start
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            self.recorder.running = sum(1 for t in trials if t.status == "RUNNING")
+            self.running.add(trial.trial_id)  # Tune calls this before it marks the trial RUNNING: count by id
+            self._flush()
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._record(trial, trial.last_result, None)
-            self.recorder.running = sum(1 for t in trials if t.status == "RUNNING" and t is not trial)
-            self.recorder.progress(self.recorder.line())
+            self._finished(trials, trial)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             err = None
@@ -334,7 +355,22 @@ def _make_callback_class():
             except Exception:  # noqa: BLE001 - the error file may be unreadable; the record still says failed
                 pass
             self._record(trial, trial.last_result, err or "the trial's worker process died (out of memory?)")
-            self.recorder.progress(self.recorder.line())
+            self._finished(trials, trial)
+
+        def on_experiment_end(self, trials, **info):
+            self._flush()
+
+        def _finished(self, trials, trial) -> None:
+            self.running.discard(trial.trial_id)
+            self.due = True
+            if not (self.more_to_start() or any(t.status == "PENDING" for t in trials)):
+                self._flush()
+
+        def _flush(self) -> None:
+            if self.due:
+                self.due = False
+                self.recorder.running = len(self.running)
+                self.recorder.progress(self.recorder.line())
 
         def _record(self, trial, result, error):
             if trial.trial_id in self.seen:

@@ -18,7 +18,8 @@ from typing import Any, Iterable, Sequence
 
 from .records import measurement_counts, measurement_text
 
-__all__ = ["pareto_front", "hypervolume", "best_under_budget", "top_k", "pareto_figure", "plot_pareto"]
+__all__ = ["pareto_front", "hypervolume", "best_under_budget", "top_k", "latency_axis", "pareto_figure",
+           "plot_pareto"]
 
 
 def _num(value: Any) -> float | None:
@@ -123,11 +124,26 @@ def top_k(records: Iterable[dict], k: int, budget_ms: float | None = None, *, me
     return _ranked(records, budget_ms, metric)[: max(0, k)]
 
 
+def latency_axis(latencies: Iterable[float], ok_latencies: Iterable[float],
+                 budget_ms: float | None) -> tuple[float, float, bool]:
+    """The latency axis of a Pareto plot (pareto.png here, the report's SVG in report_plots.py): (lo, hi, log).
+    `latencies`: every plotted point's latency; `ok_latencies`: those of the trials within the budget. lo..hi is
+    the range to show, the budget included; a point beyond 100 x the slowest ok trial or the budget (a prediction
+    can be off by far more) does not stretch it. `log` is true when the range spans more than 12x (1 ms trials
+    beside a 40 ms outlier or under a 50 ms budget: on a linear axis they would all sit against 0)."""
+    extra = [budget_ms] if budget_ms else []
+    far = 100 * max(list(ok_latencies) + extra, default=1.0)
+    lats = [min(v, far) for v in latencies if v > 0] + extra
+    lo, hi = min(lats, default=0.5), max(lats, default=1.0)
+    return lo, hi, lo > 0 and hi / lo > 12
+
+
 def pareto_figure(records: Iterable[dict], budget_ms: float | None, title: str | None = None, *,
                   metric: str = "accuracy", ylabel: str | None = None):
     """A matplotlib Figure (on an Agg canvas) of accuracy vs latency: every ok trial, the Pareto front as a step
     line, over-budget trials in grey at their latency (predicted latency for "predicted_over_budget"; at the
-    bottom edge when not trained), and the budget as a dashed vertical line labelled "budget X ms"."""
+    bottom edge when not trained), and the budget as a dashed vertical line labelled "budget X ms". The latency
+    axis is logarithmic when the latencies spread widely (`latency_axis`)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -146,6 +162,7 @@ def pareto_figure(records: Iterable[dict], budget_ms: float | None, title: str |
                 color="tab:orange", marker="o", markersize=5, linewidth=1.5, label=f"Pareto front ({len(front)})",
                 zorder=3)
 
+    plotted = [r[0] for r in ok]  # every point's latency, for the axis
     for status, key, marker, label in (("over_budget", "latency_ms", "x", "over budget (measured)"),
                                        ("predicted_over_budget", "predicted_ms", "+", "over budget (predicted)")):
         trained, untrained = [], []
@@ -158,6 +175,7 @@ def pareto_figure(records: Iterable[dict], budget_ms: float | None, title: str |
                 continue
             acc = _num(r.get(metric))
             (trained if acc is not None else untrained).append((lat, acc))
+            plotted.append(lat)
         if not trained and not untrained:
             continue
         n = len(trained) + len(untrained)
@@ -176,8 +194,11 @@ def pareto_figure(records: Iterable[dict], budget_ms: float | None, title: str |
     if not ok and not any(r.get("status") in ("over_budget", "predicted_over_budget") for r in records):
         ax.text(0.5, 0.5, "no finished trials", transform=ax.transAxes, ha="center", va="center", color="0.4")
 
+    xlog = latency_axis(plotted, [r[0] for r in ok], budget_ms)[2]  # the report's rule for a log axis
+    if xlog:
+        ax.set_xscale("log")
     quality = measurement_text(measurement_counts(records))
-    ax.set_xlabel("latency (ms)" + (f"\n{quality}" if quality else ""))
+    ax.set_xlabel(("latency (ms, log scale)" if xlog else "latency (ms)") + (f"\n{quality}" if quality else ""))
     ax.set_ylabel(ylabel or metric)
     ax.set_title(title or f"{metric} vs latency")
     ax.grid(True, alpha=0.3)

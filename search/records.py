@@ -323,8 +323,9 @@ class RunDir:
     def _start(self, settings: dict) -> None:
         if self.trials_path.exists() and self.trials_path.stat().st_size > 0:
             found = self._read(repair=False)  # refusing: report, change nothing
-            extra = f" (and {len(found.bad_lines)} unreadable lines)" if found.bad_lines else ""
-            raise RunDirError(f"{self.path} holds {len(found.records)} trials{extra} of an earlier search: "
+            n, bad = len(found.records), len(found.bad_lines)
+            extra = f" (and {bad} unreadable line{'' if bad == 1 else 's'})" if bad else ""
+            raise RunDirError(f"{self.path} holds {n} trial{'' if n == 1 else 's'}{extra} of an earlier search: "
                               f"add --resume to continue it, or choose another --out")
         self.settings = {**_jsonable(settings), "created": _now(), "archdsl_version": _version()}
         _write_atomic(self.run_json, (json.dumps(self.settings, indent=2) + "\n").encode("utf-8"))

@@ -353,13 +353,13 @@ def _section_counts(st: RunState) -> str:
             for s, n, what in rows_data]
     finished = sum(counts.get(s, 0) for s in FINISHED)
     want = st.settings.get("trials")
-    note = f"{finished} of {want} trials finished" if isinstance(want, int) else f"{finished} trials finished"
+    note = f"{finished} of {want} trials finished" if isinstance(want, int) else f"{_count(finished, 'trial')} finished"
     m = measurement_counts(st.records)
     quality = ""
     if m["measurements"]:
         quality = (f'<p id="measurement-quality">{esc(measurement_text(m))}; {m["discarded_rounds"]} of '
                    f'{m["rounds"]} timed rounds discarded because a measuring thread waited for a CPU.</p>')
-    return (f'<section id="counts"><h2>Trial status</h2><p>{esc(note)}; {len(st.records)} records in all.</p>'
+    return (f'<section id="counts"><h2>Trial status</h2><p>{esc(note)}; {_count(len(st.records), "record")} in all.</p>'
             f'{_table(["status", "trials#", "", "meaning"], rows, "counts")}{quality}</section>')
 
 
@@ -378,9 +378,50 @@ def _section_predictor(st: RunState) -> str:
                      'builds it), or the predictor was off.</p>')
     info = (st.summary or {}).get("predictor")
     if isinstance(info, dict):
-        parts.append('<p class="muted">During the search: ' + esc(", ".join(
-            f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items())) + "</p>")
+        parts.append(f'<p class="muted">{esc(predictor_words(info))}</p>')
     return "".join(parts) + "</section>"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def predictor_words(info: dict) -> str:
+    """summary.json's "predictor" ({n, covered, uncovered, scale, within_10pct, within_5pct}: search/predictor.py)
+    in words: how many candidates it could predict, how many predictions met a measurement, and how close."""
+    def num(key):
+        v = info.get(key)
+        return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    covered, uncovered, n, scale = num("covered"), num("uncovered"), num("n"), num("scale")
+    out = []
+    if covered is not None and uncovered is not None:
+        total = int(covered + uncovered)
+        if not covered:
+            out.append(f"During the search the latency predictor predicted none of the {_count(total, 'candidate')}: "
+                       "the per-operator latency table (archdsl bench --build-table SPACE.arch) lacked layers of "
+                       "each, so every candidate was built and measured and none was discarded unbuilt.")
+        else:
+            out.append(f"During the search the latency predictor predicted {covered} of the "
+                       f"{_count(total, 'candidate')} before building them (the per-operator latency table "
+                       f"covered every layer of those; the other {uncovered} lacked some and were measured "
+                       "without a prediction).")
+    if n is not None and (n or covered):
+        if n:
+            near = [f"{100 * v:.0f}% within {pct}" for key, pct in (("within_10pct", "10%"), ("within_5pct", "5%"))
+                    if (v := num(key)) is not None]
+            out.append(f"{_count(int(n), 'prediction')} {'was' if n == 1 else 'were'} compared with the latency "
+                       f"measured afterwards" + (f": {', '.join(near)}." if near else "."))
+        else:
+            out.append("No prediction was followed by a measurement (the candidates it predicted were discarded "
+                       "as far over budget).")
+    if scale is not None and covered:
+        out.append(f"Predictions were the sum of the table's layer times x {scale:.3g} (the median ratio of "
+                   "measured to summed latency, fitted once 3 predicted candidates were measured; 1 before).")
+    known = {"covered", "uncovered", "n", "scale", "within_10pct", "within_5pct"}
+    rest = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()
+                     if k not in known)
+    return " ".join(out + ([f"Also recorded: {rest}."] if rest else [])) or "The latency predictor was not used."
 
 
 def _section_machine(st: RunState) -> str:
@@ -402,11 +443,11 @@ def _section_machine(st: RunState) -> str:
                      "compare them with care.</p>")
     for fp, n in fps.values():
         rows = [[f"<code>{esc(k)}</code>", esc(_value(v))] for k, v in fp.items()]
-        parts.append(f"<h3>fingerprint {esc(fp.get('hash', '?'))} ({n} measurements)</h3>"
+        parts.append(f"<h3>fingerprint {esc(fp.get('hash', '?'))} ({_count(n, 'measurement')})</h3>"
                      + _table(["field", "value"], rows, "kv"))
     if threads:
         parts.append("<p>torch threads while measuring: " + esc(", ".join(
-            f"{t} ({n} trials)" for t, n in sorted(threads.items()))) + "</p>")
+            f"{t} ({_count(n, 'trial')})" for t, n in sorted(threads.items()))) + "</p>")
     return "".join(parts) + "</section>"
 
 
@@ -415,6 +456,8 @@ def _section_settings(st: RunState) -> str:
     keys = ["spec", "budget_ms", "objective", "algo", "trials", "dataset", "dataset_limit", "epochs", "seed",
             "fixed", "model", "input_shape", "address", "created", "archdsl_version", "spec_sha256"]
     keys += [k for k in s if k not in keys and k not in ("dimensions", "resumed")]
+    if s.get("objective", "accuracy") != "accuracy":  # a zero-cost proxy trains nothing: no epochs to show
+        keys.remove("epochs")
     rows = [[f"<code>{esc(k)}</code>", esc(_value(s[k]))] for k in keys if k in s]
     parts = [f'<section id="settings"><h2>Search settings</h2>{_table(["setting", "value"], rows, "kv")}']
     for res in s.get("resumed") or []:

@@ -11,7 +11,7 @@ import html
 import math
 from typing import TYPE_CHECKING, Any
 
-from .pareto import pareto_front
+from .pareto import latency_axis, pareto_front
 
 if TYPE_CHECKING:
     from .report import RunState
@@ -146,12 +146,8 @@ def pareto_svg(st: RunState) -> str:
         s = _num(r.get(metric))
         (scored if s is not None else unscored).append((lat, s, r, kind, cls))
     front = pareto_front(st.records, budget_ms=budget, metric=metric)
-    ref = max([p[0] for p in scored + unscored if p[2].get("status") == "ok"] + ([budget] if budget else []),
-              default=1.0)
-    far = 100 * ref  # points beyond this sit at the right edge (a prediction can be off by far more)
-    lats = [min(p[0], far) for p in scored + unscored if p[0] > 0] + ([budget] if budget else [])
-    lo, hi = min(lats, default=0.5), max(lats, default=1.0)
-    xlog = lo > 0 and hi / lo > 12  # e.g. 1 ms trials under a 50 ms budget: a linear axis would crowd them
+    lo, hi, xlog = latency_axis([p[0] for p in scored + unscored],
+                                [p[0] for p in scored + unscored if p[2].get("status") == "ok"], budget)
     scores = [p[1] for p in scored]
     pad = 0.06 * ((max(scores) - min(scores)) or abs(scores[0]) or 1.0) if scores else 0.0
     ylabel = ("validation accuracy" if st.settings.get("objective", "accuracy") == "accuracy"

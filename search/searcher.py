@@ -264,7 +264,8 @@ class ArchSearcher(Searcher):
 
     def exhausted_message(self) -> str:
         lines = [f"no valid new architecture in {MAX_RESAMPLES} samples of {self.space.spec}: "
-                 f"{self.counts['rejected']} rejected by the checker, {self.counts['duplicate']} duplicates, "
+                 f"{self.counts['rejected']} rejected by the checker, {self.counts['duplicate']} duplicate"
+                 f"{'' if self.counts['duplicate'] == 1 else 's'}, "
                  f"{self.counts['predicted_over_budget']} predicted over {self.prefilter_margin:g} x the "
                  f"{self.budget_ms:g} ms budget."]
         if self.rejections:

@@ -149,3 +149,35 @@ def test_language_md_covers_every_construct():
     missing += [f for f in FORMS if not re.search(rf"\b{f}\b", doc)]
     missing += [b for b in sorted(builtin_names()) if not re.search(rf"\b{re.escape(b)}\(", doc)]
     assert not missing, f"docs/language.md does not document: {missing}"
+
+
+# ---------------------------------------------------------------- docs/export.md
+
+EXPORT_MD = DOCS / "export.md"
+
+
+def test_export_md_install_names_the_extra():
+    """The page installs the `[export]` extra of pyproject.toml, which has what the example imports; README links it."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    (install,) = [f.text for f in fences(EXPORT_MD) if f.lang == "sh"]
+    assert ".[export]" in install
+    assert {re.match(r"[\w-]+", d)[0] for d in extras["export"]} == {"onnx", "onnxscript", "onnxruntime"}
+    assert "(docs/export.md)" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_export_md_example_runs(tmp_path):
+    """The page's example, run as written from a copy of the repository root (it writes its .onnx file there),
+    prints what the page shows: the exported file takes any batch and agrees with PyTorch."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    (code,) = [f for f in fences(EXPORT_MD) if f.lang == "python"]
+    shown = next(f for f in fences(EXPORT_MD) if f.lang == "text" and f.line > code.line)
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    (tmp_path / "example.py").write_text(code.text, encoding="utf-8")
+    r = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"the example of docs/export.md failed:\n{r.stderr[-3000:]}"
+    assert r.stdout == shown.text
+    assert (tmp_path / "convnext_atto.onnx").stat().st_size > 4 * 3_693_680  # the weights are inside the file

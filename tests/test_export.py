@@ -51,3 +51,17 @@ def test_torch_export_and_onnx(path, tmp_path):
     sess = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
     (y,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
     torch.testing.assert_close(torch.from_numpy(y), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_export_keeps_the_batch_dynamic():
+    """torch.export with a free batch dimension: the module's per-call memory check must not read the batch size as
+    a number while tracing (int() of it fixed the exported batch: an ONNX file took only the example's batch)."""
+    import archdsl
+
+    spec = "model m() {\n    input(3, 16, 16)\n    conv(8, k=3)\n    bn()\n    gelu()\n    gap()\n    linear(10)\n}\n"
+    for form in ("train", "deploy"):
+        m = archdsl.build(spec, form=form).eval()
+        ep = torch.export.export(m, (torch.randn(2, 3, 16, 16),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+        x = torch.randn(5, 3, 16, 16)
+        with torch.no_grad():
+            torch.testing.assert_close(ep.module()(x), m(x))

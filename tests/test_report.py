@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from archdsl.search.records import RunDir, RunDirError
-from archdsl.search.report import ReportError, add_report_parser, build_report, clean_svg, read_run
+from archdsl.search.report import ReportError, add_report_parser, build_report, clean_svg, predictor_words, read_run
 from archdsl.search.report_plots import predictor_stats, spearman
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -323,7 +323,7 @@ def test_state_from_the_lock_file_and_the_summary(tmp_path):
     (run / "summary.json").write_text(json.dumps({"counts": {"ok": 1}, "interrupted": False,
                                                   "predictor": {"n": 0, "covered": 0, "uncovered": 1}}))
     text = build_report(run)
-    assert 'class="badge finished"' in text and "During the search: n 0, covered 0, uncovered 1" in text
+    assert 'class="badge finished"' in text and "predicted none of the 1 candidate:" in text
     (run / "summary.json").write_text('{"counts": {"ok"')  # caught while being written
     st = read_run(run)
     assert st.state == "stopped" and "summary.json: not readable" in st.problems[0]
@@ -412,3 +412,27 @@ def test_accuracy_axis_stays_within_zero_and_one(tmp_path):
     ticks = re.findall(r">(-?[0-9.]+)</text>", pareto)  # latency ticks 0, 2, 4, 6 and accuracy ticks
     assert {"0.2", "0.8", "1"} <= set(ticks) and not {"1.2", "-0.2"} & set(ticks)
     assert min(float(t) for t in ticks) == 0.0
+
+
+def test_predictor_summary_in_words():
+    """summary.json's predictor figures say what the predictor did, how many predictions met a measurement, and how
+    close they came (a new user read "n 0, covered 0, uncovered 30, scale 1" as nothing at all)."""
+    none = predictor_words({"n": 0, "covered": 0, "uncovered": 30, "scale": 1.0})
+    assert none.startswith("During the search the latency predictor predicted none of the 30 candidates: ")
+    assert "every candidate was built and measured" in none and "archdsl bench --build-table" in none
+    assert "scale" not in none and "uncovered" not in none
+    some = predictor_words({"n": 12, "covered": 20, "uncovered": 10, "scale": 1.8234, "within_10pct": 0.5,
+                            "within_5pct": 0.25, "extra": 2})
+    assert "predicted 20 of the 30 candidates before building them" in some and "the other 10 lacked" in some
+    assert "12 predictions were compared with the latency measured afterwards: 50% within 10%, 25% within 5%." in some
+    assert "x 1.82 (the median ratio of measured to summed latency" in some and some.endswith("Also recorded: extra 2.")
+    unmet = predictor_words({"n": 0, "covered": 1, "uncovered": 0, "scale": 1.0})
+    assert "predicted 1 of the 1 candidate " in unmet and "No prediction was followed by a measurement" in unmet
+
+
+def test_epochs_shown_only_for_the_accuracy_objective(tmp_path):
+    settings_row = re.compile(r"<code>epochs</code></td><td>3</td>")
+    trained = build_report(write_run(tmp_path / "a", [rec(0)], {**SETTINGS, "epochs": 3}))
+    assert settings_row.search(trained)
+    proxy = build_report(write_run(tmp_path / "b", [rec(0)], {**SETTINGS, "objective": "naswot", "epochs": 3}))
+    assert "<code>epochs</code>" not in proxy and "naswot" in proxy

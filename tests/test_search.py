@@ -97,6 +97,63 @@ def test_spec_without_choices_and_bad_options(tmp_path, capsys):
     assert "broken.arch:1:" in capsys.readouterr().err
 
 
+def test_summary_counts_in_words_and_where_the_plot_and_report_are(tmp_path):
+    from archdsl.search.driver import SearchSummary
+
+    out = tmp_path / "my run"
+    best = {"score": 0.9, "latency_ms": 1.5, "trial": 3, "params": 1234}
+    one = SearchSummary(out=out, counts={"ok": 1, "over_budget": 1, "failed": 1, "rejected": 1, "duplicate": 1,
+                                         "predicted_over_budget": 1}, best=best, front=[], top=[], seconds=3)
+    text = one.text()
+    assert "1 trained, 1 over budget, 1 failed, 1 rejected by the checker, 1 duplicate skipped, 1 discarded" in text
+    assert text.splitlines()[-2:] == [f"plot: {out / 'pareto.png'}", f"report: archdsl report '{out}' -o report.html"]
+    two = SearchSummary(out=out, counts={"duplicate": 2}, best=None, front=[], top=[], seconds=3, objective="naswot")
+    assert "0 scored (naswot)," in two.text() and "2 duplicates skipped" in two.text()
+    assert "0 duplicates skipped" in SearchSummary(out=out, counts={}, best=None, front=[], top=[], seconds=1).text()
+
+
+def test_progress_lines_count_the_trials_running_after_a_freed_slot_is_taken():
+    """Tune refills a finished trial's slot only after its callback returns, and calls on_trial_start before it marks
+    the trial RUNNING: counted at either moment, a search running 2 at a time read "1 running" on every line."""
+    from types import SimpleNamespace
+
+    from archdsl.search.driver import _make_callback_class, _Recorder
+
+    class Run:
+        def append(self, rec):
+            pass
+
+    lines: list[str] = []
+    recorder = _Recorder(Run(), 5.0, lines.append, total=4, history=[])
+    left = {"n": 2}  # trials the searcher will still suggest
+    cb = _make_callback_class()(recorder, more_to_start=lambda: left["n"] > 0)
+    trials = [SimpleNamespace(trial_id=f"t{i}", status="PENDING", config={"index": i, "point": {}, "hash": f"h{i}"},
+                              last_result={"status": "ok", "score": 0.5, "latency_ms": 1.0}) for i in range(4)]
+
+    def start(i):  # Tune's list holds the trials created so far
+        cb.on_trial_start(0, trials[:i + 1], trials[i])  # status still PENDING, as Tune has it then
+        trials[i].status = "RUNNING"
+
+    def finish(i):
+        trials[i].status = "TERMINATED"
+        cb.on_trial_complete(0, [t for t in trials if t.status != "PENDING"], trials[i])
+
+    start(0), start(1)
+    finish(0)
+    assert lines == []  # its slot is free: the line waits until it is taken again
+    left["n"] -= 1
+    start(2)
+    assert lines == ["[1/4 trials done, 2 running, 0 rejected, 0 over budget, 0 failed] best 0.5000 @ 1.00 ms"]
+    finish(1), finish(2)  # two finish before the next start: one line for both
+    left["n"] -= 1
+    start(3)
+    assert len(lines) == 2 and lines[-1].startswith("[3/4 trials done, 1 running,")
+    finish(3)  # nothing left to start: at once
+    assert lines[-1].startswith("[4/4 trials done, 0 running,")
+    cb.on_experiment_end(trials)
+    assert len(lines) == 3
+
+
 # --- real searches --------------------------------------------------------------------------------------------
 
 def _search(out: Path, *extra: str, trials: int = 6, budget: str = "50") -> int:

@@ -9,7 +9,15 @@ import sys
 import textwrap
 
 import pytest
-from archdsl.search.pareto import best_under_budget, hypervolume, pareto_figure, pareto_front, plot_pareto, top_k
+from archdsl.search.pareto import (
+    best_under_budget,
+    hypervolume,
+    latency_axis,
+    pareto_figure,
+    pareto_front,
+    plot_pareto,
+    top_k,
+)
 from archdsl.search.records import CORRUPT, CSV_COLUMNS, RunDir, RunDirError, checksum
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -156,8 +164,12 @@ def test_resume_refuses_changed_settings(tmp_path):
 
 def test_refuses_earlier_trials_without_resume_and_resume_without_run_json(tmp_path):
     write_trials(tmp_path / "a", n=2)
-    with pytest.raises(RunDirError, match=r"holds 2 trials of an earlier search: add --resume"):
+    with pytest.raises(RunDirError, match=r"holds 2 trials of an earlier search: add --resume to continue it, "
+                                          r"or choose another --out"):
         RunDir.open(tmp_path / "a", SETTINGS, resume=False)
+    write_trials(tmp_path / "one", n=1)
+    with pytest.raises(RunDirError, match=r"holds 1 trial of an earlier search"):
+        RunDir.open(tmp_path / "one", SETTINGS, resume=False)
     (tmp_path / "b").mkdir()
     with pytest.raises(RunDirError, match="no run.json"):
         RunDir.open(tmp_path / "b", SETTINGS, resume=True)
@@ -267,3 +279,18 @@ def test_plot_writes_a_png_with_the_budget_line(tmp_path):
 
     empty = plot_pareto([], None, tmp_path / "empty.png")
     assert empty.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_latency_axis_is_logarithmic_when_latencies_spread():
+    """One 400 ms outlier beside 1-3 ms trials: a linear axis would squash them all against 0. pareto.png follows
+    the report's rule (latency_axis, shared with report_plots.py)."""
+    close = [rec(i, acc=0.5 + 0.1 * i, lat=1.0 + i) for i in range(3)]
+    (ax,) = pareto_figure(close, 5.0).axes
+    assert ax.get_xscale() == "linear" and ax.get_xlabel() == "latency (ms)"
+    outlier = close + [rec(3, status="over_budget", acc=None, lat=400.0)]
+    (ax,) = pareto_figure(outlier, 5.0).axes
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "latency (ms, log scale)"
+    assert latency_axis([1.0, 2.0, 3.0, 400.0], [1.0, 2.0, 3.0], 5.0) == (1.0, 400.0, True)
+    assert latency_axis([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], 5.0) == (1.0, 5.0, False)  # the budget is shown
+    assert latency_axis([1.0, 1e9], [1.0], None) == (1.0, 100.0, True)  # beyond 100x the ok trials: not stretched
+    assert latency_axis([], [], None) == (0.5, 1.0, False)

@@ -229,7 +229,7 @@ TUTORIAL_DIR = DOCS / "tutorial"
 # the spec the tutorial breaks on purpose, and the error it shows for it
 MISTAKES = {"docs/tutorial/mistake.arch": "add: input shapes differ: input 0 is 16x16x16 nhwc, input 1 is 16x16x16"}
 # the tutorial's search wrote its best network here; the repository keeps a verbatim copy
-BEST = "search-out/top/01_1c2538ffc4998da9.arch"
+BEST = "tutorial-out/top/01_1c2538ffc4998da9.arch"
 BEST_COPY = "docs/tutorial/best_found.arch"
 
 
@@ -274,6 +274,18 @@ def test_tutorial_has_its_parts():
     assert any(c.argv[0] == "search" and "--objective" in c.argv for c in COMMANDS)
     forms = {c.argv[c.argv.index("--form") + 1] for c in COMMANDS if "--form" in c.argv}
     assert forms == {"train", "fast"} and any(c.argv[0] == "viz" and "--deploy" in c.argv for c in COMMANDS)
+
+
+def test_tutorial_search_has_its_own_out():
+    """The README's quick start writes search-out/, and a search refuses a directory holding earlier trials: every
+    search of the tutorial names its --out, the main one is tutorial-out (resumed there), and no command of the
+    page reads search-out/."""
+    searches = [c for c in COMMANDS if c.argv[0] == "search"]
+    outs = [cli.make_parser().parse_args(c.argv).out for c in searches]
+    assert all("--out" in c.argv for c in searches) and "search-out" not in outs
+    assert outs.count("tutorial-out") == 2 and any("--resume" in c.argv and "tutorial-out" in c.argv for c in searches)
+    text = TUTORIAL_MD.read_text(encoding="utf-8")
+    assert not re.search(r"(?m)^\s*\$ .*search-out", text) and "search-out/top" not in text
 
 
 def strict_parser() -> argparse.ArgumentParser:

@@ -79,6 +79,10 @@ class ArchModule(nn.Module):
         acts = self._sizes_ok.get(hw) or self._check_size(hw)
         if x.device.type != "cpu":  # the limit is about this machine's RAM; a GPU reports its own OOM
             return
+        if torch.compiler.is_compiling():
+            # torch.export / torch.compile tracing: nothing is allocated, and int() of a symbolic batch size would
+            # fix the batch of the exported model (no dynamic batch in ONNX)
+            return
         training = self.training and torch.is_grad_enabled()
         need = self._param_bytes + int(x.shape[0]) * acts[training] * limits.BYTES_PER_VALUE
         if need > self.memory_limit:
