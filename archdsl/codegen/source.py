@@ -164,7 +164,12 @@ class Emitter:
                 continue
             node = g.node(name)
             self.modules[name] = registry.get(node.op).build(node.params, list(g.attrs(name)["in_shapes"]))
-        self.block_scopes = {p: s for p, s in g.scopes.items() if s.kind == "block"}
+        # A block instance gets a class only if nodes lie inside it. One whose body is a single layer has no inner
+        # node: that layer is the instance itself (node `stem`, parameters `stem.weight`, as the archdsl-built
+        # model names them), so its parent builds and calls it like any layer. One the deploy passes emptied (a
+        # lone BatchNorm folded into the conv before it, dropout dropped) has nothing left to write.
+        inner = {".".join(n.split(".")[:i]) for n in g.order() for i in range(1, n.count(".") + 1)}
+        self.block_scopes = {p: s for p, s in g.scopes.items() if s.kind == "block" and p in inner}
         self.classes: list[str] = []
         self.class_names: set[str] = set()
 
@@ -488,9 +493,12 @@ def _tuple_ref(names, r):
 
 
 def _access(rel: str) -> str:
+    """Python for the submodule at `rel` below self: self.stages[2].blocks[0]. Indexing only below the first
+    segment: those parents are Containers; the class itself (a block's, the model's) is a plain nn.Module, so its
+    unnamed layer "2" is getattr(self, '2')."""
     out = "self"
-    for seg in rel.split("."):
-        if seg.isdigit():
+    for i, seg in enumerate(rel.split(".")):
+        if seg.isdigit() and i > 0:
             out += f"[{seg}]"
         elif seg.isidentifier() and not keyword.iskeyword(seg):
             out += f".{seg}"
