@@ -297,7 +297,8 @@ class Emitter:
                 continue
             lines.append(f'        _add(self, "{it.rel}", {it.ctor.render(_tuple_subs(subs[k]))})')
         lines += ["", "    def forward(self, x):"]
-        lines += ["        " + s for s in self._forward(first.items, first.path, _entry(first.items, first.path))]
+        entry = _entry(first.items, first.path, sc.span)
+        lines += ["        " + s for s in self._forward(first.items, first.path, entry)]
         self.classes.append("\n".join(lines))
 
     # -- forward code
@@ -480,12 +481,13 @@ def _rel_ref(r, scope):
     return ((_rel(r[0], scope) if _inside(r[0], scope) else "<in>"), r[1])
 
 
-def _entry(items: list[Item], scope: str):
+def _entry(items: list[Item], scope: str, span) -> tuple:
+    """The value from outside the block instance `scope` that its items read (the block's input)."""
     for it in items:
         for r in it.inputs:
             if not _inside(r[0], scope):
                 return r
-    raise Unsupported(f"block {scope} has no input")
+    raise Unsupported(f"{span}: block instance {scope} reads no input (cannot write it as a class)")
 
 
 def _tuple_ref(names, r):
