@@ -180,7 +180,7 @@ def test_thread_count_does_not_change_bits():
 
 def test_gelu_accuracy(backend):
     """The GELU epilogue against the exact GELU in float64 (never torch's float32 F.gelu, whose rounding and
-    overflow depend on the CPU path: inf at 3e38 with vectors, 1.2e-6 off at |x| ~ 10 on AVX-512)."""
+    overflow depend on the CPU path: inf at 3e38 when vectorized, up to 1.2e-6 off the truth at |x| ~ 10)."""
     x = gelu_inputs()
     y = gemm.linear(x[:, None].contiguous(), gemm.pack_linear(torch.ones(1, 1)), "gelu")[:, 0]
     # native: a rational erfc fit, absolute error <= 9.6e-7 (<= 1.8e-7 |x|, at |x| ~ 5.3 where the tail is dropped);
