@@ -2,7 +2,8 @@
 
 Takes: a checked ArchGraph. Returns: the text of a Python module that depends on torch only: the
 archdsl layer classes it uses, one nn.Module class per block definition (a second class only where
-instances of one block differ in structure), and one class for the model. Loading the state_dict of
+instances of one block differ in structure; none for a block whose body is a single layer: that layer is the
+instance, named after the call, as in the archdsl-built model), and one class for the model. Loading the state_dict of
 the archdsl-built model into it gives bit-identical outputs: it builds the same layers and runs the
 same operations in the same order.
 
