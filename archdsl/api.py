@@ -1,6 +1,7 @@
 """The public Python API: parse + elaborate + check in one call, and model building.
 
-Takes: a path or spec text, overrides (name -> value or .arch expression text) and options.
+Takes: a path or spec text, overrides (name -> value or .arch expression text), values (name -> value, never
+read as text: a search point) and options.
 Returns: a checked `ArchGraph` (`check_file`, `check_text`); `archdsl.load` / `archdsl.build` turn one into
 an nn.Module.
 """
@@ -33,29 +34,35 @@ def parse_override(key: str, value: Any) -> Any:
         raise ArchError([Diagnostic(e.span, e.message, e.hint)]) from None
 
 
-def _overrides(overrides: dict[str, Any] | None) -> dict[str, Any]:
-    return {k: parse_override(k, v) for k, v in (overrides or {}).items()}
+def _overrides(overrides: dict[str, Any] | None, values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """overrides read by parse_override (a str is .arch text), then `values` taken as they are (a str is that
+    string: choice("gelu tanh", "relu-6") has values that are no .arch expression); values win."""
+    out = {k: parse_override(k, v) for k, v in (overrides or {}).items()}
+    out.update({k: as_value(v) for k, v in (values or {}).items()})
+    return out
 
 
 def elaborate(program: Program, overrides=None, input_shape=None, model: str | None = None,
-              strict_overrides: bool = True, sampler=None) -> ArchGraph:
-    return Elaborator(program, _overrides(overrides), input_shape, strict_overrides, sampler).run(model)
+              strict_overrides: bool = True, sampler=None, values: dict[str, Any] | None = None) -> ArchGraph:
+    return Elaborator(program, _overrides(overrides, values), input_shape, strict_overrides, sampler).run(model)
 
 
 def check_file(path: str | os.PathLike, overrides: dict[str, Any] | None = None,
                input_shape: tuple[int, int, int] | None = None, model: str | None = None,
                search_paths: tuple[str, ...] = (), allow_outside: bool = False,
-               strict_overrides: bool = True, sampler=None) -> ArchGraph:
-    """Parse, elaborate and check a .arch file. Raises ArchError with every mistake found. `sampler(choice_point)`
-    picks the value of each choice point no override fixes, as elaboration meets it (see interp.ChoiceTable)."""
+               strict_overrides: bool = True, sampler=None, values: dict[str, Any] | None = None) -> ArchGraph:
+    """Parse, elaborate and check a .arch file. Raises ArchError with every mistake found. `overrides`: name ->
+    value or .arch text (as --set); `values`: name -> value, never read as text (a search point: its strings are
+    strings). `sampler(choice_point)` picks the value of each choice point nothing fixes, as elaboration meets it
+    (see interp.ChoiceTable)."""
     prog = load_program(path, search_paths, allow_outside)
-    return _check.check(elaborate(prog, overrides, input_shape, model, strict_overrides, sampler))
+    return _check.check(elaborate(prog, overrides, input_shape, model, strict_overrides, sampler, values))
 
 
 def check_text(text: str, file: str = "<string>", overrides=None, input_shape=None, model=None,
-               strict_overrides: bool = True, sampler=None) -> ArchGraph:
+               strict_overrides: bool = True, sampler=None, values: dict[str, Any] | None = None) -> ArchGraph:
     prog = load_program(file, text=text)
-    return _check.check(elaborate(prog, overrides, input_shape, model, strict_overrides, sampler))
+    return _check.check(elaborate(prog, overrides, input_shape, model, strict_overrides, sampler, values))
 
 
 def require_resolved(graph: ArchGraph) -> None:

@@ -1,6 +1,7 @@
 """Concrete architectures: one point of a spec's search space written out as .arch files with every choice fixed.
 
-Takes: a spec path and a point ({choice point or model parameter name: value}, values as for `overrides`).
+Takes: a spec path and a point ({choice point or model parameter name: value}, values as for `overrides`: a str
+is .arch text) and/or `values` (the same, taken as they are: a search point's strings are strings).
 Returns: {relative path: text} (`concrete_spec`) or the written top file (`write_concrete`). The top file is a
 `# ` comment header, one `fix "NAME" = VALUE` line per choice point that checking the point meets (sorted by
 name, values printed with `interp.fmt`, defaults and model parameters from the point included), then the spec's
@@ -23,7 +24,7 @@ from typing import Any
 from . import check as _check
 from .api import check_text, elaborate, parse_override, require_resolved
 from .elaborate import fix_value
-from .interp import fmt
+from .interp import as_value, fmt
 from .ir import ArchGraph
 from .parse import Program, load_program
 from .printer import format_ir
@@ -34,7 +35,7 @@ __all__ = ["concrete_spec", "write_concrete"]
 def concrete_spec(spec_path: str | os.PathLike, point: dict[str, Any], *, model: str | None = None,
                   header: str = "", input_shape: tuple[int, int, int] | None = None, name: str | None = None,
                   search_paths: tuple[str, ...] = (), allow_outside: bool = False,
-                  strict_overrides: bool = True) -> dict[str, str]:
+                  strict_overrides: bool = True, values: dict[str, Any] | None = None) -> dict[str, str]:
     """{relative path: text} of the concrete spec of `point`: the top file (named `name`, default the spec's file
     name) first, then every file it imports. `header`'s lines become `# ` comments at the top (e.g. a search's
     measured latency and accuracy). Raises ArchError when the point does not check (as `check_file` would),
@@ -44,10 +45,10 @@ def concrete_spec(spec_path: str | os.PathLike, point: dict[str, Any], *, model:
     if Path(top).name != top or not top:
         raise ValueError(f"the concrete file's name must be a plain file name, got {top!r}")
     prog = load_program(spec, search_paths, allow_outside)
-    graph = _check.check(elaborate(prog, point, input_shape, model, strict_overrides))
+    graph = _check.check(elaborate(prog, point, input_shape, model, strict_overrides, values=values))
     files = {top: ""} | _imported_files(spec, prog, top)
 
-    fixed = _fixed_values(prog, graph, point)
+    fixed = _fixed_values(prog, graph, point, values)
     lines = [f"# {line}".rstrip() for line in header.splitlines()]
     lines.append(f"# concrete architecture: model {graph.model} of {spec.name}, every choice point fixed")
     if input_shape is not None:
@@ -84,13 +85,14 @@ def write_concrete(spec_path: str | os.PathLike, point: dict[str, Any], out_dir:
     return out / name
 
 
-def _fixed_values(prog: Program, graph: ArchGraph, point: dict[str, Any]) -> dict[str, Any]:
+def _fixed_values(prog: Program, graph: ArchGraph, point: dict[str, Any],
+                  values: dict[str, Any] | None) -> dict[str, Any]:
     """name -> value for every choice point met (whatever gave its value: the point, a fix, a default, the
     first value), and for every model parameter the point or the spec's own fix lines set."""
     values = {cp.name: cp.value for cp in graph.choices}
     model = next(d for d in prog.root.defs if d.kind == "model" and d.name == graph.model)
     params = {p.name for p in model.params}
-    given = {k: parse_override(k, v) for k, v in point.items()}
+    given = {k: parse_override(k, v) for k, v in point.items()} | {k: as_value(v) for k, v in (values or {}).items()}
     for k, v in given.items():
         if k in params:
             values.setdefault(k, v)

@@ -3,12 +3,15 @@
 Takes: the parsed arguments of the `search` subcommand (registered by `add_search_parser`). Returns: an exit
 code: 0 the search ran (whether or not an architecture met the budget; the summary says), 1 a mistake in the
 spec (positioned diagnostics) or an impossible search / unusable output directory / missing dataset (one
-clear message), 2 bad usage, 130 interrupted (finished trials are kept: rerun with --resume).
+clear message), 2 bad usage, 3 every trial failed (nothing was evaluated; the summary gives the most common
+errors), 130 interrupted (finished trials are kept: rerun with --resume).
 """
 
 from __future__ import annotations
 
 import sys
+
+EXIT_ALL_FAILED = 3  # the search ran, but every trial failed (a spec mistake is 1, a bug in archdsl 70)
 
 
 def add_search_parser(sub) -> None:
@@ -79,7 +82,13 @@ def cmd_search(args) -> int:
         print(f"archdsl search: {e}", file=sys.stderr)
         return 1
     print(summary.text())
-    return 130 if summary.interrupted else 0
+    if summary.interrupted:
+        return 130
+    if summary.all_failed:
+        print(f"archdsl search: every trial failed ({summary.counts['failed']}): no architecture was evaluated; "
+              f"the errors are in {summary.out / 'trials.jsonl'}", file=sys.stderr)
+        return EXIT_ALL_FAILED
+    return 0
 
 
-__all__ = ["add_search_parser", "cmd_search"]
+__all__ = ["add_search_parser", "cmd_search", "EXIT_ALL_FAILED"]

@@ -19,11 +19,13 @@ import os
 import shlex
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from ..api import parse_override
 from .errors import SearchError
 from .records import measurement_counts, measurement_text
 from .space import Candidate, SearchSpace
@@ -81,12 +83,25 @@ class SearchSummary:
     predictor: dict | None = None  # how the prefilter's predictions compared with the measurements
     objective: str = "accuracy"  # "accuracy" trains each network within budget; a proxy only scores it
     measurements: dict = field(default_factory=dict)  # records.measurement_counts: disturbed / retried / unmeasured
+    failures: list[tuple[str, int]] = field(default_factory=list)  # (error, trials) of failed trials, most first
+
+    @property
+    def all_failed(self) -> bool:
+        """Trials ran and every one failed: nothing was measured or scored (`archdsl search` exits 3)."""
+        c = self.counts
+        return (c.get("failed", 0) > 0 and c.get("ok", 0) == 0 and c.get("over_budget", 0) == 0
+                and c.get("unmeasured", 0) == 0)
 
     def text(self) -> str:
         c = self.counts
         done = "trained" if self.objective == "accuracy" else f"scored ({self.objective})"
-        lines = [f"{c.get('ok', 0)} {done}, {c.get('over_budget', 0)} over budget, {c.get('failed', 0)} failed, "
-                 f"{c.get('rejected', 0)} rejected by the checker, {_n(c.get('duplicate', 0), 'duplicate')} skipped, "
+        lines = []
+        if self.all_failed:
+            lines.append(f"every trial failed ({c['failed']} of {c['failed']}): no architecture was evaluated. "
+                         "Most common errors:")
+            lines += [f"  {n} x {err}" for err, n in self.failures[:3]]
+        lines += [f"{c.get('ok', 0)} {done}, {c.get('over_budget', 0)} over budget, {c.get('failed', 0)} failed, "
+                  f"{c.get('rejected', 0)} rejected by the checker, {_n(c.get('duplicate', 0), 'duplicate')} skipped, "
                  f"{c.get('predicted_over_budget', 0)} discarded by the latency predictor "
                  f"({self.seconds:.0f} s)"]
         if self.measurements.get("measurements"):
@@ -98,7 +113,7 @@ class SearchSummary:
             b = self.best
             lines.append(f"best under the budget: score {b['score']:.4f} at {b['latency_ms']:.2f} ms "
                          f"(trial {b['trial']}, {b['params']:,} params)")
-        else:
+        elif not self.all_failed:
             lines.append("no architecture met the budget")
         if self.top:
             lines.append("top architectures: " + ", ".join(str(p) for p in self.top))
@@ -135,7 +150,6 @@ def preflight(space: SearchSpace, tries: int = 200, seed: int = 0) -> None:
     """Find one valid point by random sampling before any Ray process starts; an impossible space (every point
     rejected by the spec's own checks) is a SearchError naming the most common reasons, with their places."""
     import random
-    from collections import Counter
 
     rng = random.Random(seed)
     reasons: Counter[str] = Counter()
@@ -222,7 +236,9 @@ def run_search(cfg: SearchConfig, progress: Callable[[str], None] | None = None)
         from .data import load_dataset
 
         load_dataset(cfg.dataset, seed=cfg.seed, limit=cfg.dataset_limit)  # DatasetError now, not in every trial
-    space = SearchSpace(Path(cfg.spec), model=cfg.model, input_shape=cfg.input_shape, fixed=dict(cfg.fixed))
+    # --set values are .arch text (or Python values) once, here; from now on the search passes values only
+    fixed = {k: parse_override(k, v) for k, v in cfg.fixed.items()}
+    space = SearchSpace(Path(cfg.spec), model=cfg.model, input_shape=cfg.input_shape, fixed=fixed)
     preflight(space, seed=cfg.seed)
     settings = _settings(cfg, space)
     out = Path(cfg.out)
@@ -277,7 +293,7 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
             meters = start_meters(info, cfg.target_label)
             files = space.files()
             tsettings = TrialSettings(files=files, spec_name=Path(cfg.spec).name, budget_ms=cfg.budget_ms,
-                                      fixed=dict(cfg.fixed), model=cfg.model, input_shape=cfg.input_shape,
+                                      fixed=dict(space.fixed), model=cfg.model, input_shape=cfg.input_shape,
                                       objective=cfg.objective, dataset=cfg.dataset,
                                       dataset_limit=cfg.dataset_limit, epochs=cfg.epochs,
                                       batch_size=cfg.batch_size, seed=cfg.seed,
@@ -318,7 +334,7 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
                 predictor_info = predictor.accuracy()
         finally:
             cluster.shutdown()
-    return _finish(cfg, run, out, recorder, problems, t0, interrupted, exhausted, predictor_info)
+    return _finish(cfg, space.fixed, run, out, recorder, problems, t0, interrupted, exhausted, predictor_info)
 
 
 def _make_callback_class():
@@ -381,7 +397,7 @@ def _make_callback_class():
     return TuneCallback
 
 
-def _finish(cfg, run, out, recorder, problems, t0, interrupted, exhausted, predictor_info) -> SearchSummary:
+def _finish(cfg, fixed, run, out, recorder, problems, t0, interrupted, exhausted, predictor_info) -> SearchSummary:
     from .pareto import pareto_front, plot_pareto, top_k
 
     records = recorder.records
@@ -400,17 +416,19 @@ def _finish(cfg, run, out, recorder, problems, t0, interrupted, exhausted, predi
             header = [f"found by archdsl search (trial {rec['trial']}, rank {rank} under {cfg.budget_ms:g} ms)",
                       f"measured latency {rec['latency_ms']:.3f} ms (median, batch 1, deploy form)",
                       f"score ({cfg.objective}) {rec['score']:.4f}, {rec['params']:,} params, {rec['macs']:,} MACs"]
-            top_paths.append(write_concrete(cfg.spec, {**cfg.fixed, **rec["point"]}, out / "top",
-                                            f"{rank:02d}_{rec['hash']}", header="\n".join(header),
-                                            model=cfg.model, input_shape=cfg.input_shape))
+            top_paths.append(write_concrete(cfg.spec, {}, out / "top", f"{rank:02d}_{rec['hash']}",
+                                            header="\n".join(header), model=cfg.model, input_shape=cfg.input_shape,
+                                            values={**fixed, **rec["point"]}))
     ylabel = "validation accuracy" if cfg.objective == "accuracy" else f"{cfg.objective} score (zero-cost proxy)"
     plot_pareto(records, cfg.budget_ms, out / "pareto.png", title=f"{Path(cfg.spec).name}: {ylabel} vs latency",
                 metric="score", ylabel=ylabel)
     best = recorder.best()
+    errors = Counter((r.get("error") or "no error recorded").strip().splitlines()[0]
+                     for r in records if r.get("status") == "failed")
     summary = SearchSummary(out=out, counts=recorder.counts(), best=best, front=front, top=top_paths,
                             seconds=time.perf_counter() - t0, interrupted=interrupted, exhausted=exhausted,
                             problems=problems, predictor=predictor_info, objective=cfg.objective,
-                            measurements=measurement_counts(records))
+                            measurements=measurement_counts(records), failures=errors.most_common())
     data = {k: v for k, v in asdict(summary).items() if k not in ("front",)}
     data["top"] = [str(p) for p in top_paths]
     data["out"] = str(out)

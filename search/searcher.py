@@ -26,6 +26,7 @@ still ends the search.
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from collections import Counter
 from typing import Any, Callable
@@ -36,13 +37,34 @@ from ray.tune.search import Searcher
 from .errors import SearchError
 from .space import Candidate, SearchSpace
 
-__all__ = ["ArchSearcher", "ALGORITHMS", "make_sampler"]
+__all__ = ["ArchSearcher", "ALGORITHMS", "make_sampler", "PicklableNSGAIISampler"]
 
 ALGORITHMS = ("random", "tpe", "nsga2")
 _CONSTRAINT = "latency"  # Optuna constraint: latency - budget (ms), feasible when <= 0
 MAX_RESAMPLES = 200  # consecutive rejected / duplicate / prefiltered points before the space counts as exhausted
 MAX_REMEASURE = 2  # times an unmeasured point is measured again in one run
 RETRY_GAP = 2  # finished trials between an unmeasured outcome and its retry (time for the load to pass)
+
+
+_LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
+
+
+class PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II sampler, picklable. Ray Tune pickles the search algorithm (and so the study and its sampler)
+    into the experiment's tuner.pkl when a Tuner is made; Optuna 5's genetic samplers hold a threading.Lock, which
+    cannot be pickled. The lock guards the sampler's generation cache within one process: a copy gets a new one."""
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_locks"] = [k for k, v in state.items() if isinstance(v, _LOCK_TYPES)]
+        for k in state["_locks"]:
+            del state[k]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        for k in state.pop("_locks"):
+            state[k] = threading.Lock()
+        self.__dict__.update(state)
 
 
 def make_sampler(algo: str, seed: int, n_startup: int = 5) -> optuna.samplers.BaseSampler:
@@ -53,7 +75,7 @@ def make_sampler(algo: str, seed: int, n_startup: int = 5) -> optuna.samplers.Ba
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup, multivariate=True, group=True)
     if algo == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, n_startup))
+        return PicklableNSGAIISampler(seed=seed, population_size=max(4, n_startup))
     raise SearchError(f"unknown search algorithm {algo!r}: choose one of {', '.join(ALGORITHMS)}")
 
 

@@ -1,6 +1,6 @@
 """The search space of a .arch spec: its choice points, resolved define-by-run, checked before any trial.
 
-Takes: a spec path (plus model, input shape, fixed overrides). Returns: `Candidate`s (a point = {choice name:
+Takes: a spec path (plus model, input shape, fixed values). Returns: `Candidate`s (a point = {choice name:
 value}, the checked training-form graph, its canonical hash) or `Rejection`s (the spec's own positioned error).
 
 Dimensions are discovered as the spec is elaborated: a choice point is asked for when elaboration meets it, so a
@@ -69,7 +69,9 @@ class Rejection:
 
 @dataclass
 class SearchSpace:
-    """A spec with open choices. `fixed`: overrides applied to every point (model parameters, pinned choices)."""
+    """A spec with open choices. `fixed`: values applied to every point (model parameters, pinned choices).
+    Points and fixed values are values, never .arch text: choice("gelu tanh", "relu-6") samples strings that are
+    no expression, and they reach the elaboration as they are (`values=`), as the sampler's do."""
 
     spec: Path
     model: str | None = None
@@ -98,10 +100,10 @@ class SearchSpace:
             raise SearchError(f"{self.spec}: the spec has no open choice point to search (it has no choice(...), "
                               "int_range(...) or float_range(...), or every one is fixed)")
 
-    def _check(self, overrides: dict[str, Any], sampler):
+    def _check(self, values: dict[str, Any], sampler):
         """The checked graph; ArchError also for an architecture over the memory limit (never built)."""
-        g = _checker.check(elaborate(self.program, overrides, self.input_shape, self.model,
-                                     strict_overrides=False, sampler=sampler))
+        g = _checker.check(elaborate(self.program, None, self.input_shape, self.model, strict_overrides=False,
+                                     sampler=sampler, values=values))
         limits.check_memory(g, limits.memory_limit())
         return g
 

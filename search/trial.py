@@ -36,7 +36,7 @@ class TrialSettings:
     files: dict[str, str]
     spec_name: str
     budget_ms: float
-    fixed: dict[str, Any] = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)  # values (never .arch text), as SearchSpace.fixed
     model: str | None = None
     input_shape: tuple[int, int, int] | None = None
     objective: str = "accuracy"  # "accuracy" | "naswot" | "synflow"
@@ -85,7 +85,7 @@ def check_point(s: TrialSettings, point: dict[str, Any]):
     from ..api import check_file
 
     spec = materialize(s.files) / s.spec_name
-    return check_file(spec, {**s.fixed, **point}, s.input_shape, s.model, strict_overrides=False)
+    return check_file(spec, None, s.input_shape, s.model, strict_overrides=False, values={**s.fixed, **point})
 
 
 def _node_id() -> str | None:

@@ -3,6 +3,7 @@ weights and BN statistics, the block patterns found, choices cached, bad candida
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -57,10 +58,10 @@ def test_same_function_as_training_form(name, overrides, blocks, prefer, tmp_pat
     assert sum(1 for s in f.steps if s.kind == "block") == blocks
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
-        ref = m(x)
+        ref = copy.deepcopy(m).double()(x.double())  # float64: not torch's float32 rounding, which varies by CPU
         out = f(x)
     assert out.shape == ref.shape
-    assert rel_err(ref, out) < 1e-4
+    assert rel_err(ref, out.double()) < 1e-4
     if native.available() and prefer[0] == "fused":
         assert sum(p["choice"] == "fused" for p in f.plan()) == blocks
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import copy
 import ctypes
 import os
 import subprocess
@@ -11,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from reference64 import assert_gelu, gelu_inputs, ref64, torch_cpu_paths
 
 from archdsl.kernels import (
     bias_act_,
@@ -37,9 +38,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def close(y: torch.Tensor, r: torch.Tensor, rtol: float = 1e-5) -> None:
-    """Equal up to rtol relative to the output's scale (sums of many products round differently)."""
+    """Equal up to rtol relative to the output's scale (sums of many products round differently). r is normally a
+    float64 reference (ref64), never just torch's own float32 rounding, which depends on the CPU."""
     assert y.shape == r.shape
-    torch.testing.assert_close(y, r, rtol=rtol, atol=rtol * max(1.0, r.abs().max().item()))
+    r = r.double()
+    torch.testing.assert_close(y.double(), r, rtol=rtol, atol=rtol * max(1.0, r.abs().max().item()))
 
 
 def test_native_library_builds():
@@ -83,7 +86,7 @@ def test_dwconv_matches_reference(n, h, w, c, kh, kw, s, d, act, bias):
     x, wt = torch.randn(n, h, w, c), torch.randn(c, 1, kh, kw)
     b = torch.randn(c) if bias else None
     pad = ((d * (kh - 1)) // 2, (d * (kw - 1)) // 2)
-    close(dwconv_nhwc(x, wt, b, s, pad, d, act), dwconv_nhwc_ref(x, wt, b, s, pad, d, act))
+    close(dwconv_nhwc(x, wt, b, s, pad, d, act), ref64(dwconv_nhwc_ref, x, wt, b, s, pad, d, act))
 
 
 def test_dwconv_packed_out_and_padding_variants():
@@ -92,11 +95,11 @@ def test_dwconv_packed_out_and_padding_variants():
     p = pack_dw(w, b)
     assert p.torch_weight()[0].equal(w) and p.torch_weight()[1].equal(b)
     for pad in [(0, 0), (1, 3), (4, 2), 6]:
-        ref = dwconv_nhwc_ref(x, w, b, 1, pad)
-        out = torch.empty_like(ref)
+        ref = ref64(dwconv_nhwc_ref, x, w, b, 1, pad)
+        out = torch.empty(ref.shape)
         assert dwconv_nhwc(x, p, pad=pad, out=out) is out
         close(out, ref)
-    close(dwconv_nhwc(x, w[:, 0], b), dwconv_nhwc_ref(x, w, b))  # [C, kh, kw] weights, pad=None is "same"
+    close(dwconv_nhwc(x, w[:, 0], b), ref64(dwconv_nhwc_ref, x, w, b))  # [C, kh, kw] weights, pad=None is "same"
     with pytest.raises(ValueError):
         dwconv_nhwc(x.permute(0, 2, 1, 3), p)  # not contiguous
     with pytest.raises(ValueError):
@@ -114,7 +117,7 @@ def test_dwconv_random_geometry(n, h, w, c, kh, kw, sh, sw, dh, dw, ph, pw, act,
     x, wt = torch.randn(n, h, w, c), torch.randn(c, 1, kh, kw)
     b = torch.randn(c) if bias else None
     args = ((sh, sw), (ph, pw), (dh, dw), act)
-    close(dwconv_nhwc(x, wt, b, *args), dwconv_nhwc_ref(x, wt, b, *args))
+    close(dwconv_nhwc(x, wt, b, *args), ref64(dwconv_nhwc_ref, x, wt, b, *args))
 
 
 def test_dwconv_threads_agree():
@@ -158,9 +161,9 @@ def test_dwconv_ln_matches_reference(n, h, w, c, k, resid):
     g, be, rb = torch.randn(c), torch.randn(c), torch.randn(c)
     p = pack_dw(wt, b)
     if not resid:
-        close(dwconv_ln_nhwc(p, x, g, be, 1e-6), dwconv_ln_nhwc_ref(x, wt, b, g, be, 1e-6))
+        close(dwconv_ln_nhwc(p, x, g, be, 1e-6), ref64(dwconv_ln_nhwc_ref, x, wt, b, g, be, 1e-6))
         return
-    ry, rr = dwconv_ln_nhwc_ref(x, wt, b, g, be, 1e-6, rb)
+    ry, rr = ref64(dwconv_ln_nhwc_ref, x, wt, b, g, be, 1e-6, rb)
     y, r = dwconv_ln_nhwc(p, x, g, be, 1e-6, rb)  # resid allocated
     close(y, ry)
     close(r, rr)
@@ -174,7 +177,7 @@ def test_dwconv_ln_matches_reference(n, h, w, c, k, resid):
 def test_dwconv_ln_without_affine():
     torch.manual_seed(3)
     x, wt = torch.randn(1, 6, 6, 24), torch.randn(24, 1, 3, 3)
-    close(dwconv_ln_nhwc(pack_dw(wt), x, None, None, 1e-5), dwconv_ln_nhwc_ref(x, wt, None, None, None, 1e-5))
+    close(dwconv_ln_nhwc(pack_dw(wt), x, None, None, 1e-5), ref64(dwconv_ln_nhwc_ref, x, wt, None, None, None, 1e-5))
 
 
 # ------------------------------------------------------------------------------------------------- mixer
@@ -193,10 +196,10 @@ def test_mixer_matches_inception_dw_module():
         groups.append((cid + i * g, cid + (i + 1) * g, kh, kw, conv.weight, conv.bias))
     x = torch.randn(2, c, 14, 13)
     with torch.no_grad():
-        ref = m(x).permute(0, 2, 3, 1)
+        ref = copy.deepcopy(m).double()(x.double()).permute(0, 2, 3, 1)
     xh = x.permute(0, 2, 3, 1).contiguous()
     close(mixer_nhwc(xh, pack_mixer(groups)), ref)
-    close(mixer_nhwc_ref(xh, groups), ref)
+    close(ref64(mixer_nhwc_ref, xh, groups), ref)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -213,7 +216,7 @@ def test_mixer_random_groups(seed):
     groups.reverse()  # any order
     x = torch.randn(2, 9, 12, c, generator=g)
     for act in ("none", "gelu"):
-        close(mixer_nhwc(x, groups, act), mixer_nhwc_ref(x, groups, act))
+        close(mixer_nhwc(x, groups, act), ref64(mixer_nhwc_ref, x, groups, act))
 
 
 def test_mixer_rejects_bad_cover():
@@ -232,10 +235,11 @@ def test_layernorm_rows(shape, affine):
     torch.manual_seed(shape[-1])
     x = torch.randn(shape) * 3 + 1
     g, b = (torch.randn(shape[-1]), torch.randn(shape[-1])) if affine else (None, None)
-    close(layernorm_rows(x, g, b, 1e-6), layernorm_rows_ref(x, g, b, 1e-6))
+    ref = ref64(layernorm_rows_ref, x, g, b, 1e-6)
+    close(layernorm_rows(x, g, b, 1e-6), ref)
     y = x.clone()
     layernorm_rows(y, g, b, 1e-6, out=y)  # in place
-    close(y, layernorm_rows_ref(x, g, b, 1e-6))
+    close(y, ref)
 
 
 @pytest.mark.parametrize("m,n", [(1, 1), (3, 7), (16, 16), (50, 100), (8, 384)])
@@ -244,8 +248,8 @@ def test_layernorm_rows(shape, affine):
 def test_bias_act(m, n, act, bias):
     torch.manual_seed(m * n)
     h, b = torch.randn(m, n) * 3, (torch.randn(n) if bias else None)
-    ref = h.clone()
-    bias_act_ref_(ref, b, act)
+    ref = h.double()
+    ref64(bias_act_ref_, ref, b, act)
     assert bias_act_(h, b, act) is h
     close(h, ref)
 
@@ -254,32 +258,43 @@ def test_bias_act(m, n, act, bias):
 def test_bias_act_sumsq(images):
     torch.manual_seed(images)
     h, b = torch.randn(images * 49, 72), torch.randn(72)
-    ref = h.clone()
-    rs = bias_act_ref_(ref, b, "gelu", images)
+    ref = h.double()
+    rs = ref64(bias_act_ref_, ref, b, "gelu", images)
     out, s = bias_act_(h, b, "gelu", sumsq_images=images)
     assert out is h and s.shape == (images, 72)
     close(h, ref)
     close(s, rs)
 
 
-needs_native = pytest.mark.skipif(not native.available(), reason="native kernels unavailable (the fallback is torch)")
+NATIVE_ID = "native-avx2-fma"  # the one native path: AVX2/FMA intrinsics, built with -march=native
+FALLBACK_ID = f"fallback-torch-{torch.backends.cpu.get_cpu_capability().lower()}"
 
 
-@needs_native
-def test_gelu_accuracy():
-    x = torch.cat([torch.linspace(-12, 12, 480_001), torch.randn(100_000) * 3])
+@pytest.fixture(params=["native", "fallback"], ids=[NATIVE_ID, FALLBACK_ID])
+def backend(request, monkeypatch):
+    """Each path the kernels take on this machine: the native library, and its PyTorch fallback (whose float32
+    results depend on the CPU path ATen dispatches to; the others are run by test_fallback_gelu_on_every_torch_path)."""
+    if request.param == "native":
+        if not native.available():
+            pytest.skip(f"native kernels unavailable: {native.why_unavailable()}")
+    else:
+        monkeypatch.setattr(native, "lib", lambda: None)
+    return request.param
+
+
+# float64-referenced error bounds: the native GELU computes Phi to ~1 ulp (1.25e-7 |x|); the fallback is torch's
+# float32 erf, a few ulps on every CPU path (measured <= 3.7e-7 |x| on DEFAULT, AVX2 and AVX-512)
+GELU_BOUNDS = {"native": (1.5e-7, 3e-7), "fallback": (1e-6, 1e-6)}
+
+
+def test_gelu_accuracy(backend):
+    x = gelu_inputs()
     y = bias_act_(x.clone(), None, "gelu")
-    in10 = x.abs() <= 10
-    assert (y - F.gelu(x))[in10].abs().max().item() <= 1e-6
-    xd = x.double()
-    exact = xd * 0.5 * torch.special.erfc(-xd / 2**0.5)  # (F.gelu in double cancels on the negative tail)
-    # Phi to ~1 ulp: |error| <= ~1.25e-7 |x| (torch's float gelu: 2.7e-7 |x|), relative near 0
-    assert ((y.double() - exact).abs() / xd.abs().clamp_min(1e-30)).max().item() < 1.5e-7
-    small = (x.abs() < 0.5) & (x != 0)
-    assert ((y.double() - exact).abs() / exact.abs())[small].max().item() < 3e-7
+    assert_gelu(y, x, *GELU_BOUNDS[backend], what=f"bias_act_ ({backend}, torch CPU path "
+                                                 f"{torch.backends.cpu.get_cpu_capability()})")
 
 
-def test_gelu_edge_values():
+def test_gelu_edge_values(backend):
     inf, nan = float("inf"), float("nan")
     x = torch.tensor([inf, -inf, nan, 1e30, -1e30, 3.4e38, -3.4e38, 88.0, -88.0, 20.0, -20.0, 0.0, -0.0, 1e-30])
     y = bias_act_(x.clone(), None, "gelu")
@@ -290,10 +305,35 @@ def test_gelu_edge_values():
     assert torch.isnan(r[0]) and r[1:].tolist() == [0.0, 2.0]
 
 
+OTHER_TORCH_PATHS = [p for p in torch_cpu_paths() if p != torch.backends.cpu.get_cpu_capability()]
+
+
+@pytest.mark.parametrize("path", OTHER_TORCH_PATHS, ids=[f"fallback-torch-{p.lower()}" for p in OTHER_TORCH_PATHS])
+def test_fallback_gelu_on_every_torch_path(path):
+    """The fallback GELU (bias_act_ and the GEMM epilogue) on each CPU path ATen has on this machine besides the one
+    this process uses (test_gelu_accuracy covers that): ATen picks its path once, at start, so each runs in a fresh
+    process with ATEN_CPU_CAPABILITY set."""
+    code = (
+        "import sys, torch\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from reference64 import assert_gelu, gelu_inputs\n"
+        "from archdsl.kernels import bias_act_, gemm, native\n"
+        f"assert torch.backends.cpu.get_cpu_capability() == {path!r}, torch.backends.cpu.get_cpu_capability()\n"
+        "assert not native.available()\n"
+        "x = gelu_inputs()\n"
+        f"assert_gelu(bias_act_(x.clone(), None, 'gelu'), x, 1e-6, 1e-6, 'bias_act_ fallback on {path}')\n"
+        "y = gemm.linear(x[:, None].contiguous(), gemm.pack_linear(torch.ones(1, 1)), 'gelu')[:, 0]\n"
+        f"assert_gelu(y, x, 1e-6, 1e-6, 'gemm.linear fallback on {path}')\n"
+    )
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": path.lower(), "ARCHDSL_NO_NATIVE": "1"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
 def test_scale_channels():
     torch.manual_seed(5)
     x, s = torch.randn(3, 5, 4, 20), torch.rand(3, 20)
-    ref = scale_channels_ref_(x.clone(), s)
+    ref = ref64(scale_channels_ref_, x, s)
     assert scale_channels_(x, s) is x
     close(x, ref)
 
@@ -391,7 +431,7 @@ def test_custom_ops_match_wrappers():
     x, w, b = torch.randn(1, 9, 7, 20), torch.randn(20, 1, 3, 5), torch.randn(20)
     p = pack_dw(w, b)
     close(torch.ops.archdsl.dwconv_nhwc(x, p.weight, p.bias, [2, 1], [1, 2], [1, 1], "relu"),
-          dwconv_nhwc_ref(x, w, b, (2, 1), (1, 2), 1, "relu"))
+          ref64(dwconv_nhwc_ref, x, w, b, (2, 1), (1, 2), 1, "relu"))
     g, be, rb = torch.randn(20), torch.randn(20), torch.randn(20)
     p3 = pack_dw(torch.randn(20, 1, 3, 3), b)
     close(torch.ops.archdsl.dwconv_ln_nhwc(x, p3.weight, p3.bias, g, be, 1e-6), dwconv_ln_nhwc(p3, x, g, be, 1e-6))
@@ -400,11 +440,11 @@ def test_custom_ops_match_wrappers():
     close(r, x + rb)
     groups = [(0, 12, 1, 1, torch.ones(12, 1, 1, 1), None), (12, 20, 3, 5, torch.randn(8, 1, 3, 5), torch.randn(8))]
     pm = pack_mixer(groups)
-    close(torch.ops.archdsl.mixer_nhwc(x, pm.desc, pm.wbuf, pm.bbuf, "none"), mixer_nhwc_ref(x, groups))
-    close(torch.ops.archdsl.layernorm_rows(x, g, be, 1e-6), layernorm_rows_ref(x, g, be, 1e-6))
+    close(torch.ops.archdsl.mixer_nhwc(x, pm.desc, pm.wbuf, pm.bbuf, "none"), ref64(mixer_nhwc_ref, x, groups))
+    close(torch.ops.archdsl.layernorm_rows(x, g, be, 1e-6), ref64(layernorm_rows_ref, x, g, be, 1e-6))
     h = torch.randn(18, 20)
-    ref = h.clone()
-    s_ref = bias_act_ref_(ref, b, "gelu", 3)
+    ref = h.double()
+    s_ref = ref64(bias_act_ref_, ref, b, "gelu", 3)
     s = torch.ops.archdsl.bias_act_(h, b, "gelu", 3)
     close(h, ref)
     close(s, s_ref)

@@ -5,6 +5,7 @@ redoing finished trials, identical networks are never evaluated twice, impossibl
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ pytest.importorskip("ray")
 pytest.importorskip("optuna")
 
 from archdsl.search.space import Candidate, SearchSpace, canonical_hash  # noqa: E402
+from compile_check import assert_compiles_and_runs  # noqa: E402
 
 from archdsl.api import check_file, require_resolved  # noqa: E402
 from archdsl.cli import main  # noqa: E402
@@ -287,16 +289,148 @@ def test_search_on_a_two_node_cluster_measures_on_the_marked_node(tmp_path):
     assert {r["latency_node"] for r in recs} == marked  # every latency was measured on the marked one
 
 
+# --- searches on one shared Ray cluster ---------------------------------------------------------------------------
+
+ALGOS = ("random", "tpe", "nsga2")  # search/searcher.py ALGORITHMS (checked below)
+OBJECTIVES = ("accuracy", "naswot", "synflow")  # docs/search.md; the proxies are search/proxy.py PROXIES
+
+ACTS_SPACE = """\
+# choice values that are strings but no .arch expression ("gelu tanh" is two words, "relu-6" a subtraction)
+block act(kind: str) {
+    if kind == "gelu tanh" {
+        gelu(approximate="tanh")
+    } elif kind == "relu-6" {
+        relu6()
+    } else {
+        relu()
+    }
+}
+
+model acts() {
+    input(1, 16, 16)
+    stem: conv(choice(8, 16, name="width"), k=2, s=2, pad=0)
+    a: act(choice("gelu tanh", "relu-6", "relu", name="act"))
+    head: {
+        pool: gap()
+        fc: linear(10)
+    }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def shared_ray(tmp_path_factory):
+    """One loopback Ray cluster (its head marked as the target, 1 CPU) that the searches below join with --address,
+    instead of each starting and stopping an embedded Ray of its own."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from ray_cluster import LoopbackCluster
+
+    base = tmp_path_factory.mktemp("shared-ray")
+    with pytest.MonkeyPatch.context() as mp:  # the cluster's processes (trials, meters) inherit these
+        for k, v in {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                     "RAY_USAGE_STATS_ENABLED": "0", "ARCHDSL_LOCK_DIR": str(base / "locks"),
+                     "ARCHDSL_CACHE_DIR": str(base / "cache")}.items():
+            mp.setenv(k, v)
+        c = LoopbackCluster(base, targets=(True,)).start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def _joined(spec: Path, out: Path, cluster, *extra: str, trials: int = 2) -> int:
+    return main(["search", str(spec), "--latency-ms", "50", "--trials", str(trials), "--epochs", "1",
+                 "--dataset-limit", "300", "--out", str(out), "--seed", "5", "--address", cluster.address,
+                 "--latency-threads", "1", *extra])
+
+
+def _finished(out: Path) -> list[dict]:
+    return [r for r in _records(out) if r["status"] in ("ok", "over_budget", "failed")]
+
+
+def test_the_matrix_names_every_algorithm_and_objective():
+    from archdsl.search.proxy import PROXIES
+    from archdsl.search.searcher import ALGORITHMS
+
+    assert set(ALGOS) == set(ALGORITHMS) and set(OBJECTIVES) == {"accuracy", *PROXIES}
+
+
 @pytest.mark.slow
-def test_nsga2_with_a_zero_cost_proxy(tmp_path):
+@pytest.mark.parametrize("objective", OBJECTIVES)
+@pytest.mark.parametrize("algo", ALGOS)
+def test_every_algorithm_with_every_objective(algo, objective, shared_ray, tmp_path, capsys):
+    """Each documented --algo x --objective pair end to end (tune.Tuner pickles the searcher: NSGA-II's sampler
+    must survive that), and the top architectures it writes compile and run, both forms."""
     out = tmp_path / "run"
-    assert _search(out, "--algo", "nsga2", "--objective", "naswot", trials=4) == 0
-    recs = [r for r in _records(out) if r["status"] in ("ok", "over_budget", "failed")]
-    assert len(recs) == 4 and any(r["status"] == "ok" for r in recs)
-    ok = [r for r in recs if r["status"] == "ok"]
-    assert all(r["accuracy"] is None and r["epochs"] == 0 and isinstance(r["score"], float) for r in ok)
-    assert all("proxy" in r["seconds"] and "train" not in r["seconds"] for r in ok)
-    assert json.loads((out / "pareto.json").read_text())  # the front is ranked by the proxy score
+    assert _joined(TINY, out, shared_ray, "--algo", algo, "--objective", objective, "--top", "2") == 0
+    assert "best under the budget" in capsys.readouterr().out
+    recs = _finished(out)
+    assert len(recs) == 2 and all(r["status"] == "ok" for r in recs), recs
+    assert all(isinstance(r["score"], float) and math.isfinite(r["score"]) for r in recs)
+    if objective == "accuracy":
+        assert all(r["accuracy"] is not None and r["epochs"] == 1 and "train" in r["seconds"] for r in recs)
+    else:
+        assert all(r["accuracy"] is None and r["epochs"] == 0 for r in recs)
+        assert all("proxy" in r["seconds"] and "train" not in r["seconds"] for r in recs)
+    assert json.loads((out / "pareto.json").read_text())  # the front is ranked by the score
+    tops = sorted((out / "top").glob("*.arch"))
+    assert len(tops) == 2
+    for top in tops:
+        assert_compiles_and_runs(top, tmp_path / "compiled" / top.stem)
+
+
+def test_string_choice_values_stay_values(tmp_path):
+    """A point's strings reach the elaboration as strings, never as .arch text: in the space, in a trial's check and
+    in the concrete file written for it (no Ray)."""
+    from archdsl.search.trial import TrialSettings, check_point
+
+    from archdsl.concrete import write_concrete
+
+    spec = tmp_path / "acts.arch"
+    spec.write_text(ACTS_SPACE)
+    space = SearchSpace(spec)
+    assert space.dims["act"].domain["values"] == ["gelu tanh", "relu-6", "relu"]
+    settings = TrialSettings(files=space.files(), spec_name="acts.arch", budget_ms=5, fixed={"width": 8})
+    for act, op in (("gelu tanh", "gelu"), ("relu-6", "relu6"), ("relu", "relu")):
+        cand = space.check_point({"act": act, "width": 16})
+        assert isinstance(cand, Candidate), cand.error
+        g = check_point(settings, {"act": act})
+        assert g.node("a").op == op and {c.name: c.value for c in g.choices} == {"act": act, "width": 8}
+        top = write_concrete(spec, {}, tmp_path / "top", f"c_{op}", values={"act": act, "width": 8})
+        assert f'fix "act" = "{act}"' in top.read_text().splitlines()
+        assert canonical_hash(check_file(top)) == canonical_hash(g)
+
+
+@pytest.mark.slow
+def test_search_with_string_choice_values(shared_ray, tmp_path):
+    spec = tmp_path / "acts.arch"
+    spec.write_text(ACTS_SPACE)
+    out = tmp_path / "run"
+    assert _joined(spec, out, shared_ray, "--algo", "random", "--objective", "naswot", "--top", "3",
+                   trials=3) == 0
+    recs = _finished(out)
+    assert len(recs) == 3 and all(r["status"] == "ok" for r in recs), recs
+    assert {r["point"]["act"] for r in recs} <= {"gelu tanh", "relu-6", "relu"}
+    assert any(" " in r["point"]["act"] or "-" in r["point"]["act"] for r in recs), recs  # seed 5 samples one
+    for top in sorted((out / "top").glob("*.arch")):
+        assert_compiles_and_runs(top, tmp_path / "compiled" / top.stem)
+
+
+@pytest.mark.slow
+def test_search_where_every_trial_fails_exits_3(shared_ray, tmp_path, capsys):
+    """Every trial fails (10 classes of digits, 7 outputs: found only when a trial trains): the summary says so
+    plainly, with the error, and the exit code is 3, not 0."""
+    from archdsl.search.cli import EXIT_ALL_FAILED
+
+    out = tmp_path / "run"
+    assert _joined(TINY, out, shared_ray, "--set", "num_classes=7") == EXIT_ALL_FAILED == 3
+    cap = capsys.readouterr()
+    assert cap.out.startswith("every trial failed (2 of 2): no architecture was evaluated")
+    assert "2 x DatasetError: the architecture outputs 7 classes but data set 'digits' has 10" in cap.out
+    assert "no architecture met the budget" not in cap.out
+    assert "archdsl search: every trial failed (2)" in cap.err and "Traceback" not in cap.err
+    assert [r["status"] for r in _finished(out)] == ["failed", "failed"]
+    assert json.loads((out / "summary.json").read_text())["failures"][0][1] == 2
 
 
 # --- latency on a busy machine ------------------------------------------------------------------------------
@@ -312,19 +446,19 @@ def _busy_spec(tmp_path: Path) -> Path:
     return spec
 
 
-def _busy_search(spec: Path, out: Path, trials: int, seed: int, **kw):
+def _busy_search(spec: Path, out: Path, cluster, trials: int, seed: int, **kw):
     from archdsl.search.driver import SearchConfig, run_search
 
     lines: list[str] = []
     cfg = dict(spec=str(spec), budget_ms=200, trials=trials, out=str(out), algo="random", seed=seed,
-               objective="naswot", load_marker="mode", latency_quiet_wait=1.0, latency_max_seconds=0.6,
-               latency_threads=1, input_shape=(3, 320, 320), predictor=False)
+               objective="synflow", load_marker="mode", latency_quiet_wait=1.0, latency_max_seconds=0.6,
+               latency_threads=1, input_shape=(3, 320, 320), predictor=False, address=cluster.address)
     return run_search(SearchConfig(**{**cfg, **kw}), progress=lines.append), lines
 
 
 @pytest.mark.slow
-def test_a_disturbed_measurement_is_never_decided_on_and_is_retried(tmp_path):
-    s, lines = _busy_search(_busy_spec(tmp_path), tmp_path / "run", trials=5, seed=4)
+def test_a_disturbed_measurement_is_never_decided_on_and_is_retried(shared_ray, tmp_path):
+    s, lines = _busy_search(_busy_spec(tmp_path), tmp_path / "run", shared_ray, trials=5, seed=4)
     recs = _records(tmp_path / "run")
     busy = [r for r in recs if r.get("point", {}).get("mode", "").startswith("busy") and r.get("latency")
             and not r.get("retry")]
@@ -347,17 +481,17 @@ def test_a_disturbed_measurement_is_never_decided_on_and_is_retried(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_point_left_unmeasured_is_measured_first_on_resume(tmp_path):
+def test_a_point_left_unmeasured_is_measured_first_on_resume(shared_ray, tmp_path):
     spec = tmp_path / "b.arch"
     spec.write_text(_busy_spec(tmp_path).read_text().replace('choice("calm", "busy1", "busy9", name="mode")',
                                                                'choice("busy9", name="mode")'))
     out = tmp_path / "run"
-    s, _ = _busy_search(spec, out, trials=1, seed=0)
+    s, _ = _busy_search(spec, out, shared_ray, trials=1, seed=0)
     recs = _records(out)
     assert [r["status"] for r in recs if r.get("latency")] == ["unmeasured"] * 3  # first try + 2 retries in the run
     assert s.measurements["unmeasured"] == 1 and not s.best and "--resume" in s.text()
     # the load is gone: the resumed search measures that point before anything else
-    s2, lines = _busy_search(spec, out, trials=1, seed=0, resume=True, load_marker=None)
+    s2, lines = _busy_search(spec, out, shared_ray, trials=1, seed=0, resume=True, load_marker=None)
     assert any("1 left unmeasured to measure again" in ln for ln in lines)
     recs = _records(out)
     last = [r for r in recs if r.get("latency")][-1]

@@ -2,7 +2,8 @@
 
 Takes: a checked ArchGraph. Returns: the text of a Python module that depends on torch only: the
 archdsl layer classes it uses, one nn.Module class per block definition (a second class only where
-instances of one block differ in structure), and one class for the model. Loading the state_dict of
+instances of one block differ in structure; none for a block whose body is a single layer: that layer is the
+instance, named after the call, as in the archdsl-built model), and one class for the model. Loading the state_dict of
 the archdsl-built model into it gives bit-identical outputs: it builds the same layers and runs the
 same operations in the same order.
 
@@ -164,7 +165,12 @@ class Emitter:
                 continue
             node = g.node(name)
             self.modules[name] = registry.get(node.op).build(node.params, list(g.attrs(name)["in_shapes"]))
-        self.block_scopes = {p: s for p, s in g.scopes.items() if s.kind == "block"}
+        # A block instance gets a class only if nodes lie inside it. One whose body is a single layer has no inner
+        # node: that layer is the instance itself (node `stem`, parameters `stem.weight`, as the archdsl-built
+        # model names them), so its parent builds and calls it like any layer. One the deploy passes emptied (a
+        # lone BatchNorm folded into the conv before it, dropout dropped) has nothing left to write.
+        inner = {".".join(n.split(".")[:i]) for n in g.order() for i in range(1, n.count(".") + 1)}
+        self.block_scopes = {p: s for p, s in g.scopes.items() if s.kind == "block" and p in inner}
         self.classes: list[str] = []
         self.class_names: set[str] = set()
 
@@ -292,7 +298,8 @@ class Emitter:
                 continue
             lines.append(f'        _add(self, "{it.rel}", {it.ctor.render(_tuple_subs(subs[k]))})')
         lines += ["", "    def forward(self, x):"]
-        lines += ["        " + s for s in self._forward(first.items, first.path, _entry(first.items, first.path))]
+        entry = _entry(first.items, first.path, sc.span)
+        lines += ["        " + s for s in self._forward(first.items, first.path, entry)]
         self.classes.append("\n".join(lines))
 
     # -- forward code
@@ -475,12 +482,13 @@ def _rel_ref(r, scope):
     return ((_rel(r[0], scope) if _inside(r[0], scope) else "<in>"), r[1])
 
 
-def _entry(items: list[Item], scope: str):
+def _entry(items: list[Item], scope: str, span) -> tuple:
+    """The value from outside the block instance `scope` that its items read (the block's input)."""
     for it in items:
         for r in it.inputs:
             if not _inside(r[0], scope):
                 return r
-    raise Unsupported(f"block {scope} has no input")
+    raise Unsupported(f"{span}: block instance {scope} reads no input (cannot write it as a class)")
 
 
 def _tuple_ref(names, r):
@@ -488,9 +496,12 @@ def _tuple_ref(names, r):
 
 
 def _access(rel: str) -> str:
+    """Python for the submodule at `rel` below self: self.stages[2].blocks[0]. Indexing only below the first
+    segment: those parents are Containers; the class itself (a block's, the model's) is a plain nn.Module, so its
+    unnamed layer "2" is getattr(self, '2')."""
     out = "self"
-    for seg in rel.split("."):
-        if seg.isdigit():
+    for i, seg in enumerate(rel.split(".")):
+        if seg.isdigit() and i > 0:
             out += f"[{seg}]"
         elif seg.isidentifier() and not keyword.iskeyword(seg):
             out += f".{seg}"

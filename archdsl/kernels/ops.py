@@ -68,11 +68,18 @@ def _args(*values: int) -> array:
     return array("q", values)
 
 
+def gelu_ref(y: Tensor) -> Tensor:
+    """Exact (erf) GELU with PyTorch, the same at the edges on every CPU and as the native kernel: x itself above
+    10 (Phi rounds to 1 in float32 and float64 there; torch's vectorized CPU kernels compute 0.5 * (2x) and
+    overflow to inf above ~1.7e38, its scalar path does not) and the limit 0 at -inf (torch: NaN)."""
+    return torch.where(y > 10.0, y, F.gelu(y)).masked_fill_(y == float("-inf"), 0.0)
+
+
 def _act(y: Tensor, act: str) -> Tensor:
     if act == "relu":
         return F.relu(y)
-    if act == "gelu":  # as the native GELU: its limit 0 at -inf, where torch's 0.5 x (1 + erf) gives NaN
-        return F.gelu(y).masked_fill_(y == float("-inf"), 0.0)
+    if act == "gelu":
+        return gelu_ref(y)
     if act == "none":
         return y
     raise ValueError(f"act must be one of {sorted(ACTS)}, got {act!r}")
