@@ -314,7 +314,7 @@ class _Disturbance:
     def verdict(self, min_clean: int) -> str | None:
         """None when the measurement is clean; else why not, in words."""
         load = self.load
-        if self.clean() < min_clean:
+        if self.clean() < min_clean and self.discarded:  # (too few rounds with none discarded: the time cap's doing)
             why = (f"{self.clean()} of {self.rounds} rounds clean, {min_clean} needed; measuring threads waited "
                    f"{self.wait_ns / 1e6:.1f} ms for a CPU")
             if load is not None and load.others_cpu is not None:
