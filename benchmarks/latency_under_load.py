@@ -53,7 +53,8 @@ class Load:
 
     def __enter__(self):
         if self.kind == "busy":
-            self.procs.append(subprocess.Popen([sys.executable, "-c", SPIN, str(self.limit)]))
+            # its own session, as an unrelated program would be (kernel autogroups rank sessions first)
+            self.procs.append(subprocess.Popen([sys.executable, "-c", SPIN, str(self.limit)], start_new_session=True))
         elif self.kind == "onoff":
             # a small controller process: two spinners for 2-6 s, a pause of 2-6 s, again (bounded by `limit`)
             code = ("import random, subprocess, sys, time\n"

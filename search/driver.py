@@ -305,7 +305,7 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
                                     max_trials=remaining, predictor=predictor,
                                     prefilter_margin=cfg.prefilter_margin, on_event=recorder.add, history=history)
             callback = _make_callback_class()(
-                recorder, more_to_start=lambda: searcher.started < remaining and not searcher.exhausted)
+                recorder, more_to_start=searcher.has_more)
             scheduler = None
             if cfg.asha and cfg.objective == "accuracy" and cfg.epochs > 1:
                 scheduler = ASHAScheduler(time_attr="epoch", max_t=cfg.epochs, grace_period=1, reduction_factor=2)

@@ -242,11 +242,17 @@ class ArchSearcher(Searcher):
         self._index += 1
         return {"point": cand.point, "hash": cand.hash, "index": index, "predicted_ms": predicted, "retry": retry}
 
-    def suggest(self, trial_id: str):
+    def _new_allowed(self) -> bool:
         # every point holds a slot of the trial budget while it runs, waits for its retry, or once it is measured
         slots = len(self.pending) + len(self.retry) + self.measured
-        new_allowed = (slots < self.max_trials and self.unmeasured_events <= self.max_trials
-                       and not self.exhausted)
+        return slots < self.max_trials and self.unmeasured_events <= self.max_trials and not self.exhausted
+
+    def has_more(self) -> bool:
+        """Whether `suggest` may still start a trial: a new point, or a retry of an unmeasured one."""
+        return bool(self.retry) or self._new_allowed()
+
+    def suggest(self, trial_id: str):
+        new_allowed = self._new_allowed()
         due = [e for e in self.retry if e["due"] <= self.finished or not new_allowed]
         if due:
             e = due[0]

@@ -89,10 +89,11 @@ def check_point(s: TrialSettings, point: dict[str, Any]):
 
 
 def _node_id() -> str | None:
+    """The Ray node this process runs on; None outside Ray (asking then would start a local Ray instance)."""
     try:
         import ray
 
-        return ray.get_runtime_context().get_node_id()
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
     except Exception:  # noqa: BLE001 - outside Ray
         return None
 

@@ -329,7 +329,10 @@ def shared_ray(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:  # the cluster's processes (trials, meters) inherit these
         for k, v in {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
                      "RAY_USAGE_STATS_ENABLED": "0", "ARCHDSL_LOCK_DIR": str(base / "locks"),
-                     "ARCHDSL_CACHE_DIR": str(base / "cache")}.items():
+                     "ARCHDSL_CACHE_DIR": str(base / "cache"),
+                     # the busy-machine tests disturb the meter with busy processes of its own session, which a
+                     # priority boost would outrank (disturb.Boost; it is tested in test_disturb.py)
+                     "ARCHDSL_MEASURE_BOOST": "0"}.items():
             mp.setenv(k, v)
         c = LoopbackCluster(base, targets=(True,)).start()
     try:

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import stats
-from .disturb import LoadSample, LoadWindow, ThreadProbe, round_disturbed, usable_cores, wait_for_quiet
+from .disturb import Boost, LoadSample, LoadWindow, ThreadProbe, round_disturbed, usable_cores, wait_for_quiet
 from .lock import LockTimeout, default_lock_path, measurement_lock
 from .table import default_cache_dir
 
@@ -246,13 +246,22 @@ def _rounds(fns: dict[str, Callable[[], Any]], ref: Callable[[], Any] | None, *,
             f()
         if ref is not None:
             ref()
+    boost = contextlib.nullcontext()
     if probe is not None:
         probe.end_warmup()
+        boost = Boost(probe.tids())
+    with boost:
+        return _timed_rounds(fns, ref, min_runs=min_runs, max_runs=max_runs, max_seconds=max_seconds,
+                             rel_ci=rel_ci, timer=timer, probe=probe, start=start,
+                             boost=None if probe is None else boost.state)
+
+
+def _timed_rounds(fns, ref, *, min_runs, max_runs, max_seconds, rel_ci, timer, probe, start, boost):
     window = LoadWindow()
     samples: dict[str, list[float]] = {k: [] for k in fns}
     ref_samples: list[float] = []
     dist = _Disturbance(probe="none" if probe is None else probe.probe,
-                        threads=0 if probe is None else probe.threads)
+                        threads=0 if probe is None else probe.threads, boost=boost)
     stop = "max_runs"
     for _r in range(1, max_runs + 1):
         if probe is not None:
@@ -307,6 +316,7 @@ class _Disturbance:
     wait_ns: int = 0
     load: LoadSample | None = None
     raw: list[float] = field(default_factory=list)  # the first candidate's times in the discarded rounds
+    boost: dict | None = None  # disturb.Boost's state: whether the measuring threads ran at raised priority
 
     def clean(self) -> int:
         return self.rounds - self.discarded
@@ -325,7 +335,7 @@ class _Disturbance:
         return None
 
     def to_json(self, min_clean: int) -> dict[str, Any]:
-        return {"probe": self.probe, "threads_watched": self.threads, "rounds": self.rounds,
+        return {"probe": self.probe, "threads_watched": self.threads, "boost": self.boost, "rounds": self.rounds,
                 "discarded": self.discarded, "preempted": self.preempted,
                 "wait_ms": round(self.wait_ns / 1e6, 3),
                 "discarded_median_ms": round(stats.median(self.raw) * 1e3, 6) if self.raw else None,
