@@ -21,11 +21,13 @@ import os
 import resource
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ThreadProbe", "Boost", "LoadWindow", "LoadSample", "wait_for_quiet", "round_disturbed", "usable_cores",
-           "WAIT_ABS_NS", "WAIT_REL"]
+from . import stats
+
+__all__ = ["ThreadProbe", "Boost", "Disturbance", "LoadWindow", "LoadSample", "wait_for_quiet", "round_disturbed",
+           "usable_cores", "WAIT_ABS_NS", "WAIT_REL", "STEAL_TOL"]
 
 # A round is disturbed when its measuring threads waited in the run queue for more than
 # WAIT_ABS_NS + WAIT_REL x the round's duration. On a quiet machine the wait is 0 in nearly every round (a kernel
@@ -33,6 +35,7 @@ __all__ = ["ThreadProbe", "Boost", "LoadWindow", "LoadSample", "wait_for_quiet",
 # (0.75-3 ms on Linux), far above this bound.
 WAIT_ABS_NS = 20_000
 WAIT_REL = 0.02
+STEAL_TOL = 0.05  # cores of steal time over a measurement that make it disturbed
 
 _TASKS = "/proc/self/task"
 
@@ -278,3 +281,45 @@ def wait_for_quiet(threads: int, deadline: float, *, window_s: float = 0.25,
             return False, clock() - t0, last
         sleep(pause)
         pause = min(4.0, pause * 2)
+
+
+@dataclass
+class Disturbance:
+    """How disturbed one series of timed rounds was: the counts the engine keeps while it discards rounds, the
+    machine's load over them, and the verdict."""
+
+    probe: str
+    threads: int
+    rounds: int = 0
+    discarded: int = 0
+    preempted: int = 0
+    wait_ns: int = 0
+    load: LoadSample | None = None
+    raw: list[float] = field(default_factory=list)  # the first candidate's times in the discarded rounds
+    boost: dict | None = None  # disturb.Boost's state: whether the measuring threads ran at raised priority
+
+    def clean(self) -> int:
+        return self.rounds - self.discarded
+
+    def verdict(self, min_clean: int) -> str | None:
+        """None when the measurement is clean; else why not, in words."""
+        load = self.load
+        if self.clean() < min_clean and self.discarded:  # (too few rounds with none discarded: the time cap's doing)
+            why = (f"{self.clean()} of {self.rounds} rounds clean, {min_clean} needed; measuring threads waited "
+                   f"{self.wait_ns / 1e6:.1f} ms for a CPU")
+            if load is not None and load.others_cpu is not None:
+                why += f", other processes used {load.others_cpu:.1f} cores"
+            return why
+        if load is not None and load.steal is not None and load.steal > STEAL_TOL:
+            return f"the hypervisor took {load.steal:.2f} cores (steal time) during the measurement"
+        return None
+
+    def to_json(self, min_clean: int) -> dict[str, Any]:
+        return {"probe": self.probe, "threads_watched": self.threads, "boost": self.boost, "rounds": self.rounds,
+                "discarded": self.discarded, "preempted": self.preempted,
+                "wait_ms": round(self.wait_ns / 1e6, 3),
+                "discarded_median_ms": round(stats.median(self.raw) * 1e3, 6) if self.raw else None,
+                **(self.load.to_json() if self.load else {}),
+                "load1": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+                "reason": self.verdict(min_clean)}
+

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import stats
-from .disturb import Boost, LoadSample, LoadWindow, ThreadProbe, round_disturbed, usable_cores, wait_for_quiet
+from .disturb import Boost, Disturbance, LoadWindow, ThreadProbe, round_disturbed, usable_cores, wait_for_quiet
 from .lock import LockTimeout, default_lock_path, measurement_lock
 from .table import default_cache_dir
 
@@ -237,7 +237,7 @@ def _rounds(fns: dict[str, Callable[[], Any]], ref: Callable[[], Any] | None, *,
     """Warm up, then time rounds (each candidate once, in order, then the reference) until every candidate's
     median CI over the clean rounds is within rel_ci (after min_runs clean rounds) or a cap is hit. A round in
     which a measuring thread waited for a CPU (`probe`) is disturbed: its samples are kept apart and never
-    summarized. Returns (clean samples, clean ref samples, stop, _Disturbance)."""
+    summarized. Returns (clean samples, clean ref samples, stop, Disturbance)."""
     start = timer()
     if probe is not None:
         probe.begin_warmup()
@@ -260,7 +260,7 @@ def _timed_rounds(fns, ref, *, min_runs, max_runs, max_seconds, rel_ci, timer, p
     window = LoadWindow()
     samples: dict[str, list[float]] = {k: [] for k in fns}
     ref_samples: list[float] = []
-    dist = _Disturbance(probe="none" if probe is None else probe.probe,
+    dist = Disturbance(probe="none" if probe is None else probe.probe,
                         threads=0 if probe is None else probe.threads, boost=boost)
     stop = "max_runs"
     for _r in range(1, max_runs + 1):
@@ -304,50 +304,7 @@ def _timed_rounds(fns, ref, *, min_runs, max_runs, max_seconds, rel_ci, timer, p
     return samples, ref_samples, stop, dist
 
 
-@dataclass
-class _Disturbance:
-    """How disturbed one series of rounds was (see disturb.py)."""
-
-    probe: str
-    threads: int
-    rounds: int = 0
-    discarded: int = 0
-    preempted: int = 0
-    wait_ns: int = 0
-    load: LoadSample | None = None
-    raw: list[float] = field(default_factory=list)  # the first candidate's times in the discarded rounds
-    boost: dict | None = None  # disturb.Boost's state: whether the measuring threads ran at raised priority
-
-    def clean(self) -> int:
-        return self.rounds - self.discarded
-
-    def verdict(self, min_clean: int) -> str | None:
-        """None when the measurement is clean; else why not, in words."""
-        load = self.load
-        if self.clean() < min_clean and self.discarded:  # (too few rounds with none discarded: the time cap's doing)
-            why = (f"{self.clean()} of {self.rounds} rounds clean, {min_clean} needed; measuring threads waited "
-                   f"{self.wait_ns / 1e6:.1f} ms for a CPU")
-            if load is not None and load.others_cpu is not None:
-                why += f", other processes used {load.others_cpu:.1f} cores"
-            return why
-        if load is not None and load.steal is not None and load.steal > STEAL_TOL:
-            return f"the hypervisor took {load.steal:.2f} cores (steal time) during the measurement"
-        return None
-
-    def to_json(self, min_clean: int) -> dict[str, Any]:
-        return {"probe": self.probe, "threads_watched": self.threads, "boost": self.boost, "rounds": self.rounds,
-                "discarded": self.discarded, "preempted": self.preempted,
-                "wait_ms": round(self.wait_ns / 1e6, 3),
-                "discarded_median_ms": round(stats.median(self.raw) * 1e3, 6) if self.raw else None,
-                **(self.load.to_json() if self.load else {}),
-                "load1": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-                "reason": self.verdict(min_clean)}
-
-
-STEAL_TOL = 0.05  # cores of steal time over a measurement that make it disturbed
-
-
-def _summarize(s: list[float], stop: str, rel_ci_target: float, ref: list[float], dist: _Disturbance,
+def _summarize(s: list[float], stop: str, rel_ci_target: float, ref: list[float], dist: Disturbance,
                min_clean: int) -> Measurement:
     rel = stats.rel_ci_halfwidth(s) if s else math.inf
     drift, change = stats.drifted(ref, DRIFT_TOL) if ref else (False, 0.0)
