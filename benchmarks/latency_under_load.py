@@ -4,7 +4,8 @@ one-core busy loop, and beside a two-process load that comes and goes.
     python benchmarks/latency_under_load.py [--trials 8] [--budget 2] [--json benchmarks/results_...json]
 
 Phases (each a fresh `archdsl search` process with a fresh latency cache, as a new user runs it):
-  quiet   nothing else runs;
+  quiet   nothing else runs (run twice by default, first and last: quiet2 measures the machine's own
+          repeatability, the floor under any error against the quiet run);
   busy    one busy-loop process (unpinned) runs throughout;
   onoff   two busy-loop processes that run for 2-6 s, pause for 2-6 s, and so on (random, seeded).
 Every load process is local, ends by itself at its deadline and is killed at the end of its phase.
@@ -151,7 +152,8 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--budget", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--phases", default="quiet,busy,onoff")
+    ap.add_argument("--phases", default="quiet,busy,onoff,quiet2",
+                    help="phases in order; a name is a load kind (quiet, busy, onoff) plus an optional number")
     ap.add_argument("--no-bench", action="store_true")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results_latency_under_load_cpu2.json"))
     a = ap.parse_args()
@@ -169,7 +171,7 @@ def main() -> int:
     for kind in a.phases.split(","):
         work = root / kind
         work.mkdir()
-        with Load(kind, seed=a.seed):
+        with Load(kind.rstrip("0123456789"), seed=a.seed):
             lw = LoadWindow()
             ph = run_search(work, a.trials, a.budget, a.seed)
             ph["bench"] = [] if a.no_bench else run_bench(work)
@@ -201,6 +203,18 @@ def main() -> int:
         c["bench"] = rows
         table[kind] = c
     result["comparison"] = table
+    # the machine's own repeatability: two quiet searches, compared architecture by architecture
+    if "quiet" in result["phases"] and "quiet2" in result["phases"]:
+        first = {r["hash"]: r["latency_ms"] for r in result["phases"]["quiet"]["records"]
+                 if r.get("status") in ("ok", "over_budget")}
+        errs = [abs(r["latency_ms"] - first[r["hash"]]) / first[r["hash"]]
+                for r in result["phases"]["quiet2"]["records"]
+                if r.get("status") in ("ok", "over_budget") and r.get("hash") in first]
+        result["quiet_vs_quiet"] = {"n": len(errs), "median_rel_error": statistics.median(errs) if errs else None,
+                                    "max_rel_error": max(errs) if errs else None}
+        qq = result["quiet_vs_quiet"]
+        print(f"quiet vs quiet2 (the machine's own repeatability): {len(errs)} architectures, median error "
+              f"{_pct(qq['median_rel_error'])}, max {_pct(qq['max_rel_error'])}")
     for kind, c in table.items():
         print(f"{kind:6s} decided {c['decided']:2d}, agree {c['agree']}/{c['decided']}, median error "
               f"{_pct(c['median_rel_error'])}, max {_pct(c['max_rel_error'])}, statuses {c['statuses']}, "
