@@ -215,3 +215,16 @@ def test_a_boost_keeps_the_rounds_clean_beside_a_busy_program(monkeypatch):
         pytest.skip(f"no priority boost here ({boost['why']})")
     assert os.getpriority(os.PRIO_PROCESS, 0) == nice  # restored
     assert not m.disturbed and m.disturbance["discarded"] < m.disturbance["rounds"] / 2, m.disturbance
+
+
+def test_a_disturbed_kernel_choice_is_flagged_so_it_is_never_cached():
+    """The fast runtime's per-step choice (codegen/tune.pick) made beside a busy program on the measuring core is
+    returned not clean (FastModule then uses it without caching it) and, with no clean round at all, is the
+    fallback candidate rather than whichever median happened to be lowest."""
+    from archdsl.codegen.tune import pick
+
+    fn = _work_20ms()
+    assert pick({"only": fn}) == ("only", {}, True)
+    with on_one_cpu() as cpu, spinning([cpu], 10.0, per_cpu=2):
+        name, ms, clean = pick({"a": fn, "b": fn}, max_seconds=1.0, fallback="b")
+    assert not clean and name == "b" and ms == {}

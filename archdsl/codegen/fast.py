@@ -136,8 +136,10 @@ class FastModule(nn.Module):
             cands = dict(step.candidates)
             if self._check and len(cands) > 1:
                 cands = self._agreeing(step, cands, args)
-            name, ms = pick({k: functools.partial(f, *args) for k, f in cands.items()}, max_seconds=self._max_seconds)
-            self._cache.put(key, {"choice": name, "ms": ms, "step": step.signature[:200]})
+            name, ms, clean = pick({k: functools.partial(f, *args) for k, f in cands.items()},
+                                   max_seconds=self._max_seconds, fallback=step.reference)
+            if clean:  # a choice timed while another program took the cores is used now, never cached
+                self._cache.put(key, {"choice": name, "ms": ms, "step": step.signature[:200]})
             self._fresh.add(key)  # a retune measures each signature once, not once per block using it
         step.choice[sig] = name
         step.ms[sig] = ms

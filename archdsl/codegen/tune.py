@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 from collections.abc import Callable
@@ -77,15 +78,22 @@ class TuneCache:
 
 
 def pick(candidates: dict[str, Callable[[], Any]], *, max_seconds: float = 1.0, min_runs: int = 5,
-         rounds: int = 40) -> tuple[str, dict[str, float]]:
-    """Time the candidates interleaved (archdsl.bench's compare: warm-up, round-robin, the measurement lock)
-    and return (fastest name by median, name -> median ms). A single candidate is returned unmeasured."""
+         rounds: int = 40, fallback: str | None = None) -> tuple[str, dict[str, float], bool]:
+    """Time the candidates interleaved (archdsl.bench's compare: warm-up, round-robin, the measurement lock, rounds
+    in which another program took a measuring thread's core discarded) and return (fastest name by median,
+    name -> median ms, clean). `clean` is False when the comparison was disturbed (too few clean rounds): the
+    choice is then made from the clean rounds there were, or is `fallback` (else the first candidate) when there
+    were none, and must not be cached. A single candidate is returned unmeasured (clean)."""
     if len(candidates) == 1:
         (name,) = candidates
-        return name, {}
+        return name, {}, True
     from ..bench.measure import compare
 
     res = compare(candidates, rounds=rounds, warmup=2, min_runs=min_runs, max_seconds=max_seconds, rel_ci=0.03,
                   reference=False)
-    ms = {k: 1e3 * m.median for k, m in res.items()}
-    return min(ms, key=ms.__getitem__), ms
+    ms = {k: 1e3 * m.median for k, m in res.items() if math.isfinite(m.median)}
+    clean = not any(m.disturbed for m in res.values())
+    if len(ms) < len(res):  # no clean round at all
+        name = fallback if fallback in candidates else next(iter(candidates))
+        return name, ms, False
+    return min(ms, key=ms.__getitem__), ms, clean
