@@ -37,11 +37,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from archdsl.bench.disturb import SPIN, busy_processes  # noqa: E402
+
 SPACE = ROOT / "examples" / "search" / "tiny_space.arch"
 EXAMPLES = [("convnext_atto.arch", "3x224x224"), ("inceptionnext_atto.arch", "3x224x224"),
             ("unireplknet_a.arch", "3x224x224"), ("convnext_tiny.arch", "3x224x224"),
             ("replknet_31b.arch", "3x96x96")]
-SPIN = "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nwhile time.monotonic() < end: pass\n"
 
 
 class Load:
@@ -55,7 +56,7 @@ class Load:
     def __enter__(self):
         if self.kind == "busy":
             # its own session, as an unrelated program would be (kernel autogroups rank sessions first)
-            self.procs.append(subprocess.Popen([sys.executable, "-c", SPIN, str(self.limit)], start_new_session=True))
+            self.procs += busy_processes(self.limit, new_session=True)
         elif self.kind == "onoff":
             # a small controller process: two spinners for 2-6 s, a pause of 2-6 s, again (bounded by `limit`)
             code = ("import random, subprocess, sys, time\n"

@@ -105,13 +105,9 @@ def _under_load(s: TrialSettings, point: dict[str, Any], retry: int) -> bool:
 
 def _start_load(seconds: float) -> list:
     """Three busy processes per usable core, pinned there, each ending by itself after `seconds` (a test hook)."""
-    import subprocess
-    import sys
+    from ..bench.disturb import busy_processes
 
-    code = ("import os, sys, time\nos.sched_setaffinity(0, {int(sys.argv[1])})\n"
-            "end = time.monotonic() + float(sys.argv[2])\nwhile time.monotonic() < end: pass\n")
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(cpu), str(seconds)])
-             for cpu in sorted(os.sched_getaffinity(0)) for _ in range(3)]
+    procs = busy_processes(seconds, sorted(os.sched_getaffinity(0)), per_cpu=3)
     time.sleep(0.3)  # let them start spinning
     return procs
 

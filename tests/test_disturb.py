@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -16,7 +15,7 @@ import pytest
 import torch
 
 from archdsl.bench import disturb
-from archdsl.bench.disturb import LoadWindow, ThreadProbe, round_disturbed, usable_cores, wait_for_quiet
+from archdsl.bench.disturb import LoadWindow, ThreadProbe, busy_processes, round_disturbed, usable_cores, wait_for_quiet
 from archdsl.bench.measure import measure, measure_until_clean
 from archdsl.bench.table import LatencyTable, fill_table
 from archdsl.cli import main
@@ -35,15 +34,10 @@ def _private_lock(tmp_path, monkeypatch):
     monkeypatch.setenv("ARCHDSL_MEASURE_BOOST", "0")
 
 
-SPIN = "import os, sys, time\nos.sched_setaffinity(0, {int(sys.argv[1])})\n" \
-       "end = time.monotonic() + float(sys.argv[2])\nwhile time.monotonic() < end: pass\n"
-
-
 @contextmanager
 def spinning(cpus: list[int], seconds: float, per_cpu: int = 1):
     """Busy processes pinned to `cpus` (per_cpu on each), each ending by itself after `seconds`."""
-    procs = [subprocess.Popen([sys.executable, "-c", SPIN, str(c), str(seconds)])
-             for c in cpus for _ in range(per_cpu)]
+    procs = busy_processes(seconds, cpus, per_cpu)
     try:
         time.sleep(0.3)  # interpreter start-up: let them reach the loop
         yield procs

@@ -26,8 +26,8 @@ from typing import Any
 
 from . import stats
 
-__all__ = ["ThreadProbe", "Boost", "Disturbance", "LoadWindow", "LoadSample", "wait_for_quiet", "round_disturbed",
-           "usable_cores", "WAIT_ABS_NS", "WAIT_REL", "STEAL_TOL"]
+__all__ = ["ThreadProbe", "Boost", "Disturbance", "busy_processes", "SPIN", "LoadWindow", "LoadSample",
+           "wait_for_quiet", "round_disturbed", "usable_cores", "WAIT_ABS_NS", "WAIT_REL", "STEAL_TOL"]
 
 # A round is disturbed when its measuring threads waited in the run queue for more than
 # WAIT_ABS_NS + WAIT_REL x the round's duration. On a quiet machine the wait is 0 in nearly every round (a kernel
@@ -38,6 +38,27 @@ WAIT_REL = 0.02
 STEAL_TOL = 0.05  # cores of steal time over a measurement that make it disturbed
 
 _TASKS = "/proc/self/task"
+
+
+# A busy loop that ends by itself: `python -c SPIN SECONDS [CPU]` (pinned to CPU when given).
+SPIN = ("import os, sys, time\n"
+        "if len(sys.argv) > 2: os.sched_setaffinity(0, {int(sys.argv[2])})\n"
+        "end = time.monotonic() + float(sys.argv[1])\n"
+        "while time.monotonic() < end: pass\n")
+
+
+def busy_processes(seconds: float, cpus=None, per_cpu: int = 1, new_session: bool = False) -> list:
+    """Start local load: `per_cpu` busy-loop processes pinned to each CPU of `cpus`, or `per_cpu` unpinned ones
+    when `cpus` is None; each ends by itself after `seconds` (kill them sooner with .kill()). `new_session` puts
+    them in a session of their own, as an unrelated program would be. For tests, the search's test hook and
+    benchmarks; returns the Popen objects."""
+    import subprocess
+    import sys
+
+    where = [None] if cpus is None else list(cpus)
+    return [subprocess.Popen([sys.executable, "-c", SPIN, str(seconds)] + ([] if c is None else [str(c)]),
+                             start_new_session=new_session)
+            for c in where for _ in range(per_cpu)]
 
 
 def usable_cores() -> int:
