@@ -139,9 +139,10 @@ def measure_latency_local(s: TrialSettings, point: dict[str, Any], load: bool = 
             m(x)
         kw = dict(max_seconds=s.latency_max_seconds, rel_ci=s.latency_rel_ci, quiet_wait=s.latency_quiet_wait,
                   threads=threads)
-        procs = _start_load(s.latency_max_seconds + s.latency_quiet_wait + 5) if load else []
+        # the test hook's load outlasts any wait: its measurement waits at most 1 s before it is left unmeasured
+        procs = _start_load(s.latency_max_seconds + 1.0 + 5) if load else []
         try:
-            meas, info = measure_until_clean(lambda: m(x), **kw)
+            meas, info = measure_until_clean(lambda: m(x), **{**kw, "quiet_wait": 1.0} if load else kw)
         finally:
             for p in procs:
                 p.kill()
