@@ -414,7 +414,7 @@ def _finish(cfg, fixed, run, out, recorder, problems, t0, interrupted, exhausted
             stale.unlink()
         for rank, rec in enumerate(top, 1):
             header = [f"found by archdsl search (trial {rec['trial']}, rank {rank} under {cfg.budget_ms:g} ms)",
-                      f"measured latency {rec['latency_ms']:.3f} ms (median, batch 1, deploy form)",
+                      f"measured latency {rec['latency_ms']:.3f} ms (batch 1, deploy form, regime-normalized)",
                       f"score ({cfg.objective}) {rec['score']:.4f}, {rec['params']:,} params, {rec['macs']:,} MACs"]
             top_paths.append(write_concrete(cfg.spec, {}, out / "top", f"{rank:02d}_{rec['hash']}",
                                             header="\n".join(header), model=cfg.model, input_shape=cfg.input_shape,

@@ -528,7 +528,7 @@ def _cards(st: RunState) -> str:
     want = st.settings.get("trials")
     cards = [("trials finished", f"{finished}" + (f" / {want}" if isinstance(want, int) else ""),
               f"{len(st.running)} running" if st.state == "running" else f"{len(st.records)} records"),
-             ("latency budget", f"{st.budget:g} ms" if st.budget is not None else "–", "median, batch 1"),
+             ("latency budget", f"{st.budget:g} ms" if st.budget is not None else "–", "batch 1, regime-normalized"),
              ("objective", str(st.settings.get("objective", "?")), f"search algorithm {st.settings.get('algo', '?')}")]
     m = measurement_counts(st.records)
     if m["measurements"]:

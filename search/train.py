@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..bench.lock import compute_lock
-from ..bench.measure import is_oom
+from ..bench.model import is_oom
 from .data import Dataset
 
 __all__ = ["TrainError", "TrainResult", "evaluate", "train_and_eval"]

@@ -138,7 +138,7 @@ def measure_latency_local(s: TrialSettings, point: dict[str, Any], load: bool = 
         with torch.inference_mode():
             m(x)
         kw = dict(max_seconds=s.latency_max_seconds, rel_ci=s.latency_rel_ci, quiet_wait=s.latency_quiet_wait,
-                  threads=threads)
+                  threads=threads, normalize=True)
         # the test hook's load outlasts any wait: its measurement waits at most 1 s before it is left unmeasured
         procs = _start_load(s.latency_max_seconds + 1.0 + 5) if load else []
         try:
@@ -150,7 +150,7 @@ def measure_latency_local(s: TrialSettings, point: dict[str, Any], load: bool = 
         while not meas.disturbed and not meas.stable and info["tries"] < MEASURE_TRIES:
             again, more = measure_until_clean(lambda: m(x), **kw)
             info = {k: info[k] + more[k] for k in info}
-            if not again.disturbed and (again.stable, -again.median) > (meas.stable, -meas.median):
+            if not again.disturbed and (again.stable, -again.latency) > (meas.stable, -meas.latency):
                 meas = again
         fp = fingerprint()
     finally:
@@ -223,13 +223,13 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
         t1 = time.perf_counter()
         lat = _measure(s, point, index, _under_load(s, point, int(config.get("retry") or 0)))
         seconds["latency"] = time.perf_counter() - t1
-        base.update(latency_ms=lat["median_ms"], latency=lat, latency_node=lat.get("node"))
+        base.update(latency_ms=lat["latency_ms"], latency=lat, latency_node=lat.get("node"))
         if lat.get("disturbed"):  # never decide on a disturbed figure: the driver measures this point again later
             reason = (lat.get("disturbance") or {}).get("reason")
             tune.report({**base, "latency_ms": None, "status": "unmeasured", "score": 0.0,
                          "error": f"no clean latency measurement: {reason}", "seconds": seconds})
             return
-        if lat["median_ms"] > s.budget_ms:
+        if lat["latency_ms"] > s.budget_ms:
             tune.report({**base, "status": "over_budget", "score": 0.0, "seconds": seconds})
             return
 

@@ -30,6 +30,12 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--max-seconds", type=float, default=10.0, help="time cap of the measurement (default 10)")
     p.add_argument("--rel-ci", type=float, default=0.02,
                    help="stop when the median's 95%% CI half-width is within this fraction (default 0.02)")
+    p.add_argument("--raw", action="store_true",
+                   help="report the raw median only (default on the CPU: also the latency normalized to this "
+                        "machine's reference speed, which is what the search decides on; docs/latency.md)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="measure the reference block now and make it this machine's anchor for --threads "
+                        "(normalized latencies recorded before are in units of the old anchor)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--strict", action="store_true",
                    help="exit 3 when the measurement is not stable (disturbed by other processes, drifting, or "
@@ -46,11 +52,13 @@ def add_bench_parser(sub) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from ..cli import _input_shape, _overrides, _usage
-    from .measure import ModelRunError, OutOfMemory, bench_model
+    from .model import ModelRunError, OutOfMemory, bench_model
 
     if args.build_table is not None:
         from .table import cmd_build_table
         return cmd_build_table(args)
+    if args.calibrate:
+        return _calibrate(args)
     if args.file is None:
         raise SystemExit(_usage("bench needs a .arch file (or --build-table SPACE.arch)"))
     if args.form not in ("deploy", "fast", "train"):
@@ -65,7 +73,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         r = bench_model(args.file, args.form, args.batch, _input_shape(args.input), args.threads,
                         _overrides(args.set), model=args.model, device=args.device,
                         import_paths=tuple(args.import_path), allow_outside_imports=args.allow_outside_imports,
-                        max_seconds=args.max_seconds, rel_ci=args.rel_ci)
+                        normalize=False if args.raw else None, max_seconds=args.max_seconds, rel_ci=args.rel_ci)
     except ValueError as e:  # e.g. --device cuda without a CUDA device
         raise SystemExit(_usage(str(e))) from None
     except (OutOfMemory, ModelRunError) as e:
@@ -82,6 +90,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"archdsl: error: the measurement is not stable ({_why(r)}); measure again when the machine is "
               "quiet, or with fewer --threads", file=sys.stderr)
         return 3
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+
+    from ..cli import _usage
+    from .regime import calibrate
+
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(_usage(f"--threads must be a positive integer, got {args.threads}"))
+    import torch
+
+    threads = args.threads or torch.get_num_threads()
+    c = calibrate(threads, max_seconds=args.max_seconds)
+    if args.json:
+        print(json.dumps(c, indent=2))
+    if c["reference_ms"] is None:
+        print(f"archdsl: error: the reference block could not be measured cleanly ({c['reason']}); the anchor "
+              "is unchanged; calibrate again when the machine is quiet", file=sys.stderr)
+        return 3
+    if not args.json:
+        was = "none" if c["previous_ms"] is None else f"{c['previous_ms']:.4f} ms"
+        print(f"anchor {c['key']}: reference block {c['reference_ms']:.4f} ms with {threads} thread(s) "
+              f"({c['runs']} clean rounds; was {was}), saved in {c['path']}")
     return 0
 
 
@@ -102,6 +134,10 @@ def _ms(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f} ms"
 
 
+def _ratio(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def _text(r: dict) -> str:
     fp = r["fingerprint"]
     c, h, w = r["input_shape"]
@@ -112,6 +148,9 @@ def _text(r: dict) -> str:
         f"{r['model']} ({r['file']})  {r['form']} form  input {r['batch']}x{c}x{h}x{w}  on {r['device']}, "
         f"{r['threads']} thread(s)",
         f"median {_ms(r['median_ms'])}   p10 {_ms(r['p10_ms'])}   p90 {_ms(r['p90_ms'])}   min {_ms(r['min_ms'])}",
+        *([] if r.get("reference") != "block" else [
+            f"normalized {_ms(r['normalized_ms'])}   (the model took {_ratio(r['regime_ratio'])} x the reference "
+            f"block per round; this machine's anchor {_ms(r['regime_anchor_ms'])})"]),
         f"runs {r['runs']}   median 95% CI {rel}   {verdict} ({_why(r)})",
     ]
     if d.get("rounds"):
@@ -124,7 +163,8 @@ def _text(r: dict) -> str:
     if r["reference_median_ms"] is not None:
         note = "  DRIFT: the machine changed speed during the run" if r["drift"] else ""
         again = " (re-measured once)" if r["remeasured"] else ""
-        lines.append(f"reference GEMM median {r['reference_median_ms']:.4f} ms, moved "
+        what = "reference block" if r.get("reference") == "block" else "reference GEMM"
+        lines.append(f"{what} median {r['reference_median_ms']:.4f} ms, moved "
                      f"{100 * r['reference_change']:+.1f}%{again}{note}")
         if r.get("busy"):
             lines.append(f"  BUSY: the reference GEMM ran {r['reference_median_ms'] / r['reference_best_ms']:.1f}x "

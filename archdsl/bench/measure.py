@@ -23,10 +23,10 @@ How steady state is ensured, before a single sample is kept:
   5. A reference workload (a fixed 128x128 fp32 GEMM) timed in the same rounds; if its median moves by more
      than 10% between the first and the second half of the rounds the machine changed regime (frequency,
      a neighbour process): the measurement is repeated once and flagged `drift` if it happens again.
+     With `normalize=True` the reference is regime.py's ConvNeXt-like block instead, and the latency to decide
+     on is the median of the per-round ratios model / block times this machine's anchor R* (`normalized`);
+     the stop rule and the drift check then look at the ratios.
   6. Every timing loop holds the measurement lock (`lock.py`) and runs under torch.inference_mode.
-  7. `bench_model` also compares the reference's median with the best recorded on this machine (a small JSON in
-     the latency cache dir, table.default_cache_dir()): over BUSY_FACTOR x that, the machine was busy for the
-     whole run (a load drift detection cannot see), and the result is flagged `busy` and not `stable`.
 """
 
 from __future__ import annotations
@@ -42,31 +42,20 @@ import platform
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
-from . import stats
+from . import regime, stats
 from .disturb import Boost, Disturbance, LoadWindow, ThreadProbe, round_disturbed, usable_cores, wait_for_quiet
 from .lock import LockTimeout, default_lock_path, measurement_lock
-from .table import default_cache_dir
 
-__all__ = ["Measurement", "measure", "compare", "measure_until_clean", "bench_model", "fingerprint",
-           "steady_state_allocator", "measurement_lock", "default_lock_path", "LockTimeout", "ModelRunError",
-           "OutOfMemory"]
+__all__ = ["Measurement", "measure", "compare", "measure_until_clean", "fingerprint", "steady_state_allocator",
+           "measurement_lock", "default_lock_path", "LockTimeout", "reference_workload"]
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 64 << 20
 TRIM_THRESHOLD_BYTES = 128 << 20
 DRIFT_TOL = 0.10
-
-
-class ModelRunError(RuntimeError):
-    """The model could not run on the given input (its message names the model, the input and the cause)."""
-
-
-class OutOfMemory(MemoryError):
-    """Building or running the model ran out of (host or device) memory."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -172,6 +161,16 @@ class Measurement:
     disturbed: bool = False  # too few clean rounds (or steal time): the median is not this machine's latency
     disturbance: dict[str, Any] = field(default_factory=dict)  # rounds, discarded, wait, load, reason
     samples: list[float] = field(default_factory=list, repr=False)
+    # regime normalization (compare(normalize=True), regime.py): median of the per-round ratios to the reference
+    # block, the machine's anchor R* (s) and their product, the latency in this machine's reference regime (s)
+    regime_ratio: float | None = None
+    regime_anchor: float | None = None
+    normalized: float | None = None
+
+    @property
+    def latency(self) -> float:
+        """The figure to decide on: the normalized latency when there is one, else the raw median (s)."""
+        return self.normalized if self.normalized is not None else self.median
 
     def to_json(self) -> dict[str, Any]:
         """Times in milliseconds (null when there is no clean sample); rel_ci as a fraction (null when infinite)."""
@@ -183,43 +182,10 @@ class Measurement:
                 "rel_ci": round(self.rel_ci, 6) if math.isfinite(self.rel_ci) else None,
                 "stable": self.stable, "stop": self.stop, "reference_median_ms": ms(self.reference_median),
                 "reference_change": round(self.reference_change, 6), "drift": self.drift,
-                "remeasured": self.remeasured, "disturbed": self.disturbed, "disturbance": self.disturbance}
-
-
-BUSY_FACTOR = 1.5  # a reference median this many times its best here: another process is using the CPU
-
-
-def _reference_best_path() -> Path:
-    """Beside the per-operator latency table: the same per-machine measurement cache."""
-    return default_cache_dir() / "reference_best.json"
-
-
-def reference_busy(median: float | None, key: str) -> tuple[float | None, bool]:
-    """Compare a run's reference median (s) with the best recorded on this machine for `key` (fingerprint,
-    threads, device). Returns (that earlier best, busy): busy when the median is over BUSY_FACTOR x the best,
-    i.e. the whole machine was slower than it can be, which drift detection inside one run cannot see when the
-    load lasts the whole run. Records the median as the new best when lower. (None, False) on a first run or
-    an unusable cache file."""
-    if median is None or not median > 0:
-        return None, False
-    path = _reference_best_path()
-    try:
-        data = json.loads(path.read_text()) if path.exists() else {}
-        data = data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        data = {}
-    best = data.get(key)
-    best = float(best) if isinstance(best, (int, float)) and best > 0 else None
-    if best is None or median < best:
-        data[key] = median
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-            os.replace(tmp, path)
-        except OSError:
-            pass
-    return best, best is not None and median > BUSY_FACTOR * best
+                "remeasured": self.remeasured, "disturbed": self.disturbed, "disturbance": self.disturbance,
+                "normalized_ms": ms(self.normalized), "latency_ms": ms(self.latency),
+                "regime_ratio": None if self.regime_ratio is None or not math.isfinite(self.regime_ratio)
+                else round(self.regime_ratio, 6), "regime_anchor_ms": ms(self.regime_anchor)}
 
 
 def reference_workload(n: int = 128) -> Callable[[], Any]:
@@ -233,9 +199,11 @@ def reference_workload(n: int = 128) -> Callable[[], Any]:
 
 
 def _rounds(fns: dict[str, Callable[[], Any]], ref: Callable[[], Any] | None, *, warmup: int, min_runs: int,
-            max_runs: int, max_seconds: float, rel_ci: float, timer: Callable[[], float], probe: ThreadProbe | None):
+            max_runs: int, max_seconds: float, rel_ci: float, timer: Callable[[], float], probe: ThreadProbe | None,
+            normalize: bool = False):
     """Warm up, then time rounds (each candidate once, in order, then the reference) until every candidate's
-    median CI over the clean rounds is within rel_ci (after min_runs clean rounds) or a cap is hit. A round in
+    median CI over the clean rounds is within rel_ci (after min_runs clean rounds) or a cap is hit; with
+    `normalize`, the CI of its per-round ratios to the reference. A round in
     which a measuring thread waited for a CPU (`probe`) is disturbed: its samples are kept apart and never
     summarized. Returns (clean samples, clean ref samples, stop, Disturbance)."""
     start = timer()
@@ -253,10 +221,10 @@ def _rounds(fns: dict[str, Callable[[], Any]], ref: Callable[[], Any] | None, *,
     with boost:
         return _timed_rounds(fns, ref, min_runs=min_runs, max_runs=max_runs, max_seconds=max_seconds,
                              rel_ci=rel_ci, timer=timer, probe=probe, start=start,
-                             boost=None if probe is None else boost.state)
+                             boost=None if probe is None else boost.state, normalize=normalize)
 
 
-def _timed_rounds(fns, ref, *, min_runs, max_runs, max_seconds, rel_ci, timer, probe, start, boost):
+def _timed_rounds(fns, ref, *, min_runs, max_runs, max_seconds, rel_ci, timer, probe, start, boost, normalize):
     window = LoadWindow()
     samples: dict[str, list[float]] = {k: [] for k in fns}
     ref_samples: list[float] = []
@@ -294,7 +262,8 @@ def _timed_rounds(fns, ref, *, min_runs, max_runs, max_seconds, rel_ci, timer, p
         if tref is not None:
             ref_samples.append(tref)
         n = len(ref_samples) if ref is not None else len(next(iter(samples.values())))
-        if n >= min_runs and all(stats.rel_ci_halfwidth(s) <= rel_ci for s in samples.values()):
+        if n >= min_runs and all(stats.rel_ci_halfwidth(_series(s, ref_samples, normalize)) <= rel_ci
+                                 for s in samples.values()):
             stop = "converged"
             break
         if timer() - start >= max_seconds:
@@ -304,17 +273,28 @@ def _timed_rounds(fns, ref, *, min_runs, max_runs, max_seconds, rel_ci, timer, p
     return samples, ref_samples, stop, dist
 
 
+def _series(s: list[float], ref: list[float], normalize: bool) -> list[float]:
+    """What the stop rule and the drift check look at: the times, or with `normalize` the per-round ratios."""
+    return regime.ratio_summary(s, ref)[0] if normalize else s
+
+
 def _summarize(s: list[float], stop: str, rel_ci_target: float, ref: list[float], dist: Disturbance,
-               min_clean: int) -> Measurement:
-    rel = stats.rel_ci_halfwidth(s) if s else math.inf
-    drift, change = stats.drifted(ref, DRIFT_TOL) if ref else (False, 0.0)
+               min_clean: int, normalize: bool = False) -> Measurement:
+    """One candidate's Measurement from its clean samples. With `normalize` the CI and the drift check are
+    those of the per-round ratios (a regime change that the reference tracks is no drift) and `regime_ratio`
+    is their median; the anchor is applied by `compare`."""
+    series = _series(s, ref, normalize)
+    rel = stats.rel_ci_halfwidth(series) if series else math.inf
+    watch = series if normalize else ref
+    drift, change = stats.drifted(watch, DRIFT_TOL) if watch else (False, 0.0)
     reason = dist.verdict(min_clean)
     nan = math.nan
     return Measurement(median=stats.median(s) if s else nan, p10=stats.percentile(s, 10) if s else nan,
                        p90=stats.percentile(s, 90) if s else nan, min=min(s) if s else nan, runs=len(s),
                        rel_ci=rel, stable=rel <= rel_ci_target and not drift and reason is None, stop=stop,
                        reference_median=stats.median(ref) if ref else None, reference_change=change, drift=drift,
-                       disturbed=reason is not None, disturbance=dist.to_json(min_clean), samples=list(s))
+                       disturbed=reason is not None, disturbance=dist.to_json(min_clean), samples=list(s),
+                       regime_ratio=stats.median(series) if normalize and series else None)
 
 
 def _inference_mode():
@@ -329,54 +309,80 @@ def compare(fns: dict[str, Callable[[], Any]], rounds: int = 1000, *, warmup: in
             max_seconds: float = 10.0, rel_ci: float = 0.02, reference: bool | Callable[[], Any] = True,
             timer: Callable[[], float] = time.perf_counter, lock: bool = True,
             lock_path: str | os.PathLike | None = None, lock_timeout: float | None = None,
-            detect: bool | None = None) -> dict[str, Measurement]:
+            detect: bool | None = None, normalize: bool = False) -> dict[str, Measurement]:
     """Measure several candidates interleaved round-robin (A B C [ref] A B C [ref] ...) so a change of the
     machine's regime hits them all alike. `rounds` caps the rounds, `max_seconds` the wall time (warm-up
     included). `reference`: True for the built-in GEMM, a callable of your own, or False. `detect`: discard
     rounds in which a measuring thread waited for a CPU (disturb.py); default on with the real clock, off with
-    an injected `timer`. Returns name -> Measurement; all share the reference, the drift flag and the
-    disturbance record. A drifting run is repeated once."""
+    an injected `timer`. `normalize`: the built-in reference is regime.regime_block() (on the CPU, with torch's
+    current threads) and each Measurement also gets `regime_ratio` (median of model / reference per clean round) and
+    `normalized` = ratio x this machine's anchor R* (the first clean normalized measurement records R*).
+    Returns name -> Measurement; all share the reference, the drift flag and the disturbance record. A
+    drifting run is repeated once."""
     if not fns:
         raise ValueError("compare() needs at least one callable")
     if min(rounds, min_runs) < 1 or warmup < 0 or max_seconds <= 0 or rel_ci <= 0:
         raise ValueError("rounds and min_runs must be >= 1, warmup >= 0, max_seconds and rel_ci > 0")
     steady_state_allocator()
-    ref = reference_workload() if reference is True else (reference or None)
+    if reference is True:
+        ref = regime.regime_block() if normalize else reference_workload()
+    else:
+        ref = reference or None
+    if normalize and ref is None:
+        raise ValueError("normalize=True needs a reference (True for the built-in block)")
     if detect is None:
         detect = timer is time.perf_counter
     guard = measurement_lock(lock_path, lock_timeout) if lock else contextlib.nullcontext()
     min_clean = min(min_runs, rounds)
     with guard, _inference_mode():
         kw = dict(warmup=warmup, min_runs=min_clean, max_runs=rounds, max_seconds=max_seconds,
-                  rel_ci=rel_ci, timer=timer)
+                  rel_ci=rel_ci, timer=timer, normalize=normalize)
         probe = ThreadProbe() if detect else None
         try:
             samples, refs, stop, dist = _rounds(fns, ref, probe=probe, **kw)
             remeasured = False
-            if refs and stats.drifted(refs, DRIFT_TOL)[0]:
+            watched = [_series(s, refs, True) for s in samples.values()] if normalize else [refs]
+            if refs and any(stats.drifted(w, DRIFT_TOL)[0] for w in watched):
                 samples, refs, stop, dist = _rounds(fns, ref, probe=probe, **kw)
                 remeasured = True
         finally:
             if probe is not None:
                 probe.close()
-    out = {k: _summarize(s, stop, rel_ci, refs, dist, min_clean) for k, s in samples.items()}
+        out = {k: _summarize(s, stop, rel_ci, refs, dist, min_clean, normalize) for k, s in samples.items()}
+        if normalize:
+            _apply_anchor(out, refs)
     for m in out.values():
         m.remeasured = remeasured
     return out
+
+
+def _apply_anchor(out: dict[str, Measurement], refs: list[float]) -> None:
+    """Set `normalized` = regime_ratio x R* for this machine and thread count (still under the lock). Without
+    an anchor yet, a clean measurement's reference median becomes it; a disturbed one anchors nothing."""
+    import torch
+
+    key = regime.anchor_key(torch.get_num_threads())
+    r_star = regime.anchor(key)
+    clean = refs and not any(m.disturbed for m in out.values())
+    if r_star is None and clean:
+        r_star = regime.set_anchor(key, stats.median(refs), source="first clean measurement")
+    for m in out.values():
+        if r_star is not None and m.regime_ratio is not None and math.isfinite(m.regime_ratio):
+            m.regime_anchor, m.normalized = r_star, m.regime_ratio * r_star
 
 
 def measure(fn: Callable[[], Any], *, warmup: int = 3, min_runs: int = 10, max_runs: int = 1000,
             max_seconds: float = 10.0, rel_ci: float = 0.02, reference: bool | Callable[[], Any] = True,
             timer: Callable[[], float] = time.perf_counter, lock: bool = True,
             lock_path: str | os.PathLike | None = None, lock_timeout: float | None = None,
-            detect: bool | None = None) -> Measurement:
+            detect: bool | None = None, normalize: bool = False) -> Measurement:
     """Time `fn()` (under the measurement lock and torch.inference_mode) until the median's 95% CI half-width
     over the clean rounds is within `rel_ci` of it or `max_runs` / `max_seconds` is reached. See the module
     docstring for how steady state is ensured and disturbed rounds are discarded. `timer` is injectable (tests
-    use a fake clock)."""
+    use a fake clock). `normalize`: also the regime-normalized latency (see `compare`)."""
     return compare({"fn": fn}, max_runs, warmup=warmup, min_runs=min_runs, max_seconds=max_seconds,
                    rel_ci=rel_ci, reference=reference, timer=timer, lock=lock, lock_path=lock_path,
-                   lock_timeout=lock_timeout, detect=detect)["fn"]
+                   lock_timeout=lock_timeout, detect=detect, normalize=normalize)["fn"]
 
 
 def measure_until_clean(fn: Callable[[], Any], *, quiet_wait: float = 30.0, threads: int | None = None,
@@ -405,94 +411,3 @@ def measure_until_clean(fn: Callable[[], Any], *, quiet_wait: float = 30.0, thre
             _, waited, _ = wait_for_quiet(threads, min(deadline, clock() + pause))
             info["waited_s"] = round(info["waited_s"] + waited, 3)
             pause *= 2
-
-
-# ---------------------------------------------------------------------------------------------------------
-# models
-
-
-def is_oom(e: BaseException) -> bool:
-    """CUDA's "out of memory", the CPU allocator's "not enough memory" / "can't allocate memory", MemoryError."""
-    text = str(e).lower()
-    return (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
-            or any(s in text for s in ("out of memory", "not enough memory", "can't allocate memory",
-                                       "cannot allocate memory")))
-
-
-def bench_model(path: str | os.PathLike, form: str = "deploy", batch: int = 1,
-                input_shape: tuple[int, int, int] | None = None, threads: int | None = None,
-                overrides: dict[str, Any] | None = None, *, model: str | None = None, device: str | None = None,
-                import_paths: tuple[str, ...] = (), allow_outside_imports: bool = False,
-                **measure_kw: Any) -> dict[str, Any]:
-    """Build the model of a .arch file (form "deploy", "fast" or "train", in eval mode) and measure one forward pass
-    on a random batch. `threads` sets torch.set_num_threads for the measurement (restored afterwards);
-    `device` is "cpu", "cuda" or None (cuda when available; each run then ends with a synchronize).
-    Extra keywords go to `measure`. Raises ArchError for spec mistakes and inputs the model cannot take,
-    ModelRunError when the forward pass fails, OutOfMemory when memory runs out, ValueError for bad arguments.
-    Returns a JSON-ready dict: the model and settings, the Measurement's fields (ms) and the fingerprint."""
-    import torch
-
-    from ..api import check_file, require_resolved
-    from ..codegen.module import build_module
-    from ..passes import deploy
-
-    if form not in ("train", "deploy", "fast"):
-        raise ValueError(f"form must be 'train', 'deploy' or 'fast', got {form!r}")
-    if not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch must be a positive integer, got {batch!r}")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be a positive integer, got {threads!r}")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' asked for, but torch sees no CUDA device")
-    if form == "fast" and device != "cpu":
-        raise ValueError("form 'fast' runs archdsl's CPU kernels: use --device cpu, or form 'deploy'")
-    allocator = steady_state_allocator()  # before the model's and the input's buffers are allocated
-
-    g = check_file(path, overrides, input_shape, model, tuple(import_paths), allow_outside_imports)
-    require_resolved(g)
-    c, h, w = g.input_shape.to_json()
-    where = f"{g.model} ({form} form) at input {batch}x{c}x{h}x{w} on {device}"
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        try:
-            m = build_module(g)
-            if form != "train":
-                m = deploy(m)
-            m = m.eval().to(device)
-            x = torch.randn(batch, c, h, w, device=device)
-            if form == "fast":
-                from ..codegen.fast import FastModule
-
-                m = FastModule(m).tune(x)  # measured choices, outside the timing (cached on disk)
-            if device == "cuda":
-                def fn():
-                    m(x)
-                    torch.cuda.synchronize()  # kernels run asynchronously: time until they finish
-            else:
-                def fn():
-                    m(x)
-            with torch.inference_mode():
-                fn()  # one trial run, outside the timing, so a failure is reported as the model's
-            meas = measure(fn, **measure_kw)
-        except (RuntimeError, MemoryError) as e:
-            if is_oom(e):
-                raise OutOfMemory(f"out of memory running {where}; try a smaller --batch or --input") from e
-            raise ModelRunError(f"{where} failed: {e}") from e
-        fp = fingerprint()
-    finally:
-        torch.set_num_threads(old_threads)
-    total = g.total()
-    best, busy = reference_busy(meas.reference_median, f"{fp['hash']}-{fp['torch_threads']}-{device}")
-    out = {"model": g.model, "file": str(path), "form": form, "batch": batch, "input_shape": [c, h, w],
-           "device": device, "threads": fp["torch_threads"], "params": total.params, "macs": total.macs,
-           **meas.to_json(), "reference_best_ms": None if best is None else round(best * 1e3, 6), "busy": busy,
-           "allocator": allocator, "fingerprint": fp}
-    if busy:  # the whole run was slow: its median is not this machine's latency
-        out["stable"] = False
-    return out

@@ -1,0 +1,160 @@
+"""`bench_model`: build the model of a .arch file and measure one forward pass with the engine (measure.py).
+
+Takes: a .arch path and the measurement's settings. Returns: one JSON-ready dict (the Measurement's fields in
+ms, the settings, params / MACs, `fingerprint()`). Raises ModelRunError / OutOfMemory for a model that cannot
+run, ArchError for spec mistakes. Without regime normalization, the run's reference median is also compared
+with the best recorded on this machine (`reference_best.json` in the latency cache dir): over BUSY_FACTOR x
+that, the machine was busy for the whole run and the result is flagged `busy`, not `stable`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .measure import fingerprint, measure, steady_state_allocator
+from .table import default_cache_dir
+
+__all__ = ["bench_model", "ModelRunError", "OutOfMemory", "is_oom", "reference_busy", "BUSY_FACTOR"]
+
+class ModelRunError(RuntimeError):
+    """The model could not run on the given input (its message names the model, the input and the cause)."""
+
+
+class OutOfMemory(MemoryError):
+    """Building or running the model ran out of (host or device) memory."""
+
+
+BUSY_FACTOR = 1.5  # a reference median this many times its best here: another process is using the CPU
+
+
+def _reference_best_path() -> Path:
+    """Beside the per-operator latency table: the same per-machine measurement cache."""
+    return default_cache_dir() / "reference_best.json"
+
+
+def reference_busy(median: float | None, key: str) -> tuple[float | None, bool]:
+    """Compare a run's reference median (s) with the best recorded on this machine for `key` (fingerprint,
+    threads, device). Returns (that earlier best, busy): busy when the median is over BUSY_FACTOR x the best,
+    i.e. the whole machine was slower than it can be, which drift detection inside one run cannot see when the
+    load lasts the whole run. Records the median as the new best when lower. (None, False) on a first run or
+    an unusable cache file."""
+    if median is None or not median > 0:
+        return None, False
+    path = _reference_best_path()
+    try:
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data = data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        data = {}
+    best = data.get(key)
+    best = float(best) if isinstance(best, (int, float)) and best > 0 else None
+    if best is None or median < best:
+        data[key] = median
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    return best, best is not None and median > BUSY_FACTOR * best
+
+
+def is_oom(e: BaseException) -> bool:
+    """CUDA's "out of memory", the CPU allocator's "not enough memory" / "can't allocate memory", MemoryError."""
+    text = str(e).lower()
+    return (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
+            or any(s in text for s in ("out of memory", "not enough memory", "can't allocate memory",
+                                       "cannot allocate memory")))
+
+
+def bench_model(path: str | os.PathLike, form: str = "deploy", batch: int = 1,
+                input_shape: tuple[int, int, int] | None = None, threads: int | None = None,
+                overrides: dict[str, Any] | None = None, *, model: str | None = None, device: str | None = None,
+                import_paths: tuple[str, ...] = (), allow_outside_imports: bool = False,
+                normalize: bool | None = None, **measure_kw: Any) -> dict[str, Any]:
+    """Build the model of a .arch file (form "deploy", "fast" or "train", in eval mode) and measure one forward
+    pass on a random batch. `threads` sets torch.set_num_threads for the measurement (restored afterwards);
+    `device` is "cpu", "cuda" or None (cuda when available; each run then ends with a synchronize).
+    `normalize` (default: on the CPU) also reports the regime-normalized latency (regime.py) as `latency_ms`;
+    the whole-run busy check against the best reference is made only without it (a slow regime slows the
+    reference block as much as the model). Extra keywords go to `measure`. Raises ArchError for spec mistakes
+    and inputs the model cannot take, ModelRunError when the forward pass fails, OutOfMemory when memory runs
+    out, ValueError for bad arguments. Returns a JSON-ready dict: the model and settings, the Measurement's
+    fields (ms) and the fingerprint."""
+    import torch
+
+    from ..api import check_file, require_resolved
+    from ..codegen.module import build_module
+    from ..passes import deploy
+
+    if form not in ("train", "deploy", "fast"):
+        raise ValueError(f"form must be 'train', 'deploy' or 'fast', got {form!r}")
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive integer, got {batch!r}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but torch sees no CUDA device")
+    if form == "fast" and device != "cpu":
+        raise ValueError("form 'fast' runs archdsl's CPU kernels: use --device cpu, or form 'deploy'")
+    if normalize is None:
+        normalize = device == "cpu"
+    if normalize and device != "cpu":
+        raise ValueError("the regime-normalized latency uses a CPU reference block: measure on the CPU, or without "
+                         "normalization")
+    allocator = steady_state_allocator()  # before the model's and the input's buffers are allocated
+
+    g = check_file(path, overrides, input_shape, model, tuple(import_paths), allow_outside_imports)
+    require_resolved(g)
+    c, h, w = g.input_shape.to_json()
+    where = f"{g.model} ({form} form) at input {batch}x{c}x{h}x{w} on {device}"
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        try:
+            m = build_module(g)
+            if form != "train":
+                m = deploy(m)
+            m = m.eval().to(device)
+            x = torch.randn(batch, c, h, w, device=device)
+            if form == "fast":
+                from ..codegen.fast import FastModule
+
+                m = FastModule(m).tune(x)  # measured choices, outside the timing (cached on disk)
+            if device == "cuda":
+                def fn():
+                    m(x)
+                    torch.cuda.synchronize()  # kernels run asynchronously: time until they finish
+            else:
+                def fn():
+                    m(x)
+            with torch.inference_mode():
+                fn()  # one trial run, outside the timing, so a failure is reported as the model's
+            meas = measure(fn, normalize=normalize, **measure_kw)
+        except (RuntimeError, MemoryError) as e:
+            if is_oom(e):
+                raise OutOfMemory(f"out of memory running {where}; try a smaller --batch or --input") from e
+            raise ModelRunError(f"{where} failed: {e}") from e
+        fp = fingerprint()
+    finally:
+        torch.set_num_threads(old_threads)
+    total = g.total()
+    best, busy = (None, False) if normalize else reference_busy(meas.reference_median,
+                                                                 f"{fp['hash']}-{fp['torch_threads']}-{device}")
+    out = {"model": g.model, "file": str(path), "form": form, "batch": batch, "input_shape": [c, h, w],
+           "device": device, "threads": fp["torch_threads"], "reference": "block" if normalize else "gemm",
+           "params": total.params, "macs": total.macs,
+           **meas.to_json(), "reference_best_ms": None if best is None else round(best * 1e3, 6), "busy": busy,
+           "allocator": allocator, "fingerprint": fp}
+    if busy:  # the whole run was slow: its median is not this machine's latency
+        out["stable"] = False
+    return out

@@ -1,0 +1,132 @@
+"""Regime-normalized latency: a model's time in units of a fixed reference block timed in the same rounds.
+
+Takes: the number of torch threads a measurement runs with. Returns: the reference block (`regime_block`), the
+machine's anchor R* (`anchor`, `set_anchor`) and the per-round ratio summary (`ratio_summary`).
+
+Why: the cores of a virtual machine (and of a laptop) change speed by up to 2x over seconds, a host-level effect
+the guest sees neither as run-queue wait nor as steal. A model measured a minute later then reads 20-40% off
+with every round clean. Dividing each round's time by that of a ConvNeXt-like block timed right after it
+(same threads, same caches, same moment) cancels most of it: the median of the per-round ratios, U, is
+repeatable to a few per cent where the raw median is not (docs/latency.md). The latency reported is U x R*,
+R* being the block's median recorded once per machine, thread count and device: the first clean measurement
+anchors it (`regime.json` in the latency cache dir), and `archdsl bench --calibrate` measures it again on
+purpose. The raw median is always kept beside the normalized one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from . import stats
+from .table import default_cache_dir, machine_hash
+
+__all__ = ["regime_block", "anchor_key", "anchor", "set_anchor", "ratio_summary", "calibrate", "REGIME_FILE"]
+
+REGIME_FILE = "regime.json"
+
+
+def regime_block() -> Callable[[], Any]:
+    """A fixed ConvNeXt-like block on a 1x32x32x32 input (3x3 conv 32->32, depthwise 7x7, GELU, a channels-last
+    32->128 linear), seeded, about 10 MFLOP: dense conv, depthwise conv, an elementwise op and a GEMM, the mix of
+    a modern ConvNet, so its speed follows the machine's the way a model's does. Runs with torch's current
+    thread count (set it before calling, as the measurement does)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(32, 32, 3, padding=1)
+    dw = torch.nn.Conv2d(32, 32, 7, padding=3, groups=32)
+    lin = torch.nn.Linear(32, 128)
+    with torch.no_grad():
+        for p in (*conv.parameters(), *dw.parameters(), *lin.parameters()):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    x = torch.randn(1, 32, 32, 32, generator=g)
+    gelu = torch.nn.functional.gelu
+
+    def run():
+        return lin(gelu(dw(conv(x))).permute(0, 2, 3, 1))
+
+    return run
+
+
+def anchor_key(threads: int, device: str = "cpu") -> str:
+    """The anchor's key: this machine's fingerprint hash (without torch's thread count), threads, device."""
+    return f"{machine_hash()}-t{threads}-{device}"
+
+
+def _path() -> Path:
+    return default_cache_dir() / REGIME_FILE
+
+
+def _load() -> dict[str, Any]:
+    try:
+        data = json.loads(_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def anchor(key: str) -> float | None:
+    """R* (seconds) recorded for `key`, or None (none yet, or an unusable file)."""
+    rec = _load().get(key)
+    v = rec.get("reference_s") if isinstance(rec, dict) else None
+    return float(v) if isinstance(v, (int, float)) and v > 0 else None
+
+
+def set_anchor(key: str, reference_s: float, *, source: str, force: bool = False) -> float:
+    """Record R* = `reference_s` for `key` unless one exists (or `force`); returns the anchor in force. Called
+    under the measurement lock, so two processes never anchor the same key differently. A cache that cannot be
+    written leaves R* unrecorded: this process uses `reference_s` and the next one anchors again."""
+    data = _load()
+    old = data.get(key)
+    if isinstance(old, dict) and not force:
+        v = old.get("reference_s")
+        if isinstance(v, (int, float)) and v > 0:
+            return float(v)
+    data[key] = {"reference_s": reference_s, "source": source,
+                 "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    path = _path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return reference_s
+
+
+def ratio_summary(samples: list[float], refs: list[float]) -> tuple[list[float], float]:
+    """The per-round ratios model / reference (rounds aligned; rounds with a non-positive reference skipped)
+    and their median (nan when there are none)."""
+    ratios = [s / r for s, r in zip(samples, refs) if r > 0]
+    return ratios, (stats.median(ratios) if ratios else float("nan"))
+
+
+def calibrate(threads: int, *, max_seconds: float = 10.0) -> dict[str, Any]:
+    """Measure the reference block alone with `threads` torch threads (disturbed rounds discarded, waiting for
+    quiet as the search does) and record its median as this machine's anchor R*, replacing any earlier one.
+    Every normalized latency recorded before is in units of the old anchor: compare figures of one anchor only.
+    Returns {"key", "path", "reference_ms", "previous_ms", "stable", "disturbed", "runs", "reason"}; a
+    disturbed measurement anchors nothing."""
+    import torch
+
+    from .measure import measure_until_clean
+
+    key = anchor_key(threads)
+    old = anchor(key)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        m, _ = measure_until_clean(regime_block(), threads=threads, max_seconds=max_seconds, reference=False,
+                                   rel_ci=0.01)
+    finally:
+        torch.set_num_threads(saved)
+    if not m.disturbed:
+        set_anchor(key, m.median, source=f"archdsl bench --calibrate ({m.runs} clean rounds)", force=True)
+    return {"key": key, "path": str(_path()), "reference_ms": None if m.disturbed else m.median * 1e3,
+            "previous_ms": None if old is None else old * 1e3, "stable": m.stable, "disturbed": m.disturbed,
+            "runs": m.runs, "reason": (m.disturbance or {}).get("reason")}
