@@ -61,6 +61,10 @@ class TrialSettings:
 
 _SPEC_DIRS: dict[str, Path] = {}
 MEASURE_TRIES = 3  # an unstable measurement (wide CI, drifting reference) is repeated up to this many times
+# A clean latency within NEAR_BUDGET of the budget is measured NEAR_TRIES times in all, NEAR_PAUSE s apart, and
+# the median one decides: this machine's speed wanders by 10-20% over seconds (docs/latency.md), so one
+# measurement near the line could land on either side of it.
+NEAR_BUDGET, NEAR_TRIES, NEAR_PAUSE = 0.2, 3, 1.0
 
 
 def materialize(files: dict[str, str]) -> Path:
@@ -118,8 +122,10 @@ def measure_latency_local(s: TrialSettings, point: dict[str, Any], load: bool = 
     rounds is retried after the machine quiets down (`measure_until_clean`, at most `latency_quiet_wait` s),
     and is returned `disturbed` if it never gets clean: the caller must not decide on it. A clean result the
     engine still flags unstable (wide CI, drifting reference) is measured again (up to MEASURE_TRIES in all);
-    the stable one with the lowest median is kept. Returns the Measurement's JSON plus "node", "threads",
-    "tries", "disturbed_tries", "waited_s", "attempts" (why each disturbed try was) and "fingerprint"."""
+    the stable one with the lowest median is kept. A clean latency within NEAR_BUDGET of the budget is measured
+    again (NEAR_TRIES in all) and the median decides ("near_budget_ms" lists them). Returns the Measurement's
+    JSON plus "node", "threads", "tries", "disturbed_tries", "waited_s", "attempts" (why each disturbed try was)
+    and "fingerprint". The latency to decide on is "latency_ms" (regime-normalized, bench/regime.py)."""
     import torch
 
     from ..bench.measure import fingerprint, measure_until_clean, steady_state_allocator
@@ -152,6 +158,16 @@ def measure_latency_local(s: TrialSettings, point: dict[str, Any], load: bool = 
             info = {k: info[k] + more[k] for k in info}
             if not again.disturbed and (again.stable, -again.latency) > (meas.stable, -meas.latency):
                 meas = again
+        if not meas.disturbed and abs(meas.latency * 1e3 - s.budget_ms) <= NEAR_BUDGET * s.budget_ms:
+            near = [meas]
+            for _ in range(NEAR_TRIES - 1):
+                time.sleep(NEAR_PAUSE)
+                again, more = measure_until_clean(lambda: m(x), **kw)
+                info = {k: info[k] + more[k] for k in info}
+                if not again.disturbed:
+                    near.append(again)
+            meas = sorted(near, key=lambda n: n.latency)[(len(near) - 1) // 2]
+            info["near_budget_ms"] = [round(n.latency * 1e3, 6) for n in near]
         fp = fingerprint()
     finally:
         torch.set_num_threads(old)
