@@ -89,17 +89,17 @@ def _fixed_values(prog: Program, graph: ArchGraph, point: dict[str, Any],
                   values: dict[str, Any] | None) -> dict[str, Any]:
     """name -> value for every choice point met (whatever gave its value: the point, a fix, a default, the
     first value), and for every model parameter the point or the spec's own fix lines set."""
-    values = {cp.name: cp.value for cp in graph.choices}
+    out = {cp.name: cp.value for cp in graph.choices}
     model = next(d for d in prog.root.defs if d.kind == "model" and d.name == graph.model)
     params = {p.name for p in model.params}
     given = {k: parse_override(k, v) for k, v in point.items()} | {k: as_value(v) for k, v in (values or {}).items()}
     for k, v in given.items():
         if k in params:
-            values.setdefault(k, v)
+            out.setdefault(k, v)
     for f in prog.root.fixes:
         if f.name in params and f.name not in given:
-            values.setdefault(f.name, fix_value(f))
-    return values
+            out.setdefault(f.name, fix_value(f))
+    return out
 
 
 def _shifted(name: str, graph: ArchGraph, root_file: str, shift: int) -> str:

@@ -50,6 +50,10 @@ def add_search_parser(sub) -> None:
                    help="fix a model parameter or choice point for the whole search (repeatable)")
     p.add_argument("--input", metavar="CxHxW", help="input shape (overrides the spec's input)")
     p.add_argument("--model", help="which model of the file (when it defines several)")
+    p.add_argument("--baseline", action="append", default=[], metavar="SPEC",
+                   help="a hand-designed spec whose parameter s drives its scaling(...) rule: scaled to the budget "
+                        "by bisection on measured latency, trained with the trials' recipe, and compared with the "
+                        "search's best (repeatable; e.g. examples/baselines/*.arch)")
     p.set_defaults(fn=cmd_search)
 
 
@@ -75,7 +79,8 @@ def cmd_search(args) -> int:
                        resume=args.resume, address=args.address, seed=args.seed, fixed=_overrides(args.set),
                        model=args.model, input_shape=_input_shape(args.input), concurrency=args.concurrency,
                        latency_threads=args.latency_threads, target_label=args.target_label,
-                       predictor=not args.no_predictor, top_k=args.top, latency_quiet_wait=args.quiet_wait)
+                       predictor=not args.no_predictor, top_k=args.top, latency_quiet_wait=args.quiet_wait,
+                       baselines=list(args.baseline))
     try:
         summary = run_search(cfg)
     except (SearchError, RunDirError, DatasetError, ClusterError) as e:

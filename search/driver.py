@@ -67,6 +67,7 @@ class SearchConfig:
     load_marker: str | None = None  # tests only (trial.TrialSettings.load_marker)
     latency_quiet_wait: float = 30.0  # s a trial waits for a quiet machine before it is left unmeasured
     latency_max_seconds: float = 2.0  # time cap of one latency measurement
+    baselines: list[str] = field(default_factory=list)  # hand-designed specs scaled to the budget (baselines.py)
 
 
 @dataclass
@@ -84,6 +85,8 @@ class SearchSummary:
     objective: str = "accuracy"  # "accuracy" trains each network within budget; a proxy only scores it
     measurements: dict = field(default_factory=dict)  # records.measurement_counts: disturbed / retried / unmeasured
     failures: list[tuple[str, int]] = field(default_factory=list)  # (error, trials) of failed trials, most first
+    baselines: list[dict] = field(default_factory=list)  # baselines.compare_with_best: the best vs each baseline
+    budget_ms: float = 0.0
 
     @property
     def all_failed(self) -> bool:
@@ -115,6 +118,10 @@ class SearchSummary:
                          f"(trial {b['trial']}, {b['params']:,} params)")
         elif not self.all_failed:
             lines.append("no architecture met the budget")
+        if self.baselines:
+            from .baselines import baseline_lines
+
+            lines += baseline_lines(self.baselines, self.budget_ms)
         if self.top:
             lines.append("top architectures: " + ", ".join(str(p) for p in self.top))
         lines.append(f"plot: {self.out / 'pareto.png'}")
@@ -240,16 +247,20 @@ def run_search(cfg: SearchConfig, progress: Callable[[str], None] | None = None)
     fixed = {k: parse_override(k, v) for k, v in cfg.fixed.items()}
     space = SearchSpace(Path(cfg.spec), model=cfg.model, input_shape=cfg.input_shape, fixed=fixed)
     preflight(space, seed=cfg.seed)
+    from .baselines import validate_baselines
+
+    bases = validate_baselines(cfg.baselines, cfg.input_shape)  # before any trial: a broken baseline stops here
     settings = _settings(cfg, space)
     out = Path(cfg.out)
     run = RunDir.open(out, settings, resume=cfg.resume, must_match=MATCH_ON_RESUME)
     try:
-        return _run(cfg, space, run, out, progress, t0)
+        return _run(cfg, space, run, out, progress, t0, bases)
     finally:
         run.close()
 
 
-def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: float) -> SearchSummary:
+def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: float,
+         bases: list[dict] | None = None) -> SearchSummary:
     import logging
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's console tables off: our progress lines instead
@@ -259,6 +270,7 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
     from ray.tune.schedulers import ASHAScheduler
 
     from . import cluster
+    from .baselines import pending_baselines, run_baselines
     from .searcher import ArchSearcher
     from .trial import TrialSettings, run_trial
 
@@ -279,7 +291,17 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
     interrupted = False
     exhausted = None
     predictor_info = None
-    if remaining > 0 or unmeasured:
+    bases = bases or []
+    baseline_records: list[dict] = []
+    tsettings = TrialSettings(files=space.files(), spec_name=Path(cfg.spec).name, budget_ms=cfg.budget_ms,
+                              fixed=dict(space.fixed), model=cfg.model, input_shape=cfg.input_shape,
+                              objective=cfg.objective, dataset=cfg.dataset, dataset_limit=cfg.dataset_limit,
+                              epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+                              latency_threads=cfg.latency_threads, target_label=cfg.target_label,
+                              crash_marker=cfg.crash_marker, load_marker=cfg.load_marker,
+                              latency_quiet_wait=cfg.latency_quiet_wait,
+                              latency_max_seconds=cfg.latency_max_seconds)
+    if remaining > 0 or unmeasured or pending_baselines(bases, tsettings, out):
         info = cluster.connect(cfg.address, temp_dir=out / ".ray",
                                target_label=cfg.target_label)
         try:
@@ -291,16 +313,7 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
             from .trial import start_meters
 
             meters = start_meters(info, cfg.target_label)
-            files = space.files()
-            tsettings = TrialSettings(files=files, spec_name=Path(cfg.spec).name, budget_ms=cfg.budget_ms,
-                                      fixed=dict(space.fixed), model=cfg.model, input_shape=cfg.input_shape,
-                                      objective=cfg.objective, dataset=cfg.dataset,
-                                      dataset_limit=cfg.dataset_limit, epochs=cfg.epochs,
-                                      batch_size=cfg.batch_size, seed=cfg.seed,
-                                      latency_threads=cfg.latency_threads, target_label=cfg.target_label,
-                                      crash_marker=cfg.crash_marker, load_marker=cfg.load_marker,
-                                      latency_quiet_wait=cfg.latency_quiet_wait,
-                                      latency_max_seconds=cfg.latency_max_seconds, meters=meters)
+            tsettings.meters = meters
             searcher = ArchSearcher(space, algo=cfg.algo, budget_ms=cfg.budget_ms, seed=cfg.seed,
                                     max_trials=remaining, predictor=predictor,
                                     prefilter_margin=cfg.prefilter_margin, on_event=recorder.add, history=history)
@@ -320,21 +333,31 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
                 run_config=tune.RunConfig(name="ray", storage_path=str((out / "ray").resolve()), verbose=0,
                                           callbacks=[callback], log_to_file=True,
                                           failure_config=tune.FailureConfig(max_failures=0)))
-            progress(f"searching {cfg.spec}: {remaining} trials, {cfg.algo}, objective {cfg.objective}, budget "
-                     f"{cfg.budget_ms:g} ms, {concurrency} at a time on {len(info.nodes)} node(s)"
-                     + (f" (--concurrency {cfg.concurrency}, but {cpus} CPUs)" if (cfg.concurrency or 0) > cpus
-                        else ""))
+            if remaining > 0 or unmeasured:
+                progress(f"searching {cfg.spec}: {remaining} trials, {cfg.algo}, objective {cfg.objective}, budget "
+                         f"{cfg.budget_ms:g} ms, {concurrency} at a time on {len(info.nodes)} node(s)"
+                         + (f" (--concurrency {cfg.concurrency}, but {cpus} CPUs)" if (cfg.concurrency or 0) > cpus
+                            else ""))
             try:
-                tuner.fit()
+                if remaining > 0 or unmeasured:
+                    tuner.fit()
             except KeyboardInterrupt:
                 interrupted = True
             if searcher.exhausted:
                 exhausted = searcher.exhausted_message()
             if predictor is not None:
                 predictor_info = predictor.accuracy()
+            if bases and not interrupted:
+                try:
+                    baseline_records = run_baselines(bases, tsettings, out, progress)
+                except KeyboardInterrupt:
+                    interrupted = True
         finally:
             cluster.shutdown()
-    return _finish(cfg, space.fixed, run, out, recorder, problems, t0, interrupted, exhausted, predictor_info)
+    elif bases:
+        baseline_records = run_baselines(bases, tsettings, out, progress)  # every one done earlier: reused
+    return _finish(cfg, space.fixed, run, out, recorder, problems, t0, interrupted, exhausted, predictor_info,
+                   baseline_records)
 
 
 def _make_callback_class():
@@ -397,7 +420,9 @@ def _make_callback_class():
     return TuneCallback
 
 
-def _finish(cfg, fixed, run, out, recorder, problems, t0, interrupted, exhausted, predictor_info) -> SearchSummary:
+def _finish(cfg, fixed, run, out, recorder, problems, t0, interrupted, exhausted, predictor_info,
+            baseline_records=()) -> SearchSummary:
+    from .baselines import compare_with_best
     from .pareto import pareto_front, plot_pareto, top_k
 
     records = recorder.records
@@ -421,14 +446,15 @@ def _finish(cfg, fixed, run, out, recorder, problems, t0, interrupted, exhausted
                                             values={**fixed, **rec["point"]}))
     ylabel = "validation accuracy" if cfg.objective == "accuracy" else f"{cfg.objective} score (zero-cost proxy)"
     plot_pareto(records, cfg.budget_ms, out / "pareto.png", title=f"{Path(cfg.spec).name}: {ylabel} vs latency",
-                metric="score", ylabel=ylabel)
+                metric="score", ylabel=ylabel, baselines=list(baseline_records))
     best = recorder.best()
     errors = Counter((r.get("error") or "no error recorded").strip().splitlines()[0]
                      for r in records if r.get("status") == "failed")
     summary = SearchSummary(out=out, counts=recorder.counts(), best=best, front=front, top=top_paths,
                             seconds=time.perf_counter() - t0, interrupted=interrupted, exhausted=exhausted,
                             problems=problems, predictor=predictor_info, objective=cfg.objective,
-                            measurements=measurement_counts(records), failures=errors.most_common())
+                            measurements=measurement_counts(records), failures=errors.most_common(),
+                            baselines=compare_with_best(best, list(baseline_records)), budget_ms=cfg.budget_ms)
     data = {k: v for k, v in asdict(summary).items() if k not in ("front",)}
     data["top"] = [str(p) for p in top_paths]
     data["out"] = str(out)

@@ -139,11 +139,12 @@ def latency_axis(latencies: Iterable[float], ok_latencies: Iterable[float],
 
 
 def pareto_figure(records: Iterable[dict], budget_ms: float | None, title: str | None = None, *,
-                  metric: str = "accuracy", ylabel: str | None = None):
+                  metric: str = "accuracy", ylabel: str | None = None, baselines: Iterable[dict] = ()):
     """A matplotlib Figure (on an Agg canvas) of accuracy vs latency: every ok trial, the Pareto front as a step
     line, over-budget trials in grey at their latency (predicted latency for "predicted_over_budget"; at the
     bottom edge when not trained), and the budget as a dashed vertical line labelled "budget X ms". The latency
-    axis is logarithmic when the latencies spread widely (`latency_axis`)."""
+    axis is logarithmic when the latencies spread widely (`latency_axis`). `baselines` (search/baselines.py
+    records) are drawn as labelled stars at their measured latency and score."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -187,6 +188,15 @@ def pareto_figure(records: Iterable[dict], budget_ms: float | None, title: str |
                     color="0.6", transform=ax.get_xaxis_transform(), zorder=1,
                     label=None if trained else f"{label} ({n})")
 
+    base = [(b["latency_ms"], b["score"], b["name"]) for b in baselines
+            if b.get("status") == "ok" and _num(b.get("latency_ms")) is not None and _num(b.get("score")) is not None]
+    if base:
+        ax.scatter([b[0] for b in base], [b[1] for b in base], marker="*", s=110, color="tab:green",
+                   edgecolor="black", linewidth=0.5, label=f"baselines, scaled ({len(base)})", zorder=4)
+        for lat, score, name in base:
+            ax.annotate(name, (lat, score), textcoords="offset points", xytext=(5, -10), fontsize=7,
+                        color="tab:green")
+        plotted += [b[0] for b in base]
     if budget_ms is not None:
         ax.axvline(budget_ms, linestyle="--", color="tab:red", linewidth=1.2, label=f"budget {budget_ms:g} ms")
         ax.text(budget_ms, 0.98, f" budget {budget_ms:g} ms", transform=ax.get_xaxis_transform(), color="tab:red",
@@ -209,11 +219,12 @@ def pareto_figure(records: Iterable[dict], budget_ms: float | None, title: str |
 
 
 def plot_pareto(records: Iterable[dict], budget_ms: float | None, path: str | os.PathLike,
-                title: str | None = None, *, metric: str = "accuracy", ylabel: str | None = None) -> Path:
+                title: str | None = None, *, metric: str = "accuracy", ylabel: str | None = None,
+                baselines: Iterable[dict] = ()) -> Path:
     """Write `pareto_figure(records, budget_ms, title, metric=...)` as a PNG to `path` (same records, same bytes).
     Returns the path."""
     path = Path(path)
-    fig = pareto_figure(records, budget_ms, title, metric=metric, ylabel=ylabel)
+    fig = pareto_figure(records, budget_ms, title, metric=metric, ylabel=ylabel, baselines=baselines)
     # No Software/time metadata, so the bytes depend only on the records.
     fig.savefig(path, format="png", metadata={"Software": None})
     return path

@@ -1,0 +1,110 @@
+"""`archdsl search --baseline`: a hand-designed spec scaled to the budget by its knob `s` (bisection on measured
+latency), trained with the trials' recipe, drawn on the plot and compared with the search's best."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from archdsl.search.baselines import compare_with_best, scale_to_budget, validate_baselines
+from archdsl.search.errors import SearchError
+
+from archdsl.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "examples" / "search" / "tiny_space.arch"
+
+BASE = """\
+# a tiny ConvNeXt-like baseline for 1x16x16 digits, scaled by s over depth and width
+model tinybase(depths: list[int] = [1, 1], dims: list[int] = [16, 32], s: float = 1.0, num_classes: int = 10) {
+    scaling(s=s, d=1, w=1, r=0, depth=depths, width=dims)
+    input(1, 16, 16)
+    stem: conv(dims[0], k=2, s=2, pad=0)
+    stages: for i in range(2) {
+        down: if i > 0 { conv(dims[i], k=2, s=2, pad=0) }
+        blocks: for j in range(depths[i]) {
+            residual { dwconv(3); bn(); conv(2 * dims[i], k=1); gelu(); conv(dims[i], k=1) }
+        }
+    }
+    head: { pool: gap(); fc: linear(num_classes) }
+}
+"""
+
+
+def test_scaling_bisects_to_the_largest_s_that_fits():
+    best, seen = scale_to_budget(lambda s: s, 3.0)  # latency = s ms: the answer is s = 3
+    assert 2.9 < best <= 3.0 and len(seen) <= 3 + 6
+    best, _ = scale_to_budget(lambda s: 10 * s, 0.5)  # going down from s = 1: 0.05
+    assert 0.045 < best <= 0.05
+    assert scale_to_budget(lambda s: 100.0, 1.0)[0] is None  # over the budget everywhere
+    assert scale_to_budget(lambda s: 0.1, 1.0)[0] == 64.0  # fits everywhere: the top of the range
+    # an s that gives no valid network (None) counts as not fitting; the search goes on below it
+    best, _ = scale_to_budget(lambda s: None if s > 1.5 else s, 10.0)
+    assert 1.0 <= best <= 1.5
+
+
+def test_compare_with_best_says_who_wins():
+    rows = compare_with_best({"score": 0.9}, [{"name": "a", "status": "ok", "score": 0.8, "latency_ms": 1.0, "s": 1},
+                                              {"name": "b", "status": "ok", "score": 0.95, "latency_ms": 1.0, "s": 2},
+                                              {"name": "c", "status": "over_budget", "score": None}])
+    assert [r["beats"] for r in rows] == [True, False, None]
+    assert rows[0]["margin"] == pytest.approx(0.1)
+
+
+def test_a_baseline_without_a_knob_is_refused_before_the_search(tmp_path):
+    spec = tmp_path / "noknob.arch"
+    spec.write_text("model noknob() {\n    input(1, 16, 16)\n    stem: conv(8, k=2, s=2, pad=0)\n"
+                    "    head: { pool: gap(); fc: linear(10) }\n}\n")
+    with pytest.raises(SearchError, match="no parameter 's'"):
+        validate_baselines([str(spec)], None)
+    with pytest.raises(SearchError, match="no such file"):
+        validate_baselines([str(tmp_path / "missing.arch")], None)
+    good = tmp_path / "tinybase.arch"
+    good.write_text(BASE)
+    (b,) = validate_baselines([str(good)], None)
+    assert b["name"] == "tinybase" and "tinybase.arch" in b["files"]
+
+
+@pytest.mark.slow
+def test_search_with_a_baseline_scales_trains_and_compares(tmp_path, monkeypatch, capsys):
+    for k, v in {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                 "RAY_USAGE_STATS_ENABLED": "0", "ARCHDSL_LOCK_DIR": str(tmp_path / "locks"),
+                 "ARCHDSL_CACHE_DIR": str(tmp_path / "cache")}.items():
+        monkeypatch.setenv(k, v)
+    spec = tmp_path / "tinybase.arch"
+    spec.write_text(BASE)
+    out = tmp_path / "run"
+    args = ["search", str(TINY), "--latency-ms", "1.5", "--trials", "2", "--epochs", "1", "--dataset-limit", "300",
+            "--out", str(out), "--seed", "1", "--latency-threads", "1", "--baseline", str(spec)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "baseline tinybase" in text
+    (rec,) = json.loads((out / "baselines.json").read_text())
+    if rec["status"] == "ok":  # scaled: the largest measured s under the budget, trained like a trial
+        assert rec["latency_ms"] <= 1.5 and rec["s"] > 0 and 0 <= rec["accuracy"] <= 1 and len(rec["accuracies"]) == 1
+        assert any(st["latency_ms"] is not None and st["latency_ms"] > 1.5 for st in rec["steps"]) or rec["s"] == 64
+        scaled = Path(rec["arch"])
+        assert scaled.is_file()
+        assert main(["check", str(scaled)]) == 0
+    else:  # this machine was too slow or too busy to fit it: it says so
+        assert rec["status"] in ("over_budget", "unmeasured") and rec["error"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["baselines"][0]["name"] == "tinybase"
+    assert (out / "pareto.png").stat().st_size > 0
+    # a resumed search reuses the baseline instead of scaling and training it again
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0
+    assert "done earlier" in capsys.readouterr().err
+
+
+def test_a_concrete_spec_pins_a_model_parameter_given_as_a_value(tmp_path):
+    """write_concrete(values={"s": ...}): the knob is a model parameter, not a choice point (it once was dropped)."""
+    from archdsl.api import check_file
+    from archdsl.concrete import write_concrete
+
+    spec = tmp_path / "tinybase.arch"
+    spec.write_text(BASE)
+    path = write_concrete(spec, {}, tmp_path / "out", "scaled", values={"s": 2.7})
+    assert 'fix "s" = 2.7' in path.read_text() or "fix s = 2.7" in path.read_text()
+    assert check_file(path).total().macs == check_file(spec, values={"s": 2.7}).total().macs
