@@ -66,6 +66,7 @@ class RunState:
     state_note: str = ""
     running: list[str] = field(default_factory=list)  # Ray trial ids started by the live search, no record yet
     top_files: dict[str, Path] = field(default_factory=dict)  # architecture hash -> top/<rank>_<hash>.arch
+    baselines: list[dict] = field(default_factory=list)  # baselines.json: hand-designed specs scaled to the budget
     _rows: dict[int, int] = field(default_factory=dict, repr=False)  # id(record) -> its index in records
 
     @property
@@ -116,6 +117,13 @@ def read_run(run_dir: str | os.PathLike) -> RunState:
         pass
     except (OSError, ValueError) as err:  # written in place at the end: may be caught half-written
         st.problems.append(f"{path / SUMMARY}: not readable ({err}); ignored")
+    try:
+        data = json.loads((path / "baselines.json").read_text(encoding="utf-8"))
+        st.baselines = [b for b in data if isinstance(b, dict) and b.get("name")] if isinstance(data, list) else []
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as err:
+        st.problems.append(f"{path / 'baselines.json'}: not readable ({err}); ignored")
     for f in sorted((path / "top").glob("*_*.arch")):
         st.top_files.setdefault(f.stem.split("_", 1)[1], f)
     holder = _lock_holder(path)
@@ -339,6 +347,30 @@ def _section_top(st: RunState, base: Path, top: int) -> str:
     return ('<section id="top-section"><h2>Top architectures</h2><p class="muted">Ranked by '
             f'{esc(st.metric)} among the trials measured within the budget (one per network).</p>'
             f'{_table(head, rows, "top", "top")}<h3>Rendered graphs</h3>{"".join(graphs)}</section>')
+
+
+def _section_baselines(st: RunState, base: Path) -> str:
+    """Each hand-designed baseline scaled to the budget: its knob, measured latency, size and score, against the
+    search's best under the budget."""
+    if not st.baselines:
+        return ""
+    from .pareto import best_under_budget
+
+    best = best_under_budget(st.records, st.budget, metric=st.metric)
+    top = _num(best.get(st.metric)) if best else None
+    rows = []
+    for b in st.baselines:
+        score = _num(b.get("score"))
+        margin = "–" if score is None or top is None else f"{top - score:+.4f}"
+        arch = (f'<a href="{esc(_href(Path(b["arch"]), base))}">{esc(Path(b["arch"]).name)}</a>'
+                if b.get("arch") else "–")
+        rows.append([esc(b.get("name")), esc(b.get("status")), _f(b.get("s"), ".3g"), _f(b.get("latency_ms")),
+                     _int(b.get("params")), _int(b.get("macs")), _f(score, ".4f"), margin, arch])
+    return ('<section id="baselines"><h2>Baselines at the budget</h2>'
+            + _table(["baseline", "status", "s", "latency ms", "params", "MACs", st.metric, "best - baseline",
+                      "scaled spec"], rows)
+            + '<p class="muted">Each hand-designed spec is scaled by its knob s (pycls compound scaling) to the '
+            "largest s whose measured latency fits the budget, then trained with the trials' recipe.</p></section>")
 
 
 def _section_counts(st: RunState) -> str:
@@ -591,6 +623,7 @@ svg.plot .grid{stroke:#eef1f5}svg.plot .axes{fill:none;stroke:#9aa5b4}
 svg.plot .pt-ok{fill:#3b82f6;fill-opacity:.7;stroke:#1d4ed8;stroke-width:.8}
 svg.plot .pt-front{fill:#f97316;stroke:#9a3412;stroke-width:1}
 svg.plot .pt-over,svg.plot .pt-pred{stroke:#8b95a5;stroke-width:1.6;fill:none}
+svg.plot .pt-base{fill:#2e9e44;stroke:#1b1f24;stroke-width:.6}svg.plot .base-label{fill:#2e7d32;font-size:11px}
 svg.plot circle:hover{stroke:#111;stroke-width:2}
 svg.plot .front-line{fill:none;stroke:#f97316;stroke-width:1.6}
 svg.plot .budget{stroke:#dc2626;stroke-width:1.4;stroke-dasharray:6 4}svg.plot .budget-label{fill:#dc2626}
@@ -620,7 +653,8 @@ def render(st: RunState, *, out: str | os.PathLike | None = None, top: int = 10)
         f'<section id="pareto-section"><h2>Pareto front</h2>{pareto_svg(st)}<p class="muted">Each point is a trial '
         f"(hover for details, click for its row); the front is the best {esc(st.metric)} at each latency within the "
         "budget.</p></section>",
-        _section_top(st, base, top), f'<div class="two">{_section_counts(st)}{_section_predictor(st)}</div>',
+        _section_top(st, base, top), _section_baselines(st, base),
+        f'<div class="two">{_section_counts(st)}{_section_predictor(st)}</div>',
         f'<div class="two">{_section_machine(st)}{_section_settings(st)}</div>', _section_failures(st),
         _section_trials(st),
         f"<footer>archdsl {esc(st.settings.get('archdsl_version', ''))} · <code>archdsl report</code></footer>",

@@ -106,6 +106,11 @@ class _Plot:
         tip = f"<title>{esc(title)}</title>"
         if kind == "circle":
             shape = f'<circle class="{cls}" cx="{x}" cy="{y}" r="4.5">{tip}</circle>'
+        elif kind == "star":
+            ang = [math.pi * i / 5 for i in range(10)]
+            pts = " ".join(f"{round(x + r * math.sin(a), 2)},{round(y - r * math.cos(a), 2)}"
+                           for a, r in zip(ang, [7, 3] * 5))
+            shape = f'<polygon class="{cls}" points="{pts}">{tip}</polygon>'
         else:  # "x" or "+", drawn as one path
             d = 4
             lines = (f"M{x - d} {y - d}L{x + d} {y + d}M{x - d} {y + d}L{x + d} {y - d}" if kind == "x"
@@ -146,9 +151,12 @@ def pareto_svg(st: RunState) -> str:
         s = _num(r.get(metric))
         (scored if s is not None else unscored).append((lat, s, r, kind, cls))
     front = pareto_front(st.records, budget_ms=budget, metric=metric)
-    lo, hi, xlog = latency_axis([p[0] for p in scored + unscored],
-                                [p[0] for p in scored + unscored if p[2].get("status") == "ok"], budget)
-    scores = [p[1] for p in scored]
+    bases = [(lat, s, b) for b in st.baselines if b.get("status") == "ok"
+             and (lat := _num(b.get("latency_ms"))) is not None and (s := _num(b.get("score"))) is not None]
+    lo, hi, xlog = latency_axis([p[0] for p in scored + unscored] + [b[0] for b in bases],
+                                [p[0] for p in scored + unscored if p[2].get("status") == "ok"]
+                                + [b[0] for b in bases], budget)
+    scores = [p[1] for p in scored] + [b[1] for b in bases]
     pad = 0.06 * ((max(scores) - min(scores)) or abs(scores[0]) or 1.0) if scores else 0.0
     ylabel = ("validation accuracy" if st.settings.get("objective", "accuracy") == "accuracy"
               else f"{st.settings.get('objective', metric)} score (zero-cost proxy)")
@@ -182,6 +190,11 @@ def pareto_svg(st: RunState) -> str:
             cls = "pt-front"
         body.append(plot.marker(kind, cls, plot.x(shown), plot.y(s) if s is not None else bottom, tip,
                                 f"#{st.anchor(r)}"))
+    for lat, s, b in bases:
+        x, y = plot.x(min(lat, xmax)), plot.y(s)
+        body.append(plot.marker("star", "pt-base", x, y, f"baseline {b.get('name')} (s={b.get('s'):.3g}): "
+                                f"{metric} {_score(s)}, measured {lat:.3f} ms"))
+        body.append(f'<text class="base-label" x="{x + 8}" y="{y + 12}">{esc(b.get("name"))}</text>')
     n_ok = sum(1 for p in scored if p[2].get("status") == "ok")
     plot.legend = [("circle", "pt-ok", f"trials ({n_ok})"), ("circle", "pt-front", f"Pareto front ({len(front)})")]
     for kind, cls, status, text in (("x", "pt-over", "over_budget", "over budget, measured"),
@@ -189,6 +202,8 @@ def pareto_svg(st: RunState) -> str:
         n = sum(1 for p in scored + unscored if p[2].get("status") == status)
         if n:
             plot.legend.append((kind, cls, f"{text} ({n})"))
+    if bases:
+        plot.legend.append(("star", "pt-base", f"baselines, scaled ({len(bases)})"))
     if budget is not None:
         plot.legend.append(("line", "budget", f"budget {budget:g} ms"))
     if not scored and not unscored:

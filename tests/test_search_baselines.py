@@ -92,6 +92,12 @@ def test_search_with_a_baseline_scales_trains_and_compares(tmp_path, monkeypatch
     summary = json.loads((out / "summary.json").read_text())
     assert summary["baselines"][0]["name"] == "tinybase"
     assert (out / "pareto.png").stat().st_size > 0
+    from archdsl.search.report import build_report
+
+    html = build_report(out)
+    assert "Baselines at the budget" in html and "tinybase" in html
+    if rec["status"] == "ok":
+        assert 'class="pt-base"' in html  # the labelled star on the Pareto plot
     # a resumed search reuses the baseline instead of scaling and training it again
     capsys.readouterr()
     assert main(args + ["--resume"]) == 0
