@@ -50,6 +50,8 @@ def add_search_parser(sub) -> None:
                    help="fix a model parameter or choice point for the whole search (repeatable)")
     p.add_argument("--input", metavar="CxHxW", help="input shape (overrides the spec's input)")
     p.add_argument("--model", help="which model of the file (when it defines several)")
+    p.add_argument("--max-minutes", type=float, metavar="M",
+                   help="start no new trial after M minutes (running trials finish; --trials still caps the count)")
     p.add_argument("--baseline", action="append", default=[], metavar="SPEC",
                    help="a hand-designed spec whose parameter s drives its scaling(...) rule: scaled to the budget "
                         "by bisection on measured latency, trained with the trials' recipe, and compared with the "
@@ -71,6 +73,8 @@ def cmd_search(args) -> int:
         return _usage(f"--latency-ms must be positive, got {args.latency_ms}")
     if args.epochs < 1:
         return _usage(f"--epochs must be at least 1, got {args.epochs}")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        return _usage(f"--max-minutes must be positive, got {args.max_minutes}")
     if not 0 <= args.quiet_wait < 1e6:
         return _usage(f"--quiet-wait must be a number of seconds >= 0, got {args.quiet_wait}")
     cfg = SearchConfig(spec=args.file, budget_ms=args.latency_ms, trials=args.trials, algo=args.algo,
@@ -80,7 +84,7 @@ def cmd_search(args) -> int:
                        model=args.model, input_shape=_input_shape(args.input), concurrency=args.concurrency,
                        latency_threads=args.latency_threads, target_label=args.target_label,
                        predictor=not args.no_predictor, top_k=args.top, latency_quiet_wait=args.quiet_wait,
-                       baselines=list(args.baseline))
+                       baselines=list(args.baseline), max_minutes=args.max_minutes)
     try:
         summary = run_search(cfg)
     except (SearchError, RunDirError, DatasetError, ClusterError) as e:

@@ -68,6 +68,7 @@ class SearchConfig:
     latency_quiet_wait: float = 30.0  # s a trial waits for a quiet machine before it is left unmeasured
     latency_max_seconds: float = 2.0  # time cap of one latency measurement
     baselines: list[str] = field(default_factory=list)  # hand-designed specs scaled to the budget (baselines.py)
+    max_minutes: float | None = None  # no new trial starts after this many minutes of this run
 
 
 @dataclass
@@ -316,7 +317,8 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
             tsettings.meters = meters
             searcher = ArchSearcher(space, algo=cfg.algo, budget_ms=cfg.budget_ms, seed=cfg.seed,
                                     max_trials=remaining, predictor=predictor,
-                                    prefilter_margin=cfg.prefilter_margin, on_event=recorder.add, history=history)
+                                    prefilter_margin=cfg.prefilter_margin, on_event=recorder.add, history=history,
+                                    deadline=None if cfg.max_minutes is None else time.time() + 60 * cfg.max_minutes)
             callback = _make_callback_class()(
                 recorder, more_to_start=searcher.has_more)
             scheduler = None
@@ -345,6 +347,9 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
                 interrupted = True
             if searcher.exhausted:
                 exhausted = searcher.exhausted_message()
+            if searcher.timed_out:
+                problems.append(f"--max-minutes {cfg.max_minutes:g} reached: no new trial was started after it; "
+                                "continue with --resume to run the rest of --trials")
             if predictor is not None:
                 predictor_info = predictor.accuracy()
             if bases and not interrupted:

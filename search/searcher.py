@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 import warnings
 from collections import Counter
 from typing import Any, Callable
@@ -109,17 +110,20 @@ def _from_optuna(v: Any, values: list) -> Any:
 class ArchSearcher(Searcher):
     """Ray Tune searcher over a .arch search space. `max_trials`: Ray trials to start (built and measured)
     in this run; `history`: records of an earlier run of the same search (replayed into Optuna, their
-    hashes never evaluated again). `objective`: the name of the score in results ("score", higher is better)."""
+    hashes never evaluated again). `objective`: the name of the score in results ("score", higher is better).
+    `deadline` (time.time()): no new point starts after it; running trials and pending re-measurements finish."""
 
     def __init__(self, space: SearchSpace, *, algo: str = "tpe", budget_ms: float, seed: int = 0,
                  max_trials: int, predictor=None, prefilter_margin: float = 1.5,
                  on_event: Callable[[dict], None] | None = None, history: list[dict] | None = None,
-                 n_startup: int = 5, metric: str = "score"):
+                 n_startup: int = 5, metric: str = "score", deadline: float | None = None):
         super().__init__(metric=metric, mode="max")
         if budget_ms <= 0 or not math.isfinite(budget_ms):
             raise SearchError(f"the latency budget must be a positive number of ms, got {budget_ms}")
         self.space, self.algo, self.budget_ms = space, algo, float(budget_ms)
         self.max_trials = max_trials
+        self.deadline = deadline  # time.time() after which no new point starts (running ones finish)
+        self.timed_out = False
         self.predictor = predictor
         self.prefilter_margin = prefilter_margin
         self.on_event = on_event or (lambda rec: None)
@@ -245,6 +249,9 @@ class ArchSearcher(Searcher):
     def _new_allowed(self) -> bool:
         # every point holds a slot of the trial budget while it runs, waits for its retry, or once it is measured
         slots = len(self.pending) + len(self.retry) + self.measured
+        if self.deadline is not None and time.time() >= self.deadline:
+            self.timed_out = True
+            return False
         return slots < self.max_trials and self.unmeasured_events <= self.max_trials and not self.exhausted
 
     def has_more(self) -> bool:

@@ -114,3 +114,21 @@ def test_a_concrete_spec_pins_a_model_parameter_given_as_a_value(tmp_path):
     path = write_concrete(spec, {}, tmp_path / "out", "scaled", values={"s": 2.7})
     assert 'fix "s" = 2.7' in path.read_text() or "fix s = 2.7" in path.read_text()
     assert check_file(path).total().macs == check_file(spec, values={"s": 2.7}).total().macs
+
+
+def test_max_minutes_stops_new_trials_but_not_the_running_ones():
+    import time
+
+    from archdsl.search.searcher import ArchSearcher
+    from archdsl.search.space import SearchSpace
+    from ray.tune.search import Searcher
+
+    space = SearchSpace(TINY)
+    live = ArchSearcher(space, budget_ms=2.0, max_trials=3, deadline=time.time() + 3600)
+    first = live.suggest("t1")
+    assert isinstance(first, dict) and not live.timed_out
+    live.deadline = time.time() - 1  # the time is up: no new point, but t1 is still running
+    assert live.suggest("t2") is None and live.timed_out and not live.has_more()
+    gone = ArchSearcher(space, budget_ms=2.0, max_trials=3, deadline=time.time() - 1)
+    assert gone.suggest("t1") == Searcher.FINISHED
+    assert main(["search", str(TINY), "--latency-ms", "2", "--max-minutes", "0"]) == 2
