@@ -179,3 +179,15 @@ def test_sample_space_draws_ranges_and_conditional_choices():
     conditional = [p for p, _ in points if p["stages.0.kind"] == "dilated"]
     assert conditional and all("stages.0.blocks.0.mixer.dilation" in p for p in conditional)  # met only there
     assert all("stages.0.blocks.0.mixer.dilation" not in p for p, _ in points if p["stages.0.kind"] != "dilated")
+
+
+def test_sample_space_passes_string_values_as_values(tmp_path):
+    """A sampled string that reads as an .arch constant ("none") stays a string (values, never text)."""
+    from archdsl.bench.table import sample_space
+
+    spec = tmp_path / "none.arch"
+    spec.write_text('model m() {\n    input(1, 8, 8)\n    let a = choice("none", "relu", name="act")\n'
+                    '    stem: conv(8, k=3)\n    x: if a == "relu" { relu() }\n'
+                    '    head: { pool: gap(); fc: linear(10) }\n}\n')
+    pts, rejected = sample_space(spec, 8, seed=1)
+    assert rejected == 0 and {p["act"] for p, _ in pts} == {"none", "relu"}

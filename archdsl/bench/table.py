@@ -106,7 +106,8 @@ def sample_space(space_path: str | os.PathLike, n: int, input_shape: tuple[int, 
             return point[cp.name]
 
         try:
-            g = check_file(space_path, point, input_shape, strict_overrides=False, sampler=met)
+            # values, never text: a sampled string such as "none" is that string, not the constant `none`
+            g = check_file(space_path, None, input_shape, strict_overrides=False, sampler=met, values=point)
         except ArchError:
             rejected += 1
             continue
