@@ -81,7 +81,10 @@ def cmd_search(args) -> int:
                        predictor=not args.no_predictor, top_k=args.top, latency_quiet_wait=args.quiet_wait)
     try:
         summary = run_search(cfg)
-    except (SearchError, RunDirError, DatasetError, ClusterError) as e:
+    except DatasetError as e:  # the same line as archdsl train's
+        print(f"archdsl: error: {e}", file=sys.stderr)
+        return 1
+    except (SearchError, RunDirError, ClusterError) as e:
         print(f"archdsl search: {e}", file=sys.stderr)
         return 1
     print(summary.text())

@@ -114,29 +114,19 @@ def _train(args, given: dict[str, Any], overrides, input_shape) -> int:
 
     from ..api import check_file, require_resolved
     from ..codegen.module import build_module
-    from .data import canonical_name, check_classes, fit_to_input, load_dataset
-    from .space import canonical_hash
+    from .data import check_classes, fit_to_input
     from .train import Recipe, Trainer, evaluate_split, recipe_context
 
     g = check_file(args.file, overrides, input_shape, args.model, tuple(args.import_path),
                    args.allow_outside_imports)
     require_resolved(g)  # a spec with open choices: ArchError naming each one (exit 1)
-    if "dataset" in given:
-        given["dataset"] = canonical_name(given["dataset"])
     out = Path(args.out)
     lock = _lock_out(out)
     try:
         ckpt = _read_checkpoint(out) if args.resume else None
         if ckpt is None:
             _refuse_earlier_run(out)
-        s = {**DEFAULTS, **(ckpt["settings"] if ckpt else {}), **given}
-        s["threads"] = s["threads"] or len(os.sched_getaffinity(0))
-        s["dataset"] = canonical_name(s["dataset"])
-        s["network"] = canonical_hash(g)
-        loaded = load_dataset(s["dataset"], seed=s["seed"], val_fraction=s["val_fraction"], limit=s["dataset_limit"])
-        s["data_sha256"] = _fingerprint(loaded)
-        if ckpt is not None:
-            _match(ckpt["settings"], s, given, out)
+        s, loaded = _settings(given, ckpt, g, out)
         c, h, w = g.input_shape.to_json()
         ds = fit_to_input(loaded, c, h, w)
         if g.output_shape is not None:
@@ -147,59 +137,86 @@ def _train(args, given: dict[str, Any], overrides, input_shape) -> int:
             module = build_module(g)
         with recipe_context(module, recipe.batch_size, s["threads"]):
             trainer = Trainer(module, ds, recipe)
-            history: list[dict[str, Any]] = []
-            seconds, sessions = 0.0, 1
+            run = {"settings": s, "history": [], "seconds": 0.0, "sessions": 1}
             if ckpt is not None:
                 module.load_state_dict(ckpt["model"])
                 trainer.load_state_dict(ckpt["trainer"])
-                history, seconds, sessions = list(ckpt["history"]), float(ckpt["seconds"]), int(ckpt["sessions"]) + 1
+                run.update(history=list(ckpt["history"]), seconds=float(ckpt["seconds"]),
+                           sessions=int(ckpt["sessions"]) + 1)
                 print(f"resuming {out / CHECKPOINT} after epoch {trainer.epoch} of {recipe.epochs}", file=sys.stderr)
             else:
                 print(f"training {g.model} ({g.total().params:,} params) on {ds.name}: {len(ds.y_train)} train / "
-                      f"{len(ds.y_val)} val images {c}x{h}x{w}, {recipe.epochs} epochs, {s['threads']} thread(s)",
+                      f"{len(ds.y_val)} val images {c}x{h}x{w}, {recipe.epochs} epoch(s), {s['threads']} thread(s)",
                       file=sys.stderr)
-            progress = _progress(recipe.epochs, trainer.steps_per_epoch, trainer.epoch)
-            saved = trainer.epoch
-            try:
-                while trainer.epoch < recipe.epochs:
-                    stats = trainer.run_epoch(progress.step)
-                    if stats.diverged:
-                        raise TrainCmdError(f"the training loss became non-finite in epoch {stats.epoch}; "
-                                            f"try a lower --lr (the checkpoint of epoch {stats.epoch - 1} is kept)")
-                    seconds += stats.seconds
-                    history.append({"epoch": stats.epoch, "train_loss": stats.train_loss,
-                                    "val_loss": stats.val_loss, "val_accuracy": stats.val_accuracy,
-                                    "seconds": round(stats.seconds, 3)})
-                    _save_checkpoint(out, {"format": CHECKPOINT_FORMAT, "settings": s, "model": module.state_dict(),
-                                           "trainer": trainer.state_dict(), "history": history, "seconds": seconds,
-                                           "sessions": sessions})
-                    saved = stats.epoch
-                    progress.epoch_end(stats)
-                    _test_kill_hook(stats.epoch)
-            except KeyboardInterrupt:
-                progress.close()
-                kept = f"{out / CHECKPOINT} holds epoch {saved}" if saved else "no epoch finished"
-                print(f"archdsl: interrupted; {kept}: rerun with --resume to continue", file=sys.stderr)
+            if not _epochs(trainer, out, run):
                 return 130
-            progress.close()
             test_acc, test_loss = evaluate_split(module, ds.x_test, ds.y_test, batch_size=max(256, recipe.batch_size))
-        metrics = _metrics(args.file, g, s, ds, history, test_acc, test_loss, seconds, sessions)
+        metrics = _metrics(args.file, g, ds, run, test_acc, test_loss)
         _atomic_write(out / WEIGHTS, lambda f: torch.save(module.state_dict(), f))
         _atomic_write(out / METRICS, lambda f: f.write(json.dumps(metrics, indent=2).encode() + b"\n"))
     finally:
         lock.close()
-    last = history[-1] if history else {"val_accuracy": float("nan")}
-    print(f"trained {g.model} ({metrics['params']:,} params) for {recipe.epochs} epochs on {ds.name}: "
-          f"val accuracy {last['val_accuracy']:.4f}, test accuracy {test_acc:.4f} ({len(ds.y_test)} test images, "
+    epochs = f"{recipe.epochs} epoch" + ("" if recipe.epochs == 1 else "s")
+    print(f"trained {g.model} ({metrics['params']:,} params) for {epochs} on {ds.name}: "
+          f"val accuracy {metrics['val_accuracy']:.4f}, test accuracy {test_acc:.4f} ({len(ds.y_test)} test images, "
           f"{ds.test_split.split(':')[0]})")
-    print(f"wrote {out / WEIGHTS} and {out / METRICS} ({seconds:.1f} s of training)")
+    print(f"wrote {out / WEIGHTS} and {out / METRICS} ({run['seconds']:.1f} s of training)")
     return 0
 
 
-def _metrics(spec, g, s, ds, history, test_acc, test_loss, seconds, sessions) -> dict[str, Any]:
+def _settings(given: dict[str, Any], ckpt: dict[str, Any] | None, g, out: Path):
+    """(the run's settings: flags given, else the checkpoint's, else the defaults; plus the network's hash and
+    the data's sha256), and the data set as loaded. With a checkpoint, refuses what does not match it."""
+    from .data import canonical_name, load_dataset
+    from .space import canonical_hash
+
+    if "dataset" in given:
+        given["dataset"] = canonical_name(given["dataset"])
+    s = {**DEFAULTS, **(ckpt["settings"] if ckpt else {}), **given}
+    s["threads"] = s["threads"] or len(os.sched_getaffinity(0))
+    s["dataset"] = canonical_name(s["dataset"])
+    s["network"] = canonical_hash(g)
+    loaded = load_dataset(s["dataset"], seed=s["seed"], val_fraction=s["val_fraction"], limit=s["dataset_limit"])
+    s["data_sha256"] = _fingerprint(loaded)
+    if ckpt is not None:
+        _match(ckpt["settings"], s, given, out)
+    return s, loaded
+
+
+def _epochs(trainer, out: Path, run: dict[str, Any]) -> bool:
+    """Train the epochs left, a checkpoint after each; False when interrupted (Ctrl-C)."""
+    epochs = trainer.recipe.epochs
+    progress = _progress(epochs, trainer.steps_per_epoch, trainer.epoch)
+    saved = trainer.epoch
+    try:
+        while trainer.epoch < epochs:
+            stats = trainer.run_epoch(progress.step)
+            if stats.diverged:
+                kept = f"the checkpoint of epoch {saved} is kept" if saved else "no epoch finished"
+                raise TrainCmdError(f"the training loss became non-finite in epoch {stats.epoch}; try a lower --lr "
+                                    f"({kept})")
+            run["seconds"] += stats.seconds
+            run["history"].append({"epoch": stats.epoch, "train_loss": stats.train_loss, "val_loss": stats.val_loss,
+                                   "val_accuracy": stats.val_accuracy, "seconds": round(stats.seconds, 3)})
+            _save_checkpoint(out, {"format": CHECKPOINT_FORMAT, **run, "model": trainer.module.state_dict(),
+                                   "trainer": trainer.state_dict()})
+            saved = stats.epoch
+            progress.epoch_end(stats)
+            _test_kill_hook(stats.epoch)
+    except KeyboardInterrupt:
+        progress.close()
+        kept = f"{out / CHECKPOINT} holds epoch {saved}" if saved else "no epoch finished"
+        print(f"archdsl: interrupted; {kept}: rerun with --resume to continue", file=sys.stderr)
+        return False
+    finally:
+        progress.close()
+    return True
+
+
+def _metrics(spec, g, ds, run: dict[str, Any], test_acc: float, test_loss: float) -> dict[str, Any]:
     import torch
 
-    total = g.total()
+    s, history, total = run["settings"], run["history"], g.total()
     return {"spec": str(spec), "model": g.model, "network": s["network"], "params": total.params,
             "macs": total.macs, "input_shape": list(ds.input_shape),
             "settings": {k: s[k] for k in DEFAULTS},
@@ -210,7 +227,7 @@ def _metrics(spec, g, s, ds, history, test_acc, test_loss, seconds, sessions) ->
             "epochs": history,
             "val_accuracy": history[-1]["val_accuracy"] if history else None,
             "test_accuracy": test_acc, "test_loss": test_loss,
-            "seconds": round(seconds, 3), "sessions": sessions, "weights": WEIGHTS,
+            "seconds": round(run["seconds"], 3), "sessions": run["sessions"], "weights": WEIGHTS,
             "torch": torch.__version__, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -321,6 +338,11 @@ def _progress(epochs: int, steps: int, done: int, stream=None):
     return _Lines(epochs, done, stream)
 
 
+def _epoch_line(stats, epochs: int) -> str:
+    return (f"epoch {stats.epoch}/{epochs}: train loss {stats.train_loss:.4f}, val loss {stats.val_loss:.4f}, "
+            f"val accuracy {stats.val_accuracy:.4f} ({stats.seconds:.1f} s)")
+
+
 class _Bar:
     """A tqdm bar over every step of the run, with the ETA; the last epoch's validation figures beside it."""
 
@@ -328,8 +350,14 @@ class _Bar:
         from tqdm import tqdm
 
         self.epochs, self.steps, self.epoch = epochs, steps, done + 1
-        self.bar = tqdm(total=epochs * steps, initial=done * steps, unit="step", file=stream, dynamic_ncols=True,
-                        desc=f"epoch {self.epoch}/{epochs}", leave=True)
+        try:  # a terminal that reports no size (a bare pty) would get no bar at all
+            width, height = os.get_terminal_size(stream.fileno())
+        except (AttributeError, OSError, ValueError):
+            width = height = 0
+        size = {"dynamic_ncols": True} if width > 0 else {"ncols": 100}
+        size["nrows"] = height if height > 0 else 24
+        self.bar = tqdm(total=epochs * steps, initial=done * steps, unit="step", file=stream,
+                        desc=f"epoch {self.epoch}/{epochs}", leave=True, **size)
         self.loss_sum, self.val = 0.0, ""
 
     def step(self, step: int, loss: float) -> None:
@@ -338,6 +366,7 @@ class _Bar:
         self.bar.update(1)
 
     def epoch_end(self, stats) -> None:
+        self.bar.write(_epoch_line(stats, self.epochs), file=self.bar.fp)
         self.val = f", val acc {stats.val_accuracy:.4f}"
         self.epoch = stats.epoch + 1
         if self.epoch <= self.epochs:
@@ -360,9 +389,7 @@ class _Lines:
     def epoch_end(self, stats) -> None:
         this_run = stats.epoch - self.done
         left = (time.perf_counter() - self.start) / this_run * (self.epochs - stats.epoch)
-        print(f"epoch {stats.epoch}/{self.epochs}: train loss {stats.train_loss:.4f}, val loss {stats.val_loss:.4f}, "
-              f"val accuracy {stats.val_accuracy:.4f} ({stats.seconds:.1f} s; about {left:.0f} s left)",
-              file=self.stream, flush=True)
+        print(f"{_epoch_line(stats, self.epochs)[:-1]}; about {left:.0f} s left)", file=self.stream, flush=True)
 
     def close(self) -> None:
         pass

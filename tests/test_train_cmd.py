@@ -121,6 +121,12 @@ def test_open_choices_are_refused(tmp_path, capsys):
     assert "width" not in err.split("open choice")[1] and "Traceback" not in err
 
 
+def test_diverged_training_is_one_clear_error(tmp_path, capsys):
+    rc, _, err = train(capsys, "--lr", "1e30", "--epochs", "1", "--out", str(tmp_path / "o"))
+    assert rc == 1 and "archdsl: error: the training loss became non-finite in epoch 1" in err
+    assert "lower --lr (no epoch finished)" in err and not (tmp_path / "o" / "weights.pt").exists()
+
+
 def test_bad_flags_are_usage_errors(tmp_path, capsys):
     for flag, value in (("--epochs", "0"), ("--val-fraction", "1.5"), ("--label-smoothing", "1"), ("--lr", "0")):
         rc = cli.main(["train", SPEC, *SETS, flag, value, "--out", str(tmp_path / "o")])
