@@ -3,6 +3,7 @@
 Public API (torch is imported only when a model is built):
     archdsl.check_file(path, **overrides) -> ArchGraph  parse + elaborate + check a .arch file
     archdsl.load(path, **overrides) -> nn.Module         the training-form model of a .arch file
+                                                         (weights=FILE: with trained weights, e.g. archdsl train's)
     archdsl.build(text, **overrides) -> nn.Module        the same, from spec text
     archdsl.deploy(module) -> nn.Module                  the inference form of a (trained) training-form model:
                                                          BN folded, branches merged, same function in eval mode
@@ -30,7 +31,7 @@ def check_file(path: str | os.PathLike, overrides: dict[str, Any] | None = None,
     return api.check_file(path, {**(overrides or {}), **kw}, input_shape, model)
 
 
-def _module(graph, form: str = "train", max_memory: int | str | None = None):
+def _module(graph, form: str = "train", max_memory: int | str | None = None, weights=None):
     from .api import require_resolved
     from .codegen.module import build_module
 
@@ -38,6 +39,10 @@ def _module(graph, form: str = "train", max_memory: int | str | None = None):
         raise ValueError(f"form must be 'train', 'deploy' or 'fast', got {form!r}")
     require_resolved(graph)
     m = build_module(graph, max_memory)
+    if weights is not None:
+        from .weights import load_weights
+
+        load_weights(m, weights)
     if form == "train":
         return m
     return deploy(m, kernels="auto" if form == "fast" else "torch")
@@ -65,22 +70,27 @@ def deploy(module, debug: bool = False, *, kernels: str = "torch", batch: int | 
 
 def load(path: str | os.PathLike, overrides: dict[str, Any] | None = None, *,
          input_shape: tuple[int, int, int] | None = None, model: str | None = None, form: str = "train",
-         max_memory: int | str | None = None, **kw: Any):
+         max_memory: int | str | None = None, weights: str | os.PathLike | dict | None = None, **kw: Any):
     """The training-form nn.Module of a .arch file. Every choice point must be fixed by an override or by
     its default=; otherwise ArchError lists the open ones. A model whose float32 parameters plus one batch-1
     inference pass would need more than `max_memory` (bytes or '8G', '25%'; default $ARCHDSL_MAX_MEMORY, else
     half of this machine's RAM) is refused with an ArchError at the responsible layer before anything is
-    allocated; each forward call checks its batch against the same limit (InputError)."""
-    return _module(check_file(path, overrides, input_shape=input_shape, model=model, **kw), form, max_memory)
+    allocated; each forward call checks its batch against the same limit (InputError). `weights`: a
+    training-form state_dict (a dict, or a file such as `archdsl train`'s weights.pt, read with
+    weights_only=True) loaded strictly before the form is made (archdsl.weights.WeightsError if it does not
+    fit). A model parameter named `weights` then goes in `overrides`."""
+    return _module(check_file(path, overrides, input_shape=input_shape, model=model, **kw), form, max_memory,
+                   weights)
 
 
 def build(text: str, overrides: dict[str, Any] | None = None, *, file: str = "<spec>",
           input_shape: tuple[int, int, int] | None = None, model: str | None = None, form: str = "train",
-          max_memory: int | str | None = None, **kw: Any):
+          max_memory: int | str | None = None, weights: str | os.PathLike | dict | None = None, **kw: Any):
     """Like load(), from spec text."""
     from .api import check_text
 
-    return _module(check_text(text, file, {**(overrides or {}), **kw}, input_shape, model), form, max_memory)
+    return _module(check_text(text, file, {**(overrides or {}), **kw}, input_shape, model), form, max_memory,
+                   weights)
 
 
 __all__ = ["ArchError", "build", "check_file", "deploy", "load", "__version__"]

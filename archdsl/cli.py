@@ -1,4 +1,4 @@
-"""The `archdsl` command line: check | show | compile | bench | search | fmt | ops.
+"""The `archdsl` command line: check | show | compile | bench | search | train | report | viz | fmt | ops.
 
 Takes: argv. Returns: an exit code — 0 on success, 1 for a mistake in the user's spec (printed as
 positioned diagnostics on stderr, never a traceback), 2 for bad command-line usage, 70 for an internal
@@ -145,27 +145,19 @@ def cmd_compile(args) -> int:
 
 def _deploy_weights(args):
     """Load a training-form checkpoint into the spec's model and convert it to the deploy form."""
-    import torch
-
     from .api import check_file, require_resolved
     from .codegen.module import build_module
     from .passes import deploy
+    from .weights import WeightsError, load_weights
 
     g = check_file(args.file, _overrides(args.set), _input_shape(args.input), args.model,
                    tuple(args.import_path), args.allow_outside_imports)
     require_resolved(g)
     m = build_module(g)
     try:
-        sd = torch.load(args.weights, map_location="cpu", weights_only=True)  # never unpickles code
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input problem
-        raise SystemExit(_usage(f"cannot read --weights {args.weights}: {e}")) from None
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    missing, unexpected = m.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise SystemExit(_usage(f"--weights {args.weights} does not fit {g.model}: "
-                                f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
-                                f"(e.g. {unexpected[:3]})"))
+        load_weights(m, args.weights, f"--weights {args.weights}")
+    except WeightsError as e:
+        raise SystemExit(_usage(str(e) if str(e).startswith("--weights") else f"--weights: {e}")) from None
     return deploy(m)
 
 
@@ -246,6 +238,9 @@ def make_parser() -> argparse.ArgumentParser:
     from .search.cli import add_search_parser  # Ray, Optuna and torch are imported only when it runs
 
     add_search_parser(sub)
+    from .search.train_cmd import add_train_parser  # torch is imported only when it runs
+
+    add_train_parser(sub)
     from .search.report import add_report_parser  # the standard library only, at import
 
     add_report_parser(sub)

@@ -8,7 +8,9 @@
     driver.py     `run_search(SearchConfig)`: the whole search, resume, outputs
     records.py    the output directory: locked, append-only checksummed records, CSV
     pareto.py     Pareto front, hypervolume, top-k, the plot
-    data.py, train.py, proxy.py   accuracy: offline datasets, short training, zero-cost proxies
+    data.py, train.py, proxy.py   accuracy: offline datasets (data_files.py: folder:/npz:), the training recipe,
+                  zero-cost proxies
+    train_cmd.py  `archdsl train`: one concrete network trained to the end, checkpoints, test accuracy
     predictor.py  the latency table as a prefilter
     cluster.py    Ray embedded on 127.0.0.1 or an existing cluster; the target-hardware marker
     cli.py        `archdsl search`

