@@ -220,6 +220,18 @@ def main() -> int:
         c["bench"] = rows
         table[kind] = c
     result["comparison"] = table
+    # the metric: each phase's recorded latencies against the quiet run's, architecture by architecture
+    if "quiet" in result["phases"]:
+        first = {r["hash"]: r for r in result["phases"]["quiet"]["records"]
+                 if r.get("status") in ("ok", "over_budget")}
+        for kind, ph in result["phases"].items():
+            pairs = [(r, first[r["hash"]]) for r in ph["records"]
+                     if r.get("status") in ("ok", "over_budget") and r.get("hash") in first]
+            errs = [abs(r["latency_ms"] - f["latency_ms"]) / f["latency_ms"] for r, f in pairs]
+            raw = [abs(_raw(r) - _raw(f)) / _raw(f) for r, f in pairs if _raw(r) and _raw(f)]
+            table[kind]["vs_quiet"] = {"n": len(errs), "median_rel_error": statistics.median(errs) if errs else None,
+                                       "max_rel_error": max(errs) if errs else None,
+                                       "raw_median_rel_error": statistics.median(raw) if raw else None}
     # the machine's own repeatability: two quiet searches, compared architecture by architecture
     if "quiet" in result["phases"] and "quiet2" in result["phases"]:
         first = {r["hash"]: r for r in result["phases"]["quiet"]["records"]
@@ -240,6 +252,11 @@ def main() -> int:
               f"{_pct(c['median_rel_error'])}, max {_pct(c['max_rel_error'])} (raw medians: "
               f"{_pct(c['raw_median_rel_error'])}), statuses {c['statuses']}, "
               f"extra wall {_pct(c['extra_wall'])}")
+        vq = c.get("vs_quiet") or {}
+        if vq:
+            print(f"        against the quiet run (a): {vq['n']} architectures, median error "
+                  f"{_pct(vq['median_rel_error'])}, max {_pct(vq['max_rel_error'])} (raw medians: "
+                  f"{_pct(vq['raw_median_rel_error'])})")
         for b in c["bench"]:
             print(f"        bench {b['example']:26s} {b['median_ms']} ms (quiet {b['quiet_ms']}) error "
                   f"{_pct(b['rel_error'])} (raw {_pct(b['raw_rel_error'])}) disturbed {b['disturbed']} "
