@@ -9,10 +9,11 @@ continued from a checkpoint ends with the same weights, bit for bit, as one that
 Recipe: AdamW (no weight decay on biases and norm weights: parameters of <= 1 dimension), a cosine learning
 rate decayed per step to 0 over all epochs, cross-entropy (with optional label smoothing; the validation and
 test losses are plain cross-entropy), whole batches in an order drawn afresh each epoch, no augmentation (the
-data sets are normalized per channel, data.py). The seed fixes the batch order and every other random draw made
-while training (the caller's global torch RNG is left as it was). Each training step and each evaluation batch
-runs inside its own `compute_lock()` slice, so a latency measurement in another process waits at most one step
-and never times a model while this one trains.
+data sets are normalized per channel, data.py); before each evaluation, BatchNorm statistics are recomputed
+exactly over the first `precise_bn` training images (`precise_bn`). The seed fixes the batch order and every
+other random draw made while training (the caller's global torch RNG is left as it was). Each training step and
+each evaluation batch runs inside its own `compute_lock()` slice, so a latency measurement in another process
+waits at most one step and never times a model while this one trains.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from ..bench.model import is_oom
 from .data import Dataset
 
 __all__ = ["EpochStats", "Recipe", "TrainError", "TrainResult", "Trainer", "evaluate", "evaluate_split",
-           "recipe_context", "train_and_eval"]
+           "precise_bn", "recipe_context", "train_and_eval"]
 
 EpochCallback = Callable[[int, float, float], "bool | None"]
 StepCallback = Callable[[int, float], None]
@@ -52,6 +53,7 @@ class Recipe:
     weight_decay: float = 0.05
     label_smoothing: float = 0.0
     seed: int = 0
+    precise_bn: int = 2048  # training images whose statistics BatchNorm evaluates with (0: running averages)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -64,6 +66,8 @@ class Recipe:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.precise_bn < 0:
+            raise ValueError(f"precise_bn must be >= 0, got {self.precise_bn}")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,6 +119,7 @@ class Trainer:
             torch.set_rng_state(self.rng_state)
             loss = self._train_epoch(on_step)
             if math.isfinite(loss):
+                precise_bn(self.module, self.data.x_train[:self.recipe.precise_bn], lock_path=self.lock_path)
                 acc, val_loss = evaluate_split(self.module, self.data.x_val, self.data.y_val,
                                                batch_size=max(256, self.recipe.batch_size), lock_path=self.lock_path)
             self.rng_state = torch.get_rng_state()
@@ -161,6 +166,35 @@ class Trainer:
         self.gen.set_state(state["batch_order_rng"])
         self.rng_state = state["torch_rng"].clone()
         self.epoch = int(state["epoch"])
+
+
+def precise_bn(module: nn.Module, x: torch.Tensor, *, batch_size: int = 256,
+               lock_path: str | os.PathLike | None = None) -> None:
+    """Set every BatchNorm's running mean and variance to the exact averages over the images `x` (pycls's
+    "precise BN"), the rest of the module in eval mode (no dropout or drop-path, no random draw). After a short
+    training the momentum-averaged statistics still lag the weights, so a BatchNorm network evaluates near chance
+    after one epoch while it has learned (MobileNetV2, FasterNet, ResNet); this makes a short schedule fair to
+    them. A module without BatchNorm, or an empty `x`, is left as it was."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns or len(x) == 0:
+        return
+    was_training = module.training
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    momenta = [bn.momentum for bn in bns]
+    module.eval()
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average over the batches below
+        bn.train()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                with compute_lock(lock_path):
+                    module(x[i:i + batch_size].to(device))
+    finally:
+        for bn, m in zip(bns, momenta):
+            bn.momentum = m
+        module.train(was_training)
 
 
 @contextlib.contextmanager

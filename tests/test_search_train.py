@@ -221,7 +221,8 @@ def test_training_steps_hold_the_compute_lock(monkeypatch):
     ds = D.load_dataset("digits", limit=300)
     T.train_and_eval(Watched(), ds, epochs=1, batch_size=32)
     steps, val_batches = len(ds.y_train) // 32, 1
-    assert state["forward_outside"] == 0 and state["slices"] == steps + val_batches
+    bn_batches = -(-min(len(ds.y_train), T.Recipe(epochs=1).precise_bn) // 256)  # precise BN's passes
+    assert state["forward_outside"] == 0 and state["slices"] == steps + val_batches + bn_batches
 
 
 _HOLD_LOCK = """
@@ -342,3 +343,30 @@ def test_proxies_leave_the_module_unchanged():
     assert synflow(a, x) == s1 and naswot(a, x) == n1
     with pytest.raises(ValueError, match="no activation"):
         naswot(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), x)
+
+
+def test_precise_bn_sets_exact_batch_statistics_and_leaves_the_rest():
+    """precise_bn: running mean / var become the exact averages over the given images; momentum, train/eval
+    mode, weights and a BN-free module are left as they were."""
+    import torch
+    from archdsl.search.train import precise_bn
+    from torch import nn
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, momentum=0.1), nn.ReLU(), nn.Dropout(0.5))
+    x = torch.randn(40, 1, 8, 8)
+    before = {k: v.clone() for k, v in m.state_dict().items() if "running" not in k and "num_batches" not in k}
+    m.train()
+    precise_bn(m, x, batch_size=8)
+    feats = m[0](x).double()
+    bn = m[1]
+    assert torch.allclose(bn.running_mean.double(), feats.mean(dim=(0, 2, 3)), atol=1e-5)
+    # the cumulative average of per-batch unbiased variances (equal batches): what BN stores with momentum=None
+    per_batch = torch.stack([feats[i:i + 8].var(dim=(0, 2, 3), unbiased=True) for i in range(0, 40, 8)])
+    assert torch.allclose(bn.running_var.double(), per_batch.mean(0), atol=1e-5)
+    assert bn.momentum == 0.1 and m.training and bn.training
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+    plain = nn.Sequential(nn.Conv2d(1, 2, 3), nn.LayerNorm([2, 6, 6]))
+    state = {k: v.clone() for k, v in plain.state_dict().items()}
+    precise_bn(plain, x)
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in state.items())
