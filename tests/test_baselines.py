@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 from archdsl.search.space import Candidate, SearchSpace
+from randomized import randomize
 
 from archdsl.api import check_file
 from archdsl.bench.table import sample_space
 from archdsl.cli import main
-from archdsl.codegen import layers as L
 from archdsl.codegen.module import build_module
 from archdsl.passes import deploy, deploy_graph
 
@@ -50,26 +50,6 @@ REFERENCES = {
 
 def spec(name: str) -> Path:
     return BASELINES / f"{name}.arch"
-
-
-def randomize(m: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Eval mode with random BN statistics and affine weights, layer scales and GRN parameters (their initial
-    values, e.g. a layer scale of 1e-6, would hide a wrong fold), as tests/test_deploy.py does."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-                mod.running_mean.copy_(torch.randn(mod.num_features, generator=g) * 0.5)
-                mod.running_var.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
-                mod.weight.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
-                mod.bias.copy_(torch.randn(mod.num_features, generator=g) * 0.5)
-            elif isinstance(mod, L.LayerScale):
-                mod.gamma.copy_(torch.rand(mod.gamma.shape, generator=g) + 0.5)
-            elif isinstance(mod, L.GRN):
-                mod.gamma.copy_(torch.randn(mod.gamma.shape, generator=g) * 0.5)
-                if mod.beta is not None:
-                    mod.beta.copy_(torch.randn(mod.beta.shape, generator=g) * 0.5)
-    return m.eval()
 
 
 def assert_deploy_matches(g, shape: tuple[int, int, int], seed: int = 0) -> None:

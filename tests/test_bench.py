@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fake_clock import FakeClock
 
 from archdsl.bench import (
     LockTimeout,
@@ -29,23 +30,6 @@ from archdsl.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 ATTO = str(ROOT / "examples" / "convnext_atto.arch")
-
-
-class FakeClock:
-    """A timer that only moves when a fake workload advances it."""
-
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def work(self, durations):
-        it = iter(durations)
-
-        def fn():
-            self.t += next(it)
-        return fn
 
 
 @pytest.fixture(autouse=True)

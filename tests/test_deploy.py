@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from randomized import randomize
 
 import archdsl
 from archdsl.api import check_file, check_text
@@ -20,25 +21,6 @@ from archdsl.passes import deploy, deploy_graph
 from archdsl.printer import format_ir
 
 EXAMPLES = sorted(Path("examples").glob("*.arch"))
-
-
-def randomize(m: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random BN statistics and affine weights, layer scales and GRN parameters (init values hide bugs)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-                mod.running_mean.copy_(torch.randn(mod.num_features, generator=g) * 0.5)
-                mod.running_var.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
-                mod.weight.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
-                mod.bias.copy_(torch.randn(mod.num_features, generator=g) * 0.5)
-            elif isinstance(mod, L.LayerScale):
-                mod.gamma.copy_(torch.rand(mod.gamma.shape, generator=g) + 0.5)
-            elif isinstance(mod, L.GRN):
-                mod.gamma.copy_(torch.randn(mod.gamma.shape, generator=g) * 0.5)
-                if mod.beta is not None:
-                    mod.beta.copy_(torch.randn(mod.beta.shape, generator=g) * 0.5)
-    return m.eval()
 
 
 def rel_err(a, b) -> float:

@@ -6,29 +6,13 @@ import json
 import math
 
 import pytest
+from fake_clock import FakeClock
 
 from archdsl.bench import regime
 from archdsl.bench.measure import measure
 from archdsl.cli import main
 
 ATTO = "examples/convnext_atto.arch"
-
-
-class Clock:
-    """A timer that only moves when a fake workload advances it."""
-
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def work(self, durations):
-        it = iter(durations)
-
-        def fn():
-            self.t += next(it)
-        return fn
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +30,7 @@ def _regime_run(clock, speed, n=40, ratio=3.0):
 
 
 def test_the_normalized_latency_ignores_the_machines_regime():
-    clock = Clock()
+    clock = FakeClock()
     # first run: the machine halves its speed half way; the ratio model/reference stays 3
     first = _regime_run(clock, [1.0] * 20 + [2.0] * 20)
     assert first.regime_ratio == pytest.approx(3.0)
@@ -61,7 +45,7 @@ def test_the_normalized_latency_ignores_the_machines_regime():
 
 
 def test_a_drift_the_reference_does_not_follow_is_flagged():
-    clock = Clock()
+    clock = FakeClock()
     ref = [1e-3] * 80
     model = ([2e-3] * 20 + [3e-3] * 20) * 2  # the model slows, the reference does not: twice in a row
     m = measure(clock.work(model), reference=clock.work(ref), normalize=True, warmup=0, min_runs=40, max_runs=40,
@@ -70,7 +54,7 @@ def test_a_drift_the_reference_does_not_follow_is_flagged():
 
 
 def test_without_normalize_there_is_no_normalized_figure():
-    clock = Clock()
+    clock = FakeClock()
     m = measure(clock.work([2e-3] * 20), reference=clock.work([1e-3] * 20), warmup=0, min_runs=20, max_runs=20,
                 max_seconds=1e9, timer=clock)
     assert m.normalized is None and m.regime_ratio is None and m.latency == m.median
