@@ -9,13 +9,12 @@ that, the machine was busy for the whole run and the result is flagged `busy`, n
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from .measure import fingerprint, measure, steady_state_allocator
-from .table import default_cache_dir
+from .table import default_cache_dir, load_json_cache, save_json_cache
 
 __all__ = ["bench_model", "ModelRunError", "OutOfMemory", "is_oom", "reference_busy", "BUSY_FACTOR"]
 
@@ -44,22 +43,12 @@ def reference_busy(median: float | None, key: str) -> tuple[float | None, bool]:
     if median is None or not median > 0:
         return None, False
     path = _reference_best_path()
-    try:
-        data = json.loads(path.read_text()) if path.exists() else {}
-        data = data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        data = {}
+    data = load_json_cache(path)
     best = data.get(key)
     best = float(best) if isinstance(best, (int, float)) and best > 0 else None
     if best is None or median < best:
         data[key] = median
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-            os.replace(tmp, path)
-        except OSError:
-            pass
+        save_json_cache(path, data)
     return best, best is not None and median > BUSY_FACTOR * best
 
 

@@ -15,14 +15,12 @@ purpose. The raw median is always kept beside the normalized one.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from . import stats
-from .table import default_cache_dir, machine_hash
+from .table import default_cache_dir, load_json_cache, machine_hash, save_json_cache
 
 __all__ = ["regime_block", "anchor_key", "anchor", "set_anchor", "ratio_summary", "calibrate", "REGIME_FILE"]
 
@@ -61,17 +59,9 @@ def _path() -> Path:
     return default_cache_dir() / REGIME_FILE
 
 
-def _load() -> dict[str, Any]:
-    try:
-        data = json.loads(_path().read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def anchor(key: str) -> float | None:
     """R* (seconds) recorded for `key`, or None (none yet, or an unusable file)."""
-    rec = _load().get(key)
+    rec = load_json_cache(_path()).get(key)
     v = rec.get("reference_s") if isinstance(rec, dict) else None
     return float(v) if isinstance(v, (int, float)) and v > 0 else None
 
@@ -80,7 +70,7 @@ def set_anchor(key: str, reference_s: float, *, source: str, force: bool = False
     """Record R* = `reference_s` for `key` unless one exists (or `force`); returns the anchor in force. Called
     under the measurement lock, so two processes never anchor the same key differently. A cache that cannot be
     written leaves R* unrecorded: this process uses `reference_s` and the next one anchors again."""
-    data = _load()
+    data = load_json_cache(_path())
     old = data.get(key)
     if isinstance(old, dict) and not force:
         v = old.get("reference_s")
@@ -88,14 +78,7 @@ def set_anchor(key: str, reference_s: float, *, source: str, force: bool = False
             return float(v)
     data[key] = {"reference_s": reference_s, "source": source,
                  "recorded": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    path = _path()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    save_json_cache(_path(), data)
     return reference_s
 
 

@@ -37,6 +37,28 @@ def default_cache_dir() -> Path:
     return Path(base) / "archdsl" / "latency"
 
 
+def load_json_cache(path: Path) -> dict[str, Any]:
+    """A small JSON object kept in the cache dir (`reference_best.json`, `regime.json`); {} when the file is
+    missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def save_json_cache(path: Path, data: dict[str, Any]) -> None:
+    """Write `data` to `path` atomically (a per-process temp file, then os.replace); a cache that cannot be written
+    is left as it was (best effort: the caller's value still holds for this process)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
 def machine_hash() -> str:
     """12 hex digits over `fingerprint()` minus torch_threads (threads are part of each signature)."""
     from .measure import fingerprint
