@@ -41,6 +41,8 @@ def validate_baselines(paths: list[str], input_shape: tuple[int, int, int] | Non
     its model has the parameter `s` that scaling(...) reads. Returns [{"path", "name", "files"}]. Raises
     ArchError (the spec's own diagnostics) or SearchError (no knob, a duplicate name)."""
     from ..api import check_file, require_resolved
+    from ..parse import load_program
+    from .space import program_files
 
     out, names = [], set()
     for p in paths:
@@ -59,25 +61,8 @@ def validate_baselines(paths: list[str], input_shape: tuple[int, int, int] | Non
         if g.model in names:
             raise SearchError(f"--baseline {p}: a second baseline named {g.model}; each needs its own model name")
         names.add(g.model)
-        files = _files(path)
+        files = program_files(path, load_program(path))
         out.append({"path": str(path), "name": g.model, "files": files})
-    return out
-
-
-def _files(path: Path) -> dict[str, str]:
-    """{path relative to the spec's directory: text} of the spec and every file it imports (as a trial ships
-    its space to a Ray node; see SearchSpace.files)."""
-    from ..parse import load_program
-
-    root = path.resolve().parent
-    out = {}
-    for f in load_program(path).modules:
-        p = Path(f).resolve()
-        try:
-            rel = p.relative_to(root)
-        except ValueError:
-            rel = Path(p.name)
-        out[str(rel)] = p.read_text(encoding="utf-8")
     return out
 
 

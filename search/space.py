@@ -25,7 +25,22 @@ from ..interp import ChoicePoint
 from ..printer import format_ir
 from .errors import SearchError
 
-__all__ = ["SearchSpace", "Candidate", "Rejection", "canonical_hash", "Dimension"]
+__all__ = ["SearchSpace", "Candidate", "Rejection", "canonical_hash", "program_files", "Dimension"]
+
+
+def program_files(spec: Path, program) -> dict[str, str]:
+    """{path relative to the spec's directory: text} of the spec and every .arch file its parsed `program` imports
+    (for shipping it to another Ray node, where a trial writes them out again)."""
+    root = Path(spec).resolve().parent
+    out = {}
+    for f in program.modules:
+        p = Path(f).resolve()
+        try:
+            rel = p.relative_to(root)
+        except ValueError:
+            rel = Path(p.name)
+        out[str(rel)] = p.read_text(encoding="utf-8")
+    return out
 
 
 def canonical_hash(graph) -> str:
@@ -133,18 +148,8 @@ class SearchSpace:
         return Candidate({k: v for k, v in point.items()}, g, canonical_hash(g))
 
     def files(self) -> dict[str, str]:
-        """{path relative to the spec's directory: text} of the spec and every .arch file it imports (for shipping
-        the spec to another Ray node), from the program parsed at start."""
-        root = self.spec.resolve().parent
-        out = {}
-        for f in self.program.modules:
-            p = Path(f).resolve()
-            try:
-                rel = p.relative_to(root)
-            except ValueError:
-                rel = Path(p.name)
-            out[str(rel)] = p.read_text(encoding="utf-8")
-        return out
+        """`program_files` of the spec, from the program parsed at start."""
+        return program_files(self.spec, self.program)
 
     def describe(self) -> list[dict]:
         """The dimensions known so far, JSON-ready."""
