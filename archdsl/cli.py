@@ -44,8 +44,10 @@ def _usage(msg: str) -> int:
     return 2
 
 
-def _add_spec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", help="the .arch spec")
+def add_spec_source_args(p: argparse.ArgumentParser, file_help: str = "the .arch spec") -> None:
+    """The arguments that say which network of which spec: FILE, --set, --input, --model, --import-path,
+    --allow-outside-imports (check, show, compile, viz, train)."""
+    p.add_argument("file", help=file_help)
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="override a model parameter or fix a choice point (repeatable; wins over a `fix` line of "
                         "the spec); VALUE is an .arch expression, e.g. --set depths=[2,2,6,2] --set kernel=31")
@@ -55,6 +57,10 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
                    help="an extra directory imports may resolve to")
     p.add_argument("--allow-outside-imports", action="store_true",
                    help="allow absolute imports and imports that leave the spec's directory")
+
+
+def _add_spec_args(p: argparse.ArgumentParser) -> None:
+    add_spec_source_args(p)
     p.add_argument("--deploy", action="store_true",
                    help="the inference form: BN folded, parallel branches merged (re-parameterization)")
     p.add_argument("--debug-passes", "--debug", dest="debug_passes", action="store_true",

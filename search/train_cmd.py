@@ -44,16 +44,10 @@ class TrainCmdError(Exception):
 def add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train one concrete spec with the search's recipe; writes weights and "
                                      "metrics.json with the test accuracy")
-    p.add_argument("file", help="a spec with no open choices: a search's top/NN_*.arch, an example, or any spec "
-                                "(fix choices with --set)")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="override a model parameter or fix a choice point (repeatable)")
-    p.add_argument("--input", metavar="CxHxW", help="input shape (overrides the spec's input)")
-    p.add_argument("--model", help="which model of the file (when it defines several)")
-    p.add_argument("--import-path", action="append", default=[], metavar="DIR",
-                   help="an extra directory imports may resolve to")
-    p.add_argument("--allow-outside-imports", action="store_true",
-                   help="allow absolute imports and imports that leave the spec's directory")
+    from ..cli import add_spec_source_args
+
+    add_spec_source_args(p, "a spec with no open choices: a search's top/NN_*.arch, an example, or any spec "
+                            "(fix choices with --set)")
     s = argparse.SUPPRESS  # left out: the default, or with --resume the checkpoint's value
     p.add_argument("--dataset", default=s, help=DATASET_HELP)
     p.add_argument("--dataset-limit", type=int, default=s, metavar="N",
