@@ -194,6 +194,7 @@ def _one(base: dict, s, out: Path, progress, measure) -> dict[str, Any]:
                            "accuracy": None, "accuracies": [], "steps": [], "arch": None, "error": None}
     cache: dict[str, dict | None] = {}
     graphs: dict[float, Any] = {}
+    lats: dict[float, dict] = {}  # s -> its clean measurement
 
     def latency(v: float) -> float | None:
         try:
@@ -211,16 +212,14 @@ def _one(base: dict, s, out: Path, progress, measure) -> dict[str, Any]:
         rec["steps"].append({"s": v, "latency_ms": None if lat is None else lat["latency_ms"],
                              "status": "unmeasured" if lat is None else "measured", "macs": g.total().macs})
         if lat is not None:
-            rec.setdefault("_lat", {})[v] = lat
+            lats[v] = lat
         return None if lat is None else lat["latency_ms"]
 
     try:
         best, _ = scale_to_budget(latency, s.budget_ms)
     except Exception as e:  # noqa: BLE001 - a baseline that cannot be scaled is reported, the search's result stays
         rec["error"] = f"{type(e).__name__}: {e}"
-        rec.pop("_lat", None)
         return rec
-    lats = rec.pop("_lat", {})
     if best is None:
         measured = [st for st in rec["steps"] if st["latency_ms"] is not None]
         rec["status"] = "over_budget" if measured else "unmeasured"
