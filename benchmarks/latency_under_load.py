@@ -125,11 +125,14 @@ def run_bench(work: Path) -> list[dict]:
 def truth(points: dict[str, dict], work: Path) -> tuple[dict[str, float], dict[str, float]]:
     """Quiet re-measurement of each architecture (hash -> point), as the search's meter measures it: (hash ->
     normalized ms, hash -> raw median ms)."""
-    from archdsl.search.trial import TrialSettings, measure_latency_local
+    from archdsl.search.space import SearchSpace
+    from archdsl.search.trial import TrialSettings, measure_latency_local, reference_net
 
     os.environ.update({k: v for k, v in _env(work).items() if k.startswith("ARCHDSL")})
     files = {SPACE.name: SPACE.read_text(encoding="utf-8")}
-    s = TrialSettings(files=files, spec_name=SPACE.name, budget_ms=0.0, latency_quiet_wait=60.0)
+    # the search's own reference network (its latency recorded in the shared cache by the first search)
+    s = TrialSettings(files=files, spec_name=SPACE.name, budget_ms=0.0, latency_quiet_wait=60.0,
+                      reference=reference_net(SearchSpace(SPACE)))
     out, raw = {}, {}
     for h, point in points.items():
         lat = measure_latency_local(s, point)

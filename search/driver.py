@@ -276,7 +276,7 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
     from . import cluster
     from .baselines import pending_baselines, run_baselines
     from .searcher import ArchSearcher
-    from .trial import TrialSettings, run_trial
+    from .trial import TrialSettings, reference_net, run_trial
 
     problems: list[str] = []
     history: list[dict] = []
@@ -304,7 +304,8 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
                               latency_threads=cfg.latency_threads, target_label=cfg.target_label,
                               crash_marker=cfg.crash_marker, load_marker=cfg.load_marker,
                               latency_quiet_wait=cfg.latency_quiet_wait,
-                              latency_max_seconds=cfg.latency_max_seconds)
+                              latency_max_seconds=cfg.latency_max_seconds,
+                              reference=reference_net(space))
     if remaining > 0 or unmeasured or pending_baselines(bases, tsettings, out):
         info = cluster.connect(cfg.address, temp_dir=out / ".ray",
                                target_label=cfg.target_label)

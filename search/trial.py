@@ -23,7 +23,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 __all__ = ["TrialSettings", "run_trial", "measure_latency_local", "LatencyMeter", "start_meters"]
 
@@ -57,6 +57,9 @@ class TrialSettings:
     # tests: a choice name whose value "busy<N>" makes the first N measurements of that point run beside a real
     # competing load (one busy process per core, started and stopped around the measurement)
     load_marker: str | None = None
+    # the network every latency is timed against (bench/regime.py): {"files", "spec_name", "model", "fixed",
+    # "input_shape", "point", "hash"}, a point of the searched space (`reference_net`); None: the regime block
+    reference: dict | None = None
 
 
 _SPEC_DIRS: dict[str, Path] = {}
@@ -90,6 +93,66 @@ def check_point(s: TrialSettings, point: dict[str, Any]):
 
     spec = materialize(s.files) / s.spec_name
     return check_file(spec, None, s.input_shape, s.model, strict_overrides=False, values={**s.fixed, **point})
+
+
+_REF_NETS: dict[tuple[str, int], Callable[[], Any]] = {}
+
+
+def reference_net(space, *, seed: int = 0, tries: int = 200) -> dict | None:
+    """The reference network of a search (TrialSettings.reference): the space's point with every choice at its
+    first value, or, if the spec rejects that, the first valid point drawn at random (`seed`); None if none of
+    `tries` draws is valid."""
+    import random
+
+    from .space import Candidate
+
+    cand = space.check_point({})
+    rng = random.Random(seed)
+    for _ in range(tries):
+        if isinstance(cand, Candidate):
+            return {"files": space.files(), "spec_name": space.spec.name, "model": space.model,
+                    "fixed": dict(space.fixed), "input_shape": space.input_shape, "point": cand.point,
+                    "hash": cand.hash}
+        cand = space.resolve(lambda cp: cp.sample(rng))
+    return None
+
+
+def _reference_fn(ref: dict, threads: int) -> Callable[[], Any]:
+    """The deploy form of the reference network, built once per process and thread count; returns its forward."""
+    import torch
+
+    from ..codegen.module import build_module
+    from ..passes import deploy
+
+    key = (ref["hash"], threads)
+    if key not in _REF_NETS:
+        s = TrialSettings(files=ref["files"], spec_name=ref["spec_name"], budget_ms=0.0, fixed=ref["fixed"],
+                          model=ref["model"], input_shape=ref["input_shape"])
+        g = check_point(s, ref["point"])
+        m = deploy(build_module(g)).eval()
+        x = torch.randn(1, *g.input_shape.to_json(), generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            m(x)
+        _REF_NETS[key] = lambda: m(x)
+    return _REF_NETS[key]
+
+
+def _reference_kw(s: TrialSettings, threads: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """measure() arguments that time against the search's reference network, and a record of it; ({}, None)
+    without one. A reference whose own latency could not be established cleanly falls back to the block."""
+    from ..bench.regime import reference_net_latency
+
+    if not s.reference:
+        return {}, None
+    fn = _reference_fn(s.reference, threads)
+    name = s.reference["hash"][:16]
+    lat, info = reference_net_latency(name, fn, threads, max_seconds=s.latency_max_seconds,
+                                      rel_ci=s.latency_rel_ci, quiet_wait=s.latency_quiet_wait)
+    rec = {"hash": s.reference["hash"], "point": s.reference["point"], **info,
+           "latency_ms": None if lat is None else round(lat * 1e3, 6)}
+    if lat is None:
+        return {}, {**rec, "fallback": "no clean measurement of the reference network: timed against the block"}
+    return {"reference": fn, "anchor": lat}, rec
 
 
 def _node_id() -> str | None:
@@ -143,8 +206,9 @@ def measure_latency_local(s: TrialSettings, point: dict[str, Any], load: bool = 
         x = torch.randn(1, c, h, w)
         with torch.inference_mode():
             m(x)
+        ref_kw, ref_rec = _reference_kw(s, threads)
         kw = dict(max_seconds=s.latency_max_seconds, rel_ci=s.latency_rel_ci, quiet_wait=s.latency_quiet_wait,
-                  threads=threads, normalize=True)
+                  threads=threads, normalize=True, **ref_kw)
         # the test hook's load outlasts any wait: its measurement waits at most 1 s before it is left unmeasured
         procs = _start_load(s.latency_max_seconds + 1.0 + 5) if load else []
         try:
@@ -171,7 +235,8 @@ def measure_latency_local(s: TrialSettings, point: dict[str, Any], load: bool = 
         fp = fingerprint()
     finally:
         torch.set_num_threads(old)
-    return {**meas.to_json(), "node": _node_id(), "threads": threads, **info, "fingerprint": fp}
+    return {**meas.to_json(), "node": _node_id(), "threads": threads, **info, "fingerprint": fp,
+            "reference_net": ref_rec}
 
 
 class LatencyMeter:

@@ -51,3 +51,98 @@ def test_a_latency_far_from_the_budget_is_measured_once(monkeypatch):
     calls = _fake(monkeypatch, [1.0])
     lat = measure_latency_local(_settings(2.0), POINT)
     assert len(calls) == 1 and "near_budget_ms" not in lat and lat["latency_ms"] == pytest.approx(1.0)
+
+
+def _space_reference():
+    from archdsl.search.space import SearchSpace
+    from archdsl.search.trial import reference_net
+
+    return reference_net(SearchSpace(TINY))
+
+
+def test_the_reference_network_is_the_spaces_first_values():
+    ref = _space_reference()
+    assert ref["point"] == {} and ref["spec_name"] == TINY.name and len(ref["hash"]) >= 16
+    assert ref["files"][TINY.name] == TINY.read_text()
+
+
+def test_a_reference_net_of_a_space_whose_first_values_are_rejected_is_a_valid_random_point(tmp_path):
+    from archdsl.search.space import Candidate, SearchSpace
+    from archdsl.search.trial import reference_net
+
+    spec = tmp_path / "s.arch"
+    spec.write_text('model m(k: int = choice(4, 3, 5)) {\n    input(3, 8, 8)\n    require k % 2 == 1, "odd"\n'
+                    '    conv(8, k=k)\n}\n')
+    space = SearchSpace(spec)
+    ref = reference_net(space)
+    assert ref is not None and ref["point"]["k"] in (3, 5)
+    assert isinstance(space.check_point(ref["point"]), Candidate)
+
+
+def test_trials_are_timed_against_the_reference_network_and_anchored_by_its_latency(monkeypatch, tmp_path):
+    """The reference network's latency is established once (recorded in regime.json) and every trial's latency
+    is its per-round ratio to that network times that latency."""
+    monkeypatch.setenv("ARCHDSL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ARCHDSL_LOCK_DIR", str(tmp_path / "lock"))
+    calls = []
+
+    def fake(fn, **kw):
+        calls.append(kw)
+        if "anchor" in kw:  # a trial: the model takes 1.5x the reference network
+            m = Measurement(median=9e-4, p10=9e-4, p90=9e-4, min=9e-4, runs=20, rel_ci=0.01, stable=True,
+                            stop="converged", regime_ratio=1.5, regime_anchor=kw["anchor"],
+                            normalized=1.5 * kw["anchor"])
+        else:  # the reference network against the block: 0.6, 0.5, 0.7, ... ms
+            v = [0.6, 0.5, 0.7, 0.65, 0.55, 0.62, 0.58][len(calls) - 1] * 1e-3
+            m = Measurement(median=v, p10=v, p90=v, min=v, runs=20, rel_ci=0.01, stable=True, stop="converged",
+                            regime_ratio=1.0, regime_anchor=v, normalized=v)
+        return m, {"tries": 1, "disturbed_tries": 0, "waited_s": 0.0, "attempts": []}
+
+    monkeypatch.setattr(sys.modules["archdsl.bench.measure"], "measure_until_clean", fake)
+    monkeypatch.setattr(sys.modules["archdsl.bench.regime"], "NET_PAUSE", 0.0)
+    s = TrialSettings(files={TINY.name: TINY.read_text()}, spec_name=TINY.name, budget_ms=100.0,
+                      reference=_space_reference())
+    lat = measure_latency_local(s, POINT)
+    n_ref = len(calls) - 1
+    assert n_ref == 7 and all("reference" not in c for c in calls[:n_ref])  # the reference vs the block
+    assert callable(calls[-1]["reference"]) and calls[-1]["anchor"] == pytest.approx(0.6e-3)  # the median of 7
+    assert lat["latency_ms"] == pytest.approx(0.9)
+    assert lat["reference_net"]["source"] == "measured" and lat["reference_net"]["latency_ms"] == pytest.approx(0.6)
+    again = measure_latency_local(s, POINT)  # recorded: not measured again
+    assert len(calls) == n_ref + 2 and again["reference_net"]["source"] == "recorded"
+    assert again["latency_ms"] == pytest.approx(0.9)
+
+
+def test_a_reference_network_never_measured_cleanly_falls_back_to_the_block(monkeypatch, tmp_path):
+    monkeypatch.setenv("ARCHDSL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ARCHDSL_LOCK_DIR", str(tmp_path / "lock"))
+    calls = []
+
+    def fake(fn, **kw):
+        calls.append(kw)
+        disturbed = "normalize" in kw and len(calls) <= 7
+        m = Measurement(median=1e-3, p10=1e-3, p90=1e-3, min=1e-3, runs=20, rel_ci=0.01, stable=not disturbed,
+                        stop="converged", disturbed=disturbed, regime_ratio=1.0, regime_anchor=1e-3,
+                        normalized=None if disturbed else 1e-3)
+        return m, {"tries": 1, "disturbed_tries": int(disturbed), "waited_s": 0.0, "attempts": []}
+
+    monkeypatch.setattr(sys.modules["archdsl.bench.measure"], "measure_until_clean", fake)
+    monkeypatch.setattr(sys.modules["archdsl.bench.regime"], "NET_PAUSE", 0.0)
+    s = TrialSettings(files={TINY.name: TINY.read_text()}, spec_name=TINY.name, budget_ms=100.0,
+                      reference=_space_reference())
+    lat = measure_latency_local(s, POINT)
+    assert "reference" not in calls[-1] and "anchor" not in calls[-1]
+    assert "fallback" in lat["reference_net"] and lat["latency_ms"] == pytest.approx(1.0)
+
+
+def test_a_real_measurement_against_the_reference_network(monkeypatch, tmp_path):
+    monkeypatch.setenv("ARCHDSL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ARCHDSL_LOCK_DIR", str(tmp_path / "lock"))
+    monkeypatch.setattr(sys.modules["archdsl.bench.regime"], "NET_TRIES", 2)
+    s = TrialSettings(files={TINY.name: TINY.read_text()}, spec_name=TINY.name, budget_ms=1000.0,
+                      reference=_space_reference(), latency_max_seconds=0.5, latency_rel_ci=0.2)
+    lat = measure_latency_local(s, POINT)
+    ref = lat["reference_net"]
+    assert "fallback" not in ref and ref["latency_ms"] > 0 and len(ref["tries_ms"]) >= 1
+    assert lat["regime_anchor_ms"] == pytest.approx(ref["latency_ms"])
+    assert lat["latency_ms"] == pytest.approx(lat["regime_ratio"] * ref["latency_ms"], rel=1e-4)

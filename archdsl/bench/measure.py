@@ -309,16 +309,18 @@ def compare(fns: dict[str, Callable[[], Any]], rounds: int = 1000, *, warmup: in
             max_seconds: float = 10.0, rel_ci: float = 0.02, reference: bool | Callable[[], Any] = True,
             timer: Callable[[], float] = time.perf_counter, lock: bool = True,
             lock_path: str | os.PathLike | None = None, lock_timeout: float | None = None,
-            detect: bool | None = None, normalize: bool = False) -> dict[str, Measurement]:
+            detect: bool | None = None, normalize: bool = False,
+            anchor: float | None = None) -> dict[str, Measurement]:
     """Measure several candidates interleaved round-robin (A B C [ref] A B C [ref] ...) so a change of the
     machine's regime hits them all alike. `rounds` caps the rounds, `max_seconds` the wall time (warm-up
     included). `reference`: True for the built-in GEMM, a callable of your own, or False. `detect`: discard
     rounds in which a measuring thread waited for a CPU (disturb.py); default on with the real clock, off with
     an injected `timer`. `normalize`: the built-in reference is regime.regime_block() (on the CPU, with torch's
     current threads) and each Measurement also gets `regime_ratio` (median of model / reference per clean round) and
-    `normalized` = ratio x this machine's anchor R* (the first clean normalized measurement records R*).
-    Returns name -> Measurement; all share the reference, the drift flag and the disturbance record. A
-    drifting run is repeated once."""
+    `normalized` = ratio x this machine's anchor R* (the first clean normalized measurement records R*); with
+    `anchor` (s), the latency of a `reference` of your own, normalized = ratio x anchor instead. Returns
+    name -> Measurement; all share the reference, the drift flag and the disturbance record. A drifting run is
+    repeated once."""
     if not fns:
         raise ValueError("compare() needs at least one callable")
     if min(rounds, min_runs) < 1 or warmup < 0 or max_seconds <= 0 or rel_ci <= 0:
@@ -350,19 +352,20 @@ def compare(fns: dict[str, Callable[[], Any]], rounds: int = 1000, *, warmup: in
                 probe.close()
         out = {k: _summarize(s, stop, rel_ci, refs, dist, min_clean, normalize) for k, s in samples.items()}
         if normalize:
-            _apply_anchor(out, refs)
+            _apply_anchor(out, refs, anchor)
     for m in out.values():
         m.remeasured = remeasured
     return out
 
 
-def _apply_anchor(out: dict[str, Measurement], refs: list[float]) -> None:
-    """Set `normalized` = regime_ratio x R* for this machine and thread count (still under the lock). Without
-    an anchor yet, a clean measurement's reference median becomes it; a disturbed one anchors nothing."""
+def _apply_anchor(out: dict[str, Measurement], refs: list[float], given: float | None = None) -> None:
+    """Set `normalized` = regime_ratio x R* for this machine and thread count (still under the lock), or x
+    `given`, the caller's own reference's latency. Without an anchor yet, a clean measurement's reference median
+    becomes R*; a disturbed one anchors nothing."""
     import torch
 
     key = regime.anchor_key(torch.get_num_threads())
-    r_star = regime.anchor(key)
+    r_star = given if given is not None else regime.anchor(key)
     clean = refs and not any(m.disturbed for m in out.values())
     if r_star is None and clean:
         r_star = regime.set_anchor(key, stats.median(refs), source="first clean measurement")
@@ -375,14 +378,14 @@ def measure(fn: Callable[[], Any], *, warmup: int = 3, min_runs: int = 10, max_r
             max_seconds: float = 10.0, rel_ci: float = 0.02, reference: bool | Callable[[], Any] = True,
             timer: Callable[[], float] = time.perf_counter, lock: bool = True,
             lock_path: str | os.PathLike | None = None, lock_timeout: float | None = None,
-            detect: bool | None = None, normalize: bool = False) -> Measurement:
+            detect: bool | None = None, normalize: bool = False, anchor: float | None = None) -> Measurement:
     """Time `fn()` (under the measurement lock and torch.inference_mode) until the median's 95% CI half-width
     over the clean rounds is within `rel_ci` of it or `max_runs` / `max_seconds` is reached. See the module
     docstring for how steady state is ensured and disturbed rounds are discarded. `timer` is injectable (tests
-    use a fake clock). `normalize`: also the regime-normalized latency (see `compare`)."""
+    use a fake clock). `normalize` (and `anchor`): also the regime-normalized latency (see `compare`)."""
     return compare({"fn": fn}, max_runs, warmup=warmup, min_runs=min_runs, max_seconds=max_seconds,
                    rel_ci=rel_ci, reference=reference, timer=timer, lock=lock, lock_path=lock_path,
-                   lock_timeout=lock_timeout, detect=detect, normalize=normalize)["fn"]
+                   lock_timeout=lock_timeout, detect=detect, normalize=normalize, anchor=anchor)["fn"]
 
 
 def measure_until_clean(fn: Callable[[], Any], *, quiet_wait: float = 30.0, threads: int | None = None,
