@@ -27,12 +27,11 @@ from typing import Any, Callable
 
 from ..api import parse_override
 from .errors import SearchError
-from .records import measurement_counts, measurement_text
+from .records import FINISHED_STATUSES, measurement_counts, measurement_text  # FINISHED_STATUSES: re-exported
 from .space import Candidate, SearchSpace
 
 __all__ = ["SearchConfig", "SearchSummary", "run_search", "FINISHED_STATUSES"]
 
-FINISHED_STATUSES = ("ok", "over_budget", "failed")  # outcomes of Ray trials (count against --trials)
 # "unmeasured" is a Ray trial's outcome too, but not a finished one: its point is measured again (searcher.py)
 MATCH_ON_RESUME = ("spec_sha256", "budget_ms", "objective", "dataset", "dataset_limit", "fixed", "model",
                    "input_shape", "epochs")

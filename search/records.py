@@ -40,9 +40,7 @@ Non-finite floats (NaN, inf) are stored as null: JSON has none.
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
-import io
 import json
 import math
 import os
@@ -52,6 +50,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
+
+from .trials_csv import CSV_COLUMNS, csv_columns, csv_text
 
 try:  # POSIX only; elsewhere the directory is not locked
     import fcntl
@@ -63,11 +63,9 @@ __all__ = ["RunDir", "RunDirError", "LoadResult", "MUST_MATCH", "RECORD_VERSION"
            "csv_columns"]
 
 RECORD_VERSION = 1
+FINISHED_STATUSES = ("ok", "over_budget", "failed")  # outcomes of Ray trials that count against --trials
 # Settings that must be equal for a resumed search to continue the earlier one (the caller may name others).
 MUST_MATCH = ("spec_sha256", "budget_ms", "objective", "dataset")
-# The fixed leading columns of trials.csv; then seconds_<phase> and point.<name> columns, in order of appearance.
-CSV_COLUMNS = ("trial", "trial_id", "status", "score", "accuracy", "latency_ms", "predicted_ms", "params", "macs",
-               "activations", "epochs", "hash", "node", "latency_node", "error", "time")
 
 RUN_JSON = "run.json"
 TRIALS = "trials.jsonl"
@@ -445,13 +443,7 @@ class RunDir:
         """Write trials.csv (atomically) from `records` (default: the valid records of trials.jsonl): the
         CSV_COLUMNS, then seconds_<phase> and point.<name> columns. Returns its path."""
         rows = list(self.load().records if records is None else records)
-        columns = csv_columns(rows)
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(columns)
-        for r in rows:
-            writer.writerow([_cell(_column_value(r, c)) for c in columns])
-        _write_atomic(self.csv_path, out.getvalue().encode("utf-8"))
+        _write_atomic(self.csv_path, csv_text(rows).encode("utf-8"))
         return self.csv_path
 
 
@@ -474,34 +466,6 @@ def _parse(raw: bytes) -> tuple[dict | None, str]:
     if not ok:
         return None, "checksum mismatch (the line was altered)"
     return obj, ""
-
-
-def csv_columns(records: Iterable[dict]) -> list[str]:
-    """CSV_COLUMNS, then seconds_<phase> and point.<name> for every phase and point name, in order of appearance."""
-    seconds: dict[str, None] = {}
-    points: dict[str, None] = {}
-    for r in records:
-        seconds.update(dict.fromkeys(str(k) for k in (r.get("seconds") or {})))
-        points.update(dict.fromkeys(str(k) for k in (r.get("point") or {})))
-    return [*CSV_COLUMNS, *(f"seconds_{k}" for k in seconds), *(f"point.{k}" for k in points)]
-
-
-def _column_value(record: dict, column: str) -> Any:
-    if column.startswith("seconds_") and column not in CSV_COLUMNS:
-        return (record.get("seconds") or {}).get(column[len("seconds_"):])
-    if column.startswith("point."):
-        return (record.get("point") or {}).get(column[len("point."):])
-    return record.get(column)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float, str)):
-        return str(value)
-    return json.dumps(value, sort_keys=True, default=str)  # a list or dict choice value
 
 
 def _version() -> str:

@@ -19,185 +19,30 @@ import importlib
 import inspect
 import json
 import os
-import re
-import socket
 import sys
 import urllib.parse
 from collections import Counter
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .records import CSV_NAME, LOCK, RUN_JSON, TRIALS, RunDir, RunDirError, measurement_counts, measurement_text
-from .report_plots import _num, _score, esc, pareto_svg, predictor_stats, predictor_svg
+from .records import CSV_NAME, LOCK, RUN_JSON, TRIALS, measurement_counts, measurement_text
+from .report_plots import (
+    _count,
+    _num,
+    _score,
+    clean_svg,
+    esc,
+    pareto_svg,
+    predictor_stats,
+    predictor_svg,
+    predictor_words,
+)
+from .run_state import FINISHED, STATUSES, SUMMARY, ReportError, RunState, read_run
 
 __all__ = ["ReportError", "RunState", "read_run", "build_report", "add_report_parser", "cmd_report"]
 
-STATUSES = {  # in the order the page lists them, with what each means
-    "ok": "measured within the budget, scored",
-    "over_budget": "measured over the budget",
-    "predicted_over_budget": "predicted over the budget, never built",
-    "rejected": "rejected by the spec's checks",
-    "duplicate": "the same network as an earlier trial",
-    "failed": "raised an error (see Failures)",
-    "unmeasured": "no clean latency: other programs kept the cores busy; measured again later or on --resume",
-}
-FINISHED = ("ok", "over_budget", "failed")  # search/driver.py's FINISHED_STATUSES: they count against --trials
-SUMMARY = "summary.json"
 _PROTECTED = (RUN_JSON, TRIALS, CSV_NAME, LOCK, SUMMARY, "pareto.json", "pareto.png", "trials.corrupt.jsonl")
-_TRIAL_DIR = re.compile(r"^run_trial_([0-9a-f]+)_\d+")
-
-
-class ReportError(Exception):
-    """The directory cannot be reported on: missing, not a search output directory, unreadable."""
-
-
-@dataclass
-class RunState:
-    """What the directory holds, read once. `state`: "running", "finished", "interrupted" or "stopped"."""
-
-    path: Path
-    settings: dict
-    records: list[dict]
-    problems: list[str] = field(default_factory=list)
-    summary: dict | None = None
-    state: str = "stopped"
-    state_note: str = ""
-    running: list[str] = field(default_factory=list)  # Ray trial ids started by the live search, no record yet
-    top_files: dict[str, Path] = field(default_factory=dict)  # architecture hash -> top/<rank>_<hash>.arch
-    baselines: list[dict] = field(default_factory=list)  # baselines.json: hand-designed specs scaled to the budget
-    _rows: dict[int, int] = field(default_factory=dict, repr=False)  # id(record) -> its index in records
-
-    @property
-    def metric(self) -> str:
-        """"score" (the objective's value), or "accuracy" for records written before there was a score."""
-        return "score" if any(_num(r.get("score")) is not None for r in self.records) or not self.records \
-            else "accuracy"
-
-    @property
-    def budget(self) -> float | None:
-        return _num(self.settings.get("budget_ms"))
-
-    def anchor(self, record: dict) -> str:
-        """The id of the record's row in the all-trials table: trial-<n>, or rec-<line> for the outcomes decided
-        before any trial started (rejected, duplicate, predicted over budget), which have no trial number."""
-        trial = record.get("trial")
-        if isinstance(trial, int) and not isinstance(trial, bool):
-            return f"trial-{trial}"
-        if not self._rows:
-            self._rows.update({id(r): i for i, r in enumerate(self.records)})
-        return f"rec-{self._rows.get(id(record), 0)}"
-
-
-# ------------------------------------------------------------------------------------------------ reading
-
-def read_run(run_dir: str | os.PathLike) -> RunState:
-    """Read RUN_DIR without the lock. Raises ReportError (one line) when it is not a readable search directory."""
-    path = Path(run_dir)
-    if not path.exists():
-        raise ReportError(f"{path} does not exist")
-    if not path.is_dir():
-        raise ReportError(f"{path} is not a directory")
-    if not (path / RUN_JSON).exists():
-        raise ReportError(f"{path} is not a search output directory: it has no {RUN_JSON}")
-    run = RunDir(path)  # not opened: its load() reads only, and repairs nothing
-    try:
-        settings = run.read_settings()
-        loaded = run.load()
-    except RunDirError as err:
-        raise ReportError(str(err)) from None
-    except OSError as err:
-        raise ReportError(f"cannot read {path / TRIALS}: {err.strerror or err}") from None
-    st = RunState(path=path, settings=settings, records=loaded.records, problems=list(loaded.problems))
-    try:
-        summary = json.loads((path / SUMMARY).read_text(encoding="utf-8"))
-        st.summary = summary if isinstance(summary, dict) else None
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError) as err:  # written in place at the end: may be caught half-written
-        st.problems.append(f"{path / SUMMARY}: not readable ({err}); ignored")
-    try:
-        data = json.loads((path / "baselines.json").read_text(encoding="utf-8"))
-        st.baselines = [b for b in data if isinstance(b, dict) and b.get("name")] if isinstance(data, list) else []
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError) as err:
-        st.problems.append(f"{path / 'baselines.json'}: not readable ({err}); ignored")
-    for f in sorted((path / "top").glob("*_*.arch")):
-        st.top_files.setdefault(f.stem.split("_", 1)[1], f)
-    holder = _lock_holder(path)
-    if holder is not None:
-        st.state = "running"
-        st.state_note = f"running: pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('started')}"
-        recorded = {str(r.get("trial_id")) for r in st.records}
-        st.running = [t for t in _started_trials(path, holder.get("started")) if t not in recorded]
-    elif st.summary is not None and sum(int(v) for v in (st.summary.get("counts") or {}).values()
-                                        if isinstance(v, int)) >= len(st.records):
-        st.state = "interrupted" if st.summary.get("interrupted") else "finished"
-        took = _num(st.summary.get("seconds"))
-        st.state_note = ("interrupted: finished trials are kept; continue it with archdsl search ... --resume"
-                         if st.state == "interrupted" else "finished" + (f" in {took:.0f} s" if took else ""))
-    else:
-        st.state_note = ("stopped before finishing (killed?): no summary of the last trials; continue it with "
-                         "archdsl search ... --resume")
-    return st
-
-
-def _lock_holder(path: Path) -> dict | None:
-    """The lock file's {pid, host, started} when the search holding it still runs, else None. The holder writes
-    them when it takes the lock and empties the file when it lets go; a killed search leaves them behind, so on
-    this host the pid must also be alive, and not have started after the lock was taken (a reused pid). The lock
-    itself is never taken: trying it could make a search starting at that moment refuse to run."""
-    try:
-        info = json.loads((path / LOCK).read_text(encoding="utf-8"))
-        pid = int(info["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if info.get("host") in (None, socket.gethostname()):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:  # alive, another user's
-            pass
-        began = _process_start(pid)
-        try:
-            locked = datetime.fromisoformat(str(info.get("started"))).timestamp()
-        except ValueError:
-            locked = None
-        if began is not None and locked is not None and began > locked + 2:
-            return None
-    return info
-
-
-def _process_start(pid: int) -> float | None:
-    """When process `pid` started (Unix time, from Linux's /proc); None where that cannot be read."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime: clock ticks after boot
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
-
-
-def _started_trials(path: Path, since: Any) -> list[str]:
-    """Ray trial ids whose trial directory (RUN_DIR/ray/*/run_trial_<id>_...) appeared since the lock was taken."""
-    try:
-        t0 = datetime.fromisoformat(str(since)).timestamp()
-    except ValueError:
-        return []
-    out = []
-    for d in sorted((path / "ray").glob("*/run_trial_*")):
-        m = _TRIAL_DIR.match(d.name)
-        try:
-            if m and d.is_dir() and d.stat().st_mtime >= t0 - 1:
-                out.append(m.group(1))
-        except OSError:
-            continue
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ formatting
@@ -221,37 +66,6 @@ def _href(target: Path, base: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ graphs
-
-_SVG_NS = "{http://www.w3.org/2000/svg}"
-_UNSAFE = ("script", "foreignObject", "iframe", "object", "embed", "handler", "listener")
-
-
-def clean_svg(text: str) -> str:
-    """An SVG document as an element to inline in HTML: no XML prolog or doctype, no script, foreign content,
-    event handler or outside link (only links to "#..." stay). Raises ValueError when it is not SVG
-    (xml.etree.ElementTree.ParseError, a SyntaxError, when it is not XML)."""
-    import xml.etree.ElementTree as ET
-
-    root = ET.fromstring(text)
-    if root.tag != _SVG_NS + "svg":
-        raise ValueError(f"not an SVG document (root element {root.tag!r})")
-    for el in list(root.iter()):
-        el.tag = el.tag[len(_SVG_NS):]  # plain names: the HTML parser puts <svg> and its children in SVG's namespace
-        for child in list(el):
-            if not isinstance(child.tag, str) or not child.tag.startswith(_SVG_NS) \
-                    or child.tag[len(_SVG_NS):] in _UNSAFE:
-                el.remove(child)
-        for key in list(el.attrib):
-            local = key.rsplit("}", 1)[-1]
-            value = el.attrib.pop(key)
-            if local.lower().startswith("on") or (local == "href" and not value.startswith("#")):
-                continue
-            if key.startswith("{") and local != "href":
-                continue  # attributes of other namespaces (xml:space, ...) are not needed to draw
-            el.attrib[local] = value
-    root.set("xmlns", _SVG_NS[1:-1])
-    return ET.tostring(root, encoding="unicode")
-
 
 def _graph(st: RunState, rec: dict, title: str, id_prefix: str) -> tuple[str | None, str]:
     """(inline SVG, "") of the record's architecture, or (None, why not). From its top/*.arch file, or, while a
@@ -412,48 +226,6 @@ def _section_predictor(st: RunState) -> str:
     if isinstance(info, dict):
         parts.append(f'<p class="muted">{esc(predictor_words(info))}</p>')
     return "".join(parts) + "</section>"
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
-def predictor_words(info: dict) -> str:
-    """summary.json's "predictor" ({n, covered, uncovered, scale, within_10pct, within_5pct}: search/predictor.py)
-    in words: how many candidates it could predict, how many predictions met a measurement, and how close."""
-    def num(key):
-        v = info.get(key)
-        return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-    covered, uncovered, n, scale = num("covered"), num("uncovered"), num("n"), num("scale")
-    out = []
-    if covered is not None and uncovered is not None:
-        total = int(covered + uncovered)
-        if not covered:
-            out.append(f"During the search the latency predictor predicted none of the {_count(total, 'candidate')}: "
-                       "the per-operator latency table (archdsl bench --build-table SPACE.arch) lacked layers of "
-                       "each, so every candidate was built and measured and none was discarded unbuilt.")
-        else:
-            out.append(f"During the search the latency predictor predicted {covered} of the "
-                       f"{_count(total, 'candidate')} before building them (the per-operator latency table "
-                       f"covered every layer of those; the other {uncovered} lacked some and were measured "
-                       "without a prediction).")
-    if n is not None and (n or covered):
-        if n:
-            near = [f"{100 * v:.0f}% within {pct}" for key, pct in (("within_10pct", "10%"), ("within_5pct", "5%"))
-                    if (v := num(key)) is not None]
-            out.append(f"{_count(int(n), 'prediction')} {'was' if n == 1 else 'were'} compared with the latency "
-                       f"measured afterwards" + (f": {', '.join(near)}." if near else "."))
-        else:
-            out.append("No prediction was followed by a measurement (the candidates it predicted were discarded "
-                       "as far over budget).")
-    if scale is not None and covered:
-        out.append(f"Predictions were the sum of the table's layer times x {scale:.3g} (the median ratio of "
-                   "measured to summed latency, fitted once 3 predicted candidates were measured; 1 before).")
-    known = {"covered", "uncovered", "n", "scale", "within_10pct", "within_5pct"}
-    rest = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()
-                     if k not in known)
-    return " ".join(out + ([f"Also recorded: {rest}."] if rest else [])) or "The latency predictor was not used."
 
 
 def _section_machine(st: RunState) -> str:

@@ -1,8 +1,9 @@
 """The plots of `archdsl report` as inline SVG: the Pareto plot and the predictor scatter, with round ticks.
 
-Takes: a RunState (search/report.py) and its records. Returns: SVG text (hover titles on every point, links to
-its row of the page); `predictor_stats` / `spearman` give the predictor's accuracy figures. Hand-made rather
-than matplotlib so that every point can carry its own title and link; the numbers are HTML-escaped here.
+Takes: a RunState (search/run_state.py) and its records. Returns: SVG text (hover titles on every point, links to
+its row of the page); `predictor_stats` / `spearman` give the predictor's accuracy figures and `predictor_words`
+says them in words; `clean_svg` makes a Graphviz SVG safe to inline. Hand-made rather than matplotlib so that
+every point can carry its own title and link; the numbers are HTML-escaped here.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .pareto import latency_axis, pareto_front
 
 if TYPE_CHECKING:
-    from .report import RunState
+    from .run_state import RunState
 
 
 def _num(value: Any) -> float | None:
@@ -264,3 +265,76 @@ def predictor_svg(st: RunState, pairs: list[tuple[float, float, dict]]) -> str:
                                 f"#{st.anchor(r)}"))
     plot.legend = [("circle", "pt-ok", f"trials ({len(pairs)})"), ("line", "diag", "exact (y = x)")]
     return plot.svg(body, "predictor", "predicted vs measured latency")
+
+
+_SVG_NS = "{http://www.w3.org/2000/svg}"
+_UNSAFE = ("script", "foreignObject", "iframe", "object", "embed", "handler", "listener")
+
+
+def clean_svg(text: str) -> str:
+    """An SVG document as an element to inline in HTML: no XML prolog or doctype, no script, foreign content,
+    event handler or outside link (only links to "#..." stay). Raises ValueError when it is not SVG
+    (xml.etree.ElementTree.ParseError, a SyntaxError, when it is not XML)."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(text)
+    if root.tag != _SVG_NS + "svg":
+        raise ValueError(f"not an SVG document (root element {root.tag!r})")
+    for el in list(root.iter()):
+        el.tag = el.tag[len(_SVG_NS):]  # plain names: the HTML parser puts <svg> and its children in SVG's namespace
+        for child in list(el):
+            if not isinstance(child.tag, str) or not child.tag.startswith(_SVG_NS) \
+                    or child.tag[len(_SVG_NS):] in _UNSAFE:
+                el.remove(child)
+        for key in list(el.attrib):
+            local = key.rsplit("}", 1)[-1]
+            value = el.attrib.pop(key)
+            if local.lower().startswith("on") or (local == "href" and not value.startswith("#")):
+                continue
+            if key.startswith("{") and local != "href":
+                continue  # attributes of other namespaces (xml:space, ...) are not needed to draw
+            el.attrib[local] = value
+    root.set("xmlns", _SVG_NS[1:-1])
+    return ET.tostring(root, encoding="unicode")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def predictor_words(info: dict) -> str:
+    """summary.json's "predictor" ({n, covered, uncovered, scale, within_10pct, within_5pct}: search/predictor.py)
+    in words: how many candidates it could predict, how many predictions met a measurement, and how close."""
+    def num(key):
+        v = info.get(key)
+        return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    covered, uncovered, n, scale = num("covered"), num("uncovered"), num("n"), num("scale")
+    out = []
+    if covered is not None and uncovered is not None:
+        total = int(covered + uncovered)
+        if not covered:
+            out.append(f"During the search the latency predictor predicted none of the {_count(total, 'candidate')}: "
+                       "the per-operator latency table (archdsl bench --build-table SPACE.arch) lacked layers of "
+                       "each, so every candidate was built and measured and none was discarded unbuilt.")
+        else:
+            out.append(f"During the search the latency predictor predicted {covered} of the "
+                       f"{_count(total, 'candidate')} before building them (the per-operator latency table "
+                       f"covered every layer of those; the other {uncovered} lacked some and were measured "
+                       "without a prediction).")
+    if n is not None and (n or covered):
+        if n:
+            near = [f"{100 * v:.0f}% within {pct}" for key, pct in (("within_10pct", "10%"), ("within_5pct", "5%"))
+                    if (v := num(key)) is not None]
+            out.append(f"{_count(int(n), 'prediction')} {'was' if n == 1 else 'were'} compared with the latency "
+                       f"measured afterwards" + (f": {', '.join(near)}." if near else "."))
+        else:
+            out.append("No prediction was followed by a measurement (the candidates it predicted were discarded "
+                       "as far over budget).")
+    if scale is not None and covered:
+        out.append(f"Predictions were the sum of the table's layer times x {scale:.3g} (the median ratio of "
+                   "measured to summed latency, fitted once 3 predicted candidates were measured; 1 before).")
+    known = {"covered", "uncovered", "n", "scale", "within_10pct", "within_5pct"}
+    rest = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()
+                     if k not in known)
+    return " ".join(out + ([f"Also recorded: {rest}."] if rest else [])) or "The latency predictor was not used."
