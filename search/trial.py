@@ -139,12 +139,18 @@ def _reference_fn(ref: dict, threads: int) -> Callable[[], Any]:
 
 def _reference_kw(s: TrialSettings, threads: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """measure() arguments that time against the search's reference network, and a record of it; ({}, None)
-    without one. A reference whose own latency could not be established cleanly falls back to the block."""
+    without one. A reference that cannot be built, or whose own latency could not be established cleanly, falls
+    back to the block (the record says why)."""
     from ..bench.regime import reference_net_latency
 
     if not s.reference:
         return {}, None
-    fn = _reference_fn(s.reference, threads)
+    try:
+        fn = _reference_fn(s.reference, threads)
+    except Exception as e:  # noqa: BLE001 - the trial's own network may still build: time it against the block
+        return {}, {"hash": s.reference["hash"], "point": s.reference["point"], "latency_ms": None,
+                    "fallback": f"the reference network did not build ({type(e).__name__}: {e}): timed against the "
+                                "block"}
     name = s.reference["hash"][:16]
     lat, info = reference_net_latency(name, fn, threads, max_seconds=s.latency_max_seconds,
                                       rel_ci=s.latency_rel_ci, quiet_wait=s.latency_quiet_wait)

@@ -146,3 +146,14 @@ def test_a_real_measurement_against_the_reference_network(monkeypatch, tmp_path)
     assert "fallback" not in ref and ref["latency_ms"] > 0 and len(ref["tries_ms"]) >= 1
     assert lat["regime_anchor_ms"] == pytest.approx(ref["latency_ms"])
     assert lat["latency_ms"] == pytest.approx(lat["regime_ratio"] * ref["latency_ms"], rel=1e-4)
+
+
+def test_a_reference_network_that_does_not_build_falls_back_to_the_block(monkeypatch, tmp_path):
+    monkeypatch.setenv("ARCHDSL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ARCHDSL_LOCK_DIR", str(tmp_path / "lock"))
+    calls = _fake(monkeypatch, [1.0])
+    ref = {**_space_reference(), "point": {"width": 12345678}, "hash": "0" * 16}  # over the memory limit
+    s = TrialSettings(files={TINY.name: TINY.read_text()}, spec_name=TINY.name, budget_ms=100.0, reference=ref)
+    lat = measure_latency_local(s, POINT)
+    assert "reference" not in calls[-1] and lat["latency_ms"] == pytest.approx(1.0)
+    assert "did not build" in lat["reference_net"]["fallback"]
