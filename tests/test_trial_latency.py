@@ -153,7 +153,8 @@ def test_a_reference_network_that_does_not_build_falls_back_to_the_block(monkeyp
     monkeypatch.setenv("ARCHDSL_LOCK_DIR", str(tmp_path / "lock"))
     calls = _fake(monkeypatch, [1.0])
     # a kernel the dilated branch does not fit in: the spec rejects it
-    ref = {**_space_reference(), "point": {"stages.0.kind": "dilated", "stages.0.kernel": 3}, "hash": "0" * 16}
+    ref = {**_space_reference(), "point": {"stages.0.kind": "dilated", "stages.0.kernel": 3,
+                                     "stages.0.blocks.0.mixer.dilation": 2}, "hash": "0" * 16}
     s = TrialSettings(files={TINY.name: TINY.read_text()}, spec_name=TINY.name, budget_ms=100.0, reference=ref)
     lat = measure_latency_local(s, POINT)
     assert "reference" not in calls[-1] and lat["latency_ms"] == pytest.approx(1.0)
