@@ -343,6 +343,11 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
                          f"{cfg.budget_ms:g} ms, {concurrency} at a time on {len(info.nodes)} node(s)"
                          + (f" (--concurrency {cfg.concurrency}, but {cpus} CPUs)" if (cfg.concurrency or 0) > cpus
                             else ""))
+                ref = tsettings.reference
+                progress("latencies are timed against the space's reference network ("
+                         + ("no valid point found: timed against a fixed block" if ref is None else
+                            "every choice at its first value" if not ref["point"] else "a valid random point")
+                         + "; docs/latency.md)")
             try:
                 if remaining > 0 or unmeasured:
                     tuner.fit()
