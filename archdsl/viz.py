@@ -581,11 +581,11 @@ def render(graph: ArchGraph, path: str | Path, fmt: str | None = None, *, title:
 
 def add_viz_parser(sub) -> None:
     """Add the `viz` subcommand to `archdsl`'s subparsers."""
-    from .cli import _add_spec_args
+    from .cli.common import add_spec_args
 
     p = sub.add_parser("viz", help="draw the graph (stages and blocks as clusters) to .svg, .png or a collapsible "
                                    ".html page (Graphviz)")
-    _add_spec_args(p)
+    add_spec_args(p)
     p.add_argument("-o", "--output", required=True, metavar="FILE",
                    help="FILE.svg, FILE.png or FILE.html (one drawing per depth; click a cluster to collapse it)")
     p.add_argument("--depth", type=int, metavar="N",
@@ -596,22 +596,22 @@ def add_viz_parser(sub) -> None:
 
 
 def cmd_viz(args) -> int:
-    from .cli import _graph, _print_reports, _usage
+    from .cli.common import print_pass_reports, spec_graph, usage
 
     try:
         output_format(args.output)
     except ValueError as e:
-        raise SystemExit(_usage(str(e))) from None
+        raise SystemExit(usage(str(e))) from None
     if args.depth is not None and args.depth < 0:
-        raise SystemExit(_usage(f"--depth must be 0 or more, got {args.depth}"))
-    g = _graph(argparse.Namespace(**{**vars(args), "deploy": False}))  # an ArchError reaches main(): exit 1
+        raise SystemExit(usage(f"--depth must be 0 or more, got {args.depth}"))
+    g = spec_graph(argparse.Namespace(**{**vars(args), "deploy": False}))  # an ArchError reaches main(): exit 1
     notes = None
     if args.deploy:
         from .passes import deploy_graph
 
         deployed, args.reports = deploy_graph(g, debug=args.debug_passes)
         if args.debug_passes:
-            _print_reports(args, sys.stderr)
+            print_pass_reports(args, sys.stderr)
         notes = deploy_notes(g, deployed, args.reports)
         g = deployed
     try:

@@ -63,7 +63,7 @@ def add_search_parser(sub) -> None:
 
 
 def cmd_search(args) -> int:
-    from ..cli import _input_shape, _overrides, _usage
+    from ..cli.common import input_shape, overrides, usage
     from .cluster import ClusterError
     from .data import DatasetError
     from .driver import SearchConfig, run_search
@@ -71,20 +71,20 @@ def cmd_search(args) -> int:
     from .records import RunDirError
 
     if args.trials < 1:
-        return _usage(f"--trials must be at least 1, got {args.trials}")
+        return usage(f"--trials must be at least 1, got {args.trials}")
     if not args.latency_ms > 0:
-        return _usage(f"--latency-ms must be positive, got {args.latency_ms}")
+        return usage(f"--latency-ms must be positive, got {args.latency_ms}")
     if args.epochs < 1:
-        return _usage(f"--epochs must be at least 1, got {args.epochs}")
+        return usage(f"--epochs must be at least 1, got {args.epochs}")
     if args.max_minutes is not None and not args.max_minutes > 0:
-        return _usage(f"--max-minutes must be positive, got {args.max_minutes}")
+        return usage(f"--max-minutes must be positive, got {args.max_minutes}")
     if not 0 <= args.quiet_wait < 1e6:
-        return _usage(f"--quiet-wait must be a number of seconds >= 0, got {args.quiet_wait}")
+        return usage(f"--quiet-wait must be a number of seconds >= 0, got {args.quiet_wait}")
     cfg = SearchConfig(spec=args.file, budget_ms=args.latency_ms, trials=args.trials, algo=args.algo,
                        objective=args.objective, dataset=args.dataset, dataset_limit=args.dataset_limit,
                        epochs=args.epochs, out=args.out,
-                       resume=args.resume, address=args.address, seed=args.seed, fixed=_overrides(args.set),
-                       model=args.model, input_shape=_input_shape(args.input), concurrency=args.concurrency,
+                       resume=args.resume, address=args.address, seed=args.seed, fixed=overrides(args.set),
+                       model=args.model, input_shape=input_shape(args.input), concurrency=args.concurrency,
                        latency_threads=args.latency_threads, target_label=args.target_label,
                        predictor=not args.no_predictor, top_k=args.top, latency_quiet_wait=args.quiet_wait,
                        baselines=list(args.baseline), max_minutes=args.max_minutes)

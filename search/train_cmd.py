@@ -44,7 +44,7 @@ class TrainCmdError(Exception):
 def add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train one concrete spec with the search's recipe; writes weights and "
                                      "metrics.json with the test accuracy")
-    from ..cli import add_spec_source_args
+    from ..cli.common import add_spec_source_args
 
     add_spec_source_args(p, "a spec with no open choices: a search's top/NN_*.arch, an example, or any spec "
                             "(fix choices with --set)")
@@ -69,7 +69,7 @@ def add_train_parser(sub) -> None:
 
 
 def cmd_train(args) -> int:
-    from ..cli import _input_shape, _overrides, _usage
+    from ..cli.common import input_shape, overrides, usage
     from ..weights import WeightsError
     from .data import DatasetError
     from .train import TrainError
@@ -77,8 +77,8 @@ def cmd_train(args) -> int:
     given = {k: getattr(args, k) for k in DEFAULTS if hasattr(args, k)}
     problem = _bad_flag(given)
     if problem:
-        return _usage(problem)
-    overrides, input_shape = _overrides(args.set), _input_shape(args.input)
+        return usage(problem)
+    overrides, input_shape = overrides(args.set), input_shape(args.input)
     try:
         return _train(args, given, overrides, input_shape)
     except (TrainCmdError, DatasetError, TrainError, WeightsError) as e:

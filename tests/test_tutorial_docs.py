@@ -327,8 +327,8 @@ def test_tutorial_check_output_is_real(cmd):
     if rc:
         return
     args = cli.make_parser().parse_args(cmd.argv)
-    g = check_file(BEST_COPY if args.file == BEST else args.file, cli._overrides(args.set),
-                   cli._input_shape(args.input))
+    g = check_file(BEST_COPY if args.file == BEST else args.file, cli.overrides(args.set),
+                   cli.input_shape(args.input))
     if args.deploy:
         from archdsl.passes import deploy_graph
 

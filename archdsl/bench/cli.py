@@ -51,7 +51,7 @@ def add_bench_parser(sub) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ..cli import _input_shape, _overrides, _usage
+    from ..cli.common import input_shape, overrides, usage
     from .model import ModelRunError, OutOfMemory, bench_model
 
     if args.build_table is not None:
@@ -60,22 +60,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.calibrate:
         return _calibrate(args)
     if args.file is None:
-        raise SystemExit(_usage("bench needs a .arch file (or --build-table SPACE.arch)"))
+        raise SystemExit(usage("bench needs a .arch file (or --build-table SPACE.arch)"))
     if args.form not in ("deploy", "fast", "train"):
-        raise SystemExit(_usage(f"--form must be 'deploy', 'fast' or 'train', got {args.form!r}"))
+        raise SystemExit(usage(f"--form must be 'deploy', 'fast' or 'train', got {args.form!r}"))
     if args.batch < 1:
-        raise SystemExit(_usage(f"--batch must be a positive integer, got {args.batch}"))
+        raise SystemExit(usage(f"--batch must be a positive integer, got {args.batch}"))
     if args.threads is not None and args.threads < 1:
-        raise SystemExit(_usage(f"--threads must be a positive integer, got {args.threads}"))
+        raise SystemExit(usage(f"--threads must be a positive integer, got {args.threads}"))
     if not args.max_seconds > 0 or not args.rel_ci > 0:
-        raise SystemExit(_usage("--max-seconds and --rel-ci must be positive"))
+        raise SystemExit(usage("--max-seconds and --rel-ci must be positive"))
     try:
-        r = bench_model(args.file, args.form, args.batch, _input_shape(args.input), args.threads,
-                        _overrides(args.set), model=args.model, device=args.device,
+        r = bench_model(args.file, args.form, args.batch, input_shape(args.input), args.threads,
+                        overrides(args.set), model=args.model, device=args.device,
                         import_paths=tuple(args.import_path), allow_outside_imports=args.allow_outside_imports,
                         normalize=False if args.raw else None, max_seconds=args.max_seconds, rel_ci=args.rel_ci)
     except ValueError as e:  # e.g. --device cuda without a CUDA device
-        raise SystemExit(_usage(str(e))) from None
+        raise SystemExit(usage(str(e))) from None
     except (OutOfMemory, ModelRunError) as e:
         print(f"archdsl: error: {e}", file=sys.stderr)
         return 1
@@ -95,11 +95,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
 
-    from ..cli import _usage
+    from ..cli.common import usage
     from .regime import calibrate
 
     if args.threads is not None and args.threads < 1:
-        raise SystemExit(_usage(f"--threads must be a positive integer, got {args.threads}"))
+        raise SystemExit(usage(f"--threads must be a positive integer, got {args.threads}"))
     import torch
 
     threads = args.threads or torch.get_num_threads()

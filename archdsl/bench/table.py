@@ -352,19 +352,19 @@ def cmd_build_table(args) -> int:
     """`archdsl bench --build-table SPACE.arch [--samples N] [--input CxHxW] [--threads N] [--batch N]`."""
     import sys
 
-    from ..cli import _input_shape, _usage
+    from ..cli.common import input_shape, usage
     from ..errors import ArchError
 
     if args.samples < 1 or args.batch < 1 or (args.threads is not None and args.threads < 1):
-        raise SystemExit(_usage("--samples, --batch and --threads must be positive integers"))
+        raise SystemExit(usage("--samples, --batch and --threads must be positive integers"))
     if not args.max_seconds > 0:
-        raise SystemExit(_usage("--max-seconds must be positive"))
+        raise SystemExit(usage("--max-seconds must be positive"))
     # per-op cap: 1 s unless --max-seconds is given (most ops converge to +-2% in well under it; a table of the
     # ConvNeXt space, 374 configurations, builds in about 2 minutes). Shorter caps gave a noisier table: 0.25 s
     # at +-5% predicted 68% of held-out models within +-10%, 1 s at +-2% 90% (docs/latency.md).
     cap = min(args.max_seconds, 1.0) if args.max_seconds == 10.0 else args.max_seconds
     try:
-        _, rep = build_table(args.build_table, args.samples, _input_shape(args.input), batch=args.batch,
+        _, rep = build_table(args.build_table, args.samples, input_shape(args.input), batch=args.batch,
                              threads=args.threads or 1, max_seconds=cap, rel_ci=args.rel_ci,
                              progress=lambda m: print(m, file=sys.stderr))
     except ArchError as e:

@@ -10,90 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import traceback
 
-from .errors import ArchError
-
-
-def _input_shape(text: str | None):
-    if text is None:
-        return None
-    m = re.fullmatch(r"\s*(\d+)\s*[x,]\s*(\d+)\s*[x,]\s*(\d+)\s*", text)
-    if not m:
-        raise SystemExit(_usage(f"--input must look like 3x224x224, got {text!r}"))
-    c, h, w = (int(v) for v in m.groups())
-    if min(c, h, w) <= 0:
-        raise SystemExit(_usage(f"--input sizes must be positive, got {text!r}"))
-    return (c, h, w)
-
-
-def _overrides(pairs: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for p in pairs or []:
-        key, eq, value = p.partition("=")
-        if not eq or not key.strip():
-            raise SystemExit(_usage(f"--set takes name=value, got {p!r}"))
-        out[key.strip()] = value
-    return out
-
-
-def _usage(msg: str) -> int:
-    print(f"archdsl: error: {msg}", file=sys.stderr)
-    return 2
-
-
-def add_spec_source_args(p: argparse.ArgumentParser, file_help: str = "the .arch spec") -> None:
-    """The arguments that say which network of which spec: FILE, --set, --input, --model, --import-path,
-    --allow-outside-imports (check, show, compile, viz, train)."""
-    p.add_argument("file", help=file_help)
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="override a model parameter or fix a choice point (repeatable; wins over a `fix` line of "
-                        "the spec); VALUE is an .arch expression, e.g. --set depths=[2,2,6,2] --set kernel=31")
-    p.add_argument("--input", metavar="CxHxW", help="input shape, e.g. 3x224x224 (overrides the spec's input)")
-    p.add_argument("--model", help="which model of the file (when it defines several)")
-    p.add_argument("--import-path", action="append", default=[], metavar="DIR",
-                   help="an extra directory imports may resolve to")
-    p.add_argument("--allow-outside-imports", action="store_true",
-                   help="allow absolute imports and imports that leave the spec's directory")
-
-
-def _add_spec_args(p: argparse.ArgumentParser) -> None:
-    add_spec_source_args(p)
-    p.add_argument("--deploy", action="store_true",
-                   help="the inference form: BN folded, parallel branches merged (re-parameterization)")
-    p.add_argument("--debug-passes", "--debug", dest="debug_passes", action="store_true",
-                   help="with --deploy: print what each pass changed and the IR after it")
-
-
-def _graph(args):
-    from .api import check_file
-
-    g = check_file(args.file, _overrides(args.set), _input_shape(args.input), args.model,
-                   tuple(args.import_path), args.allow_outside_imports)
-    if getattr(args, "deploy", False):
-        from .passes import deploy_graph
-
-        g, args.reports = deploy_graph(g, debug=getattr(args, "debug_passes", False))
-    return g
-
-
-def _print_reports(args, stream) -> None:
-    from .printer import format_ir
-
-    for r in getattr(args, "reports", []):
-        print(f"# pass {r.name}: {len(r.changes)} change(s)", file=stream)
-        for c in r.changes:
-            print(f"#   {c}", file=stream)
-        if r.graph is not None:
-            print(format_ir(r.graph), file=stream, end="")
+from ..errors import ArchError
+from .common import add_spec_args, input_shape, overrides, print_pass_reports, spec_graph, usage
 
 
 def cmd_check(args) -> int:
-    from . import report
+    from .. import report
 
-    g = _graph(args)
+    g = spec_graph(args)
     if args.json:
         data = report.to_json(g)
         if args.deploy:
@@ -106,28 +33,28 @@ def cmd_check(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .printer import format_ir
+    from ..printer import format_ir
 
-    g = _graph(args)
-    _print_reports(args, sys.stdout)
+    g = spec_graph(args)
+    print_pass_reports(args, sys.stdout)
     print(format_ir(g, spans=not args.no_spans), end="")
     return 0
 
 
 def cmd_compile(args) -> int:
-    from .api import require_resolved
-    from .codegen.source import Unsupported, emit_source
+    from ..api import require_resolved
+    from ..codegen.source import Unsupported, emit_source
 
     if args.weights and not args.deploy:
-        raise SystemExit(_usage("--weights goes with --deploy (it converts a trained checkpoint)"))
+        raise SystemExit(usage("--weights goes with --deploy (it converts a trained checkpoint)"))
     if args.deploy and args.weights and args.output in (None, "-"):
-        raise SystemExit(_usage("--weights needs -o FILE (the converted weights go to FILE with .pt)"))
+        raise SystemExit(usage("--weights needs -o FILE (the converted weights go to FILE with .pt)"))
     state = None
     if args.weights:
         state = _deploy_weights(args)
         g = state.graph
     else:
-        g = _graph(args)
+        g = spec_graph(args)
     require_resolved(g)
     try:
         text = emit_source(g)
@@ -151,24 +78,24 @@ def cmd_compile(args) -> int:
 
 def _deploy_weights(args):
     """Load a training-form checkpoint into the spec's model and convert it to the deploy form."""
-    from .api import check_file, require_resolved
-    from .codegen.module import build_module
-    from .passes import deploy
-    from .weights import WeightsError, load_weights
+    from ..api import check_file, require_resolved
+    from ..codegen.module import build_module
+    from ..passes import deploy
+    from ..weights import WeightsError, load_weights
 
-    g = check_file(args.file, _overrides(args.set), _input_shape(args.input), args.model,
+    g = check_file(args.file, overrides(args.set), input_shape(args.input), args.model,
                    tuple(args.import_path), args.allow_outside_imports)
     require_resolved(g)
     m = build_module(g)
     try:
         load_weights(m, args.weights, f"--weights {args.weights}")
     except WeightsError as e:
-        raise SystemExit(_usage(str(e) if str(e).startswith("--weights") else f"--weights: {e}")) from None
+        raise SystemExit(usage(str(e) if str(e).startswith("--weights") else f"--weights: {e}")) from None
     return deploy(m)
 
 
 def cmd_fmt(args) -> int:
-    from .fmt import format_file
+    from ..fmt import format_file
 
     status = 0
     for f in args.files:
@@ -189,8 +116,8 @@ def cmd_fmt(args) -> int:
 
 
 def cmd_ops(args) -> int:
-    from .check import signature
-    from .ops import registry
+    from ..check import signature
+    from ..ops import registry
 
     ops = [op for op in registry.all_ops().values() if op.user]
     if args.json:
@@ -212,17 +139,17 @@ def make_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     p = sub.add_parser("check", help="check a spec; print params / MACs / shapes per stage and block")
-    _add_spec_args(p)
+    add_spec_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(fn=cmd_check)
 
     p = sub.add_parser("show", help="print the graph IR (deterministic; reads back with archdsl.printer.read_ir)")
-    _add_spec_args(p)
+    add_spec_args(p)
     p.add_argument("--no-spans", action="store_true", help="omit source positions")
     p.set_defaults(fn=cmd_show)
 
     p = sub.add_parser("compile", help="write standalone PyTorch source for the model (depends on torch only)")
-    _add_spec_args(p)
+    add_spec_args(p)
     p.add_argument("-o", "--output", help="output .py file (default: stdout)")
     p.add_argument("--weights", help="with --deploy: a training-form state_dict to convert (written to OUTPUT.pt)")
     p.set_defaults(fn=cmd_compile)
@@ -238,19 +165,19 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_ops)
 
-    from .bench.cli import add_bench_parser  # the measurement engine; imports torch only when it runs
+    from ..bench.cli import add_bench_parser  # the measurement engine; imports torch only when it runs
 
     add_bench_parser(sub)
-    from .search.cli import add_search_parser  # Ray, Optuna and torch are imported only when it runs
+    from ..search.cli import add_search_parser  # Ray, Optuna and torch are imported only when it runs
 
     add_search_parser(sub)
-    from .search.train_cmd import add_train_parser  # torch is imported only when it runs
+    from ..search.train_cmd import add_train_parser  # torch is imported only when it runs
 
     add_train_parser(sub)
-    from .search.report import add_report_parser  # the standard library only, at import
+    from ..search.report import add_report_parser  # the standard library only, at import
 
     add_report_parser(sub)
-    from .viz import add_viz_parser  # graphviz is imported only when it runs
+    from ..viz import add_viz_parser  # graphviz is imported only when it runs
 
     add_viz_parser(sub)
     return ap
@@ -261,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.max_memory is None:
         return _run(args)
-    from .limits import parse_memory
+    from ..limits import parse_memory
 
     try:
         parse_memory(args.max_memory, "--max-memory")
