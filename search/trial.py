@@ -119,21 +119,13 @@ def reference_net(space, *, seed: int = 0, tries: int = 200) -> dict | None:
 
 def _reference_fn(ref: dict, threads: int) -> Callable[[], Any]:
     """The deploy form of the reference network, built once per process and thread count; returns its forward."""
-    import torch
-
-    from ..codegen.module import build_module
-    from ..passes import deploy
+    from ..bench.model import forward_fn
 
     key = (ref["hash"], threads)
     if key not in _REF_NETS:
         s = TrialSettings(files=ref["files"], spec_name=ref["spec_name"], budget_ms=0.0, fixed=ref["fixed"],
                           model=ref["model"], input_shape=ref["input_shape"])
-        g = check_point(s, ref["point"])
-        m = deploy(build_module(g)).eval()
-        x = torch.randn(1, *g.input_shape.to_json(), generator=torch.Generator().manual_seed(0))
-        with torch.inference_mode():
-            m(x)
-        _REF_NETS[key] = lambda: m(x)
+        _REF_NETS[key] = forward_fn(check_point(s, ref["point"]), "deploy", 1, "cpu", seed=0)
     return _REF_NETS[key]
 
 
@@ -195,36 +187,27 @@ def measure_latency_local(s: TrialSettings, point: dict[str, Any], load: bool = 
     again (NEAR_TRIES in all) and the median decides ("near_budget_ms" lists them). Returns the Measurement's
     JSON plus "node", "threads", "tries", "disturbed_tries", "waited_s", "attempts" (why each disturbed try was)
     and "fingerprint". The latency to decide on is "latency_ms" (regime-normalized, bench/regime.py)."""
-    import torch
-
     from ..bench.measure import fingerprint, measure_until_clean, steady_state_allocator
-    from ..codegen.module import build_module
-    from ..passes import deploy
+    from ..bench.model import forward_fn, torch_threads
 
     steady_state_allocator()
     g = check_point(s, point)
     threads = s.latency_threads or len(os.sched_getaffinity(0))
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        m = deploy(build_module(g)).eval()
-        c, h, w = g.input_shape.to_json()
-        x = torch.randn(1, c, h, w)
-        with torch.inference_mode():
-            m(x)
+    with torch_threads(threads):
+        fn = forward_fn(g, "deploy", 1, "cpu")
         ref_kw, ref_rec = _reference_kw(s, threads)
         kw = dict(max_seconds=s.latency_max_seconds, rel_ci=s.latency_rel_ci, quiet_wait=s.latency_quiet_wait,
                   threads=threads, normalize=True, **ref_kw)
         # the test hook's load outlasts any wait: its measurement waits at most 1 s before it is left unmeasured
         procs = _start_load(s.latency_max_seconds + 1.0 + 5) if load else []
         try:
-            meas, info = measure_until_clean(lambda: m(x), **{**kw, "quiet_wait": 1.0} if load else kw)
+            meas, info = measure_until_clean(fn, **{**kw, "quiet_wait": 1.0} if load else kw)
         finally:
             for p in procs:
                 p.kill()
                 p.wait()
         while not meas.disturbed and not meas.stable and info["tries"] < MEASURE_TRIES:
-            again, more = measure_until_clean(lambda: m(x), **kw)
+            again, more = measure_until_clean(fn, **kw)
             info = {k: info[k] + more[k] for k in info}
             if not again.disturbed and (again.stable, -again.latency) > (meas.stable, -meas.latency):
                 meas = again
@@ -232,15 +215,13 @@ def measure_latency_local(s: TrialSettings, point: dict[str, Any], load: bool = 
             near = [meas]
             for _ in range(NEAR_TRIES - 1):
                 time.sleep(NEAR_PAUSE)
-                again, more = measure_until_clean(lambda: m(x), **kw)
+                again, more = measure_until_clean(fn, **kw)
                 info = {k: info[k] + more[k] for k in info}
                 if not again.disturbed:
                     near.append(again)
             meas = sorted(near, key=lambda n: n.latency)[(len(near) - 1) // 2]
             info["near_budget_ms"] = [round(n.latency * 1e3, 6) for n in near]
         fp = fingerprint()
-    finally:
-        torch.set_num_threads(old)
     return {**meas.to_json(), "node": _node_id(), "threads": threads, **info, "fingerprint": fp,
             "reference_net": ref_rec}
 

@@ -9,14 +9,16 @@ that, the machine was busy for the whole run and the result is flagged `busy`, n
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .measure import fingerprint, measure, steady_state_allocator
 from .table import default_cache_dir, load_json_cache, save_json_cache
 
-__all__ = ["bench_model", "ModelRunError", "OutOfMemory", "is_oom", "reference_busy", "BUSY_FACTOR"]
+__all__ = ["bench_model", "forward_fn", "torch_threads", "ModelRunError", "OutOfMemory", "is_oom", "reference_busy",
+           "BUSY_FACTOR"]
 
 class ModelRunError(RuntimeError):
     """The model could not run on the given input (its message names the model, the input and the cause)."""
@@ -60,6 +62,61 @@ def is_oom(e: BaseException) -> bool:
                                        "cannot allocate memory")))
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """torch.set_num_threads(threads) for the body (None: leave it), restored afterwards."""
+    import torch
+
+    old = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def forward_fn(g, form: str = "deploy", batch: int = 1, device: str = "cpu", *,
+               seed: int | None = None) -> Callable[[], Any]:
+    """What every latency measurement times: the checked graph `g` built (form "train", "deploy" or "fast"), in
+    eval mode on `device`, and a random input batch (from `seed` when given); returns a callable running one
+    forward pass (on CUDA, up to a synchronize), which has already run once outside any timing so that a
+    failure is the model's. Runs with torch's current threads (set them first: the fast form tunes for them).
+    Raises ModelRunError / OutOfMemory when the model cannot run."""
+    import torch
+
+    from ..codegen.module import build_module
+    from ..passes import deploy
+
+    c, h, w = g.input_shape.to_json()
+    where = f"{g.model} ({form} form) at input {batch}x{c}x{h}x{w} on {device}"
+    try:
+        m = build_module(g)
+        if form != "train":
+            m = deploy(m)
+        m = m.eval().to(device)
+        gen = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+        x = torch.randn(batch, c, h, w, device=device, generator=gen)
+        if form == "fast":
+            from ..codegen.fast import FastModule
+
+            m = FastModule(m).tune(x)  # measured choices, outside the timing (cached on disk)
+        if device == "cuda":
+            def fn():
+                m(x)
+                torch.cuda.synchronize()  # kernels run asynchronously: time until they finish
+        else:
+            def fn():
+                m(x)
+        with torch.inference_mode():
+            fn()
+    except (RuntimeError, MemoryError) as e:
+        if is_oom(e):
+            raise OutOfMemory(f"out of memory running {where}; try a smaller --batch or --input") from e
+        raise ModelRunError(f"{where} failed: {e}") from e
+    return fn
+
+
 def bench_model(path: str | os.PathLike, form: str = "deploy", batch: int = 1,
                 input_shape: tuple[int, int, int] | None = None, threads: int | None = None,
                 overrides: dict[str, Any] | None = None, *, model: str | None = None, device: str | None = None,
@@ -77,8 +134,6 @@ def bench_model(path: str | os.PathLike, form: str = "deploy", batch: int = 1,
     import torch
 
     from ..api import check_file, require_resolved
-    from ..codegen.module import build_module
-    from ..passes import deploy
 
     if form not in ("train", "deploy", "fast"):
         raise ValueError(f"form must be 'train', 'deploy' or 'fast', got {form!r}")
@@ -105,37 +160,15 @@ def bench_model(path: str | os.PathLike, form: str = "deploy", batch: int = 1,
     require_resolved(g)
     c, h, w = g.input_shape.to_json()
     where = f"{g.model} ({form} form) at input {batch}x{c}x{h}x{w} on {device}"
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
+        fn = forward_fn(g, form, batch, device)
         try:
-            m = build_module(g)
-            if form != "train":
-                m = deploy(m)
-            m = m.eval().to(device)
-            x = torch.randn(batch, c, h, w, device=device)
-            if form == "fast":
-                from ..codegen.fast import FastModule
-
-                m = FastModule(m).tune(x)  # measured choices, outside the timing (cached on disk)
-            if device == "cuda":
-                def fn():
-                    m(x)
-                    torch.cuda.synchronize()  # kernels run asynchronously: time until they finish
-            else:
-                def fn():
-                    m(x)
-            with torch.inference_mode():
-                fn()  # one trial run, outside the timing, so a failure is reported as the model's
             meas = measure(fn, normalize=normalize, **measure_kw)
         except (RuntimeError, MemoryError) as e:
             if is_oom(e):
                 raise OutOfMemory(f"out of memory running {where}; try a smaller --batch or --input") from e
             raise ModelRunError(f"{where} failed: {e}") from e
         fp = fingerprint()
-    finally:
-        torch.set_num_threads(old_threads)
     total = g.total()
     best, busy = (None, False) if normalize else reference_busy(meas.reference_median,
                                                                  f"{fp['hash']}-{fp['torch_threads']}-{device}")
