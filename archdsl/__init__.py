@@ -56,7 +56,7 @@ def deploy(module, debug: bool = False, *, kernels: str = "torch", batch: int | 
     kernels="auto": a FastModule: fused C++ kernels where a block pattern matches, and for every step the
     implementation and memory layout measured fastest on this machine (tuned on the first input of each
     shape, or now for `batch` x the spec's input shape; choices cached on disk)."""
-    from .passes import deploy as _deploy
+    from .codegen.deploy import deploy as _deploy
 
     if kernels not in ("torch", "auto"):
         raise ValueError(f"kernels must be 'torch' or 'auto', got {kernels!r}")

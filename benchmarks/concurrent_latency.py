@@ -64,8 +64,8 @@ def _reference():
     import torch
 
     from archdsl.api import check_file
+    from archdsl.codegen.deploy import deploy
     from archdsl.codegen.module import build_module
-    from archdsl.passes import deploy
 
     g = check_file(SPACE)
     m = deploy(build_module(g)).eval()

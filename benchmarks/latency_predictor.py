@@ -31,8 +31,8 @@ from archdsl.api import check_file  # noqa: E402
 from archdsl.bench.measure import fingerprint, measure  # noqa: E402
 from archdsl.bench.predict import Predictor  # noqa: E402
 from archdsl.bench.table import LatencyTable, fill_table, sample_space  # noqa: E402
+from archdsl.codegen.deploy import deploy  # noqa: E402
 from archdsl.codegen.module import build_module  # noqa: E402
-from archdsl.passes import deploy  # noqa: E402
 
 SPACE = Path(__file__).resolve().parent.parent / "examples" / "search" / "convnext_space.arch"
 

@@ -23,8 +23,9 @@ from randomized import randomize
 from archdsl.api import check_file
 from archdsl.bench.table import sample_space
 from archdsl.cli import main
+from archdsl.codegen.deploy import deploy
 from archdsl.codegen.module import build_module
-from archdsl.passes import deploy, deploy_graph
+from archdsl.passes import deploy_graph
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINES = ROOT / "examples" / "baselines"

@@ -16,8 +16,9 @@ from randomized import randomize
 import archdsl
 from archdsl.api import check_file, check_text
 from archdsl.codegen import layers as L
+from archdsl.codegen.deploy import deploy
 from archdsl.codegen.module import build_module
-from archdsl.passes import deploy, deploy_graph
+from archdsl.passes import deploy_graph
 from archdsl.printer import format_ir
 
 EXAMPLES = sorted(Path("examples").glob("*.arch"))

@@ -29,9 +29,9 @@ from archdsl import cli, docs
 from archdsl.api import ArchError, check_file, check_text
 from archdsl.check import signature
 from archdsl.codegen import layers
+from archdsl.codegen.deploy import deploy
 from archdsl.codegen.module import build_module
 from archdsl.ops import registry
-from archdsl.passes import deploy
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

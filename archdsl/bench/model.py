@@ -85,8 +85,8 @@ def forward_fn(g, form: str = "deploy", batch: int = 1, device: str = "cpu", *,
     Raises ModelRunError / OutOfMemory when the model cannot run."""
     import torch
 
+    from ..codegen.deploy import deploy
     from ..codegen.module import build_module
-    from ..passes import deploy
 
     c, h, w = g.input_shape.to_json()
     where = f"{g.model} ({form} form) at input {batch}x{c}x{h}x{w} on {device}"

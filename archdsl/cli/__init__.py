@@ -79,8 +79,8 @@ def cmd_compile(args) -> int:
 def _deploy_weights(args):
     """Load a training-form checkpoint into the spec's model and convert it to the deploy form."""
     from ..api import check_file, require_resolved
+    from ..codegen.deploy import deploy
     from ..codegen.module import build_module
-    from ..passes import deploy
     from ..weights import WeightsError, load_weights
 
     g = check_file(args.file, overrides(args.set), input_shape(args.input), args.model,
