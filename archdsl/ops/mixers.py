@@ -142,7 +142,7 @@ class DilatedReparam(Op):
     def reparam(self, p, ins, weights):
         """Deploy form: one k x k depthwise conv with bias; each branch's BN folded in, its dilated kernel
         expanded (E[r*i, r*j] = K[i, j]) and centre-padded, all summed."""
-        from ..passes import convview as cv
+        from . import convview as cv
 
         c = ins[0].c
         kernels, dilations = self.branches(p)

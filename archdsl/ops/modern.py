@@ -312,7 +312,7 @@ class RepConv(Op):
 
     def reparam(self, p, ins, weights):
         """Deploy form: one k x k conv with bias = k x k branch + centre-padded 1x1 branch + identity, BNs folded."""
-        from ..passes import convview as cv
+        from . import convview as cv
         from .mixers import _BN
 
         c = ins[0].c

@@ -15,8 +15,8 @@ import torch
 
 from ..check import check
 from ..ir import ArchGraph, Node
+from ..ops import convview as cv
 from ..ops import registry
-from . import convview as cv
 
 LAYOUT_OPS = ("nhwc", "nchw")
 

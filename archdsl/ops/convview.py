@@ -1,4 +1,5 @@
-"""A uniform view of conv-like nodes (conv, dwconv, linear as a 1x1 conv) for the deploy passes.
+"""A uniform view of conv-like nodes (conv, dwconv, linear as a 1x1 conv): the weight algebra that the ops'
+re-parameterizations and the deploy passes (stage 4) share. It imports torch: the checker never imports it.
 
 Takes: a checked graph node and, optionally, its weights (the node module's state_dict tensors).
 Returns: `ConvView` — geometry plus weight (O, I/groups, kh, kw) and bias — and turns a view back into a
@@ -11,8 +12,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..ops.conv import conv_geometry
-from ..ops.registry import pair
+from .conv import conv_geometry
+from .registry import pair
 
 CONV_OPS = ("conv", "dwconv", "linear")
 
