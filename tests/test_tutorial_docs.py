@@ -106,11 +106,23 @@ def test_registry_is_left_as_it_was():
     assert "star" not in registry.all_ops() and not hasattr(layers, "Star") and "archdsl.ops.star" not in sys.modules
 
 
-def test_load_all_line_quoted_verbatim():
-    diff = next(f for f in ADD_OP if f.lang == "diff")
-    old = next(ln[1:] for ln in diff.text.splitlines() if ln.startswith("-"))
-    assert old in (ROOT / "archdsl" / "ops" / "registry.py").read_text(encoding="utf-8"), \
-        "docs/adding_an_op.md quotes an import line of registry._load_all that changed"
+def test_a_family_file_saved_in_ops_is_registered_by_itself(tmp_path, monkeypatch):
+    """Section 2.3: the registry imports every module of the ops package; the page's star.py, saved as a file
+    of that package (here a second directory of it), registers `star` with no other edit."""
+    import archdsl.ops
+
+    star = next(f for f in OP_CODE if f.info.endswith("/star.py"))
+    (tmp_path / "star.py").write_text(star.text, encoding="utf-8")
+    registry.all_ops()
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(archdsl.ops, "__path__", [*archdsl.ops.__path__, str(tmp_path)])
+    monkeypatch.setattr(registry, "_LOADED", False)
+    monkeypatch.delitem(sys.modules, "archdsl.ops.star", raising=False)
+    assert "star" in registry.family_modules() and "convview" not in registry.family_modules()
+    try:
+        assert registry.get("star") is not None and "archdsl.ops.star" in sys.modules
+    finally:
+        sys.modules.pop("archdsl.ops.star", None)
 
 
 @pytest.mark.parametrize("name", NEW_OPS)

@@ -94,13 +94,30 @@ def user_op_names() -> list[str]:
 _LOADED = False
 
 
+NOT_FAMILIES = ("registry", "convview")  # modules of archdsl/ops/ that register no op (convview imports torch)
+
+
+def family_modules() -> list[str]:
+    """The op family modules: every module of the archdsl.ops package but NOT_FAMILIES and names starting with
+    "_", in name order. Adding a family is adding its file."""
+    import pkgutil
+
+    from .. import ops
+
+    return sorted(m.name for m in pkgutil.iter_modules(ops.__path__)
+                  if not m.ispkg and m.name not in NOT_FAMILIES and not m.name.startswith("_"))
+
+
 def _load_all() -> None:
     """Import every op family module once (each registers its ops on import)."""
     global _LOADED
     if _LOADED:
         return
     _LOADED = True
-    from . import act, attention, conv, linear, merge, mixers, modern, norm, pool  # noqa: F401
+    import importlib
+
+    for name in family_modules():
+        importlib.import_module(f"{__package__}.{name}")
 
 
 # ---- helpers used by op definitions
