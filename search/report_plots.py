@@ -13,15 +13,10 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from .pareto import latency_axis, pareto_front
+from .run_state import _num
 
 if TYPE_CHECKING:
     from .run_state import RunState
-
-
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
 
 
 def esc(value: Any) -> str:

@@ -9,6 +9,7 @@ running, finished, interrupted or stopped), or raises ReportError with one line.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import socket
@@ -18,9 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from .records import FINISHED_STATUSES, LOCK, RUN_JSON, TRIALS, RunDir, RunDirError
-from .report_plots import _num
 
 __all__ = ["ReportError", "RunState", "read_run", "STATUSES", "FINISHED", "SUMMARY"]
+
+
+def _num(value: Any) -> float | None:
+    """A finite int or float as a float; None for anything else (bools, strings, NaN, missing)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 STATUSES = {  # in the order the page lists them, with what each means
     "ok": "measured within the budget, scored",
