@@ -19,8 +19,7 @@ import os
 from typing import Any
 
 from .errors import ArchError
-
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def check_file(path: str | os.PathLike, overrides: dict[str, Any] | None = None, *,

@@ -24,11 +24,13 @@ import gzip
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .rawdata import DatasetError, RawData
 
 __all__ = ["Dataset", "DatasetError", "RawData", "check_classes", "canonical_name", "fit_to_input",
            "known_datasets", "load_dataset", "read_idx", "register_dataset", "TEST_FRACTION"]
@@ -36,25 +38,6 @@ __all__ = ["Dataset", "DatasetError", "RawData", "check_classes", "canonical_nam
 TEST_FRACTION = 0.2  # held out as the test split of a set without one of its own
 TEST_SEED = 20240601  # fixes that held-out split, independently of the search's or training's seed
 FILE_PREFIXES = ("folder", "npz")  # "folder:PATH", "npz:PATH": a user's files (data_files.py)
-
-
-class DatasetError(Exception):
-    """A data set is unknown, not installed here, unreadable, or does not fit the architecture."""
-
-
-class RawData(NamedTuple):
-    """What a loader returns: every image (N x C x H x W or N x H x W, any numeric dtype) and label (N ints
-    0..K-1); optionally the set's own test split (`x_test`, `y_test`, described by `test_source`) and class
-    names."""
-
-    x: np.ndarray
-    y: np.ndarray
-    num_classes: int
-    source: str
-    x_test: np.ndarray | None = None
-    y_test: np.ndarray | None = None
-    test_source: str | None = None
-    classes: tuple[str, ...] | None = None
 
 
 @dataclass(eq=False)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DatasetError, RawData
+from .rawdata import DatasetError, RawData
 
 __all__ = ["load_folder", "load_npz", "GREY_MODES"]
 

@@ -469,6 +469,6 @@ def _parse(raw: bytes) -> tuple[dict | None, str]:
 
 
 def _version() -> str:
-    from archdsl import __version__
+    from ..version import __version__
 
     return __version__

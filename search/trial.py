@@ -133,7 +133,7 @@ def _reference_kw(s: TrialSettings, threads: int) -> tuple[dict[str, Any], dict[
     """measure() arguments that time against the search's reference network, and a record of it; ({}, None)
     without one. A reference that cannot be built, or whose own latency could not be established cleanly, falls
     back to the block (the record says why)."""
-    from ..bench.regime import reference_net_latency
+    from ..bench.anchors import reference_net_latency
 
     if not s.reference:
         return {}, None

@@ -99,7 +99,7 @@ def test_trials_are_timed_against_the_reference_network_and_anchored_by_its_late
         return m, {"tries": 1, "disturbed_tries": 0, "waited_s": 0.0, "attempts": []}
 
     monkeypatch.setattr(sys.modules["archdsl.bench.measure"], "measure_until_clean", fake)
-    monkeypatch.setattr(sys.modules["archdsl.bench.regime"], "NET_PAUSE", 0.0)
+    monkeypatch.setattr(sys.modules["archdsl.bench.anchors"], "NET_PAUSE", 0.0)
     s = TrialSettings(files={TINY.name: TINY.read_text()}, spec_name=TINY.name, budget_ms=100.0,
                       reference=_space_reference())
     lat = measure_latency_local(s, POINT)
@@ -127,7 +127,7 @@ def test_a_reference_network_never_measured_cleanly_falls_back_to_the_block(monk
         return m, {"tries": 1, "disturbed_tries": int(disturbed), "waited_s": 0.0, "attempts": []}
 
     monkeypatch.setattr(sys.modules["archdsl.bench.measure"], "measure_until_clean", fake)
-    monkeypatch.setattr(sys.modules["archdsl.bench.regime"], "NET_PAUSE", 0.0)
+    monkeypatch.setattr(sys.modules["archdsl.bench.anchors"], "NET_PAUSE", 0.0)
     s = TrialSettings(files={TINY.name: TINY.read_text()}, spec_name=TINY.name, budget_ms=100.0,
                       reference=_space_reference())
     lat = measure_latency_local(s, POINT)
@@ -138,7 +138,7 @@ def test_a_reference_network_never_measured_cleanly_falls_back_to_the_block(monk
 def test_a_real_measurement_against_the_reference_network(monkeypatch, tmp_path):
     monkeypatch.setenv("ARCHDSL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("ARCHDSL_LOCK_DIR", str(tmp_path / "lock"))
-    monkeypatch.setattr(sys.modules["archdsl.bench.regime"], "NET_TRIES", 2)
+    monkeypatch.setattr(sys.modules["archdsl.bench.anchors"], "NET_TRIES", 2)
     s = TrialSettings(files={TINY.name: TINY.read_text()}, spec_name=TINY.name, budget_ms=1000.0,
                       reference=_space_reference(), latency_max_seconds=0.5, latency_rel_ci=0.2)
     lat = measure_latency_local(s, POINT)

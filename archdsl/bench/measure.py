@@ -33,9 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
-import hashlib
-import json
 import math
 import os
 import platform
@@ -47,6 +44,7 @@ from typing import Any, Callable
 from . import regime, stats
 from .disturb import Boost, Disturbance, LoadWindow, ThreadProbe, round_disturbed, usable_cores, wait_for_quiet
 from .lock import LockTimeout, default_lock_path, measurement_lock
+from .machine import fingerprint
 
 __all__ = ["Measurement", "measure", "compare", "measure_until_clean", "fingerprint", "steady_state_allocator",
            "measurement_lock", "default_lock_path", "LockTimeout", "reference_workload"]
@@ -88,54 +86,6 @@ def steady_state_allocator() -> dict[str, Any]:
     detail = "mallopt: mmap threshold 64 MiB, trim threshold 128 MiB" if ok else "mallopt returned an error"
     _ALLOCATOR = {"applied": bool(ok), "detail": detail}
     return _ALLOCATOR
-
-
-@functools.lru_cache(maxsize=1)
-def _cpuinfo() -> tuple[str | None, int | None]:
-    """(CPU model name, physical core count) from /proc/cpuinfo; (None, None) where unreadable."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            text = fh.read()
-    except OSError:
-        return None, None
-    model = None
-    cores: set[tuple[str, str]] = set()
-    for block in text.split("\n\n"):
-        kv = {}
-        for line in block.splitlines():
-            key, sep, value = line.partition(":")
-            if sep:
-                kv[key.strip()] = value.strip()
-        model = model or kv.get("model name") or kv.get("Hardware") or kv.get("cpu model")
-        if "core id" in kv:
-            cores.add((kv.get("physical id", "0"), kv["core id"]))
-    return model, (len(cores) or None)
-
-
-def fingerprint() -> dict[str, Any]:
-    """What the timings depend on: CPU model, physical/logical/usable cores, torch threads and version, the CUDA
-    device (if any), and `hash`, a stable 12-hex-digit digest of those fields."""
-    import torch
-
-    model, physical = _cpuinfo()
-    logical = os.cpu_count()
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = logical
-    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    fp: dict[str, Any] = {
-        "cpu_model": model or platform.processor() or platform.machine() or "unknown",
-        "machine": platform.machine(),
-        "physical_cores": physical or logical,
-        "logical_cores": logical,
-        "usable_cores": usable,
-        "torch_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "cuda_device": cuda,
-    }
-    fp["hash"] = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:12]
-    return fp
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from .machine import default_cache_dir, load_json_cache, save_json_cache
 from .measure import fingerprint, measure, steady_state_allocator
-from .table import default_cache_dir, load_json_cache, save_json_cache
 
 __all__ = ["bench_model", "forward_fn", "torch_threads", "ModelRunError", "OutOfMemory", "is_oom", "reference_busy",
            "BUSY_FACTOR"]

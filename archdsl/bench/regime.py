@@ -9,15 +9,15 @@ with every round clean. Dividing each round's time by that of a ConvNeXt-like bl
 (same threads, same caches, same moment) cancels most of it: the median of the per-round ratios, U, is
 repeatable to a few per cent where the raw median is not (docs/latency.md). The latency reported is U x R*,
 R* being the block's median recorded once per machine, thread count and device: the first clean measurement
-anchors it (`regime.json` in the latency cache dir), and `archdsl bench --calibrate` measures it again on
-purpose. The raw median is always kept beside the normalized one.
+anchors it (`regime.json` in the latency cache dir), and `archdsl bench --calibrate` (anchors.py) measures it
+again on purpose. The raw median is always kept beside the normalized one.
 
 A reference network: the block tracks a small model's speed only in part (a model of 0.3-1.5 ms read 10-35% off
 from one measurement to the next, normalized by the block, on this project's VM), while the per-round ratio of
 one small network to another of the same kind repeats within about 1%. A caller that measures many networks of
 one family (the search, docs/search.md) therefore times them against a fixed network of that family, whose own
 latency `reference_net_latency` establishes once per machine (the median of several block-normalized
-measurements, recorded in `regime.json` under the network's hash) and which then anchors theirs.
+measurements, recorded in `regime.json` under the network's hash; anchors.py) and which then anchors theirs.
 """
 
 from __future__ import annotations
@@ -27,13 +27,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import stats
-from .table import default_cache_dir, load_json_cache, machine_hash, save_json_cache
+from .machine import default_cache_dir, load_json_cache, machine_hash, save_json_cache
 
-__all__ = ["regime_block", "anchor_key", "anchor", "set_anchor", "ratio_summary", "calibrate",
-           "reference_net_latency", "REGIME_FILE", "NET_TRIES"]
+__all__ = ["regime_block", "anchor_key", "anchor", "set_anchor", "ratio_summary", "REGIME_FILE"]
 
 REGIME_FILE = "regime.json"
-NET_TRIES, NET_PAUSE = 7, 0.5  # block-normalized measurements of a reference network (median), s between them
 
 
 def regime_block() -> Callable[[], Any]:
@@ -96,60 +94,3 @@ def ratio_summary(samples: list[float], refs: list[float]) -> tuple[list[float],
     and their median (nan when there are none)."""
     ratios = [s / r for s, r in zip(samples, refs) if r > 0]
     return ratios, (stats.median(ratios) if ratios else float("nan"))
-
-
-def calibrate(threads: int, *, max_seconds: float = 10.0) -> dict[str, Any]:
-    """Measure the reference block alone with `threads` torch threads (disturbed rounds discarded, waiting for
-    quiet as the search does) and record its median as this machine's anchor R*, replacing any earlier one.
-    Every normalized latency recorded before is in units of the old anchor: compare figures of one anchor only.
-    Returns {"key", "path", "reference_ms", "previous_ms", "stable", "disturbed", "runs", "reason"}; a
-    disturbed measurement anchors nothing."""
-    import torch
-
-    from .measure import measure_until_clean
-
-    key = anchor_key(threads)
-    old = anchor(key)
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        m, _ = measure_until_clean(regime_block(), threads=threads, max_seconds=max_seconds, reference=False,
-                                   rel_ci=0.01)
-    finally:
-        torch.set_num_threads(saved)
-    if not m.disturbed:
-        set_anchor(key, m.median, source=f"archdsl bench --calibrate ({m.runs} clean rounds)", force=True)
-    return {"key": key, "path": str(_path()), "reference_ms": None if m.disturbed else m.median * 1e3,
-            "previous_ms": None if old is None else old * 1e3, "stable": m.stable, "disturbed": m.disturbed,
-            "runs": m.runs, "reason": (m.disturbance or {}).get("reason")}
-
-
-def reference_net_latency(name: str, fn: Callable[[], Any], threads: int, *, tries: int | None = None,
-                          pause: float | None = None, **measure_kw: Any) -> tuple[float | None, dict[str, Any]]:
-    """The latency (s) of a reference network `fn` (run with torch's current threads, `threads` of them),
-    identified by `name` (e.g. its graph hash): recorded in `regime.json` under this machine, the thread count
-    and `name`, or else established now as the median of `tries` (NET_TRIES) block-normalized measurements
-    `pause` (NET_PAUSE) s apart (each waits for quiet as the search does; disturbed ones are dropped) and
-    recorded. The measurement lock is held throughout, so concurrent processes establish it once. Returns
-    (seconds, or None when no measurement was clean, and {"key", "source", "tries_ms"})."""
-    from .lock import measurement_lock
-    from .measure import measure_until_clean
-
-    key = f"{anchor_key(threads)}-net-{name}"
-    tries, pause = NET_TRIES if tries is None else tries, NET_PAUSE if pause is None else pause
-    with measurement_lock(measure_kw.get("lock_path")):
-        known = anchor(key)
-        if known is not None:
-            return known, {"key": key, "source": "recorded", "tries_ms": []}
-        got = []
-        for i in range(tries):
-            if i:
-                time.sleep(pause)
-            m, _ = measure_until_clean(fn, threads=threads, normalize=True, **measure_kw)
-            if not m.disturbed and m.normalized is not None:
-                got.append(m.normalized)
-        info = {"key": key, "source": "measured", "tries_ms": [round(v * 1e3, 6) for v in got]}
-        if not got:
-            return None, info
-        value = stats.median(got)
-        return set_anchor(key, value, source=f"median of {len(got)} block-normalized measurements"), info

@@ -21,50 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .machine import default_cache_dir, load_json_cache, machine_hash, save_json_cache  # noqa: F401 - re-exported
+
 __all__ = ["LatencyTable", "LoadReport", "TableReport", "signature", "sig_key", "graph_signatures",
            "sample_space", "build_table", "measure_signature", "machine_hash", "default_cache_dir", "is_free"]
 
 TABLE_FILE = "ops.jsonl"
 FREE_OPS = ("input",)  # besides every op marked is_view: costs nothing, never measured
-
-
-def default_cache_dir() -> Path:
-    """`$ARCHDSL_CACHE_DIR`, else `$XDG_CACHE_HOME/archdsl/latency`, else ~/.cache/archdsl/latency."""
-    env = os.environ.get("ARCHDSL_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "archdsl" / "latency"
-
-
-def load_json_cache(path: Path) -> dict[str, Any]:
-    """A small JSON object kept in the cache dir (`reference_best.json`, `regime.json`); {} when the file is
-    missing, unreadable or not an object."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def save_json_cache(path: Path, data: dict[str, Any]) -> None:
-    """Write `data` to `path` atomically (a per-process temp file, then os.replace); a cache that cannot be written
-    is left as it was (best effort: the caller's value still holds for this process)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    except OSError:
-        pass
-
-
-def machine_hash() -> str:
-    """12 hex digits over `fingerprint()` minus torch_threads (threads are part of each signature)."""
-    from .measure import fingerprint
-
-    fp = {k: v for k, v in fingerprint().items() if k not in ("hash", "torch_threads")}
-    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _digest(obj: Any, n: int = 16) -> str:
@@ -346,32 +309,3 @@ def build_table(space_path: str | os.PathLike, samples: int = 20, input_shape: t
                      max_seconds=max_seconds, rel_ci=rel_ci, measure_kw=measure_kw, progress=progress)
     rep.rejected = rejected
     return table, rep
-
-
-def cmd_build_table(args) -> int:
-    """`archdsl bench --build-table SPACE.arch [--samples N] [--input CxHxW] [--threads N] [--batch N]`."""
-    import sys
-
-    from ..cli.common import input_shape, usage
-    from ..errors import ArchError
-
-    if args.samples < 1 or args.batch < 1 or (args.threads is not None and args.threads < 1):
-        raise SystemExit(usage("--samples, --batch and --threads must be positive integers"))
-    if not args.max_seconds > 0:
-        raise SystemExit(usage("--max-seconds must be positive"))
-    # per-op cap: 1 s unless --max-seconds is given (most ops converge to +-2% in well under it; a table of the
-    # ConvNeXt space, 374 configurations, builds in about 2 minutes). Shorter caps gave a noisier table: 0.25 s
-    # at +-5% predicted 68% of held-out models within +-10%, 1 s at +-2% 90% (docs/latency.md).
-    cap = min(args.max_seconds, 1.0) if args.max_seconds == 10.0 else args.max_seconds
-    try:
-        _, rep = build_table(args.build_table, args.samples, input_shape(args.input), batch=args.batch,
-                             threads=args.threads or 1, max_seconds=cap, rel_ci=args.rel_ci,
-                             progress=lambda m: print(m, file=sys.stderr))
-    except ArchError as e:
-        print(e.render(), file=sys.stderr)
-        return 1
-    except (ValueError, OSError) as e:
-        print(f"archdsl: error: {e}", file=sys.stderr)
-        return 1
-    print(rep.text(), end="")
-    return 3 if rep.unmeasured and getattr(args, "strict", False) else 0

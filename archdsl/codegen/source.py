@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .. import __version__
 from ..interp import fmt as arch_fmt
 from ..ir import ArchGraph
 from ..ops import registry
 from ..shapes import human
+from ..version import __version__
 from . import layers as L
 
 # torch.nn classes the ops build, and how to read their constructor arguments back.

@@ -101,9 +101,9 @@ def family_modules() -> list[str]:
     """The op family modules: every module of the archdsl.ops package but NOT_FAMILIES and names starting with
     "_", in name order. Adding a family is adding its file."""
     import pkgutil
+    import sys
 
-    from .. import ops
-
+    ops = sys.modules[__package__]  # archdsl.ops, imported before this module
     return sorted(m.name for m in pkgutil.iter_modules(ops.__path__)
                   if not m.ispkg and m.name not in NOT_FAMILIES and not m.name.startswith("_"))
 
