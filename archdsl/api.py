@@ -17,7 +17,8 @@ from .elaborate import Elaborator
 from .errors import ArchError, Diagnostic, Span
 from .interp import ChoiceTable, EvalError, Evaluator, as_value, fmt
 from .ir import ArchGraph
-from .parse import Program, load_program, parse_expr
+from .parse import parse_expr
+from .program import Program, load_program
 
 
 def parse_override(key: str, value: Any) -> Any:

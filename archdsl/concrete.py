@@ -26,8 +26,8 @@ from .api import check_text, elaborate, parse_override, require_resolved
 from .elaborate import fix_value
 from .interp import as_value, fmt
 from .ir import ArchGraph
-from .parse import Program, load_program
 from .printer import format_ir
+from .program import Program, load_program
 
 __all__ = ["concrete_spec", "write_concrete"]
 

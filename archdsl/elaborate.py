@@ -23,7 +23,7 @@ from .errors import ArchError, Collector, Diagnostic, Span, did_you_mean
 from .interp import ChoiceTable, EvalError, Evaluator, builtin_names, fmt, type_name
 from .ir import ArchGraph, Node, Ref, Scope, join
 from .ops import registry
-from .parse import Program
+from .program import Program
 
 FORMS = ("seq", "residual", "parallel", "split")
 MERGES = ("add", "concat", "mul")

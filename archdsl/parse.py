@@ -1,28 +1,27 @@
-"""Stage 1: text -> Lark tree -> AST (`archdsl.syntax`), and file loading with imports.
+"""Stage 1: text -> Lark tree -> AST (`archdsl.syntax`).
 
-Takes: .arch source text (or a path). Returns: `syntax.Module` for one file, or a `Program` holding the
-root module and every module it imports. Raises `ArchError` with every syntax error it can find, each
-with file:line:col; spec text is only ever parsed, never evaluated by Python.
+Takes: .arch source text. Returns: `syntax.Module` for one file (`parse_text`) or one expression (`parse_expr`).
+Raises `ArchError` with every syntax error it can find, each with file:line:col (syntax_errors.py words them and
+recovers to find the next); spec text is only ever parsed, never evaluated by Python. Files and their imports:
+program.py.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
-from pathlib import Path
 
 from lark import Lark, Token, Transformer_NonRecursive, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+from lark.exceptions import UnexpectedInput, VisitError
 
 from . import limits
 from . import syntax as S
-from .errors import ArchError, Collector, Diagnostic, Span, register_source
+from .errors import ArchError, Diagnostic, Span, register_source
+from .syntax_errors import _balanced, _syntax_diagnostic, _unclosed_diagnostic
 
 
 @lru_cache(maxsize=1)
@@ -296,167 +295,6 @@ class _ToAST(Transformer_NonRecursive):
         return [c for c in children]
 
 
-# ---------------------------------------------------------------- syntax errors
-
-_READABLE = {
-    "NAME": "a name", "NUMBER": "a number", "STRING": "a string", "LPAR": "'('", "RPAR": "')'",
-    "LSQB": "'['", "RSQB": "']'", "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','", "COLON": "':'",
-    "SLICE_COLON": "':'", "EQUAL": "'='", "SEMICOLON": "';'", "DOT": "'.'", "ADD_OP": "'+' or '-'",
-    "MUL_OP": "an operator", "POW_OP": "'**'", "COMP_OP": "a comparison", "$END": "end of file",
-}
-
-
-def _expected(e: UnexpectedInput) -> list[str]:
-    names = sorted(getattr(e, "expected", None) or getattr(e, "allowed", None) or [])
-    ip = getattr(e, "interactive_parser", None)
-    if ip is not None:
-        try:  # exact: LALR state merging lists tokens that would fail after a reduction
-            names = sorted(ip.accepts()) or names
-        except Exception:  # noqa: BLE001 - fall back to the table's (wider) list
-            pass
-    out = []
-    for n in names:
-        if n in _READABLE:
-            out.append(_READABLE[n])
-        elif n.isupper() and len(n) <= 10 and n.isalpha():
-            out.append(f"'{n.lower()}'")  # keywords: IF -> 'if'
-        else:
-            out.append(n)
-    return sorted(set(out))
-
-
-def _syntax_diagnostic(e: UnexpectedInput, file: str, text: str) -> Diagnostic:
-    line, col = max(1, getattr(e, "line", 1) or 1), max(1, getattr(e, "column", 1) or 1)
-    exp = _expected(e)
-    hint = None
-    if isinstance(e, UnexpectedCharacters):
-        ch = text[e.pos_in_stream] if 0 <= e.pos_in_stream < len(text) else "?"
-        msg = f"unexpected character {ch!r}"
-        end = col + 1
-        if ch == "=" and exp:
-            hint = "use ':' to name a layer (name: op(...)) or 'let name = value' to bind a value"
-    elif isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END"):
-        lines = text.splitlines() or [""]
-        line, col = len(lines), len(lines[-1]) + 1
-        msg = "unexpected end of file"
-        end = col + 1
-        if "'}'" in exp:
-            hint = "a '{' is never closed"
-    else:
-        tok = e.token
-        msg = f"unexpected {str(tok)!r}"
-        end = (tok.end_column or col + 1) if tok.end_line == tok.line else col + len(str(tok).split("\n")[0])
-        if tok.type == "EQUAL" and "':'" in exp:
-            hint = "use ':' to name a layer (name: op(...)) or 'let name = value' to bind a value"
-        elif tok.type == "RBRACE" and "')'" in exp:
-            hint = "missing ')'"
-        elif tok.type == "ELSE" and "'{'" not in exp:
-            hint = "after let / require / for / if, put a conditional expression in parentheses: " \
-                   "let k = (7 if big else 3)"
-        elif tok.type == "IF" and "'or'" in exp:
-            hint = "put a conditional expression in parentheses: let k = (7 if big else 3)"
-        elif tok.type == "LBRACE":
-            hint = "if this '{' starts a new group of layers, end the previous statement with ';'"
-    src_lines = text.split("\n")
-    if hint is None and line <= len(src_lines) and _FIX_VALUE.match(src_lines[line - 1], 0, col - 1):
-        hint = "a fix value is a literal: a number, a string in quotes, true, false, none, or a list of these"
-    if exp and len(exp) <= 8:
-        msg += f"; expected {', '.join(exp)}"
-    return Diagnostic(Span(file, line, col, line, max(end, col + 1)), msg, hint)
-
-
-# The start of a `fix "name" = ...` line up to the value, where a syntax error is in the (literal) value.
-_FIX_VALUE = re.compile(r'\s*fix\s*"(?:[^"\\\n]|\\["\\n])*"\s*=.*')
-
-
-def _balanced(line: str) -> bool:
-    return all(line.count(a) == line.count(b) for a, b in ("()", "[]", "{}"))
-
-
-_CLOSER = {"(": ")", "[": "]", "{": "}"}
-
-
-def _unclosed(text: str) -> list[tuple[int, int, int]]:
-    """Brackets that are never closed, as (offset, line, col); strings and comments are skipped.
-    A closer that does not match the innermost opener closes an outer one, leaving the inner ones unclosed."""
-    stack: list[tuple[int, int, int]] = []
-    out: list[tuple[int, int, int]] = []
-    line, line_start, i, n = 1, 0, 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "\n":
-            line, line_start = line + 1, i + 1
-        elif ch == "#":
-            while i + 1 < n and text[i + 1] != "\n":
-                i += 1
-        elif ch == '"':
-            i += 1
-            while i < n and text[i] not in '"\n':
-                i += 2 if text[i] == "\\" else 1
-            if i < n and text[i] == "\n":
-                continue
-        elif ch in _CLOSER:
-            stack.append((i, line, i - line_start + 1))
-        elif ch in ")]}":
-            while stack and _CLOSER[text[stack[-1][0]]] != ch:
-                out.append(stack.pop())
-            if stack:
-                stack.pop()
-        i += 1
-    return sorted(out + stack)
-
-
-def _code_end(line: str) -> int:
-    """Index just after the last code character of `line` (before a trailing comment)."""
-    in_str, i = False, 0
-    while i < len(line):
-        if line[i] == '"':
-            in_str = not in_str
-        elif line[i] == "\\" and in_str:
-            i += 1
-        elif line[i] == "#" and not in_str:
-            break
-        i += 1
-    return len(line[:i].rstrip())
-
-
-def _unclosed_diagnostic(d: Diagnostic, e: UnexpectedInput, work: str, file: str):
-    """When a syntax error is really a bracket opened on an earlier line and never closed, a diagnostic at that
-    bracket, and `work` with a closer inserted so parsing can go on; else None."""
-    at_eof = isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END")
-    pos = len(work) if at_eof else getattr(e, "pos_in_stream", None)
-    if pos is None:
-        return None
-    before = [u for u in _unclosed(work) if u[0] < pos and u[1] < d.span.line]
-    if not before:
-        return None
-    off, line, col = before[-1]
-    opener = work[off]
-    closer = _CLOSER[opener]
-    err_line = work.split("\n")[d.span.line - 1].lstrip()
-    if at_eof:
-        found = "the end of the file"
-    elif opener == "{" and err_line.startswith(("block ", "model ", "import ")):
-        found = f"the next definition at line {d.span.line}"
-    elif f"'{closer}'" in _expected(e):
-        tok = getattr(e, "token", None)
-        found = f"{str(tok)!r} at line {d.span.line}, column {d.span.col}" if tok is not None else \
-            f"line {d.span.line}, column {d.span.col}"
-    else:
-        return None
-    diag = Diagnostic(Span(file, line, col, line, col + 1), f"'{opener}' is never closed",
-                      f"expected '{closer}' before {found}")
-    if at_eof:
-        return diag, None
-    # Close it where the user most likely forgot to: a '(' or '[' at the end of its own line, a '{' at the end
-    # of the line before the error (so the statements between stay inside the body).
-    lines = work.split("\n")
-    k = line - 1 if opener != "{" else d.span.line - 2
-    cut = _code_end(lines[k])
-    lines[k] = lines[k][:cut] + closer + lines[k][cut:]
-    return diag, "\n".join(lines)
-
-
 _CACHE: OrderedDict[tuple[str, str], S.Module] = OrderedDict()  # (file, text) -> its AST, most recent last
 _CACHE_LOCK = threading.Lock()
 CACHE_CHARS = 8_000_000  # the texts kept, in all: a search or a checker re-reads the same specs and imports
@@ -539,109 +377,3 @@ def parse_expr(text: str, file: str = "<expr>") -> S.Expr:
         raise
     limits.check_ast_depth([expr], file)  # the evaluator recurses over the tree
     return expr
-
-
-# ---------------------------------------------------------------- programs (files + imports)
-
-
-@dataclass
-class Program:
-    """The root module and every module reachable through imports, keyed by resolved path."""
-
-    root: S.Module
-    modules: dict[str, S.Module] = field(default_factory=dict)  # display file name -> module
-    # (importing display file, import path) -> imported display file
-    links: dict[tuple[str, str], str] = field(default_factory=dict)
-
-
-def _display(path: Path) -> str:
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return str(path)
-    return rel if not rel.startswith("..") else str(path)
-
-
-def load_program(path: str | os.PathLike, search_paths: tuple[str, ...] = (), allow_outside: bool = False,
-                 text: str | None = None) -> Program:
-    """Parse `path` (or `text`, named `path`) and, recursively, every file it imports."""
-    root_path = Path(path).resolve() if text is None else Path(os.path.abspath(path))
-    roots = [root_path.parent] + [Path(p).resolve() for p in search_paths]
-    col = Collector()
-    modules: dict[str, S.Module] = {}
-    links: dict[tuple[str, str], str] = {}
-
-    def read(p: Path, display: str, given: str | None = None) -> S.Module | None:
-        if given is not None:
-            src = given
-        else:
-            try:
-                size = p.stat().st_size
-                if size > limits.MAX_FILE_BYTES:
-                    raise limits.too_big_file(display, size)
-                src = p.read_text(encoding="utf-8")
-            except UnicodeDecodeError:
-                col.add(Span(display, 1, 1, 1, 2), "file is not valid UTF-8 text")
-                return None
-            except OSError as err:  # unreadable (permissions, a directory, ...)
-                col.add(Span(display, 1, 1, 1, 2), f"cannot read the file: {err.strerror or err}")
-                return None
-        try:
-            return parse_text(src, display)
-        except ArchError as e:
-            col.extend(e)
-            return None
-
-    def visit(p: Path, display: str, stack: list[str], given: str | None = None) -> None:
-        mod = read(p, display, given)
-        if mod is None:
-            return
-        modules[display] = mod
-        for imp in mod.imports:
-            target = _resolve_import(imp, p, roots, allow_outside, col)
-            if target is None:
-                continue
-            tdisp = _display(target)
-            links[(display, imp.path)] = tdisp
-            if tdisp in stack or tdisp == display:
-                cycle = stack[stack.index(tdisp):] if tdisp in stack else []
-                chain = " -> ".join([*cycle, display, tdisp])
-                col.add(imp.span, f"import cycle: {chain}", "remove one of the imports in the cycle")
-                continue
-            if tdisp not in modules:
-                visit(target, tdisp, [*stack, display])
-
-    if text is None and not root_path.is_file():
-        raise ArchError([Diagnostic(Span(str(path), 1, 1, 1, 1), f"no such file: {path}")])
-    root_display = _display(root_path) if text is None else str(path)
-    visit(root_path, root_display, [], text)
-    col.raise_if_any()
-    return Program(modules[root_display], modules, links)
-
-
-def _resolve_import(imp: S.Import, importer: Path, roots: list[Path], allow_outside: bool,
-                    col: Collector) -> Path | None:
-    if not imp.path.endswith(".arch"):
-        col.add(imp.span, f"can only import .arch files, not {imp.path!r}")
-        return None
-    rel = Path(imp.path)
-    if rel.is_absolute() and not allow_outside:
-        col.add(imp.span, f"absolute import path {imp.path!r} is not allowed",
-                "import relative to this file, or pass --allow-outside-imports")
-        return None
-    try:
-        candidates = [(importer.parent / rel).resolve()] + [(r / rel).resolve() for r in roots[1:]]
-        found = [c for c in candidates if c.is_file()]
-    except (OSError, ValueError) as err:  # a NUL character, a name too long for the file system, ...
-        col.add(imp.span, f"cannot use import path {imp.path!r}: {getattr(err, 'strerror', None) or err}")
-        return None
-    for c in found:
-        if not allow_outside and not any(c.is_relative_to(r) for r in roots):
-            col.add(imp.span, f"import {imp.path!r} leaves the spec's directory ({_display(roots[0])})",
-                    "add the directory with --import-path, or pass --allow-outside-imports")
-            return None
-        return c
-    where = ", ".join(dict.fromkeys(_display(c) for c in candidates))
-    col.add(imp.span, f"imported file not found: {imp.path!r}", f"looked for {where} (import paths are relative "
-            "to the importing file)")
-    return None

@@ -41,7 +41,7 @@ def validate_baselines(paths: list[str], input_shape: tuple[int, int, int] | Non
     its model has the parameter `s` that scaling(...) reads. Returns [{"path", "name", "files"}]. Raises
     ArchError (the spec's own diagnostics) or SearchError (no knob, a duplicate name)."""
     from ..api import check_file, require_resolved
-    from ..parse import load_program
+    from ..program import load_program
     from .space import program_files
 
     out, names = [], set()

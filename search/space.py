@@ -98,7 +98,7 @@ class SearchSpace:
     program: Any = field(default=None, init=False, repr=False)  # parsed once; every candidate re-elaborates it
 
     def __post_init__(self) -> None:
-        from ..parse import load_program
+        from ..program import load_program
 
         self.spec = Path(self.spec)
         # syntax and import errors: ArchError. Parsing is most of check_file's time (38 ms of 45 for
