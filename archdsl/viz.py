@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import html
 import json
-import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -60,21 +59,16 @@ class DeployNotes:
     summary: list[str] = field(default_factory=list)
 
 
-# (report line pattern, the notes it puts on its receiving node `dst`): a table over the report lines of
-# archdsl/passes/deploy.py; a line no rule matches still becomes a note, its node names shortened
-_NOTE_RULES = (
-    (r"folded bn '(?P<src>[^']+)' into (?:the following )?\w+ '(?P<dst>[^']+)'",
-     lambda m, t: [f"+ folded: {_what(t, m['src'], m['dst'])}"]),
-    (r"re-parameterized \w+ '(?P<dst>[^']+)' into one \w+",
-     lambda m, t: [f"= {_call_text(t, m['dst']) if m['dst'] in t else 'training op'}, re-parameterized"]),
-    (r"merged (?P<n>\d+) branches of '(?P<src>[^']+)' into one \S+ \w+ '(?P<dst>[^']+)'",
-     lambda m, t: _merged_branches(t, m["src"], m["dst"], int(m["n"]))),
-    (r"folded layer scale '(?P<src>[^']+)' into \w+ '(?P<dst>[^']+)'",
-     lambda m, t: [f"+ folded: {_what(t, m['src'], m['dst'])}"]),
-    (r"moved the bias of grn '(?P<src>[^']+)' into \w+ '(?P<dst>[^']+)'",
-     lambda m, t: [f"+ bias of {_what(t, m['src'], m['dst'])}"]),
-    (r"refused: '(?P<dst>[^']+)' \([^)]*\): (?P<msg>.*)", lambda m, t: [f"refused: {m['msg']}"]),
-)
+# change kind -> the notes it puts on its receiving node `dst` (passes/changes.py); a change of another kind, or
+# with no receiving node in the deploy form, is counted in the summary only
+_NOTE_RULES = {
+    "fold_bn": lambda c, t: [f"+ folded: {_what(t, c.src, c.dst)}"],
+    "reparam": lambda c, t: [f"= {_call_text(t, c.dst) if c.dst in t else 'training op'}, re-parameterized"],
+    "merge_branches": lambda c, t: _merged_branches(t, c.src, c.dst, c.n),
+    "fold_layer_scale": lambda c, t: [f"+ folded: {_what(t, c.src, c.dst)}"],
+    "move_bias": lambda c, t: [f"+ bias of {_what(t, c.src, c.dst)}"],
+    "refused": lambda c, t: [f"refused: {c.why}"],
+}
 
 
 def deploy_notes(train: ArchGraph, deployed: ArchGraph, reports: Sequence) -> DeployNotes:
@@ -83,24 +77,20 @@ def deploy_notes(train: ArchGraph, deployed: ArchGraph, reports: Sequence) -> De
     for r in reports:
         if r.changes:
             notes.summary.append(f"{r.name}: {len(r.changes)} change{'s' if len(r.changes) > 1 else ''}")
-        for line in r.changes:
-            dst, lines = _note(line, train, deployed)
+        for change in r.changes:
+            dst, lines = _note(change, train, deployed)
             if dst is not None:
                 notes.nodes.setdefault(dst, []).extend(lines)
     notes.summary.append(f"{len(train)} training-form nodes -> {len(deployed)} deploy-form nodes")
     return notes
 
 
-def _note(line: str, train: ArchGraph, deployed: ArchGraph) -> tuple[str | None, list[str]]:
-    for pattern, rule in _NOTE_RULES:
-        m = re.fullmatch(pattern, line)
-        if m and m["dst"] in deployed:
-            return m["dst"], rule(m, train)
-    names = [n for n in re.findall(r"'([^']+)'", line) if n in deployed]
-    if not names:
-        return None, []  # e.g. a removed dropout: counted in the summary only
-    dst = names[-1]
-    return dst, [re.sub(r"'([^']+)'", lambda m: _relative(m.group(1), dst), line)]
+def _note(change, train: ArchGraph, deployed: ArchGraph) -> tuple[str | None, list[str]]:
+    """(the deploy-form node a change lands on, its note lines), or (None, []) when it lands on none."""
+    rule = _NOTE_RULES.get(getattr(change, "kind", None))
+    if rule is None or change.dst not in deployed:
+        return None, []
+    return change.dst, rule(change, train)
 
 
 def _merged_branches(train: ArchGraph, merge: str, dst: str, n: int) -> list[str]:

@@ -11,13 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..ir import ArchGraph
+from .changes import Change
 from .deploy import DEPLOY_PASSES
 
 
 @dataclass
 class PassReport:
     name: str
-    changes: list[str] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)  # each also its report line (a str)
     graph: ArchGraph | None = None  # the IR after the pass (kept when debugging)
 
 
@@ -30,4 +31,4 @@ def deploy_graph(g: ArchGraph, debug: bool = False) -> tuple[ArchGraph, list[Pas
     return g, reports
 
 
-__all__ = ["PassReport", "deploy_graph"]
+__all__ = ["Change", "PassReport", "deploy_graph"]

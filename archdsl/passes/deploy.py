@@ -1,9 +1,10 @@
-"""Stage 4: the deploy-form passes. Each is a pure function `pass(graph) -> (graph, report lines)`.
+"""Stage 4: the deploy-form passes. Each is a pure function `pass(graph) -> (graph, changes)`.
 
 Takes: a checked ArchGraph whose nodes may carry `weights` (their module's state_dict tensors; absent for a
 structure-only run, as `archdsl check --deploy` does). Returns: a new checked graph computing the same function
-in eval mode, with the weights transformed exactly, and one report line per change. A rewrite that would not be
-exact is refused and reported ("refused: ...", naming the node); one that merely does not apply is left alone.
+in eval mode, with the weights transformed exactly, and one `Change` per change (changes.py: its report line,
+with the kind of change and the nodes as fields). A rewrite that would not be exact is refused and reported
+("refused: ...", naming the node); one that merely does not apply is left alone.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from ..check import check
 from ..ir import ArchGraph, Node
 from ..ops import convview as cv
 from ..ops import registry
+from .changes import Change
 
 LAYOUT_OPS = ("nhwc", "nchw")
 
 
-def _refusal(node: Node, msg: str) -> str:
+def _refusal(node: Node, msg: str) -> Change:
     """A report line for a rewrite that would not be exact (the graph is left as it is)."""
-    return f"refused: '{node.name}' ({node.span}): {msg}"
+    return Change(f"refused: '{node.name}' ({node.span}): {msg}", "refused", dst=node.name, op=node.op, why=msg)
 
 
 # ---------------------------------------------------------------- graph editing helpers
@@ -82,18 +84,18 @@ def _producer_conv(g: ArchGraph, name: str) -> str | None:
 # ---------------------------------------------------------------- passes
 
 
-def drop_training_only(g: ArchGraph) -> tuple[ArchGraph, list[str]]:
+def drop_training_only(g: ArchGraph) -> tuple[ArchGraph, list[Change]]:
     """Remove drop_path, dropout and identity nodes (identities at inference)."""
     g = g.copy()
     report = []
     for name in g.order():
         op = g.node(name).op
         if op in ("drop_path", "dropout", "identity") and _bypass(g, name):
-            report.append(f"removed {op} '{name}'")
+            report.append(Change(f"removed {op} '{name}'", "removed", src=name, op=op))
     return check(g), report
 
 
-def reparam_ops(g: ArchGraph) -> tuple[ArchGraph, list[str]]:
+def reparam_ops(g: ArchGraph) -> tuple[ArchGraph, list[Change]]:
     """Ops with their own deploy form (dilated_reparam, repconv, dcls) become one plain conv."""
     g = g.copy()
     report = []
@@ -105,11 +107,12 @@ def reparam_ops(g: ArchGraph) -> tuple[ArchGraph, list[str]]:
             continue
         new_op, params, weights = fn(node.params, list(g.attrs(name)["in_shapes"]), _weights(g, name))
         _set(g, name, new_op, params, weights)
-        report.append(f"re-parameterized {node.op} '{name}' into one {new_op}")
+        report.append(Change(f"re-parameterized {node.op} '{name}' into one {new_op}", "reparam", src=name, dst=name,
+                             op=new_op))
     return check(g), report
 
 
-def fold_bn(g: ArchGraph) -> tuple[ArchGraph, list[str]]:
+def fold_bn(g: ArchGraph) -> tuple[ArchGraph, list[Change]]:
     """Fold each BatchNorm into the conv / linear before it (through layout permutes), when the BN is that
     producer's only consumer: W' = W * g / sqrt(v + eps), b' = beta + (b - m) * g / sqrt(v + eps)."""
     g = g.copy()
@@ -124,7 +127,8 @@ def fold_bn(g: ArchGraph) -> tuple[ArchGraph, list[str]]:
         scale, shift = cv.bn_affine(g.node(name).params, _weights(g, name), v.cout)
         _put_view(g, prod, cv.fold_after(v, scale, shift))
         _bypass(g, name)
-        report.append(f"folded bn '{name}' into {g.node(prod).op} '{prod}'")
+        report.append(Change(f"folded bn '{name}' into {g.node(prod).op} '{prod}'", "fold_bn", src=name, dst=prod,
+                             op=g.node(prod).op))
     return check(g), report
 
 
@@ -144,7 +148,7 @@ def _forward_to_conv(g: ArchGraph, name: str) -> str | None:
         cur = cons[0]
 
 
-def fold_bn_forward(g: ArchGraph) -> tuple[ArchGraph, list[str]]:
+def fold_bn_forward(g: ArchGraph) -> tuple[ArchGraph, list[Change]]:
     """Fold a BatchNorm into the conv / linear after it, where exact: the BN feeds only that conv (directly or
     through layout permutes / global average pooling) and the conv has no padding (zero padding would not
     commute with the BN's shift)."""
@@ -163,11 +167,12 @@ def fold_bn_forward(g: ArchGraph) -> tuple[ArchGraph, list[str]]:
         scale, shift = cv.bn_affine(g.node(name).params, _weights(g, name), v.cin)
         _put_view(g, cons[0], cv.fold_before(v, scale, shift))
         _bypass(g, name)
-        report.append(f"folded bn '{name}' into the following {g.node(cons[0]).op} '{cons[0]}'")
+        report.append(Change(f"folded bn '{name}' into the following {g.node(cons[0]).op} '{cons[0]}'", "fold_bn",
+                             src=name, dst=cons[0], op=g.node(cons[0]).op))
     return check(g), report
 
 
-def merge_branches(g: ArchGraph) -> tuple[ArchGraph, list[str]]:
+def merge_branches(g: ArchGraph) -> tuple[ArchGraph, list[Change]]:
     """Merge an `add` of parallel linear branches reading the same input (convs of any odd size and
     dilation, 1x1, a lone BN, or the input itself) into one conv: dilated kernels expanded, centre-padded
     and summed."""
@@ -200,7 +205,7 @@ def merge_branches(g: ArchGraph) -> tuple[ArchGraph, list[str]]:
     return check(g), report
 
 
-def _merge(g: ArchGraph, add: str, branches: list[str | None], source, report: list[str]) -> None:
+def _merge(g: ArchGraph, add: str, branches: list[str | None], source, report: list[Change]) -> None:
     in_shape = g.shape_of(source)
     convs = [b for b in branches if b is not None and g.node(b).op in cv.CONV_OPS]
     # check every branch before changing anything: a refused merge leaves the graph as it was
@@ -255,11 +260,12 @@ def _merge(g: ArchGraph, add: str, branches: list[str | None], source, report: l
     g.g.edges[keep, add]["dst_port"] = 0
     _put_view(g, keep, merged)
     _bypass(g, add)
-    report.append(f"merged {len(branches)} branches of '{add}' into one {size[0]}x{size[1]} "
-                  f"{g.node(keep).op} '{keep}'")
+    report.append(Change(f"merged {len(branches)} branches of '{add}' into one {size[0]}x{size[1]} "
+                         f"{g.node(keep).op} '{keep}'", "merge_branches", src=add, dst=keep, op=g.node(keep).op,
+                         n=len(branches)))
 
 
-def fold_layer_scale(g: ArchGraph) -> tuple[ArchGraph, list[str]]:
+def fold_layer_scale(g: ArchGraph) -> tuple[ArchGraph, list[Change]]:
     """Fold a layer scale into the conv / linear before it (through layout permutes): W' = gamma * W."""
     g = g.copy()
     report = []
@@ -272,11 +278,12 @@ def fold_layer_scale(g: ArchGraph) -> tuple[ArchGraph, list[str]]:
         w = _weights(g, name)
         _put_view(g, prod, cv.scale_out(_view(g, prod), None if w is None else w["gamma"]))
         _bypass(g, name)
-        report.append(f"folded layer scale '{name}' into {g.node(prod).op} '{prod}'")
+        report.append(Change(f"folded layer scale '{name}' into {g.node(prod).op} '{prod}'", "fold_layer_scale",
+                             src=name, dst=prod, op=g.node(prod).op))
     return check(g), report
 
 
-def fold_grn_bias(g: ArchGraph) -> tuple[ArchGraph, list[str]]:
+def fold_grn_bias(g: ArchGraph) -> tuple[ArchGraph, list[Change]]:
     """Move a GRN's bias beta into the unpadded conv / linear after it: b' = b + W beta (UniRepLKNet)."""
     g = g.copy()
     report = []
@@ -298,7 +305,8 @@ def fold_grn_bias(g: ArchGraph) -> tuple[ArchGraph, list[str]]:
             v = replace(v, bias=True)
         _put_view(g, cons[0], v)
         _set(g, name, "grn", {**node.raw_params(), "bias": False}, w)
-        report.append(f"moved the bias of grn '{name}' into {g.node(cons[0]).op} '{cons[0]}'")
+        report.append(Change(f"moved the bias of grn '{name}' into {g.node(cons[0]).op} '{cons[0]}'", "move_bias",
+                             src=name, dst=cons[0], op=g.node(cons[0]).op))
     return check(g), report
 
 
