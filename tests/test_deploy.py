@@ -198,3 +198,22 @@ def test_show_deploy_reports_each_pass_and_debug_dumps_ir():
     assert "# pass fold_bn:" in r.stdout and "# pass merge_branches:" in r.stdout
     assert "re-parameterized dilated_reparam 'stages.1.blocks.0.mixer' into one dwconv" in r.stdout
     assert r.stdout.count("# model unireplknet_a") == 9  # the IR after each of the 8 passes, then the result
+
+
+def test_pass_changes_are_report_lines_with_fields():
+    """Each change a pass reports is its report line (the CLI and JSON print it) and carries what happened as
+    data (the viz reads it); copies and pickles keep both."""
+    import copy
+    import json
+    import pickle
+
+    from archdsl.api import check_text
+    from archdsl.passes import Change
+
+    g = check_text("model m() {\n    input(3, 8, 8)\n    conv(8, k=3)\n    bn()\n    relu()\n}\n")
+    _, reports = deploy_graph(g)
+    (c,) = [c for r in reports for c in r.changes]
+    assert isinstance(c, Change) and c.kind == "fold_bn" and c.dst in g and c.src in g and c.op == "conv"
+    assert c == f"folded bn '{c.src}' into conv '{c.dst}'" and json.loads(json.dumps([c])) == [str(c)]
+    for again in (copy.deepcopy(c), pickle.loads(pickle.dumps(c))):
+        assert again == c and again.fields() == c.fields()

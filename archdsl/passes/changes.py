@@ -29,6 +29,13 @@ class Change(str):
         self.kind, self.src, self.dst, self.op, self.n, self.why = kind, src, dst, op, n, why
         return self
 
+    def __reduce__(self):  # copy, deepcopy and pickle keep the fields (str's own reduce would drop them)
+        return (_rebuild, (str(self), self.fields()))
+
     def fields(self) -> dict[str, Any]:
         """The structure as a dict (kind, src, dst, op, n, why), without the text."""
         return {"kind": self.kind, "src": self.src, "dst": self.dst, "op": self.op, "n": self.n, "why": self.why}
+
+
+def _rebuild(text: str, fields: dict[str, Any]) -> Change:
+    return Change(text, **fields)
