@@ -15,269 +15,41 @@ import html
 import json
 import shutil
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 import networkx as nx
 
-from .interp import as_value, fmt
 from .ir import ArchGraph
 from .ops import registry
-from .printer import params_text
 from .shapes import Cost, human
+from .viz_labels import (
+    CLUSTER_COLORS,
+    FAMILY_COLORS,
+    FONT,
+    FORMATS,
+    MERGE_OPS,
+    MERGED_COLOR,
+    _ancestors,
+    _Cluster,
+    _cluster_label,
+    _cluster_name,
+    _cluster_tooltip,
+    _clusters,
+    _esc,
+    _innermost,
+    _node_label,
+    _node_tooltip,
+    _shape_text,
+    max_depth,
+)
+from .viz_notes import DeployNotes, deploy_form, deploy_notes  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     import graphviz
 
-FORMATS = ("svg", "png", "html")
-FONT = "Helvetica,Arial,sans-serif"
-# fill colour of a node, by its op's registry family
-FAMILY_COLORS = {"conv": "#d6e6f5", "linear": "#d9ecd0", "norm": "#fcefc4", "activation": "#f7dada",
-                 "pool": "#e4daf1", "attention": "#fde0c6", "mixer": "#c9e8e6", "resample": "#ececec"}
-# cluster fill, by scope kind: loops/iterations bluish, block calls amber, plain groups grey
-CLUSTER_COLORS = {"block": "#fdf7e7", "for": "#f1f5fb", "form": "#f7f7f7", "seq": "#f7f7f7", "if": "#f7f7f7"}
-MERGE_OPS = ("add", "concat", "mul")
-MERGED_COLOR = "#c8610a"  # nodes the deploy passes merged other nodes into
-ALWAYS_SHOWN = ("k",)  # parameters drawn even at their default: a kernel size is never obvious
-NUMERICS_ONLY = ("eps", "momentum")  # numerical settings, not structure: omitted from labels unless required
-
-
 class VizUnavailable(RuntimeError):
     """Graphviz (the `dot` program or its Python binding) is missing; the message says how to install it."""
-
-
-# ---------------------------------------------------------------- deploy notes
-
-
-@dataclass
-class DeployNotes:
-    """What the deploy passes did, for drawing the deploy form: per deploy-form node, one line per training-form
-    node merged into it (or per refused merge); `summary`, one line per pass that changed something."""
-
-    nodes: dict[str, list[str]] = field(default_factory=dict)
-    summary: list[str] = field(default_factory=list)
-
-
-# change kind -> the notes it puts on its receiving node `dst` (passes/changes.py); a change of another kind, or
-# with no receiving node in the deploy form, is counted in the summary only
-_NOTE_RULES = {
-    "fold_bn": lambda c, t: [f"+ folded: {_what(t, c.src, c.dst)}"],
-    "reparam": lambda c, t: [f"= {_call_text(t, c.dst) if c.dst in t else 'training op'}, re-parameterized"],
-    "merge_branches": lambda c, t: _merged_branches(t, c.src, c.dst, c.n),
-    "fold_layer_scale": lambda c, t: [f"+ folded: {_what(t, c.src, c.dst)}"],
-    "move_bias": lambda c, t: [f"+ bias of {_what(t, c.src, c.dst)}"],
-    "refused": lambda c, t: [f"refused: {c.why}"],
-}
-
-
-def deploy_notes(train: ArchGraph, deployed: ArchGraph, reports: Sequence) -> DeployNotes:
-    """Notes for drawing `deployed`, from the training form and the pass reports of `passes.deploy_graph`."""
-    notes = DeployNotes()
-    for r in reports:
-        if r.changes:
-            notes.summary.append(f"{r.name}: {len(r.changes)} change{'s' if len(r.changes) > 1 else ''}")
-        for change in r.changes:
-            dst, lines = _note(change, train, deployed)
-            if dst is not None:
-                notes.nodes.setdefault(dst, []).extend(lines)
-    notes.summary.append(f"{len(train)} training-form nodes -> {len(deployed)} deploy-form nodes")
-    return notes
-
-
-def _note(change, train: ArchGraph, deployed: ArchGraph) -> tuple[str | None, list[str]]:
-    """(the deploy-form node a change lands on, its note lines), or (None, []) when it lands on none."""
-    rule = _NOTE_RULES.get(getattr(change, "kind", None))
-    if rule is None or change.dst not in deployed:
-        return None, []
-    return change.dst, rule(change, train)
-
-
-def _merged_branches(train: ArchGraph, merge: str, dst: str, n: int) -> list[str]:
-    """'= 3 branches of add merged:' then one line per training-form branch: 'dwconv(k=7) > bn', 'identity'."""
-    lines = [f"= {n} branches of {_what(train, merge, dst)} merged:"]
-    if merge not in train:
-        return lines
-    for u, _ in train.inputs(merge):
-        chain = []
-        while train.g.out_degree(u) == 1 and len(train.inputs(u)) == 1:  # back to where the branches fork
-            chain.append(_call_text(train, u, 24))
-            u = train.inputs(u)[0][0]
-        lines.append("\u2022 " + (" > ".join(reversed(chain)) or "identity"))
-    return lines
-
-
-def _what(train: ArchGraph, name: str, to: str) -> str:
-    """A training-form node, for a note on `to`: its op, and its short name where that says more."""
-    short = _relative(name, to)
-    op = train.node(name).op if name in train else ""
-    return short if not op else op if short in (op, "") or short.isdigit() else f"{op} {short}"
-
-
-def _relative(name: str, to: str) -> str:
-    """`name` without the scope it shares with `to`: ('s.0.b.1.norm', 's.0.b.1.mixer') -> 'norm'."""
-    a, b = name.split("."), to.split(".")
-    i = 0
-    while i < min(len(a), len(b)) - 1 and a[i] == b[i]:
-        i += 1
-    return ".".join(a[i:])
-
-
-def deploy_form(graph: ArchGraph) -> tuple[ArchGraph, DeployNotes]:
-    """The structure-only deploy form of a checked training-form graph, with its notes (for to_svg et al.)."""
-    from .passes import deploy_graph
-
-    deployed, reports = deploy_graph(graph)
-    return deployed, deploy_notes(graph, deployed, reports)
-
-
-# ---------------------------------------------------------------- clusters
-
-
-@dataclass
-class _Cluster:
-    path: str
-    parent: str | None
-    level: int  # 1 for a top-level cluster
-    nodes: list[str] = field(default_factory=list)  # every node inside, at any depth, in graph order
-
-
-def _clusters(g: ArchGraph, order: list[str]) -> dict[str, _Cluster]:
-    """Name prefixes that group nodes: every block call, and every other prefix holding two or more nodes."""
-    count: dict[str, int] = {}
-    for name in order:
-        segs = name.split(".")
-        for i in range(1, len(segs)):
-            p = ".".join(segs[:i])
-            count[p] = count.get(p, 0) + 1
-    keep = sorted((p for p, n in count.items()
-                   if n >= 2 or (p in g.scopes and g.scopes[p].kind == "block")), key=lambda p: p.count("."))
-    out: dict[str, _Cluster] = {}
-    for p in keep:  # parents before children (fewer dots first)
-        parent = _innermost(p, out)
-        out[p] = _Cluster(p, parent, 1 if parent is None else out[parent].level + 1)
-    for name in order:
-        for p in _ancestors(name, out):
-            out[p].nodes.append(name)
-    return out
-
-
-def _ancestors(name: str, clusters: Mapping[str, _Cluster]) -> list[str]:
-    """The clusters holding `name`, outermost first."""
-    segs = name.split(".")
-    return [p for p in (".".join(segs[:i]) for i in range(1, len(segs))) if p in clusters]
-
-
-def _innermost(name: str, clusters: Mapping[str, _Cluster]) -> str | None:
-    anc = _ancestors(name, clusters)
-    return anc[-1] if anc else None
-
-
-def max_depth(graph: ArchGraph) -> int:
-    """The deepest cluster nesting of `graph`: `depth=max_depth(g)` draws everything expanded."""
-    return max((c.level for c in _clusters(graph, graph.order()).values()), default=0)
-
-
-# ---------------------------------------------------------------- labels
-
-
-def _call_text(g: ArchGraph, name: str, limit: int = 44) -> str:
-    """'conv(40, k=4, s=4, pad=0)': required parameters positional, the others only where not the default."""
-    node = g.node(name)
-    op = registry.get(node.op)
-    raw = node.raw_params()
-    parts = []
-    fields = op.Params.model_fields if op is not None else {}
-    for key, value in raw.items():
-        f = fields.get(key)
-        if f is not None and not f.is_required():
-            if key in NUMERICS_ONLY or (key not in ALWAYS_SHOWN and _same(value, f.default)):
-                continue
-            parts.append(f"{key}={fmt(value)}")
-        else:
-            parts.append(fmt(value))
-    text = ", ".join(parts)
-    if len(text) > limit:
-        text = text[:limit - 1] + "\u2026"
-    return f"{node.op}({text})" if text else node.op
-
-
-def _same(a, b) -> bool:
-    return as_value(a) == as_value(b)
-
-
-def _shape_text(shape) -> str:
-    """'40x56x56', or for a split '[30, 10, 10]x56x56' (one size per output)."""
-    if shape is None:
-        return "?"
-    if not isinstance(shape, tuple):
-        return str(shape)
-    if shape and len({(s.h, s.w, s.layout) for s in shape}) == 1 and shape[0].spatial:
-        tail = str(shape[0]).partition("x")[2]
-        return "[" + ", ".join(str(s.c) for s in shape) + "]x" + tail
-    return "(" + ", ".join(str(s) for s in shape) + ")"
-
-
-def _cost_text(c: Cost) -> str:
-    return f"{human(c.params)} params, {human(c.macs)} MACs" if c.params or c.macs else ""
-
-
-def _node_label(g: ArchGraph, name: str, notes: Sequence[str]) -> str:
-    node = g.node(name)
-    seg = name.rpartition(".")[2]
-    rows = []
-    if seg != node.op and not seg.isdigit():
-        rows.append(f'<FONT POINT-SIZE="9" COLOR="#666666">{_esc(seg)}</FONT>')
-    call = _call_text(g, name)
-    op, _, rest = call.partition("(")
-    rows.append(f"<B>{_esc(op)}</B>" + (_esc("(" + rest) if rest else ""))
-    rows.append(f'<FONT POINT-SIZE="9" COLOR="#444444">{_esc(_shape_text(g.attrs(name).get("shape")))}</FONT>')
-    rows += [f'<FONT POINT-SIZE="9" COLOR="{MERGED_COLOR}">{_esc(n)}</FONT>' for n in notes]
-    return "<" + "<BR/>".join(rows) + ">"
-
-
-def _node_tooltip(g: ArchGraph, name: str, notes: Sequence[str]) -> str:
-    node = g.node(name)
-    params = params_text(node)
-    a = g.attrs(name)
-    ins = a.get("in_shapes") or ()
-    lines = [name, f"{node.op}({params})", f"{', '.join(str(s) for s in ins) or '-'} -> {_shape_text(a.get('shape'))}"]
-    if _cost_text(g.cost(name)):
-        lines.append(_cost_text(g.cost(name)))
-    lines.append(str(node.span))
-    return _tip(lines + list(notes))
-
-
-def _cluster_name(c: _Cluster) -> str:
-    """The path relative to the parent cluster; 'blocks.1' rather than '1' when that part is only an index."""
-    rel = c.path if c.parent is None else c.path[len(c.parent) + 1:]
-    if rel.isdigit() and c.parent is not None:
-        rel = c.parent.rpartition(".")[2] + "." + rel
-    return rel
-
-
-def _cluster_label(g: ArchGraph, c: _Cluster) -> str:
-    sc = g.scopes.get(c.path)
-    return _cluster_name(c) + (f"  \u00b7  {sc.label}" if sc is not None and sc.label else "")
-
-
-def _cluster_tooltip(g: ArchGraph, c: _Cluster) -> str:
-    sc = g.scopes.get(c.path)
-    cost = sum((g.cost(n) for n in c.nodes), Cost())
-    lines = [c.path]
-    if sc is not None and sc.kind == "block":
-        lines.append(f"{sc.label}(" + ", ".join(f"{k}={fmt(v)}" for k, v in sc.args) + ")")
-    lines.append(f"{len(c.nodes)} nodes, {_cost_text(cost) or 'no parameters'}")
-    return _tip(lines)
-
-
-def _esc(text: str) -> str:
-    return html.escape(text, quote=False)
-
-
-def _tip(lines: Sequence[str]) -> str:
-    # escString: a backslash would start an escape; "\n" is Graphviz's newline
-    return "\\n".join(s.replace("\\", "/") for s in lines)
 
 
 # ---------------------------------------------------------------- the drawing
