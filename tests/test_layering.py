@@ -117,3 +117,14 @@ def test_the_version_is_pyprojects():
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     assert __version__ == project["version"]
+
+
+def test_forms_and_statements_are_tables():
+    """Every form the language names has its handler in elaborate/forms.py's table, and the statements that bind
+    or check have theirs (no dispatch by building method names)."""
+    from archdsl import syntax as S
+    from archdsl.elaborate import FORMS, SIMPLE_STATEMENTS
+    from archdsl.elaborate.forms import FORM_HANDLERS
+
+    assert set(FORM_HANDLERS) == set(FORMS)
+    assert set(SIMPLE_STATEMENTS) == {S.Let, S.Require, S.Scaling, S.Init}

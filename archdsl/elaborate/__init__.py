@@ -39,11 +39,11 @@ from .base import (  # noqa: F401 - FORMS, fix_value re-exported
     _uses_error,
     fix_value,
 )
-from .forms import Forms
+from .forms import FORM_HANDLERS, Forms
 from .model_stmts import ModelStatements
 from .namespaces import Namespaces
 
-__all__ = ["Elaborator", "FORMS", "fix_value"]
+__all__ = ["Elaborator", "FORMS", "SIMPLE_STATEMENTS", "fix_value"]
 
 
 class Elaborator(Namespaces, Forms, ModelStatements):
@@ -247,27 +247,26 @@ class Elaborator(Namespaces, Forms, ModelStatements):
             ordinal += 1
 
     def _exec_simple(self, stmt, frame: Frame, scope: str) -> None:
-        if isinstance(stmt, S.Let):
-            if stmt.name in frame.env.maps[0]:
-                self._err(stmt.span, f"'{stmt.name}' is already defined in this scope", frame,
-                          "use another name (bindings cannot be reassigned)")
-                return
-            frame.env.maps[0][stmt.name] = self._eval(stmt.value, frame, join(scope, stmt.name))
-        elif isinstance(stmt, S.Require):
-            v = self._eval(stmt.test, frame, scope)
-            if v is _ERR:
-                return
-            if not isinstance(v, bool):
-                self._err(stmt.test.span, f"require needs true or false, got {type_name(v)} {fmt(v)}", frame,
-                          "write a comparison, e.g. require x % 8 == 0")
-            elif not v:
-                self._err(stmt.span, "requirement failed" + (f": {stmt.message}" if stmt.message else ""), frame)
-        elif isinstance(stmt, S.Scaling):
-            self._scaling(stmt, frame)
-        elif isinstance(stmt, S.Init):
-            self._init(stmt, frame)
-        elif isinstance(stmt, S.Input):
-            pass  # handled by exec_body (it changes the data flow)
+        run = SIMPLE_STATEMENTS.get(type(stmt))
+        if run is not None:  # input(...) is handled by exec_body (it changes the data flow)
+            run(self, stmt, frame, scope)
+
+    def _let(self, stmt: S.Let, frame: Frame, scope: str) -> None:
+        if stmt.name in frame.env.maps[0]:
+            self._err(stmt.span, f"'{stmt.name}' is already defined in this scope", frame,
+                      "use another name (bindings cannot be reassigned)")
+            return
+        frame.env.maps[0][stmt.name] = self._eval(stmt.value, frame, join(scope, stmt.name))
+
+    def _require(self, stmt: S.Require, frame: Frame, scope: str) -> None:
+        v = self._eval(stmt.test, frame, scope)
+        if v is _ERR:
+            return
+        if not isinstance(v, bool):
+            self._err(stmt.test.span, f"require needs true or false, got {type_name(v)} {fmt(v)}", frame,
+                      "write a comparison, e.g. require x % 8 == 0")
+        elif not v:
+            self._err(stmt.span, "requirement failed" + (f": {stmt.message}" if stmt.message else ""), frame)
 
     def exec_layer(self, layer, frame: Frame, cur: Ref | None, path: str, name_span: Span | None) -> Ref | None:
         if isinstance(layer, S.Seq):
@@ -326,7 +325,7 @@ class Elaborator(Namespaces, Forms, ModelStatements):
                 self._no_input(call.name_span, frame)
                 raise _Abort
             self.graph.scopes.setdefault(path, Scope(path, "form", call.name, call.span))
-            return getattr(self, "_form_" + call.name)(call, layer.body, frame, cur, path)
+            return FORM_HANDLERS[call.name](self, call, layer.body, frame, cur, path)
         ns = self.namespaces[frame.file]
         if call.name in ns:
             if layer.body is not None:
@@ -440,3 +439,12 @@ class Elaborator(Namespaces, Forms, ModelStatements):
         return self.exec_body(body, inner, cur, path)
 
     # ------------------------------------------------------------ forms
+
+
+# The statements that bind or check rather than build: statement class -> handler (self, stmt, frame, scope).
+SIMPLE_STATEMENTS = {
+    S.Let: Elaborator._let,
+    S.Require: Elaborator._require,
+    S.Scaling: lambda self, stmt, frame, scope: self._scaling(stmt, frame),
+    S.Init: lambda self, stmt, frame, scope: self._init(stmt, frame),
+}

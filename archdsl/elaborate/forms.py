@@ -115,3 +115,8 @@ class Forms:
         return self._new_node(join(path, a["merge"]), a["merge"], {}, call.name_span, outs, frame)
 
     # ------------------------------------------------------------ input and scaling
+
+
+# form name -> its handler (self, call, body, frame, cur, path); the names are base.FORMS
+FORM_HANDLERS = {"seq": Forms._form_seq, "residual": Forms._form_residual, "parallel": Forms._form_parallel,
+                 "split": Forms._form_split}
