@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..bench.measure import _cpuinfo
+from ..bench.machine import _cpuinfo
 from ..kernels import native
 
 TUNE_VERSION = 1
