@@ -73,41 +73,18 @@ def _len(ev, args, kwargs, call, hint):
     return len(args[0])
 
 
-@builtin("abs")
-def _abs(ev, args, kwargs, call, hint):
-    _arity(args, kwargs, call, 1, 1)
-    return abs(_num(args[0], call.span, "abs()"))
+def _unary(name: str, fn: Callable[[int | float], int | float]) -> Builtin:
+    """A builtin of one number: `name(x)` is fn(x)."""
+    def run(ev, args, kwargs, call, hint):
+        _arity(args, kwargs, call, 1, 1)
+        return fn(_num(args[0], call.span, f"{name}()"))
+    return run
 
 
-@builtin("int")
-def _toint(ev, args, kwargs, call, hint):
-    _arity(args, kwargs, call, 1, 1)
-    return int(_num(args[0], call.span, "int()"))
-
-
-@builtin("float")
-def _tofloat(ev, args, kwargs, call, hint):
-    _arity(args, kwargs, call, 1, 1)
-    return float(_num(args[0], call.span, "float()"))
-
-
-@builtin("round")
-def _round(ev, args, kwargs, call, hint):
-    """round(x) to the nearest int (halves to even, as in Python)."""
-    _arity(args, kwargs, call, 1, 1)
-    return round(_num(args[0], call.span, "round()"))
-
-
-@builtin("ceil")
-def _ceil(ev, args, kwargs, call, hint):
-    _arity(args, kwargs, call, 1, 1)
-    return math.ceil(_num(args[0], call.span, "ceil()"))
-
-
-@builtin("floor")
-def _floor(ev, args, kwargs, call, hint):
-    _arity(args, kwargs, call, 1, 1)
-    return math.floor(_num(args[0], call.span, "floor()"))
+# round halves to even, as in Python
+for _name, _fn in {"abs": abs, "int": int, "float": float, "round": round, "ceil": math.ceil,
+                   "floor": math.floor}.items():
+    builtin(_name)(_unary(_name, _fn))
 
 
 @builtin("sqrt")

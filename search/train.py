@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..bench.lock import compute_lock
+from ..bench.machine import torch_threads
 from ..bench.model import is_oom
 from .data import Dataset
 
@@ -201,12 +202,10 @@ def precise_bn(module: nn.Module, x: torch.Tensor, *, batch_size: int = 256,
 def recipe_context(module: nn.Module, batch_size: int, threads: int | None) -> Iterator[None]:
     """Around training: torch's intra-op threads set to `threads` (None: as is) and restored, the module's
     train/eval mode restored, and running out of memory raised as TrainError."""
-    old_threads = torch.get_num_threads()
     was_training = module.training
-    if threads is not None:
-        torch.set_num_threads(threads)
     try:
-        yield
+        with torch_threads(threads):
+            yield
     except MemoryError as e:
         raise TrainError(_oom_message(module, batch_size, e)) from e
     except RuntimeError as e:
@@ -214,8 +213,6 @@ def recipe_context(module: nn.Module, batch_size: int, threads: int | None) -> I
             raise
         raise TrainError(_oom_message(module, batch_size, e)) from e
     finally:
-        if threads is not None:
-            torch.set_num_threads(old_threads)
         module.train(was_training)
 
 

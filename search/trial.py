@@ -187,8 +187,9 @@ def measure_latency_local(s: TrialSettings, point: dict[str, Any], load: bool = 
     again (NEAR_TRIES in all) and the median decides ("near_budget_ms" lists them). Returns the Measurement's
     JSON plus "node", "threads", "tries", "disturbed_tries", "waited_s", "attempts" (why each disturbed try was)
     and "fingerprint". The latency to decide on is "latency_ms" (regime-normalized, bench/regime.py)."""
+    from ..bench.machine import torch_threads
     from ..bench.measure import fingerprint, measure_until_clean, steady_state_allocator
-    from ..bench.model import forward_fn, torch_threads
+    from ..bench.model import forward_fn
 
     steady_state_allocator()
     g = check_point(s, point)
@@ -319,23 +320,20 @@ def _proxy_score(s: TrialSettings, g) -> float:
     import torch
 
     from ..bench.lock import compute_lock
+    from ..bench.machine import torch_threads
     from ..codegen.module import build_module
     from .data import fit_to_input, load_dataset
     from .proxy import PROXIES
 
     torch.manual_seed(s.seed)
-    old = torch.get_num_threads()
-    torch.set_num_threads(s.train_threads)  # synflow with every thread on busy cores: 15-42 s instead of 0.3 s
-    try:
-        with compute_lock():
-            m = build_module(g)
-            c, h, w = g.input_shape.to_json()
-            if s.objective == "synflow":
-                return float(PROXIES["synflow"](m, (1, c, h, w)))
-            ds = fit_to_input(load_dataset(s.dataset, seed=s.seed, limit=s.dataset_limit), c, h, w)
-            return float(PROXIES["naswot"](m, ds.x_train[:64]))
-    finally:
-        torch.set_num_threads(old)
+    # synflow with every thread on busy cores: 15-42 s instead of 0.3 s
+    with torch_threads(s.train_threads), compute_lock():
+        m = build_module(g)
+        c, h, w = g.input_shape.to_json()
+        if s.objective == "synflow":
+            return float(PROXIES["synflow"](m, (1, c, h, w)))
+        ds = fit_to_input(load_dataset(s.dataset, seed=s.seed, limit=s.dataset_limit), c, h, w)
+        return float(PROXIES["naswot"](m, ds.x_train[:64]))
 
 
 def _train(s: TrialSettings, g, base: dict[str, Any], seconds: dict[str, float]) -> None:

@@ -12,6 +12,7 @@ import time
 from typing import Any, Callable
 
 from . import stats
+from .machine import torch_threads
 from .regime import _path, anchor, anchor_key, regime_block, set_anchor
 
 __all__ = ["calibrate", "reference_net_latency", "NET_TRIES", "NET_PAUSE"]
@@ -25,19 +26,13 @@ def calibrate(threads: int, *, max_seconds: float = 10.0) -> dict[str, Any]:
     Every normalized latency recorded before is in units of the old anchor: compare figures of one anchor only.
     Returns {"key", "path", "reference_ms", "previous_ms", "stable", "disturbed", "runs", "reason"}; a
     disturbed measurement anchors nothing."""
-    import torch
-
     from .measure import measure_until_clean
 
     key = anchor_key(threads)
     old = anchor(key)
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         m, _ = measure_until_clean(regime_block(), threads=threads, max_seconds=max_seconds, reference=False,
                                    rel_ci=0.01)
-    finally:
-        torch.set_num_threads(saved)
     if not m.disturbed:
         set_anchor(key, m.median, source=f"archdsl bench --calibrate ({m.runs} clean rounds)", force=True)
     return {"key": key, "path": str(_path()), "reference_ms": None if m.disturbed else m.median * 1e3,

@@ -8,6 +8,7 @@ depend on, with a short stable hash), `machine_hash()` (the same without torch's
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -16,7 +17,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
-__all__ = ["fingerprint", "machine_hash", "default_cache_dir", "load_json_cache", "save_json_cache"]
+__all__ = ["fingerprint", "machine_hash", "default_cache_dir", "load_json_cache", "save_json_cache",
+           "torch_threads"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -102,3 +104,19 @@ def machine_hash() -> str:
     """12 hex digits over `fingerprint()` minus torch_threads (threads are part of each signature)."""
     fp = {k: v for k, v in fingerprint().items() if k not in ("hash", "torch_threads")}
     return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """torch.set_num_threads(threads) for the body, the old count restored afterwards; None leaves them alone."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

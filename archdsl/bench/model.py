@@ -14,10 +14,10 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from .machine import default_cache_dir, load_json_cache, save_json_cache
+from .machine import default_cache_dir, load_json_cache, save_json_cache, torch_threads
 from .measure import fingerprint, measure, steady_state_allocator
 
-__all__ = ["bench_model", "forward_fn", "torch_threads", "ModelRunError", "OutOfMemory", "is_oom", "reference_busy",
+__all__ = ["bench_model", "forward_fn", "ModelRunError", "OutOfMemory", "is_oom", "reference_busy",
            "BUSY_FACTOR"]
 
 class ModelRunError(RuntimeError):
@@ -63,17 +63,17 @@ def is_oom(e: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def torch_threads(threads: int | None):
-    """torch.set_num_threads(threads) for the body (None: leave it), restored afterwards."""
-    import torch
-
-    old = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+def _model_errors(g, form: str, batch: int, device: str):
+    """A forward pass that fails in the body, as ModelRunError, or OutOfMemory when memory ran out, naming the
+    model, its form, the input and the device."""
     try:
         yield
-    finally:
-        torch.set_num_threads(old)
+    except (RuntimeError, MemoryError) as e:
+        c, h, w = g.input_shape.to_json()
+        where = f"{g.model} ({form} form) at input {batch}x{c}x{h}x{w} on {device}"
+        if is_oom(e):
+            raise OutOfMemory(f"out of memory running {where}; try a smaller --batch or --input") from e
+        raise ModelRunError(f"{where} failed: {e}") from e
 
 
 def forward_fn(g, form: str = "deploy", batch: int = 1, device: str = "cpu", *,
@@ -89,8 +89,7 @@ def forward_fn(g, form: str = "deploy", batch: int = 1, device: str = "cpu", *,
     from ..codegen.module import build_module
 
     c, h, w = g.input_shape.to_json()
-    where = f"{g.model} ({form} form) at input {batch}x{c}x{h}x{w} on {device}"
-    try:
+    with _model_errors(g, form, batch, device):
         m = build_module(g)
         if form != "train":
             m = deploy(m)
@@ -110,10 +109,6 @@ def forward_fn(g, form: str = "deploy", batch: int = 1, device: str = "cpu", *,
                 m(x)
         with torch.inference_mode():
             fn()
-    except (RuntimeError, MemoryError) as e:
-        if is_oom(e):
-            raise OutOfMemory(f"out of memory running {where}; try a smaller --batch or --input") from e
-        raise ModelRunError(f"{where} failed: {e}") from e
     return fn
 
 
@@ -159,15 +154,10 @@ def bench_model(path: str | os.PathLike, form: str = "deploy", batch: int = 1,
     g = check_file(path, overrides, input_shape, model, tuple(import_paths), allow_outside_imports)
     require_resolved(g)
     c, h, w = g.input_shape.to_json()
-    where = f"{g.model} ({form} form) at input {batch}x{c}x{h}x{w} on {device}"
     with torch_threads(threads):
         fn = forward_fn(g, form, batch, device)
-        try:
+        with _model_errors(g, form, batch, device):
             meas = measure(fn, normalize=normalize, **measure_kw)
-        except (RuntimeError, MemoryError) as e:
-            if is_oom(e):
-                raise OutOfMemory(f"out of memory running {where}; try a smaller --batch or --input") from e
-            raise ModelRunError(f"{where} failed: {e}") from e
         fp = fingerprint()
     total = g.total()
     best, busy = (None, False) if normalize else reference_busy(meas.reference_median,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .machine import default_cache_dir, load_json_cache, machine_hash, save_json_cache  # noqa: F401 - re-exported
+from .machine import default_cache_dir, machine_hash, torch_threads
 
 __all__ = ["LatencyTable", "LoadReport", "TableReport", "signature", "sig_key", "graph_signatures",
            "sample_space", "build_table", "measure_signature", "machine_hash", "default_cache_dir", "is_free"]
@@ -223,9 +223,7 @@ def measure_signature(sig: dict[str, Any], *, max_seconds: float = 1.0, rel_ci: 
     params = op.Params.model_validate(sig["params"])
     shapes = [Shape(c, h, w, layout) for c, h, w, layout in sig["in_shapes"]]
     dtype = getattr(torch, sig["dtype"])
-    old = torch.get_num_threads()
-    torch.set_num_threads(sig["threads"])
-    try:
+    with torch_threads(sig["threads"]):
         gen = torch.Generator().manual_seed(seed)
         mod = op.build(params, shapes).eval().to(dtype)
         xs = [torch.randn(s.torch_shape(sig["batch"]), generator=gen).to(dtype) for s in shapes]
@@ -233,8 +231,6 @@ def measure_signature(sig: dict[str, Any], *, max_seconds: float = 1.0, rel_ci: 
             mod(*xs)  # a trial run outside the timing
         m, _ = measure_until_clean(lambda: mod(*xs), quiet_wait=quiet_wait, threads=sig["threads"],
                                    max_seconds=max_seconds, rel_ci=rel_ci, **measure_kw)
-    finally:
-        torch.set_num_threads(old)
     return m.to_json()
 
 
