@@ -267,9 +267,6 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
     import logging
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's console tables off: our progress lines instead
-    # Tune's own CSV / JSON / TensorBoard loggers off: trials.jsonl is the record (and TensorBoard logging warned
-    # on every list-valued metric, e.g. the latency's disturbed attempts)
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     for name in ("ray", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
     from ray import tune
