@@ -120,7 +120,11 @@ def _key(settings, base: dict[str, Any]) -> str:
     blob = json.dumps({"files": base["files"], "budget": settings.budget_ms, "objective": settings.objective,
                        "dataset": settings.dataset, "limit": settings.dataset_limit, "epochs": settings.epochs,
                        "batch": settings.batch_size, "lr": settings.lr, "seed": settings.seed,
-                       "input": settings.input_shape}, sort_keys=True, default=str)
+                       "input": settings.input_shape,
+                       # settings added later enter the key only when set, so earlier results stay valid
+                       **({"val": settings.val_fraction} if settings.val_fraction != 0.2 else {}),
+                       **({"extra_seeds": settings.extra_seeds} if settings.extra_seeds else {})},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -250,31 +254,30 @@ def _write_scaled(base: dict, s_value: float, out: Path) -> Path:
 
 
 def _evaluate(s, g, rec: dict) -> None:
-    """Train with the trials' recipe (or score with their proxy): the same data, epochs, batch, lr and seed."""
-    import os
+    """Train with the trials' recipe (or score with their proxy): the same data, epochs, batch, lr and seed, and
+    `s.extra_seeds` more seeds when the search rescores its best (rescore.py): the score is then their mean."""
+    import statistics
 
-    import torch
-
-    from ..codegen.module import build_module
-    from .data import check_classes, fit_to_input, load_dataset
-    from .train import train_and_eval
+    from .rescore import extra_seeds, train_once
     from .trial import _proxy_score
 
     if s.objective != "accuracy":
         rec["score"] = _proxy_score(s, g)
         return
-    torch.manual_seed(s.seed)
-    m = build_module(g)
-    c, h, w = g.input_shape.to_json()
-    ds = fit_to_input(load_dataset(s.dataset, seed=s.seed, limit=s.dataset_limit), c, h, w)
-    if g.output_shape is not None:
-        check_classes(g.output_shape.c, ds)
-    res = train_and_eval(m, ds, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, seed=s.seed,
-                         threads=len(os.sched_getaffinity(0)))
+    res = train_once(s, g, s.seed)
     rec.update(accuracies=res.accuracies, accuracy=res.final_accuracy, score=res.final_accuracy,
                train_seconds=round(res.seconds, 1))
     if res.diverged:
         rec["error"] = "the training loss went non-finite"
+        return
+    if s.extra_seeds:
+        scores = [res.final_accuracy]
+        for seed in extra_seeds(s.seed, s.extra_seeds):
+            more = train_once(s, g, seed)
+            if not more.diverged and more.accuracies:
+                scores.append(more.final_accuracy)
+            rec["train_seconds"] = round(rec["train_seconds"] + more.seconds, 1)
+        rec.update(scores=scores, score=statistics.fmean(scores))
 
 
 def compare_with_best(best: dict | None, baselines: list[dict]) -> list[dict[str, Any]]:

@@ -32,6 +32,9 @@ def add_search_parser(sub) -> None:
     p.add_argument("--dataset-limit", type=int, metavar="N",
                    help="train and validate on N images of the dataset (a stratified subset; e.g. 12000 of "
                         "Fashion-MNIST's 60000 training images)")
+    p.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
+                   help="share of those images held out for validation, the score every trial is ranked by "
+                        "(default 0.2; more validation images rank more surely)")
     p.add_argument("--epochs", type=int, default=3, help="training epochs per trial (ASHA may stop earlier)")
     p.add_argument("--out", default="search-out", help="output directory (default search-out)")
     p.add_argument("--resume", action="store_true", help="continue the search in --out without redoing "
@@ -55,6 +58,11 @@ def add_search_parser(sub) -> None:
     p.add_argument("--model", help="which model of the file (when it defines several)")
     p.add_argument("--max-minutes", type=float, metavar="M",
                    help="start no new trial after M minutes (running trials finish; --trials still caps the count)")
+    p.add_argument("--rescore", type=int, default=0, metavar="N",
+                   help="after the search, train the N best trials again with --rescore-seeds more seeds and rank "
+                        "them by their mean score (against the luck of one training run; default 0: off)")
+    p.add_argument("--rescore-seeds", type=int, default=1, metavar="K",
+                   help="extra training seeds per rescored trial and per baseline (default 1)")
     p.add_argument("--baseline", action="append", default=[], metavar="SPEC",
                    help="a hand-designed spec whose parameter s drives its scaling(...) rule: scaled to the budget "
                         "by bisection on measured latency, trained with the trials' recipe, and compared with the "
@@ -78,6 +86,12 @@ def cmd_search(args) -> int:
         return usage(f"--epochs must be at least 1, got {args.epochs}")
     if args.max_minutes is not None and not args.max_minutes > 0:
         return usage(f"--max-minutes must be positive, got {args.max_minutes}")
+    if not 0 < args.val_fraction < 1:
+        return usage(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
+    if args.rescore < 0:
+        return usage(f"--rescore must be >= 0, got {args.rescore}")
+    if args.rescore_seeds < 1:
+        return usage(f"--rescore-seeds must be at least 1, got {args.rescore_seeds}")
     if not 0 <= args.quiet_wait < 1e6:
         return usage(f"--quiet-wait must be a number of seconds >= 0, got {args.quiet_wait}")
     cfg = SearchConfig(spec=args.file, budget_ms=args.latency_ms, trials=args.trials, algo=args.algo,
@@ -87,7 +101,8 @@ def cmd_search(args) -> int:
                        model=args.model, input_shape=input_shape(args.input), concurrency=args.concurrency,
                        latency_threads=args.latency_threads, target_label=args.target_label,
                        predictor=not args.no_predictor, top_k=args.top, latency_quiet_wait=args.quiet_wait,
-                       baselines=list(args.baseline), max_minutes=args.max_minutes)
+                       baselines=list(args.baseline), max_minutes=args.max_minutes,
+                       val_fraction=args.val_fraction, rescore=args.rescore, rescore_seeds=args.rescore_seeds)
     try:
         summary = run_search(cfg)
     except DatasetError as e:  # the same line as archdsl train's

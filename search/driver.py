@@ -33,8 +33,9 @@ from .space import Candidate, SearchSpace
 __all__ = ["SearchConfig", "SearchSummary", "run_search", "FINISHED_STATUSES"]
 
 # "unmeasured" is a Ray trial's outcome too, but not a finished one: its point is measured again (searcher.py)
-MATCH_ON_RESUME = ("spec_sha256", "budget_ms", "objective", "dataset", "dataset_limit", "fixed", "model",
-                   "input_shape", "epochs")
+MATCH_ON_RESUME = ("spec_sha256", "budget_ms", "objective", "dataset", "dataset_limit", "val_fraction", "fixed",
+                   "model", "input_shape", "epochs")
+SETTING_DEFAULTS = {"val_fraction": 0.2}  # what a run.json written before the setting existed used
 
 
 @dataclass
@@ -68,6 +69,9 @@ class SearchConfig:
     latency_max_seconds: float = 2.0  # time cap of one latency measurement
     baselines: list[str] = field(default_factory=list)  # hand-designed specs scaled to the budget (baselines.py)
     max_minutes: float | None = None  # no new trial starts after this many minutes of this run
+    val_fraction: float = 0.2  # of the (limited) training images, held out to score the trials
+    rescore: int = 0  # the N best trials are trained again with rescore_seeds more seeds (rescore.py)
+    rescore_seeds: int = 1
 
 
 @dataclass
@@ -114,8 +118,10 @@ class SearchSummary:
                          f"stayed busy): they are measured first when you continue with --resume --out {self.out}")
         if self.best:
             b = self.best
+            seeds = (f", mean over {len(b['scores'])} training seeds; its trial scored {b['score_trial']:.4f}"
+                     if b.get("rescored") else "")
             lines.append(f"best under the budget: score {b['score']:.4f} at {b['latency_ms']:.2f} ms "
-                         f"(trial {b['trial']}, {b['params']:,} params)")
+                         f"(trial {b['trial']}, {b['params']:,} params{seeds})")
         elif not self.all_failed:
             lines.append("no architecture met the budget")
         if self.baselines:
@@ -147,7 +153,7 @@ def _settings(cfg: SearchConfig, space: SearchSpace) -> dict[str, Any]:
     text = Path(cfg.spec).read_bytes()
     return {"spec": str(cfg.spec), "spec_sha256": hashlib.sha256(text).hexdigest(), "budget_ms": cfg.budget_ms,
             "trials": cfg.trials, "algo": cfg.algo, "objective": cfg.objective, "dataset": cfg.dataset,
-            "dataset_limit": cfg.dataset_limit,
+            "dataset_limit": cfg.dataset_limit, "val_fraction": cfg.val_fraction,
             "epochs": cfg.epochs, "seed": cfg.seed, "fixed": cfg.fixed, "model": cfg.model,
             "input_shape": list(cfg.input_shape) if cfg.input_shape else None, "address": cfg.address,
             "dimensions": space.describe()}
@@ -235,6 +241,12 @@ def run_search(cfg: SearchConfig, progress: Callable[[str], None] | None = None)
         raise SearchError(f"--latency-ms must be a positive number, got {cfg.budget_ms}")
     if cfg.objective not in ("accuracy", "naswot", "synflow"):
         raise SearchError(f"unknown objective {cfg.objective!r}: choose accuracy, naswot or synflow")
+    if cfg.rescore < 0 or cfg.rescore_seeds < 1:
+        raise SearchError(f"--rescore must be >= 0 and --rescore-seeds >= 1, got {cfg.rescore} and "
+                          f"{cfg.rescore_seeds}")
+    if cfg.rescore and cfg.objective != "accuracy":
+        raise SearchError(f"--rescore trains the best trials again with more seeds: it needs the accuracy "
+                          f"objective, not {cfg.objective} (a zero-cost proxy has no training run to repeat)")
     from .searcher import ALGORITHMS
 
     if cfg.algo not in ALGORITHMS:
@@ -245,7 +257,8 @@ def run_search(cfg: SearchConfig, progress: Callable[[str], None] | None = None)
     if cfg.objective == "accuracy":
         from .data import load_dataset
 
-        load_dataset(cfg.dataset, seed=cfg.seed, limit=cfg.dataset_limit)  # DatasetError now, not in every trial
+        # DatasetError now, not in every trial
+        load_dataset(cfg.dataset, seed=cfg.seed, val_fraction=cfg.val_fraction, limit=cfg.dataset_limit)
     # --set values are .arch text (or Python values) once, here; from now on the search passes values only
     fixed = {k: parse_override(k, v) for k, v in cfg.fixed.items()}
     space = SearchSpace(Path(cfg.spec), model=cfg.model, input_shape=cfg.input_shape, fixed=fixed)
@@ -255,7 +268,7 @@ def run_search(cfg: SearchConfig, progress: Callable[[str], None] | None = None)
     bases = validate_baselines(cfg.baselines, cfg.input_shape)  # before any trial: a broken baseline stops here
     settings = _settings(cfg, space)
     out = Path(cfg.out)
-    run = RunDir.open(out, settings, resume=cfg.resume, must_match=MATCH_ON_RESUME)
+    run = RunDir.open(out, settings, resume=cfg.resume, must_match=MATCH_ON_RESUME, defaults=SETTING_DEFAULTS)
     try:
         return _run(cfg, space, run, out, progress, t0, bases)
     finally:
@@ -299,6 +312,7 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
     tsettings = TrialSettings(files=space.files(), spec_name=Path(cfg.spec).name, budget_ms=cfg.budget_ms,
                               fixed=dict(space.fixed), model=cfg.model, input_shape=cfg.input_shape,
                               objective=cfg.objective, dataset=cfg.dataset, dataset_limit=cfg.dataset_limit,
+                              val_fraction=cfg.val_fraction, extra_seeds=cfg.rescore_seeds if cfg.rescore else 0,
                               epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
                               latency_threads=cfg.latency_threads, target_label=cfg.target_label,
                               crash_marker=cfg.crash_marker, load_marker=cfg.load_marker,
@@ -369,8 +383,16 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
             cluster.shutdown()
     elif bases:
         baseline_records = run_baselines(bases, tsettings, out, progress)  # every one done earlier: reused
+    rescored: dict[str, dict] = {}
+    if cfg.rescore and not interrupted:
+        from .rescore import rescore
+
+        try:
+            rescored = rescore(recorder.records, tsettings, out, cfg.rescore, cfg.rescore_seeds, progress)
+        except KeyboardInterrupt:
+            interrupted = True
     return _finish(cfg, space.fixed, run, out, recorder, problems, t0, interrupted, exhausted, predictor_info,
-                   baseline_records)
+                   baseline_records, rescored)
 
 
 def _make_callback_class():
@@ -434,12 +456,14 @@ def _make_callback_class():
 
 
 def _finish(cfg, fixed, run, out, recorder, problems, t0, interrupted, exhausted, predictor_info,
-            baseline_records=()) -> SearchSummary:
+            baseline_records=(), rescored=None) -> SearchSummary:
     from .baselines import compare_with_best
-    from .pareto import pareto_front, plot_pareto, top_k
+    from .pareto import best_under_budget, pareto_front, plot_pareto, top_k
+    from .rescore import apply_rescores
 
     records = recorder.records
-    run.write_csv(records)
+    run.write_csv(records)  # as recorded: a rescored trial's own score
+    records = apply_rescores(records, rescored or {})
     front = pareto_front(records, budget_ms=cfg.budget_ms, metric="score")
     (out / "pareto.json").write_text(json.dumps(front, indent=1, default=str) + "\n", encoding="utf-8")
     top_paths: list[Path] = []
@@ -454,13 +478,16 @@ def _finish(cfg, fixed, run, out, recorder, problems, t0, interrupted, exhausted
             header = [f"found by archdsl search (trial {rec['trial']}, rank {rank} under {cfg.budget_ms:g} ms)",
                       f"measured latency {rec['latency_ms']:.3f} ms (batch 1, deploy form, regime-normalized)",
                       f"score ({cfg.objective}) {rec['score']:.4f}, {rec['params']:,} params, {rec['macs']:,} MACs"]
+            if rec.get("rescored"):
+                header.append(f"the score is the mean over {len(rec['scores'])} training seeds "
+                              f"({', '.join(f'{v:.4f}' for v in rec['scores'])}; --rescore)")
             top_paths.append(write_concrete(cfg.spec, {}, out / "top", f"{rank:02d}_{rec['hash']}",
                                             header="\n".join(header), model=cfg.model, input_shape=cfg.input_shape,
                                             values={**fixed, **rec["point"]}))
     ylabel = "validation accuracy" if cfg.objective == "accuracy" else f"{cfg.objective} score (zero-cost proxy)"
     plot_pareto(records, cfg.budget_ms, out / "pareto.png", title=f"{Path(cfg.spec).name}: {ylabel} vs latency",
                 metric="score", ylabel=ylabel, baselines=list(baseline_records))
-    best = recorder.best()
+    best = best_under_budget(records, cfg.budget_ms, metric="score")
     errors = Counter((r.get("error") or "no error recorded").strip().splitlines()[0]
                      for r in records if r.get("status") == "failed")
     summary = SearchSummary(out=out, counts=recorder.counts(), best=best, front=front, top=top_paths,

@@ -108,8 +108,11 @@ def hypervolume(points: Iterable[Sequence[float]], ref: Sequence[float]) -> floa
 
 
 def _ranked(records: Iterable[dict], budget_ms: float | None, metric: str) -> list[dict]:
-    """Ok records by the metric (highest first), then latency (lowest first), then trial; one per hash."""
-    rows = sorted(_measured(records, budget_ms, metric), key=lambda row: (-row[1], row[0], _trial_key(row[2])))
+    """Ok records by the metric (highest first), then latency (lowest first), then trial; one per hash. Records
+    trained again with more seeds (`rescored`, search/rescore.py) come before the rest: their mean is a surer
+    score than one run's."""
+    rows = sorted(_measured(records, budget_ms, metric),
+                  key=lambda row: (not row[2].get("rescored"), -row[1], row[0], _trial_key(row[2])))
     return [r for _, _, r in _unique_by_hash(rows)]
 
 

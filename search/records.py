@@ -234,14 +234,15 @@ class RunDir:
     # -- opening and closing
     @classmethod
     def open(cls, path: str | os.PathLike, settings: dict, *, resume: bool,
-             must_match: Iterable[str] = MUST_MATCH) -> RunDir:
+             must_match: Iterable[str] = MUST_MATCH, defaults: dict | None = None) -> RunDir:
         """Take the directory `path` (created if missing) for a search; returns the open RunDir.
 
         Takes the exclusive lock (RunDirError if another process holds it). Not resuming: refuses a directory
         that already holds trials, else writes run.json = settings + created + archdsl_version. Resuming: needs
         run.json whose `must_match` keys equal those of `settings` (RunDirError naming the keys that differ) and
         updates it with the new settings (recording what changed); the next `load()` (or the first `append`)
-        moves partial and corrupt lines of trials.jsonl aside and reports them.
+        moves partial and corrupt lines of trials.jsonl aside and reports them. `defaults`: the value a must-match
+        key had when an older run.json does not name it (a setting added since).
         """
         reserved = [k for k in _RESERVED if k in settings]
         if reserved:
@@ -253,7 +254,7 @@ class RunDir:
         run._lock()
         try:
             if resume:
-                run._resume(settings, tuple(must_match))
+                run._resume(settings, tuple(must_match), defaults or {})
             else:
                 run._start(settings)
         except BaseException:
@@ -328,8 +329,9 @@ class RunDir:
         self.settings = {**_jsonable(settings), "created": _now(), "archdsl_version": _version()}
         _write_atomic(self.run_json, (json.dumps(self.settings, indent=2) + "\n").encode("utf-8"))
 
-    def _resume(self, settings: dict, must_match: tuple[str, ...]) -> None:
+    def _resume(self, settings: dict, must_match: tuple[str, ...], defaults: dict) -> None:
         old = self.read_settings()
+        old = {**_jsonable(defaults), **old}
         new = _jsonable(settings)
         differ = [k for k in must_match if old.get(k) != new.get(k)]
         if differ:

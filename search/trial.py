@@ -42,6 +42,8 @@ class TrialSettings:
     objective: str = "accuracy"  # "accuracy" | "naswot" | "synflow"
     dataset: str = "digits"
     dataset_limit: int | None = None  # images drawn from the dataset (stratified); None: all
+    val_fraction: float = 0.2  # of those, held out for the validation score
+    extra_seeds: int = 0  # baselines train with this many more seeds when the search rescores (rescore.py)
     epochs: int = 3
     batch_size: int = 64
     lr: float = 2e-3
@@ -316,23 +318,31 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
         tune.report({**base, "status": "failed", "score": 0.0, "error": msg, "traceback": tb, "seconds": seconds})
 
 
+def trial_data(s: TrialSettings, g):
+    """The data every trial of the search trains and validates on (the same split for all), fitted to the input
+    of the checked graph `g`."""
+    from .data import fit_to_input, load_dataset
+
+    c, h, w = g.input_shape.to_json()
+    return fit_to_input(load_dataset(s.dataset, seed=s.seed, val_fraction=s.val_fraction, limit=s.dataset_limit),
+                        c, h, w)
+
+
 def _proxy_score(s: TrialSettings, g) -> float:
     import torch
 
     from ..bench.lock import compute_lock
     from ..bench.machine import torch_threads
     from ..codegen.module import build_module
-    from .data import fit_to_input, load_dataset
     from .proxy import PROXIES
 
     torch.manual_seed(s.seed)
     # synflow with every thread on busy cores: 15-42 s instead of 0.3 s
     with torch_threads(s.train_threads), compute_lock():
         m = build_module(g)
-        c, h, w = g.input_shape.to_json()
         if s.objective == "synflow":
-            return float(PROXIES["synflow"](m, (1, c, h, w)))
-        ds = fit_to_input(load_dataset(s.dataset, seed=s.seed, limit=s.dataset_limit), c, h, w)
+            return float(PROXIES["synflow"](m, (1, *g.input_shape.to_json())))
+        ds = trial_data(s, g)
         return float(PROXIES["naswot"](m, ds.x_train[:64]))
 
 
@@ -342,15 +352,14 @@ def _train(s: TrialSettings, g, base: dict[str, Any], seconds: dict[str, float])
 
     from ..bench.lock import compute_lock
     from ..codegen.module import build_module
-    from .data import check_classes, fit_to_input, load_dataset
+    from .data import check_classes
     from .train import train_and_eval
 
     t2 = time.perf_counter()
     torch.manual_seed(s.seed)
     with compute_lock():  # one slice; train_and_eval takes its own per step (slices never nest)
         m = build_module(g)
-        c, h, w = g.input_shape.to_json()
-        ds = fit_to_input(load_dataset(s.dataset, seed=s.seed, limit=s.dataset_limit), c, h, w)
+        ds = trial_data(s, g)
     out_shape = g.output_shape
     if out_shape is not None:
         check_classes(out_shape.c, ds)

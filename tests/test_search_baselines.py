@@ -76,13 +76,15 @@ def test_search_with_a_baseline_scales_trains_and_compares(tmp_path, monkeypatch
     spec.write_text(BASE)
     out = tmp_path / "run"
     args = ["search", str(TINY), "--latency-ms", "1.5", "--trials", "2", "--epochs", "1", "--dataset-limit", "300",
-            "--out", str(out), "--seed", "1", "--latency-threads", "1", "--baseline", str(spec)]
+            "--out", str(out), "--seed", "1", "--latency-threads", "1", "--baseline", str(spec),
+            "--rescore", "1", "--val-fraction", "0.3"]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "baseline tinybase" in text
     (rec,) = json.loads((out / "baselines.json").read_text())
     if rec["status"] == "ok":  # scaled: the largest measured s under the budget, trained like a trial
         assert rec["latency_ms"] <= 1.5 and rec["s"] > 0 and 0 <= rec["accuracy"] <= 1 and len(rec["accuracies"]) == 1
+        assert len(rec["scores"]) == 2 and rec["score"] == pytest.approx(sum(rec["scores"]) / 2)  # --rescore's seed
         assert any(st["latency_ms"] is not None and st["latency_ms"] > 1.5 for st in rec["steps"]) or rec["s"] == 64
         scaled = Path(rec["arch"])
         assert scaled.is_file()
@@ -91,6 +93,10 @@ def test_search_with_a_baseline_scales_trains_and_compares(tmp_path, monkeypatch
         assert rec["status"] in ("over_budget", "unmeasured") and rec["error"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["baselines"][0]["name"] == "tinybase"
+    if summary["best"]:  # --rescore 1: the best trial trained again with seed 2, scored by the mean of both
+        assert summary["best"]["rescored"] and summary["best"]["seeds"] == [1, 2]
+        assert "mean over 2 training seeds" in text
+    assert json.loads((out / "run.json").read_text())["val_fraction"] == 0.3
     assert (out / "pareto.png").stat().st_size > 0
     from archdsl.search.report import build_report
 
@@ -101,7 +107,10 @@ def test_search_with_a_baseline_scales_trains_and_compares(tmp_path, monkeypatch
     # a resumed search reuses the baseline instead of scaling and training it again
     capsys.readouterr()
     assert main(args + ["--resume"]) == 0
-    assert "done earlier" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "baseline tinybase: done earlier" in err
+    if summary["best"]:
+        assert "(done earlier)" in err.split("rescoring")[1]
 
 
 def test_a_concrete_spec_pins_a_model_parameter_given_as_a_value(tmp_path):
