@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from archdsl.codegen import layers as L
+from archdsl.ops.merge_nn import LayerScale
+from archdsl.ops.norm_nn import GRN
 
 
 def randomize(m: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -19,9 +20,9 @@ def randomize(m: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
                 mod.running_var.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
                 mod.weight.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
                 mod.bias.copy_(torch.randn(mod.num_features, generator=g) * 0.5)
-            elif isinstance(mod, L.LayerScale):
+            elif isinstance(mod, LayerScale):
                 mod.gamma.copy_(torch.rand(mod.gamma.shape, generator=g) + 0.5)
-            elif isinstance(mod, L.GRN):
+            elif isinstance(mod, GRN):
                 mod.gamma.copy_(torch.randn(mod.gamma.shape, generator=g) * 0.5)
                 if mod.beta is not None:
                     mod.beta.copy_(torch.randn(mod.beta.shape, generator=g) * 0.5)

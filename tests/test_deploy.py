@@ -15,9 +15,9 @@ from randomized import randomize
 
 import archdsl
 from archdsl.api import check_file, check_text
-from archdsl.codegen import layers as L
 from archdsl.codegen.deploy import deploy
 from archdsl.codegen.module import build_module
+from archdsl.ops.conv_nn import DCLS
 from archdsl.passes import deploy_graph
 from archdsl.printer import format_ir
 
@@ -125,7 +125,7 @@ def test_repconv_dcls_and_custom_branches_deploy_exactly():
     train = randomize(build_module(g).double())
     with torch.no_grad():
         for mod in train.modules():
-            if isinstance(mod, L.DCLS):
+            if isinstance(mod, DCLS):
                 mod.P.uniform_(-4, 4)  # fractional tap positions
     dep = deploy(train)
     x = torch.randn(2, 8, 20, 20, dtype=torch.float64)

@@ -154,7 +154,7 @@ def test_gnconv_matches_stepwise_reference():
 
 
 def test_ska_matches_explicit_loop():
-    from archdsl.codegen.layers import ska
+    from archdsl.ops.mixers_nn import ska
 
     b, c, g, ks, h, w = 2, 8, 2, 3, 5, 6
     x = torch.randn(b, c, h, w, dtype=torch.float64)

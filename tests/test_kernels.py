@@ -184,7 +184,7 @@ def test_dwconv_ln_without_affine():
 
 def test_mixer_matches_inception_dw_module():
     """The InceptionNeXt token mixer as archdsl builds it (split id / k x k / 1 x band / band x 1, concat)."""
-    from archdsl.codegen.layers import InceptionDW
+    from archdsl.ops.mixers_nn import InceptionDW
 
     torch.manual_seed(4)
     c, g = 96, int(96 * 0.125)

@@ -40,13 +40,6 @@ STAGES = [  # (module or package prefix, stage); the first match wins, so the mo
     ("archdsl.__main__", 7), ("archdsl", 7),
 ]
 
-# Still to move (issue 17, "one home per operator"): the op families build their torch modules from the shared
-# codegen/layers.py. Listed so that the test fails on any other back edge, and on one of these once it is gone
-# (then delete it here).
-KNOWN_BACK_EDGES = {(f"archdsl.ops.{family}", "archdsl.codegen.layers")
-                    for family in ("attention", "linear", "merge", "mixers", "modern", "norm", "pool")}
-
-
 def _modules() -> dict[str, tuple[Path, bool]]:
     mods = {}
     for base, d in PACKAGES.items():
@@ -82,6 +75,42 @@ def import_graph() -> nx.DiGraph:
     return g
 
 
+def test_every_relative_import_names_something_that_exists():
+    """A lazy `from . import gone` (inside a function) fails only when that function runs: every relative import
+    must name a module, or a name the module (or package __init__) defines at its top level."""
+    mods = _modules()
+    missing = []
+    for name, (path, is_pkg) in mods.items():
+        pkg = name if is_pkg else name.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.ImportFrom) and node.level):
+                continue
+            up = pkg.split(".")[: len(pkg.split(".")) - (node.level - 1)]
+            base = ".".join(up + ([node.module] if node.module else []))
+            if base not in mods:
+                missing.append(f"{name}: from {'.' * node.level}{node.module or ''} ({base} does not exist)")
+                continue
+            defined = _top_level_names(mods[base][0])
+            missing += [f"{name}: from {'.' * node.level}{node.module or ''} import {a.name}" for a in node.names
+                        if f"{base}.{a.name}" not in mods and a.name not in defined and a.name != "*"]
+    assert missing == []
+
+
+def _top_level_names(path: Path) -> set[str]:
+    """Names a module defines or imports (anywhere in it: generous, so only a name defined nowhere is caught)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            out |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for tgt in targets:
+                out |= {n.id for n in ast.walk(tgt) if isinstance(n, ast.Name)}
+    return out
+
+
 def stage(module: str) -> int | None:
     """The first entry naming the module or a package holding it ("archdsl" names the package's own __init__
     only: a new module of archdsl/ must be given its stage here)."""
@@ -100,9 +129,58 @@ def test_no_import_cycle():
 
 def test_no_import_runs_back_up_the_stages():
     back = {(u, v) for u, v in import_graph().edges if stage(v) > stage(u)}
-    assert back - KNOWN_BACK_EDGES == set(), "imports from a later stage: " + ", ".join(
-        f"{u} ({stage(u)}) -> {v} ({stage(v)})" for u, v in sorted(back - KNOWN_BACK_EDGES))
-    assert KNOWN_BACK_EDGES - back == set(), f"gone, delete from KNOWN_BACK_EDGES: {KNOWN_BACK_EDGES - back}"
+    assert back == set(), "imports from a later stage: " + ", ".join(
+        f"{u} ({stage(u)}) -> {v} ({stage(v)})" for u, v in sorted(back))
+
+
+def test_a_familys_torch_half_needs_only_torch_and_other_torch_halves():
+    """archdsl/ops/<family>_nn.py holds the family's layer classes: `archdsl compile` copies them into standalone
+    source, so they may use torch, the shared `_layer` helpers and other families' torch halves, nothing else of
+    archdsl; and no family file imports a torch half but inside a function (checking stays torch-free)."""
+    g = import_graph()
+    halves = [m for m in g if m.startswith("archdsl.ops.") and m.endswith("_nn")]
+    assert {"archdsl.ops.conv_nn", "archdsl.ops.norm_nn", "archdsl.ops.mixers_nn"} <= set(halves)
+    for m in halves:
+        bad = [v for v in g.successors(m) if not (v.endswith("_nn") or v == "archdsl.ops._layer")]
+        assert bad == [], f"{m} imports {bad}"
+        tree = ast.parse(_modules()[m][0].read_text(encoding="utf-8"))
+        top = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+        top |= {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+        assert top <= {"torch", "__future__"}, f"{m} imports {top - {'torch', '__future__'}}"
+    for fam in [m for m in g if m.startswith("archdsl.ops.") and m.rsplit(".", 1)[1] in _families()]:
+        tree = ast.parse(_modules()[fam][0].read_text(encoding="utf-8"))
+        eager = [n for n in tree.body if _imports_torch(n)]
+        assert eager == [], f"{fam} imports torch or a torch half at module level (line {eager[0].lineno})"
+
+
+def _imports_torch(n: ast.stmt) -> bool:
+    """A module-level import of torch or of a family's torch half."""
+    if isinstance(n, ast.Import):
+        names = [a.name for a in n.names]
+    elif isinstance(n, ast.ImportFrom):
+        names = [n.module or ""] + [a.name for a in n.names]
+    else:
+        return False
+    return any(x == "torch" or x.startswith("torch.") or x.endswith("_nn") for x in names)
+
+
+def _families() -> list[str]:
+    from archdsl.ops import registry
+
+    return registry.family_modules()
+
+
+def test_checking_a_spec_loads_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from archdsl.api import check_file; g = check_file(sys.argv[1]); g.total(); "
+            "from archdsl.ops import registry; registry.all_ops(); "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.endswith('_nn')))")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT / "examples" / "convnext_atto.arch")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_the_graph_sees_lazy_imports_and_relative_ones():

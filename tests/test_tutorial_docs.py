@@ -3,21 +3,22 @@
 tutorial.md: every ```arch block and spec file it uses checks (the mistake it shows on purpose fails with the
 message shown), every `archdsl ...` command it quotes parses with the real command line (nothing slow is run),
 and the output it quotes for `archdsl check` is what archdsl prints (the same lines, params and MACs).
-adding_an_op.md: its Python listings are executed, registering the page's example ops in a copy of the
-registry that the fixture throws away; the page's specs check, build and run with the ops, the counted
-parameters equal the modules' real ones, the re-parameterization is exact, and the quoted outputs are real.
+adding_an_op.md: its Python listings are saved as the files they name (in a directory added to the ops
+package) and imported, registering the page's example ops in a copy of the registry that the fixture throws
+away; the page's specs check, build and run with the ops, the counted parameters equal the modules' real ones,
+the re-parameterization is exact, the standalone source runs, and the quoted outputs are real.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import io
 import json
 import re
 import shlex
 import sys
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,6 @@ from md_fences import Fence, fences
 from archdsl import cli, docs
 from archdsl.api import ArchError, check_file, check_text
 from archdsl.check import signature
-from archdsl.codegen import layers
 from archdsl.codegen.deploy import deploy
 from archdsl.codegen.module import build_module
 from archdsl.ops import registry
@@ -60,8 +60,9 @@ def assert_lines_shown(shown: str, real: str, where: str) -> None:
 # ================================================================ docs/adding_an_op.md
 
 ADD_OP = fences(ADD_OP_MD)
-LAYER_CODE = [f for f in ADD_OP if f.lang == "python" and f.info == "append=archdsl/codegen/layers.py"]
-OP_CODE = [f for f in ADD_OP if f.lang == "python" and f.info.startswith("file=archdsl/ops/")]
+FILES = [f for f in ADD_OP if f.lang == "python" and f.info.startswith("file=archdsl/ops/")]
+LAYER_CODE = [f for f in FILES if f.info.endswith("_nn.py")]  # the families' torch halves
+OP_CODE = [f for f in FILES if not f.info.endswith("_nn.py")]
 NEW_OPS = ("star", "acb")
 
 
@@ -76,26 +77,27 @@ def test_example_ops_are_not_bundled(name):
 
 
 @pytest.fixture
-def new_ops(monkeypatch) -> dict[str, registry.Op]:
-    """Execute the page's listings as the files they name: the layer classes in the namespace of
-    archdsl.codegen.layers, each op file as a module archdsl.ops.<name>. The registry has no unregister:
-    registration goes into a copy of it that replaces the module's dict for the test only, and the layer
-    classes and modules are set with monkeypatch, so everything is restored afterwards."""
+def new_ops(monkeypatch, tmp_path) -> dict[str, registry.Op]:
+    """Save the page's listings as the files they name in a directory that the fixture adds to the archdsl.ops
+    package, and import them (torch halves first), as the registry would. The registry has no unregister:
+    registration goes into a copy of it that replaces the module's dict for the test only, and the package path
+    and the modules are set with monkeypatch, so everything is restored afterwards."""
+    import archdsl.ops
+
     registry.all_ops()  # the bundled families are loaded before the registry is swapped
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    for f in LAYER_CODE:
-        ns = dict(vars(layers))  # as if appended to layers.py: nn, torch, recorded, ConvBN are in scope
-        exec(compile(f.text, f"{ADD_OP_MD}:{f.line}", "exec"), ns)
-        for key, value in ns.items():
-            if isinstance(value, type) and not hasattr(layers, key):
-                monkeypatch.setattr(layers, key, value, raising=False)
-    for f in OP_CODE:
-        rel = f.info[len("file="):]
-        name = "archdsl.ops." + Path(rel).stem
-        mod = types.ModuleType(name)
-        mod.__file__, mod.__package__ = str(ROOT / rel), "archdsl.ops"
-        monkeypatch.setitem(sys.modules, name, mod)
-        exec(compile(f.text, f"{ADD_OP_MD}:{f.line}", "exec"), mod.__dict__)
+    pkg = tmp_path / "ops"
+    pkg.mkdir()
+    monkeypatch.setattr(archdsl.ops, "__path__", [*archdsl.ops.__path__, str(pkg)])
+    for f in LAYER_CODE + OP_CODE:
+        path = pkg / Path(f.info).name
+        path.write_text(f.text, encoding="utf-8")
+        name = "archdsl.ops." + path.stem
+        monkeypatch.delitem(sys.modules, name, raising=False)
+        try:
+            monkeypatch.setitem(sys.modules, name, importlib.import_module(name))
+        except Exception as e:  # the listing's line in the page, not the temp file's
+            raise AssertionError(f"{ADD_OP_MD}:{f.line}: the listing {f.info} does not import: {e!r}") from e
     ops = {name: registry.get(name) for name in NEW_OPS}
     assert all(ops.values()), f"the listings did not register {NEW_OPS}"
     return ops
@@ -103,7 +105,8 @@ def new_ops(monkeypatch) -> dict[str, registry.Op]:
 
 def test_registry_is_left_as_it_was():
     # runs after the fixture's users in file order; holds in any order
-    assert "star" not in registry.all_ops() and not hasattr(layers, "Star") and "archdsl.ops.star" not in sys.modules
+    assert "star" not in registry.all_ops() and "archdsl.ops.star" not in sys.modules
+    assert "archdsl.ops.star_nn" not in sys.modules
 
 
 def test_a_family_file_saved_in_ops_is_registered_by_itself(tmp_path, monkeypatch):
@@ -111,16 +114,20 @@ def test_a_family_file_saved_in_ops_is_registered_by_itself(tmp_path, monkeypatc
     of that package (here a second directory of it), registers `star` with no other edit."""
     import archdsl.ops
 
-    star = next(f for f in OP_CODE if f.info.endswith("/star.py"))
-    (tmp_path / "star.py").write_text(star.text, encoding="utf-8")
+    for f in FILES:
+        if "/star" in f.info:
+            (tmp_path / Path(f.info).name).write_text(f.text, encoding="utf-8")
     registry.all_ops()
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     monkeypatch.setattr(archdsl.ops, "__path__", [*archdsl.ops.__path__, str(tmp_path)])
     monkeypatch.setattr(registry, "_LOADED", False)
     monkeypatch.delitem(sys.modules, "archdsl.ops.star", raising=False)
-    assert "star" in registry.family_modules() and "convview" not in registry.family_modules()
+    monkeypatch.delitem(sys.modules, "archdsl.ops.star_nn", raising=False)
+    families = registry.family_modules()
+    assert "star" in families and "star_nn" not in families and "convview" not in families
     try:
         assert registry.get("star") is not None and "archdsl.ops.star" in sys.modules
+        assert "archdsl.ops.star_nn" not in sys.modules  # the torch half waits for a build
     finally:
         sys.modules.pop("archdsl.ops.star", None)
 
@@ -221,11 +228,20 @@ def test_adding_an_op_quoted_outputs(new_ops, tmp_path, monkeypatch):
     rc, out = run_cli(["show", "acnet_mini.arch", "--deploy", "--no-spans"])
     assert rc == 0
     assert_lines_shown(_quoted_after("`archdsl show acnet_mini.arch --deploy --no-spans`"), out, "acb show")
-    # the page's layer classes live outside archdsl/codegen/layers.py: compile says so, in one line, exit 1
+    # the page's own layer class is written into the standalone source like a bundled one: it runs, and gives
+    # the built model's output bit for bit
     rc, out = run_cli(["compile", "starnet_mini.arch", "-o", "star.py"])
-    assert rc == 1 and "Traceback" not in out
-    assert "cannot write Star as source: `archdsl compile` copies layer classes" in out
-    assert not Path("star.py").exists()
+    assert rc == 0, out
+    text = Path("star.py").read_text()
+    assert "class Star(nn.Module):" in text and "@recorded" not in text and "archdsl" not in text.split('"""', 2)[2]
+    ns: dict = {}
+    exec(compile(text, "star.py", "exec"), ns)
+    built = build_module(check_file("starnet_mini.arch")).eval()
+    standalone = ns["model"]().eval()
+    standalone.load_state_dict(built.state_dict())
+    x = torch.randn(2, *check_file("starnet_mini.arch").input_shape.to_json())
+    with torch.no_grad():
+        assert torch.equal(standalone(x), built(x))
 
 
 def test_adding_an_op_quoted_ops_md_entry(new_ops):

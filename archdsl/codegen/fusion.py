@@ -28,7 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import native
-from . import layers as L
+from ..ops.attention_nn import SE
+from ..ops.linear_nn import Linear
+from ..ops.merge_nn import Add, Permute
+from ..ops.mixers_nn import InceptionDW
+from ..ops.norm_nn import GRN, LayerNorm
 
 CL = torch.channels_last
 
@@ -90,7 +94,7 @@ def _patchify(m: nn.Conv2d) -> Callable[[torch.Tensor], torch.Tensor]:
     return run
 
 
-def pack_inception(m: L.InceptionDW):
+def pack_inception(m: InceptionDW):
     """The InceptionNeXt mixer's four branches as one multi-geometry depthwise conv (archdsl.kernels)."""
     from ..kernels import ops as K
 
@@ -123,10 +127,10 @@ def node_candidates(module: nn.Module) -> dict[str, Callable[..., Any]]:
         cands["kernel"] = lambda x: K.dwconv_nhwc(nhwc(x), pdw, stride=s, pad=pad, dilation=d).permute(0, 3, 1, 2)
     elif _is_patchify(module):
         cands["kernel"] = _patchify(module)
-    elif isinstance(module, L.InceptionDW):
+    elif isinstance(module, InceptionDW):
         pm = pack_inception(module)
         cands["kernel"] = lambda x: K.mixer_nhwc(nhwc(x), pm).permute(0, 3, 1, 2)
-    elif isinstance(module, L.LayerNorm) and module.layout == "nchw" and module.weight is not None:
+    elif isinstance(module, LayerNorm) and module.layout == "nchw" and module.weight is not None:
         c = module.normalized_shape[0]
         gamma = module.weight.detach()
         beta = module.bias.detach() if module.bias is not None else torch.zeros(c)
@@ -144,7 +148,7 @@ def _is_dw(m: nn.Module) -> bool:
 
 
 def _pointwise(m: nn.Module, layout: str) -> bool:
-    if isinstance(m, L.Linear):
+    if isinstance(m, Linear):
         return m.layout == layout
     return (layout == "nchw" and type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.stride == (1, 1)
             and m.groups == 1 and m.padding == (0, 0) and m.dilation == (1, 1))
@@ -191,27 +195,27 @@ def _match(g, mods: dict[str, nn.Module], start: str) -> Block | None:
         cur = _next(g, cur)
         return True
 
-    take("dw", _is_dw(m) or isinstance(m, L.InceptionDW))
+    take("dw", _is_dw(m) or isinstance(m, InceptionDW))
     if b.dw is not None:
-        take("se", cur is not None and isinstance(mods[cur], L.SE))
-    take("perm_in", cur is not None and isinstance(mods[cur], L.Permute) and mods[cur].to == "nhwc")
+        take("se", cur is not None and isinstance(mods[cur], SE))
+    take("perm_in", cur is not None and isinstance(mods[cur], Permute) and mods[cur].to == "nhwc")
     layout = "nhwc" if b.perm_in else "nchw"
-    take("ln", cur is not None and isinstance(mods[cur], L.LayerNorm) and mods[cur].layout == layout)
+    take("ln", cur is not None and isinstance(mods[cur], LayerNorm) and mods[cur].layout == layout)
     if not take("fc1", cur is not None and _pointwise(mods[cur], layout)):
         return None
     if not take("act", cur is not None and isinstance(mods[cur], nn.GELU) and mods[cur].approximate == "none"):
         return None
-    take("grn", cur is not None and isinstance(mods[cur], L.GRN) and mods[cur].layout == layout)
+    take("grn", cur is not None and isinstance(mods[cur], GRN) and mods[cur].layout == layout)
     if cur is None or not _pointwise(mods[cur], layout):
         return None
     b.fc2 = cur
     cur = _next(g, b.fc2)
     if b.perm_in:  # channels-last inside the block: it must end with the permute back
-        if cur is None or not (isinstance(mods[cur], L.Permute) and mods[cur].to == "nchw"):
+        if cur is None or not (isinstance(mods[cur], Permute) and mods[cur].to == "nchw"):
             return None
         b.perm_out = cur
         cur = _next(g, cur)
-    if cur is None or not isinstance(mods[cur], L.Add) or len(g.inputs(cur)) != 2:
+    if cur is None or not isinstance(mods[cur], Add) or len(g.inputs(cur)) != 2:
         return None
     b.add = cur
     return b
@@ -285,7 +289,7 @@ class FusedBlock:
         self.dw = self.mixer = None
         if b.dw is not None:
             m = mods[b.dw]
-            if isinstance(m, L.InceptionDW):
+            if isinstance(m, InceptionDW):
                 self.mixer = pack_inception(m)
             else:
                 self.dw = K.pack_dw(m.weight.detach(), None if m.bias is None else m.bias.detach())

@@ -18,10 +18,10 @@ from ..ir import INIT_SCHEMES as SCHEMES  # noqa: E402,F401  (re-exported)
 
 
 def _weighted(module: nn.Module):
-    from . import layers as L
+    from ..ops.conv_nn import DCLS, FFTConv
 
     for m in module.modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear, L.DCLS, L.FFTConv)):
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear, DCLS, FFTConv)):
             yield m
 
 

@@ -24,9 +24,9 @@ from torch import nn
 from ..interp import fmt as arch_fmt
 from ..ir import ArchGraph
 from ..ops import registry
+from ..ops._layer import channel_dim
 from ..shapes import human
 from ..version import __version__
-from . import layers as L
 from .source_ctors import Ctor, Unsupported, _leaves, _shape_key, ctor_of  # Unsupported: re-exported
 
 _ACTS = {"relu": "torch.relu({0})", "relu6": "F.relu6({0})", "silu": "F.silu({0})", "sigmoid": "torch.sigmoid({0})",
@@ -65,7 +65,7 @@ class Instance:
 class Emitter:
     def __init__(self, g: ArchGraph):
         self.g = g
-        self.used: set[str] = set()
+        self.used: dict[str, type] = {}  # the layer classes the model builds, by name
         self.modules: dict[str, nn.Module] = {}
         for name in g.order():
             if name == g.input_node:
@@ -302,7 +302,7 @@ def _add(root: nn.Module, path: str, module: nn.Module) -> None:
     root.add_module(last, module)'''
 
 
-def _init_source(init: dict, used: set[str]) -> list[str]:
+def _init_source(init: dict, used: dict[str, type]) -> list[str]:
     """A method re-initialising weights exactly as archdsl.codegen.init.apply_init does."""
     kinds = ["nn.Conv1d", "nn.Conv2d", "nn.Linear", *(c for c in ("DCLS", "FFTConv") if c in used)]
     body = ["    @torch.no_grad()", "    def _init_weights(self) -> None:",
@@ -335,13 +335,13 @@ def _inline_mul(it, ins):
 
 def _inline_concat(it, ins):
     layout = it.in_shapes[0].layout
-    return f"torch.cat(({', '.join(ins)},), dim={L.channel_dim(layout)})"
+    return f"torch.cat(({', '.join(ins)},), dim={channel_dim(layout)})"
 
 
 def _inline_split(it, ins):
     op = registry.get("split")
     sizes = list(op.sizes(it.params, it.in_shapes[0].c))
-    return f"torch.split({ins[0]}, {sizes}, dim={L.channel_dim(it.in_shapes[0].layout)})"
+    return f"torch.split({ins[0]}, {sizes}, dim={channel_dim(it.in_shapes[0].layout)})"
 
 
 def _inline_perm(it, ins):
@@ -459,33 +459,52 @@ def _tuple_subs(subs: dict) -> dict:
     return {tuple(k): v for k, v in subs.items()}
 
 
-def _layer_sources(used: set[str]) -> list[str]:
-    """Source of the archdsl layer classes (and helpers) that `used` needs, in file order, undecorated."""
-    src = inspect.getsource(L)
-    blocks = re.split(r"\n(?=@recorded\nclass |def |class )", src)
-    defs: dict[str, str] = {}
-    order: list[str] = []
-    for b in blocks:
-        m = re.match(r"(?:@recorded\n)?(?:class|def) (\w+)", b)
-        if m and m.group(1) != "recorded":
-            defs[m.group(1)] = b.replace("@recorded\n", "", 1).rstrip()
-            order.append(m.group(1))
-    need: set[str] = set()
-    missing = sorted(u for u in used if u not in defs)
-    if missing:  # e.g. a user op's layer class kept in its own module: the file would not import
-        raise Unsupported(f"cannot write {', '.join(missing)} as source: `archdsl compile` copies layer classes "
-                          f"from the text of {L.__file__} and it does not define them there (see "
-                          "docs/adding_an_op.md)")
-    todo = [u for u in used if u in defs]
-    while todo:
-        n = todo.pop()
-        if n in need:
-            continue
-        need.add(n)
-        for other in defs:
-            if other not in need and re.search(rf"\b{other}\b", defs[n]):
-                todo.append(other)
-    return [defs[n] for n in order if n in need]
+def _layer_sources(used: dict[str, type]) -> list[str]:
+    """Source of the layer classes `used` (name -> class) and of the classes and functions of their modules they
+    refer to, each after what it needs (a base class before its subclass), undecorated. The classes live in the
+    op families' torch halves (archdsl/ops/<family>_nn.py) or in any module of a user's own: each is copied
+    from its module's source file."""
+    out: dict[str, str] = {}
+    visiting: set[str] = set()
+
+    def visit(name: str, obj) -> None:
+        if name in out or name in visiting:
+            return
+        visiting.add(name)
+        try:
+            src = inspect.getsource(obj)
+        except (OSError, TypeError) as e:
+            raise Unsupported(f"cannot write {name} as source: `archdsl compile` copies each layer class from its "
+                              f"module's file, and the source of {obj.__module__}.{name} cannot be read ({e})") \
+                from None
+        src = "\n".join(ln for ln in src.rstrip().splitlines() if ln.strip() != "@recorded")
+        scope = vars(inspect.getmodule(obj))
+        for ref in dict.fromkeys(re.findall(r"\b[A-Za-z_]\w*\b", src)):
+            dep = scope.get(ref)
+            if ref != name and _emitted_helper(dep):
+                visit(ref, dep)
+        visiting.discard(name)
+        out[name] = src
+
+    for name, cls in sorted(used.items(), key=lambda kv: (kv[1].__module__, _line(kv[1]), kv[0])):
+        visit(name, cls)
+    return list(out.values())
+
+
+def _emitted_helper(obj) -> bool:
+    """A class or function a layer class refers to that the standalone file must define too: one defined in a
+    module of its own (an op family's torch half, a user's layer module), not torch's, not `recorded`."""
+    if not (inspect.isclass(obj) or inspect.isfunction(obj)) or obj.__name__ == "recorded":
+        return False
+    mod = getattr(obj, "__module__", "") or ""
+    return not (mod == "builtins" or mod.split(".")[0] in ("torch", "typing", "collections", "dataclasses"))
+
+
+def _line(obj) -> int:
+    try:
+        return inspect.getsourcelines(obj)[1]
+    except (OSError, TypeError):
+        return 0
 
 
 def emit_source(g: ArchGraph) -> str:

@@ -66,11 +66,14 @@ def _render(v, sub, path) -> str:
     return repr(v)
 
 
-def ctor_of(m: nn.Module, used: set[str]) -> Ctor:
+def ctor_of(m: nn.Module, used: dict[str, type]) -> Ctor:
+    """The constructor call that rebuilds m; the archdsl layer classes it needs are added to `used`."""
     cls = type(m)
     if hasattr(m, "_archdsl_ctor"):
         args, kwargs = m._archdsl_ctor
-        used.add(cls.__name__)
+        if used.setdefault(cls.__name__, cls) is not cls:
+            raise Unsupported(f"cannot write {cls.__module__}.{cls.__name__} as source: the model also uses another "
+                              f"layer class named {cls.__name__} ({used[cls.__name__].__module__})")
         # all but the first argument by keyword, for readability: LayerNorm(dim, eps=1e-06, ...)
         names = list(inspect.signature(cls.__init__.__wrapped__).parameters)[1:]
         kw = {**{names[i]: a for i, a in enumerate(args) if i > 0}, **kwargs}

@@ -51,7 +51,7 @@ class SE(Op):
     def build(self, p, ins):
         from torch import nn
 
-        from ..codegen import layers as L
+        from . import attention_nn as L
 
         acts = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU, "relu6": nn.ReLU6}
         gates = {"sigmoid": nn.Sigmoid, "hardsigmoid": nn.Hardsigmoid}
@@ -98,6 +98,6 @@ class ECA(Op):
         return Cost(params=k, macs=ins[0].c * k)
 
     def build(self, p, ins):
-        from ..codegen import layers as L
+        from . import attention_nn as L
 
         return L.ECA(self.kernel(p, ins[0].c))

@@ -12,8 +12,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .conv import conv_geometry
-from .registry import pair
+from .registry import conv_geometry, pair
 
 CONV_OPS = ("conv", "dwconv", "linear")
 
@@ -97,6 +96,15 @@ def to_node(v: ConvView, in_shape) -> tuple[str, dict, dict | None]:
 
 
 # ---------------------------------------------------------------- weight algebra
+
+
+@dataclass(frozen=True)
+class BNParams:
+    """A BatchNorm's settings as `bn_affine` reads them (affine, with eps), for a branch's BN known only by its
+    weights (re-parameterization hooks)."""
+
+    eps: float
+    affine: bool = True
 
 
 def bn_affine(bn_params, w: dict | None, c: int):

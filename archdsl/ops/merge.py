@@ -86,7 +86,7 @@ class Add(_Elementwise):
     user = False
 
     def build(self, p, ins):
-        from ..codegen import layers as L
+        from . import merge_nn as L
 
         return L.Add()
 
@@ -100,7 +100,7 @@ class Mul(_Elementwise):
     user = False
 
     def build(self, p, ins):
-        from ..codegen import layers as L
+        from . import merge_nn as L
 
         return L.Mul()
 
@@ -124,7 +124,7 @@ class Concat(Op):
         return first.with_c(sum(s.c for s in ins))
 
     def build(self, p, ins):
-        from ..codegen import layers as L
+        from . import merge_nn as L
 
         return L.Concat(ins[0].layout)
 
@@ -173,7 +173,7 @@ class Split(Op):
         return tuple(ins[0].with_c(c) for c in self.sizes(p, ins[0].c))
 
     def build(self, p, ins):
-        from ..codegen import layers as L
+        from . import merge_nn as L
 
         return L.Split(self.sizes(p, ins[0].c), ins[0].layout)
 
@@ -196,7 +196,7 @@ class LayerScale(Op):
         return Cost(params=ins[0].c)
 
     def build(self, p, ins):
-        from ..codegen import layers as L
+        from . import merge_nn as L
 
         return L.LayerScale(ins[0].c, p.init, ins[0].layout)
 
@@ -219,7 +219,7 @@ class DropPath(Op):
         return ins[0]
 
     def build(self, p, ins):
-        from ..codegen import layers as L
+        from . import merge_nn as L
 
         return L.DropPath(p.p)
 
@@ -261,7 +261,7 @@ class _Layout(Op):
         return Shape(s.c, s.h, s.w, self.target)
 
     def build(self, p, ins):
-        from ..codegen import layers as L
+        from . import merge_nn as L
 
         return L.Permute(self.target)
 

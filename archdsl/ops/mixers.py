@@ -1,22 +1,17 @@
-"""Token-mixer family: inception_dw (InceptionNeXt), dilated_reparam (UniRepLKNet).
+"""Token-mixer family: inception_dw (InceptionNeXt), dilated_reparam (UniRepLKNet), gnconv (HorNet), lsconv
+(LSNet) and global_filter (GFNet). The layer classes are in mixers_nn.py.
 
-Both are composite in training form; the deploy passes (archdsl/passes) merge them into one conv.
+inception_dw and dilated_reparam are composite in training form; the deploy passes merge them into one conv.
+global_filter's MACs are its per-frequency complex products.
 """
 
 from __future__ import annotations
 
 from ..shapes import Cost
 from ..shapes import Shape as _Shape
-from .registry import Op, OpError, OpParams, register, require_spatial
+from .registry import Op, OpError, OpParams, odd, register, require_spatial
 
 S = _Shape  # short name for the test samples below
-
-class _BN:
-    """BatchNorm parameters as the deploy folding reads them (affine, with eps)."""
-
-    def __init__(self, eps: float):
-        self.eps, self.affine = eps, True
-
 
 # UniRepLKNet's default branches for each large kernel size K: (kernels, dilations).
 DILATED_DEFAULTS: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
@@ -72,7 +67,7 @@ class InceptionDW(Op):
         return Cost(params=g * taps + 3 * g, macs=g * taps * s.h * s.w)
 
     def build(self, p, ins):
-        from ..codegen import layers as L
+        from . import mixers_nn as L
 
         c = ins[0].c
         return L.InceptionDW(c, self.groups(p, c), p.square, p.band)
@@ -134,7 +129,7 @@ class DilatedReparam(Op):
         return Cost(params=s.c * taps + 2 * s.c * (1 + len(kernels)), macs=s.c * taps * s.h * s.w)
 
     def build(self, p, ins):
-        from ..codegen import layers as L
+        from . import mixers_nn as L
 
         kernels, dilations = self.branches(p)
         return L.DilatedReparam(ins[0].c, p.k, kernels, dilations, p.eps)
@@ -148,7 +143,7 @@ class DilatedReparam(Op):
         kernels, dilations = self.branches(p)
         w = b = None
         if weights is not None:
-            bn = _BN(p.eps)
+            bn = cv.BNParams(p.eps)
             w = weights["lk_origin.weight"].new_zeros(c, 1, p.k, p.k)
             b = w.new_zeros(c)
             parts = [("lk_origin", "origin_bn", p.k, 1)] + [
@@ -162,3 +157,117 @@ class DilatedReparam(Op):
                 w = w + cv.dense(v, (p.k, p.k))
                 b = b + v.b
         return "dwconv", {"k": p.k, "bias": True}, None if w is None else {"weight": w, "bias": b}
+
+
+@register
+class GnConv(Op):
+    """HorNet recursive gated convolution: gnconv(order=3, k=7, scale=1/3). 1x1 proj to 2C; channel dims
+    C/2^(n-1) ... C; a k x k dw conv over the gate channels (times scale); recursive 1x1 convs with
+    elementwise products; 1x1 proj out. C must be divisible by 2^(order-1)."""
+
+    name = "gnconv"
+    samples = [({"order": 3}, [S(16, 7, 7)]), ({"order": 1, "k": 3, "scale": 1.0}, [S(8, 5, 5)]),
+               ({"order": 5}, [S(32, 7, 7)])]
+    family = "mixer"
+    layouts = ("nchw",)
+
+    class Params(OpParams):
+        order: int = 3
+        k: int = 7
+        scale: float = 1.0 / 3.0
+
+    def dims(self, p, c: int) -> list[int]:
+        if not 1 <= p.order <= 8:
+            raise OpError(f"order must be in 1..8, got {p.order}", arg="order")
+        odd(p, "k")
+        if c % (2 ** (p.order - 1)):
+            raise OpError(f"{c} channels are not divisible by 2^(order-1) = {2 ** (p.order - 1)}", arg="order")
+        return [c // 2**i for i in range(p.order)][::-1]
+
+    def infer(self, p, ins):
+        require_spatial("gnconv", ins[0])
+        self.dims(p, ins[0].c)
+        return ins[0]
+
+    def cost(self, p, ins, out):
+        c, hw = ins[0].c, ins[0].h * ins[0].w
+        dims = self.dims(p, c)
+        g = sum(dims)
+        pws = sum(dims[i] * dims[i + 1] for i in range(len(dims) - 1))
+        params = (c * 2 * c + 2 * c) + (g * p.k * p.k + g) + (c * c + c) + pws + sum(dims[1:])
+        return Cost(params=params, macs=hw * (2 * c * c + g * p.k * p.k + c * c + pws))
+
+    def build(self, p, ins):
+        from . import mixers_nn as L
+
+        self.dims(p, ins[0].c)
+        return L.GnConv(ins[0].c, p.order, p.k, p.scale)
+
+
+@register
+class LSConv(Op):
+    """LSNet large-small convolution (Wang et al., CVPR 2025): lsconv(lks=7, sks=3, groups=8).
+    Large-kernel perception (1x1 -> lks x lks dw -> 1x1, conv+BN units with ReLU) predicts per-pixel
+    sks x sks kernels (1x1 conv + GroupNorm), shared by channel groups (channel c uses kernel c % (C/groups));
+    small-kernel aggregation applies them; then BN and the residual (x + ...), as in the authors' LSConv."""
+
+    name = "lsconv"
+    samples = [({}, [S(16, 7, 7)]), ({"lks": 5, "sks": 3, "groups": 4}, [S(8, 6, 6)])]
+    family = "mixer"
+    layouts = ("nchw",)
+
+    class Params(OpParams):
+        lks: int = 7
+        sks: int = 3
+        groups: int = 8
+
+    def check(self, p, c: int) -> None:
+        odd(p, "lks")
+        odd(p, "sks")
+        if c % 2 or p.groups <= 0 or c % p.groups:
+            raise OpError(f"lsconv needs an even channel count divisible by groups={p.groups}, got {c}", arg="groups")
+
+    def infer(self, p, ins):
+        require_spatial("lsconv", ins[0])
+        self.check(p, ins[0].c)
+        return ins[0]
+
+    def cost(self, p, ins, out):
+        c, hw = ins[0].c, ins[0].h * ins[0].w
+        self.check(p, c)
+        half, kc = c // 2, p.sks * p.sks * c // p.groups
+        params = (c * half + 2 * half) + (half * p.lks**2 + 2 * half) + (half * half + 2 * half) \
+            + (half * kc + kc) + 2 * kc + 2 * c
+        macs = hw * (c * half + half * p.lks**2 + half * half + half * kc + c * p.sks**2)
+        return Cost(params=params, macs=macs)
+
+    def build(self, p, ins):
+        from . import mixers_nn as L
+
+        return L.LSConv(ins[0].c, p.lks, p.sks, p.groups)
+
+
+@register
+class GlobalFilter(Op):
+    """GFNet global filter: global_filter(). rfft2 -> a learnable complex filter per channel and frequency
+    (C x H x (W//2+1) x 2 parameters, fixed to the input size) -> irfft2."""
+
+    name = "global_filter"
+    samples = [({}, [S(4, 8, 8)]), ({}, [S(3, 7, 6)])]
+    family = "mixer"
+    layouts = ("nchw",)
+
+    def infer(self, p, ins):
+        require_spatial("global_filter", ins[0])
+        return ins[0]
+
+    def cost(self, p, ins, out):
+        s = ins[0]
+        freq = s.h * (s.w // 2 + 1)
+        return Cost(params=2 * s.c * freq, macs=s.c * freq * 4)
+
+    def build(self, p, ins):
+        from . import mixers_nn as L
+
+        s = ins[0]
+        return L.GlobalFilter(s.c, s.h, s.w)

@@ -38,7 +38,7 @@ class BatchNorm(_Norm):
     def build(self, p, ins):
         from torch import nn
 
-        from ..codegen import layers as L
+        from . import norm_nn as L
 
         s = ins[0]
         cls = {"nchw": nn.BatchNorm2d, "nhwc": L.BatchNormNHWC, "nc": nn.BatchNorm1d}[s.layout]
@@ -62,7 +62,7 @@ class LayerNorm(_Norm):
         return Cost(params=(ins[0].c * (2 if p.bias else 1)) if p.affine else 0)
 
     def build(self, p, ins):
-        from ..codegen import layers as L
+        from . import norm_nn as L
 
         return L.LayerNorm(ins[0].c, p.eps, p.affine, p.bias, ins[0].layout)
 
@@ -116,7 +116,7 @@ class GRN(_Norm):
         return Cost(params=ins[0].c * (2 if p.bias else 1))
 
     def build(self, p, ins):
-        from ..codegen import layers as L
+        from . import norm_nn as L
 
         return L.GRN(ins[0].c, p.eps, p.bias, ins[0].layout)
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from ..shapes import Shape
-from .conv import Int2, conv_geometry
-from .registry import Op, OpError, OpParams, pair, positive, register
+from .registry import Int2, Op, OpError, OpParams, conv_geometry, pair, positive, register
 
 S = Shape  # short name for the test samples below
 
@@ -94,7 +93,7 @@ class GlobalAvgPool(_Global):
     samples = [({}, [S(8, 5, 5)]), ({"keepdim": True}, [S(8, 5, 5, "nhwc")])]
 
     def build(self, p, ins):
-        from ..codegen import layers as L
+        from . import pool_nn as L
 
         return L.GlobalAvgPool(p.keepdim, ins[0].layout)
 
@@ -107,7 +106,7 @@ class GlobalMaxPool(_Global):
     samples = [({}, [S(8, 5, 5)])]
 
     def build(self, p, ins):
-        from ..codegen import layers as L
+        from . import pool_nn as L
 
         return L.GlobalMaxPool(p.keepdim, ins[0].layout)
 
@@ -125,6 +124,6 @@ class Flatten(Op):
         return Shape.vector(ins[0].numel())
 
     def build(self, p, ins):
-        from ..codegen import layers as L
+        from . import pool_nn as L
 
         return L.Flatten(ins[0].layout)

@@ -95,17 +95,20 @@ _LOADED = False
 
 
 NOT_FAMILIES = ("registry", "convview")  # modules of archdsl/ops/ that register no op (convview imports torch)
+TORCH_HALF = "_nn"  # <family>_nn.py: a family's torch half (its layer classes), imported only when building
 
 
 def family_modules() -> list[str]:
-    """The op family modules: every module of the archdsl.ops package but NOT_FAMILIES and names starting with
-    "_", in name order. Adding a family is adding its file."""
+    """The op family modules: every module of the archdsl.ops package but NOT_FAMILIES, the families' torch
+    halves (names ending in "_nn") and names starting with "_", in name order. Adding a family is adding its
+    file (and its torch half, when its ops build layer classes of their own)."""
     import pkgutil
     import sys
 
     ops = sys.modules[__package__]  # archdsl.ops, imported before this module
     return sorted(m.name for m in pkgutil.iter_modules(ops.__path__)
-                  if not m.ispkg and m.name not in NOT_FAMILIES and not m.name.startswith("_"))
+                  if not m.ispkg and m.name not in NOT_FAMILIES and not m.name.startswith("_")
+                  and not m.name.endswith(TORCH_HALF))
 
 
 def _load_all() -> None:
@@ -145,3 +148,35 @@ def positive(p: Any, *fields: str) -> None:
         vals = v if isinstance(v, tuple) else (v,)
         if any(x is not None and x <= 0 for x in vals):
             raise OpError(f"{f} must be positive, got {v}", arg=f)
+
+
+def odd(p: Any, field: str) -> int:
+    """The field's value, which must be odd and positive (a kernel size with a centre)."""
+    v = getattr(p, field)
+    if v <= 0 or v % 2 == 0:
+        raise OpError(f"{field} must be odd and positive, got {v}", arg=field)
+    return v
+
+
+Int2 = int | tuple[int, int]
+
+
+def conv_geometry(op: str, s: Shape, k: Int2, stride: Int2, pad: Int2 | None,
+                  d: Int2) -> tuple[int, int, tuple[int, int]]:
+    """Output (H, W) and the padding actually used; raises OpError for impossible configurations."""
+    require_spatial(op, s)
+    (kh, kw), (sh, sw), (dh, dw) = pair(k), pair(stride), pair(d)
+    if pad is None:
+        if (dh * (kh - 1)) % 2 or (dw * (kw - 1)) % 2:
+            raise OpError(f"kernel {kh}x{kw} has no 'same' padding (even size)",
+                          "use an odd kernel, or give the padding explicitly (pad=0 for a patchify conv)", arg="k")
+        ph, pw = dh * (kh - 1) // 2, dw * (kw - 1) // 2
+    else:
+        ph, pw = pair(pad)
+        if ph < 0 or pw < 0:
+            raise OpError(f"padding must be >= 0, got {pad}", arg="pad")
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    if s.h + 2 * ph < eh or s.w + 2 * pw < ew:
+        raise OpError(f"kernel {eh}x{ew} (after dilation) is larger than the padded input "
+                      f"{s.h + 2 * ph}x{s.w + 2 * pw}", "use a smaller kernel or a larger input", arg="k")
+    return (s.h + 2 * ph - eh) // sh + 1, (s.w + 2 * pw - ew) // sw + 1, (ph, pw)
