@@ -53,3 +53,49 @@ def test_op_sample(name, i, params, ins):
         y2 = module(*[x.detach() for x in xs])
     for t in (y2 if isinstance(y2, tuple) else (y2,)):
         assert torch.isfinite(t).all()
+
+
+@pytest.mark.parametrize("name,i,params,ins", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_what_an_op_declares_for_deploy_and_source_holds(name, i, params, ins):
+    """Op.training_only: the built module is the identity in eval mode. Op.source: the inline expression computes
+    what the built module does (it is what `archdsl compile` writes). Op.conv_view: convview reads its weights
+    back into a convolution that computes the same."""
+    import torch.nn.functional as F  # noqa: F401 - the source expressions use F
+
+    from archdsl.ir import Node
+    from archdsl.ops import convview as cv
+
+    op = registry.get(name)
+    p = op.Params(**params)
+    module = op.build(p, ins).double().eval()
+    xs = [_as_tensor(s).detach() for s in ins]
+    with torch.no_grad():
+        y = module(*xs)
+    if op.training_only:
+        assert len(xs) == 1 and torch.equal(y, xs[0])
+    expr = op.source(p, ins, [f"a{k}" for k in range(len(xs))])
+    if expr is not None:
+        got = eval(expr, {"torch": torch, "F": F, **{f"a{k}": x for k, x in enumerate(xs)}})  # noqa: S307
+        for a, b in zip(got if isinstance(got, tuple) else (got,), y if isinstance(y, tuple) else (y,)):
+            assert torch.equal(a, b), expr
+    if op.conv_view:
+        weights = {k: v.detach() for k, v in module.state_dict().items()}
+        v = cv.view(Node(name, name, p, None), ins[0], weights)
+        assert v is not None
+        new_op, new_params, new_weights = cv.to_node(v, ins[0])
+        rebuilt = registry.get(new_op)
+        m2 = rebuilt.build(rebuilt.Params(**new_params), ins).double().eval()
+        m2.load_state_dict(new_weights)
+        with torch.no_grad():
+            assert torch.allclose(m2(*xs), y, rtol=1e-12, atol=1e-12)
+
+
+def test_the_deploy_declarations_name_the_ops_they_did_as_tables():
+    """What passes/deploy.py and codegen/source.py once kept as tables of op names is declared on the ops."""
+    ops = registry.all_ops()
+    assert {n for n, op in ops.items() if op.training_only} == {"drop_path", "dropout", "identity"}
+    assert {n for n, op in ops.items() if op.conv_view} == {"conv", "dwconv", "linear"}
+    assert {n for n, op in ops.items() if op.reparam is not None} >= {"dilated_reparam", "repconv", "dcls"}
+    inline = {n for n, op in ops.items() if op.samples and op.source(op.Params(**op.samples[0][0]),
+                                                                      op.samples[0][1], ["a", "b"]) is not None}
+    assert {"add", "mul", "concat", "split", "nhwc", "nchw", "relu", "gelu", "identity"} <= inline

@@ -24,14 +24,9 @@ from torch import nn
 from ..interp import fmt as arch_fmt
 from ..ir import ArchGraph
 from ..ops import registry
-from ..ops._layer import channel_dim
 from ..shapes import human
 from ..version import __version__
 from .source_ctors import Ctor, Unsupported, _leaves, _shape_key, ctor_of  # Unsupported: re-exported
-
-_ACTS = {"relu": "torch.relu({0})", "relu6": "F.relu6({0})", "silu": "F.silu({0})", "sigmoid": "torch.sigmoid({0})",
-         "tanh": "torch.tanh({0})", "hardswish": "F.hardswish({0})", "hardsigmoid": "F.hardsigmoid({0})"}
-
 
 # ---------------------------------------------------------------- scopes -> items
 
@@ -104,7 +99,8 @@ class Emitter:
             own = self.owner(name)
             if own == scope:
                 node = g.node(name)
-                inline = node.op in _INLINE
+                inline = registry.get(node.op).source(node.params, list(g.attrs(name)["in_shapes"]),
+                                                      ["x"] * len(g.inputs(name))) is not None
                 items.append(Item(_rel(name, scope), "node", node.op,
                                   None if inline else ctor_of(self.modules[name], self.used),
                                   g.inputs(name), name, _nout(g.attrs(name)["shape"]), node.params,
@@ -244,8 +240,9 @@ class Emitter:
     def _expr(self, it: Item, ins: list[str]) -> str:
         if it.kind == "block":
             return f"{_access(it.rel)}({ins[0]})"
-        if it.op in _INLINE:
-            return _INLINE[it.op](it, ins)
+        expr = _inline(it, ins)
+        if expr is not None:
+            return expr
         return f"{_access(it.rel)}({', '.join(ins)})"
 
     # -- the whole file
@@ -325,48 +322,15 @@ def _init_source(init: dict, used: dict[str, type]) -> list[str]:
     return body
 
 
-def _inline_add(it, ins):
-    return " + ".join(ins)
-
-
-def _inline_mul(it, ins):
-    return " * ".join(ins)
-
-
-def _inline_concat(it, ins):
-    layout = it.in_shapes[0].layout
-    return f"torch.cat(({', '.join(ins)},), dim={channel_dim(layout)})"
-
-
-def _inline_split(it, ins):
-    op = registry.get("split")
-    sizes = list(op.sizes(it.params, it.in_shapes[0].c))
-    return f"torch.split({ins[0]}, {sizes}, dim={channel_dim(it.in_shapes[0].layout)})"
-
-
-def _inline_perm(it, ins):
-    return f"{ins[0]}.permute(0, 2, 3, 1)" if it.op == "nhwc" else f"{ins[0]}.permute(0, 3, 1, 2)"
-
-
-def _inline_gelu(it, ins):
-    a = it.params.approximate
-    return f"F.gelu({ins[0]})" if a == "none" else f"F.gelu({ins[0]}, approximate={a!r})"
-
-
-def _inline_leaky(it, ins):
-    return f"F.leaky_relu({ins[0]}, {it.params.slope!r})"
-
-
-_INLINE = {"add": _inline_add, "mul": _inline_mul, "concat": _inline_concat, "split": _inline_split,
-           "nhwc": _inline_perm, "nchw": _inline_perm, "gelu": _inline_gelu, "leaky_relu": _inline_leaky,
-           "identity": lambda it, ins: ins[0],
-           **{k: (lambda t: lambda it, ins: t.format(ins[0]))(v) for k, v in _ACTS.items()}}
+def _inline(it: Item, ins: list[str]) -> str | None:
+    """The node written inline in forward() (the op's `source`, e.g. `a0 + a1`), or None: a module call."""
+    if it.kind != "node":
+        return None
+    return registry.get(it.op).source(it.params, list(it.in_shapes), ins)
 
 
 def _inline_key(it: Item):
-    if it.kind != "node" or it.op not in _INLINE:
-        return None
-    return _INLINE[it.op](it, [f"a{i}" for i in range(len(it.inputs))])
+    return _inline(it, [f"a{i}" for i in range(len(it.inputs))])
 
 
 def _nout(shape) -> int:

@@ -27,19 +27,22 @@ class _Activation(Op):
     def torch_kwargs(self, p) -> dict:
         return {}
 
+    def source(self, p, ins, args):
+        return self.expr.format(args[0])
 
-def _simple(op_name: str, torch_name: str, doc: str) -> None:
-    register(type(f"Act_{op_name}", (_Activation,), {"name": op_name, "torch_name": torch_name,
+
+def _simple(op_name: str, torch_name: str, expr: str, doc: str) -> None:
+    register(type(f"Act_{op_name}", (_Activation,), {"name": op_name, "torch_name": torch_name, "expr": expr,
                                                      "Params": NoParams, "__doc__": doc}))
 
 
-_simple("relu", "ReLU", "max(x, 0).")
-_simple("relu6", "ReLU6", "min(max(x, 0), 6) (MobileNetV2).")
-_simple("silu", "SiLU", "x * sigmoid(x), a.k.a. swish (EfficientNet).")
-_simple("hardswish", "Hardswish", "x * relu6(x + 3) / 6 (MobileNetV3).")
-_simple("hardsigmoid", "Hardsigmoid", "relu6(x + 3) / 6 (MobileNetV3 SE gate).")
-_simple("sigmoid", "Sigmoid", "1 / (1 + exp(-x)).")
-_simple("tanh", "Tanh", "tanh(x).")
+_simple("relu", "ReLU", "torch.relu({0})", "max(x, 0).")
+_simple("relu6", "ReLU6", "F.relu6({0})", "min(max(x, 0), 6) (MobileNetV2).")
+_simple("silu", "SiLU", "F.silu({0})", "x * sigmoid(x), a.k.a. swish (EfficientNet).")
+_simple("hardswish", "Hardswish", "F.hardswish({0})", "x * relu6(x + 3) / 6 (MobileNetV3).")
+_simple("hardsigmoid", "Hardsigmoid", "F.hardsigmoid({0})", "relu6(x + 3) / 6 (MobileNetV3 SE gate).")
+_simple("sigmoid", "Sigmoid", "torch.sigmoid({0})", "1 / (1 + exp(-x)).")
+_simple("tanh", "Tanh", "torch.tanh({0})", "tanh(x).")
 
 
 @register
@@ -56,6 +59,9 @@ class GELU(_Activation):
     def torch_kwargs(self, p):
         return {"approximate": p.approximate}
 
+    def source(self, p, ins, args):
+        return f"F.gelu({args[0]})" if p.approximate == "none" else f"F.gelu({args[0]}, approximate={p.approximate!r})"
+
 
 @register
 class LeakyReLU(_Activation):
@@ -69,3 +75,6 @@ class LeakyReLU(_Activation):
 
     def torch_kwargs(self, p):
         return {"negative_slope": p.slope}
+
+    def source(self, p, ins, args):
+        return f"F.leaky_relu({args[0]}, {p.slope!r})"

@@ -19,6 +19,7 @@ S = Shape  # short name for the test samples below
 class _ConvBase(Op):
     family = "conv"
     layouts = ("nchw",)
+    conv_view = True
 
     def _channels(self, p, cin: int) -> tuple[int, int]:
         """(out channels, groups)."""

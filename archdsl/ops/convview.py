@@ -12,9 +12,14 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from . import registry
 from .registry import conv_geometry, pair
 
-CONV_OPS = ("conv", "dwconv", "linear")
+
+def is_conv(op: str) -> bool:
+    """The op's weights are a convolution's (`Op.conv_view`: conv, dwconv, linear): `view` reads them."""
+    found = registry.get(op)
+    return found is not None and found.conv_view
 
 
 @dataclass(frozen=True)

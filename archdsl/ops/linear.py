@@ -21,6 +21,7 @@ class Linear(Op):
     samples = [({"out": 10}, [S(8, 5, 5)]), ({"out": 10, "bias": False}, [S(8, 5, 5, "nhwc")]),
                ({"out": 10}, [S.vector(8)])]
     family = "linear"
+    conv_view = True  # a 1x1 convolution over channels
 
     class Params(OpParams):
         out: int

@@ -45,6 +45,7 @@ class Identity(Op):
     name = "identity"
     family = "structure"
     is_view = True
+    training_only = True  # nothing to run at inference either
 
     def infer(self, p, ins):
         return ins[0]
@@ -53,6 +54,15 @@ class Identity(Op):
         from torch import nn
 
         return nn.Identity()
+
+    def source(self, p, ins, args):
+        return args[0]
+
+
+def _channel_dim(layout: str) -> int:
+    from ._layer import channel_dim  # source() runs only when writing a built model: torch is loaded
+
+    return channel_dim(layout)
 
 
 def _broadcast(op: str, ins: list[Shape]) -> Shape:
@@ -90,6 +100,9 @@ class Add(_Elementwise):
 
         return L.Add()
 
+    def source(self, p, ins, args):
+        return " + ".join(args)
+
 
 @register
 class Mul(_Elementwise):
@@ -103,6 +116,9 @@ class Mul(_Elementwise):
         from . import merge_nn as L
 
         return L.Mul()
+
+    def source(self, p, ins, args):
+        return " * ".join(args)
 
 
 @register
@@ -127,6 +143,9 @@ class Concat(Op):
         from . import merge_nn as L
 
         return L.Concat(ins[0].layout)
+
+    def source(self, p, ins, args):
+        return f"torch.cat(({', '.join(args)},), dim={_channel_dim(ins[0].layout)})"
 
 
 @register
@@ -177,6 +196,9 @@ class Split(Op):
 
         return L.Split(self.sizes(p, ins[0].c), ins[0].layout)
 
+    def source(self, p, ins, args):
+        return f"torch.split({args[0]}, {list(self.sizes(p, ins[0].c))}, dim={_channel_dim(ins[0].layout)})"
+
 
 @register
 class LayerScale(Op):
@@ -209,6 +231,7 @@ class DropPath(Op):
     samples = [({"p": 0.2}, [S(8, 5, 5)])]
     family = "structure"
     is_view = True
+    training_only = True
 
     class Params(OpParams):
         p: float = 0.0
@@ -232,6 +255,7 @@ class Dropout(Op):
     samples = [({"p": 0.1}, [S.vector(8)])]
     family = "structure"
     is_view = True
+    training_only = True
 
     class Params(OpParams):
         p: float = 0.5
@@ -264,6 +288,9 @@ class _Layout(Op):
         from . import merge_nn as L
 
         return L.Permute(self.target)
+
+    def source(self, p, ins, args):
+        return f"{args[0]}.permute(0, 2, 3, 1)" if self.target == "nhwc" else f"{args[0]}.permute(0, 3, 1, 2)"
 
 
 @register

@@ -8,7 +8,7 @@ A duplicate name raises; an unknown name gets "did you mean".
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -46,6 +46,13 @@ class Op:
     layouts: ClassVar[tuple[str, ...]] = ("nchw", "nhwc", "nc")  # input layouts accepted
     # Test cases (params, input shapes): the registry tests run every op on each of them.
     samples: ClassVar[list[tuple[dict, list[Shape]]]] = [({}, [Shape(8, 9, 9)])]
+    # What the deploy passes need to know (passes/deploy.py):
+    training_only: ClassVar[bool] = False  # identity at inference: the deploy form drops it (dropout, drop_path)
+    conv_view: ClassVar[bool] = False  # its weights are a convolution's (ops/convview.py): a BN folds into it,
+    #                                    parallel ones merge, a layer scale scales it
+    # reparam(self, p, ins, weights) -> (op name, params, new weights or None): the op's own exact deploy form as
+    # one plain op (docs/adding_an_op.md, section 6). None: it has none.
+    reparam: ClassVar[Callable[..., tuple[str, dict, dict | None]] | None] = None
 
     def infer(self, p: Any, ins: list[Shape]) -> Shape | tuple[Shape, ...]:
         raise NotImplementedError
@@ -60,6 +67,12 @@ class Op:
 
     def n_outputs(self, p: Any) -> int:
         return self.outputs
+
+    def source(self, p: Any, ins: list[Shape], args: list[str]) -> str | None:
+        """The op as a Python expression of `args` (the names of its inputs) in the standalone source `archdsl
+        compile` writes: a parameter-free op is written inline in forward(). None (the default): it is written
+        as a call of the module `build` returns."""
+        return None
 
     @classmethod
     def doc(cls) -> str:

@@ -76,7 +76,7 @@ def _producer_conv(g: ArchGraph, name: str) -> str | None:
     (src, _), = g.inputs(name)
     while g.node(src).op in LAYOUT_OPS and len(_consumers(g, src)) == 1:
         (src, _), = g.inputs(src)
-    if g.node(src).op not in cv.CONV_OPS or len(_consumers(g, src)) != 1:
+    if not cv.is_conv(g.node(src).op) or len(_consumers(g, src)) != 1:
         return None
     return src
 
@@ -85,27 +85,27 @@ def _producer_conv(g: ArchGraph, name: str) -> str | None:
 
 
 def drop_training_only(g: ArchGraph) -> tuple[ArchGraph, list[Change]]:
-    """Remove drop_path, dropout and identity nodes (identities at inference)."""
+    """Remove the nodes of training-only ops (Op.training_only: drop_path, dropout, identity), identities at
+    inference."""
     g = g.copy()
     report = []
     for name in g.order():
         op = g.node(name).op
-        if op in ("drop_path", "dropout", "identity") and _bypass(g, name):
+        if registry.get(op).training_only and _bypass(g, name):
             report.append(Change(f"removed {op} '{name}'", "removed", src=name, op=op))
     return check(g), report
 
 
 def reparam_ops(g: ArchGraph) -> tuple[ArchGraph, list[Change]]:
-    """Ops with their own deploy form (dilated_reparam, repconv, dcls) become one plain conv."""
+    """Ops with their own deploy form (Op.reparam: dilated_reparam, repconv, dcls) become that one plain op."""
     g = g.copy()
     report = []
     for name in g.order():
         node = g.node(name)
         op = registry.get(node.op)
-        fn = getattr(op, "reparam", None)
-        if fn is None:
+        if op.reparam is None:
             continue
-        new_op, params, weights = fn(node.params, list(g.attrs(name)["in_shapes"]), _weights(g, name))
+        new_op, params, weights = op.reparam(node.params, list(g.attrs(name)["in_shapes"]), _weights(g, name))
         _set(g, name, new_op, params, weights)
         report.append(Change(f"re-parameterized {node.op} '{name}' into one {new_op}", "reparam", src=name, dst=name,
                              op=new_op))
@@ -141,7 +141,7 @@ def _forward_to_conv(g: ArchGraph, name: str) -> str | None:
         if len(cons) != 1:
             return None
         nxt = g.node(cons[0])
-        if nxt.op in cv.CONV_OPS:
+        if cv.is_conv(nxt.op):
             return cons[0]
         if nxt.op not in (*LAYOUT_OPS, "gap"):
             return None
@@ -184,15 +184,15 @@ def merge_branches(g: ArchGraph) -> tuple[ArchGraph, list[Change]]:
         branches = []  # (node name or None for the input itself, source ref)
         for ref in g.inputs(name):
             node = g.node(ref[0])
-            if node.op in (*cv.CONV_OPS, "bn") and len(_consumers(g, ref[0])) == 1:
+            if (cv.is_conv(node.op) or node.op == "bn") and len(_consumers(g, ref[0])) == 1:
                 branches.append((ref[0], g.inputs(ref[0])[0]))
             else:
                 branches.append((None, ref))
         sources = {src for _, src in branches}
-        if len(sources) == 1 and any(b is not None and g.node(b).op in cv.CONV_OPS for b, _ in branches):
+        if len(sources) == 1 and any(b is not None and cv.is_conv(g.node(b).op) for b, _ in branches):
             _merge(g, name, [b for b, _ in branches], sources.pop(), report)
             continue
-        conv_sources = {src for b, src in branches if b is not None and g.node(b).op in cv.CONV_OPS}
+        conv_sources = {src for b, src in branches if b is not None and cv.is_conv(g.node(b).op)}
         others = [ref for b, ref in branches if b is None]
         if len(conv_sources) == 1 and others:
             # convs on one input merged with something else: name what blocks the merge
@@ -207,7 +207,7 @@ def merge_branches(g: ArchGraph) -> tuple[ArchGraph, list[Change]]:
 
 def _merge(g: ArchGraph, add: str, branches: list[str | None], source, report: list[Change]) -> None:
     in_shape = g.shape_of(source)
-    convs = [b for b in branches if b is not None and g.node(b).op in cv.CONV_OPS]
+    convs = [b for b in branches if b is not None and cv.is_conv(g.node(b).op)]
     # check every branch before changing anything: a refused merge leaves the graph as it was
     views = {b: _view(g, b) for b in convs}
     main = max(views.values(), key=lambda v: v.extent[0] * v.extent[1])
@@ -292,7 +292,7 @@ def fold_grn_bias(g: ArchGraph) -> tuple[ArchGraph, list[Change]]:
         if node is None or node.op != "grn" or not node.params.bias:
             continue
         cons = _consumers(g, name)
-        if len(cons) != 1 or g.node(cons[0]).op not in cv.CONV_OPS:
+        if len(cons) != 1 or not cv.is_conv(g.node(cons[0]).op):
             continue
         v = _view(g, cons[0])
         if v.pad != (0, 0) or v.k != (1, 1):
