@@ -179,22 +179,24 @@ def _start_load(seconds: float) -> list:
     return procs
 
 
-def measure_latency_local(s: TrialSettings, point: dict[str, Any], load: bool = False) -> dict[str, Any]:
-    """Build the deploy form of `point` and time one batch-1 forward pass with the engine. Rounds in which a
-    measuring thread waited for a CPU are discarded (bench/disturb.py); a measurement left without enough clean
-    rounds is retried after the machine quiets down (`measure_until_clean`, at most `latency_quiet_wait` s),
-    and is returned `disturbed` if it never gets clean: the caller must not decide on it. A clean result the
-    engine still flags unstable (wide CI, drifting reference) is measured again (up to MEASURE_TRIES in all);
-    the stable one with the lowest median is kept. A clean latency within NEAR_BUDGET of the budget is measured
-    again (NEAR_TRIES in all) and the median decides ("near_budget_ms" lists them). Returns the Measurement's
-    JSON plus "node", "threads", "tries", "disturbed_tries", "waited_s", "attempts" (why each disturbed try was)
-    and "fingerprint". The latency to decide on is "latency_ms" (regime-normalized, bench/regime.py)."""
+def measure_latency_local(s: TrialSettings, point: dict[str, Any], load: bool = False,
+                          graph=None) -> dict[str, Any]:
+    """Build the deploy form of `point` (`graph`: its checked graph, when the caller has it) and time one batch-1
+    forward pass with the engine. Rounds in which a measuring thread waited for a CPU are discarded
+    (bench/disturb.py); a measurement left without enough clean rounds is retried after the machine quiets down
+    (`measure_until_clean`, at most `latency_quiet_wait` s), and is returned `disturbed` if it never gets clean: the
+    caller must not decide on it. A clean result the engine still flags unstable (wide CI, drifting reference) is
+    measured again (up to MEASURE_TRIES in all); the stable one with the lowest median is kept. A clean latency
+    within NEAR_BUDGET of the budget is measured again (NEAR_TRIES in all) and the median decides ("near_budget_ms"
+    lists them). Returns the Measurement's JSON plus "node", "threads", "tries", "disturbed_tries", "waited_s",
+    "attempts" (why each disturbed try was) and "fingerprint". The latency to decide on is "latency_ms" (regime-
+    normalized, bench/regime.py)."""
     from ..bench.machine import torch_threads
     from ..bench.measure import fingerprint, measure_until_clean, steady_state_allocator
     from ..bench.model import forward_fn
 
     steady_state_allocator()
-    g = check_point(s, point)
+    g = graph if graph is not None else check_point(s, point)
     threads = s.latency_threads or len(os.sched_getaffinity(0))
     with torch_threads(threads):
         fn = forward_fn(g, "deploy", 1, "cpu")
@@ -243,8 +245,8 @@ class LatencyMeter:
         steady_state_allocator()
         return _node_id()
 
-    def measure(self, s: TrialSettings, point: dict[str, Any], load: bool = False) -> dict[str, Any]:
-        return measure_latency_local(s, point, load)
+    def measure(self, s: TrialSettings, point: dict[str, Any], load: bool = False, graph=None) -> dict[str, Any]:
+        return measure_latency_local(s, point, load, graph)
 
 
 def start_meters(info, target_label: str) -> list:
@@ -261,12 +263,15 @@ def start_meters(info, target_label: str) -> list:
     return meters
 
 
-def _measure(s: TrialSettings, point: dict[str, Any], index: int, load: bool = False) -> dict[str, Any]:
+def _measure(s: TrialSettings, point: dict[str, Any], index: int, load: bool = False,
+             graph=None) -> dict[str, Any]:
+    """Measure on the search's latency meter (or here, without meters). `graph`: the point's checked graph, sent
+    along so that the meter does not check the spec a second time."""
     if not s.meters:
-        return measure_latency_local(s, point, load)
+        return measure_latency_local(s, point, load, graph)
     import ray
 
-    return ray.get(s.meters[index % len(s.meters)].measure.remote(s, point, load))
+    return ray.get(s.meters[index % len(s.meters)].measure.remote(s, point, load, graph))
 
 
 def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
@@ -292,7 +297,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
         seconds["check"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        lat = _measure(s, point, index, _under_load(s, point, int(config.get("retry") or 0)))
+        lat = _measure(s, point, index, _under_load(s, point, int(config.get("retry") or 0)), graph=g)
         seconds["latency"] = time.perf_counter() - t1
         base.update(latency_ms=lat["latency_ms"], latency=lat, latency_node=lat.get("node"))
         if lat.get("disturbed"):  # never decide on a disturbed figure: the driver measures this point again later

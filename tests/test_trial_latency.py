@@ -159,3 +159,15 @@ def test_a_reference_network_that_does_not_build_falls_back_to_the_block(monkeyp
     lat = measure_latency_local(s, POINT)
     assert "reference" not in calls[-1] and lat["latency_ms"] == pytest.approx(1.0)
     assert "did not build" in lat["reference_net"]["fallback"]
+
+
+def test_a_trial_that_checked_its_point_sends_the_graph_and_the_meter_does_not_check_again(monkeypatch):
+    _fake(monkeypatch, [1.0])
+    s = _settings(2.0)
+    g = trial.check_point(s, POINT)
+
+    def no_second_check(*a, **k):
+        raise AssertionError("the spec was checked a second time")
+
+    monkeypatch.setattr(trial, "check_point", no_second_check)
+    assert trial._measure(s, POINT, 0, graph=g)["latency_ms"] == pytest.approx(1.0)
