@@ -9,7 +9,9 @@ with the kind of change and the nodes as fields). A rewrite that would not be ex
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
+from typing import Callable
 
 import networkx as nx
 import torch
@@ -84,22 +86,35 @@ def _producer_conv(g: ArchGraph, name: str) -> str | None:
 # ---------------------------------------------------------------- passes
 
 
-def drop_training_only(g: ArchGraph) -> tuple[ArchGraph, list[Change]]:
+Pass = Callable[[ArchGraph], tuple[ArchGraph, list[Change]]]
+
+
+def graph_pass(body: Callable[[ArchGraph, list[Change]], None]) -> Pass:
+    """A pass from its body: `body(g, changes)` edits a copy of the graph and appends what it changed; the pass
+    itself is pure, graph -> (the checked new graph, the changes)."""
+    @functools.wraps(body)
+    def run(g: ArchGraph) -> tuple[ArchGraph, list[Change]]:
+        g = g.copy()
+        changes: list[Change] = []
+        body(g, changes)
+        return check(g), changes
+
+    return run
+
+
+@graph_pass
+def drop_training_only(g: ArchGraph, report: list[Change]) -> None:
     """Remove the nodes of training-only ops (Op.training_only: drop_path, dropout, identity), identities at
     inference."""
-    g = g.copy()
-    report = []
     for name in g.order():
         op = g.node(name).op
         if registry.get(op).training_only and _bypass(g, name):
             report.append(Change(f"removed {op} '{name}'", "removed", src=name, op=op))
-    return check(g), report
 
 
-def reparam_ops(g: ArchGraph) -> tuple[ArchGraph, list[Change]]:
+@graph_pass
+def reparam_ops(g: ArchGraph, report: list[Change]) -> None:
     """Ops with their own deploy form (Op.reparam: dilated_reparam, repconv, dcls) become that one plain op."""
-    g = g.copy()
-    report = []
     for name in g.order():
         node = g.node(name)
         op = registry.get(node.op)
@@ -109,14 +124,12 @@ def reparam_ops(g: ArchGraph) -> tuple[ArchGraph, list[Change]]:
         _set(g, name, new_op, params, weights)
         report.append(Change(f"re-parameterized {node.op} '{name}' into one {new_op}", "reparam", src=name, dst=name,
                              op=new_op))
-    return check(g), report
 
 
-def fold_bn(g: ArchGraph) -> tuple[ArchGraph, list[Change]]:
+@graph_pass
+def fold_bn(g: ArchGraph, report: list[Change]) -> None:
     """Fold each BatchNorm into the conv / linear before it (through layout permutes), when the BN is that
     producer's only consumer: W' = W * g / sqrt(v + eps), b' = beta + (b - m) * g / sqrt(v + eps)."""
-    g = g.copy()
-    report = []
     for name in g.order():
         if name not in g or g.node(name).op != "bn":
             continue
@@ -129,7 +142,6 @@ def fold_bn(g: ArchGraph) -> tuple[ArchGraph, list[Change]]:
         _bypass(g, name)
         report.append(Change(f"folded bn '{name}' into {g.node(prod).op} '{prod}'", "fold_bn", src=name, dst=prod,
                              op=g.node(prod).op))
-    return check(g), report
 
 
 def _forward_to_conv(g: ArchGraph, name: str) -> str | None:
@@ -148,12 +160,11 @@ def _forward_to_conv(g: ArchGraph, name: str) -> str | None:
         cur = cons[0]
 
 
-def fold_bn_forward(g: ArchGraph) -> tuple[ArchGraph, list[Change]]:
+@graph_pass
+def fold_bn_forward(g: ArchGraph, report: list[Change]) -> None:
     """Fold a BatchNorm into the conv / linear after it, where exact: the BN feeds only that conv (directly or
     through layout permutes / global average pooling) and the conv has no padding (zero padding would not
     commute with the BN's shift)."""
-    g = g.copy()
-    report = []
     for name in g.order():
         if name not in g or g.node(name).op != "bn":
             continue
@@ -169,15 +180,13 @@ def fold_bn_forward(g: ArchGraph) -> tuple[ArchGraph, list[Change]]:
         _bypass(g, name)
         report.append(Change(f"folded bn '{name}' into the following {g.node(cons[0]).op} '{cons[0]}'", "fold_bn",
                              src=name, dst=cons[0], op=g.node(cons[0]).op))
-    return check(g), report
 
 
-def merge_branches(g: ArchGraph) -> tuple[ArchGraph, list[Change]]:
+@graph_pass
+def merge_branches(g: ArchGraph, report: list[Change]) -> None:
     """Merge an `add` of parallel linear branches reading the same input (convs of any odd size and
     dilation, 1x1, a lone BN, or the input itself) into one conv: dilated kernels expanded, centre-padded
     and summed."""
-    g = g.copy()
-    report = []
     for name in g.order():
         if name not in g or g.node(name).op != "add":
             continue
@@ -202,7 +211,6 @@ def merge_branches(g: ArchGraph) -> tuple[ArchGraph, list[Change]]:
                     report.append(_refusal(g.node(ref[0]), f"not merged into '{name}': {g.node(ref[0]).op} between "
                                            "the branch and the merge is not linear"))
                     break
-    return check(g), report
 
 
 def _merge(g: ArchGraph, add: str, branches: list[str | None], source, report: list[Change]) -> None:
@@ -265,10 +273,9 @@ def _merge(g: ArchGraph, add: str, branches: list[str | None], source, report: l
                          n=len(branches)))
 
 
-def fold_layer_scale(g: ArchGraph) -> tuple[ArchGraph, list[Change]]:
+@graph_pass
+def fold_layer_scale(g: ArchGraph, report: list[Change]) -> None:
     """Fold a layer scale into the conv / linear before it (through layout permutes): W' = gamma * W."""
-    g = g.copy()
-    report = []
     for name in g.order():
         if name not in g or g.node(name).op != "layer_scale":
             continue
@@ -280,13 +287,11 @@ def fold_layer_scale(g: ArchGraph) -> tuple[ArchGraph, list[Change]]:
         _bypass(g, name)
         report.append(Change(f"folded layer scale '{name}' into {g.node(prod).op} '{prod}'", "fold_layer_scale",
                              src=name, dst=prod, op=g.node(prod).op))
-    return check(g), report
 
 
-def fold_grn_bias(g: ArchGraph) -> tuple[ArchGraph, list[Change]]:
+@graph_pass
+def fold_grn_bias(g: ArchGraph, report: list[Change]) -> None:
     """Move a GRN's bias beta into the unpadded conv / linear after it: b' = b + W beta (UniRepLKNet)."""
-    g = g.copy()
-    report = []
     for name in g.order():
         node = g.node(name) if name in g else None
         if node is None or node.op != "grn" or not node.params.bias:
@@ -307,7 +312,6 @@ def fold_grn_bias(g: ArchGraph) -> tuple[ArchGraph, list[Change]]:
         _set(g, name, "grn", {**node.raw_params(), "bias": False}, w)
         report.append(Change(f"moved the bias of grn '{name}' into {g.node(cons[0]).op} '{cons[0]}'", "move_bias",
                              src=name, dst=cons[0], op=g.node(cons[0]).op))
-    return check(g), report
 
 
 DEPLOY_PASSES = (drop_training_only, reparam_ops, fold_bn, merge_branches, fold_bn, fold_bn_forward,
