@@ -191,15 +191,13 @@ def measure_latency_local(s: TrialSettings, point: dict[str, Any], load: bool = 
     lists them). Returns the Measurement's JSON plus "node", "threads", "tries", "disturbed_tries", "waited_s",
     "attempts" (why each disturbed try was) and "fingerprint". The latency to decide on is "latency_ms" (regime-
     normalized, bench/regime.py)."""
-    from ..bench.machine import torch_threads
-    from ..bench.measure import fingerprint, measure_until_clean, steady_state_allocator
-    from ..bench.model import forward_fn
+    from ..bench.measure import measure_until_clean
+    from ..bench.model import measure_model
 
-    steady_state_allocator()
     g = graph if graph is not None else check_point(s, point)
     threads = s.latency_threads or len(os.sched_getaffinity(0))
-    with torch_threads(threads):
-        fn = forward_fn(g, "deploy", 1, "cpu")
+
+    def timing(fn):
         ref_kw, ref_rec = _reference_kw(s, threads)
         kw = dict(max_seconds=s.latency_max_seconds, rel_ci=s.latency_rel_ci, quiet_wait=s.latency_quiet_wait,
                   threads=threads, normalize=True, **ref_kw)
@@ -226,7 +224,9 @@ def measure_latency_local(s: TrialSettings, point: dict[str, Any], load: bool = 
                     near.append(again)
             meas = sorted(near, key=lambda n: n.latency)[(len(near) - 1) // 2]
             info["near_budget_ms"] = [round(n.latency * 1e3, 6) for n in near]
-        fp = fingerprint()
+        return meas, info, ref_rec
+
+    (meas, info, ref_rec), fp, _ = measure_model(g, timing, threads=threads)
     return {**meas.to_json(), "node": _node_id(), "threads": threads, **info, "fingerprint": fp,
             "reference_net": ref_rec}
 

@@ -112,6 +112,22 @@ def forward_fn(g, form: str = "deploy", batch: int = 1, device: str = "cpu", *,
     return fn
 
 
+def measure_model(g, timing: Callable[[Callable[[], Any]], Any], *, form: str = "deploy", batch: int = 1,
+                  device: str = "cpu", threads: int | None = None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The one path from a checked graph to its latency, shared by `archdsl bench` (bench_model) and every search
+    trial (search/trial.py): the allocator in its steady state, `threads` torch threads (restored afterwards), the
+    model built in `form` and run once (forward_fn), then `timing(fn)` (bench/measure.py's `measure`, or a trial's
+    measure-until-clean policy), a failing forward pass raised as ModelRunError / OutOfMemory. Returns (what
+    `timing` returned, the machine's fingerprint under those threads, the allocator settings)."""
+    allocator = steady_state_allocator()  # before the model's and the input's buffers are allocated
+    with torch_threads(threads):
+        fn = forward_fn(g, form, batch, device)
+        with _model_errors(g, form, batch, device):
+            result = timing(fn)
+        fp = fingerprint()
+    return result, fp, allocator
+
+
 def bench_model(path: str | os.PathLike, form: str = "deploy", batch: int = 1,
                 input_shape: tuple[int, int, int] | None = None, threads: int | None = None,
                 overrides: dict[str, Any] | None = None, *, model: str | None = None, device: str | None = None,
@@ -149,16 +165,11 @@ def bench_model(path: str | os.PathLike, form: str = "deploy", batch: int = 1,
     if normalize and device != "cpu":
         raise ValueError("the regime-normalized latency uses a CPU reference block: measure on the CPU, or without "
                          "normalization")
-    allocator = steady_state_allocator()  # before the model's and the input's buffers are allocated
-
     g = check_file(path, overrides, input_shape, model, tuple(import_paths), allow_outside_imports)
     require_resolved(g)
     c, h, w = g.input_shape.to_json()
-    with torch_threads(threads):
-        fn = forward_fn(g, form, batch, device)
-        with _model_errors(g, form, batch, device):
-            meas = measure(fn, normalize=normalize, **measure_kw)
-        fp = fingerprint()
+    meas, fp, allocator = measure_model(g, lambda fn: measure(fn, normalize=normalize, **measure_kw), form=form,
+                                        batch=batch, device=device, threads=threads)
     total = g.total()
     best, busy = (None, False) if normalize else reference_busy(meas.reference_median,
                                                                  f"{fp['hash']}-{fp['torch_threads']}-{device}")
