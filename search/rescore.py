@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["RESCORE_FILE", "train_once", "extra_seeds", "rescore", "apply_rescores"]
+__all__ = ["RESCORE_FILE", "train_once", "extra_seeds", "rescore", "apply_rescores", "load_rescores"]
 
 RESCORE_FILE = "rescore.json"
 
@@ -129,3 +129,24 @@ def apply_rescores(records: list[dict], rescored: dict[str, dict]) -> list[dict]
         out.append(r if got is None else {**r, "score_trial": r.get("score"), "score": got["score"],
                                           "scores": got["scores"], "seeds": got["seeds"], "rescored": True})
     return out
+
+
+def load_rescores(out: Path, records: list[dict], seed: int | None = None) -> dict[str, dict]:
+    """What a finished (or running) search's OUT/rescore.json says, in `rescore`'s form, for readers of a run
+    directory (the report): each rescored trial's own score (trained with `seed`, the search's) followed by its
+    extra runs' scores, and their mean."""
+    runs = _load(out / RESCORE_FILE).get("runs") or {}
+    own = {r["hash"]: float(r["score"]) for r in records
+           if r.get("status") == "ok" and r.get("hash") and isinstance(r.get("score"), (int, float))}
+    result: dict[str, dict] = {}
+    for key, acc in sorted(runs.items(), key=lambda kv: (kv[0].split(":")[0], int(kv[0].split(":")[1]))):
+        h, extra = key.split(":")
+        if h not in own:
+            continue
+        got = result.setdefault(h, {"scores": [own[h]], "seeds": [seed]})
+        if isinstance(acc, (int, float)):
+            got["scores"].append(float(acc))
+            got["seeds"].append(int(extra))
+    for got in result.values():
+        got["score"] = statistics.fmean(got["scores"])
+    return result

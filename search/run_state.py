@@ -103,7 +103,11 @@ def read_run(run_dir: str | os.PathLike) -> RunState:
         raise ReportError(str(err)) from None
     except OSError as err:
         raise ReportError(f"cannot read {path / TRIALS}: {err.strerror or err}") from None
-    st = RunState(path=path, settings=settings, records=loaded.records, problems=list(loaded.problems))
+    from .rescore import apply_rescores, load_rescores
+
+    # the best trials trained again with more seeds (--rescore) rank by their mean, as in the search's own summary
+    records = apply_rescores(loaded.records, load_rescores(path, loaded.records, settings.get("seed")))
+    st = RunState(path=path, settings=settings, records=records, problems=list(loaded.problems))
     try:
         summary = json.loads((path / SUMMARY).read_text(encoding="utf-8"))
         st.summary = summary if isinstance(summary, dict) else None

@@ -11,7 +11,7 @@ import pytest
 from archdsl.search.driver import MATCH_ON_RESUME, SETTING_DEFAULTS
 from archdsl.search.pareto import best_under_budget, top_k
 from archdsl.search.records import RunDir, RunDirError
-from archdsl.search.rescore import RESCORE_FILE, apply_rescores, extra_seeds, rescore
+from archdsl.search.rescore import RESCORE_FILE, apply_rescores, extra_seeds, load_rescores, rescore
 from archdsl.search.trial import TrialSettings
 
 from archdsl.cli import main
@@ -61,6 +61,7 @@ def test_rescoring_reranks_the_best_by_their_mean_and_puts_them_first(tmp_path):
     assert best["trial"] == 2 and best["rescored"] and best["score_trial"] == 0.85
     assert not any("rescored" in r for r in records)  # the records themselves are left as recorded
     assert any("rescoring the best 2 with 1 more seed" in s for s in lines)
+    assert load_rescores(tmp_path, records, seed=3) == got  # what the report reads back from rescore.json
     # a resumed search reuses the runs; another recipe (epochs) trains again
     again = _Trainer({})
     assert rescore(records, _settings(), tmp_path, 2, 1, lines.append, train=again) == got and again.calls == []
