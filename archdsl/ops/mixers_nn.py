@@ -115,6 +115,10 @@ class LSConv(nn.Module):
 class GlobalFilter(nn.Module):
     """GFNet global filter: rfft2 (orthonormal) -> learnable complex per-channel filter -> irfft2."""
 
+    # one-shot search (search/supernet.py): the filter is a frequency grid of the input's size; a network with
+    # another input size cannot take a part of it
+    inelastic_dims = {"complex_weight": (1, 2, 3)}
+
     def __init__(self, c: int, h: int, w: int):
         super().__init__()
         self.h, self.w = h, w

@@ -1,0 +1,128 @@
+"""One-shot search's shared weights (search/supernet.py) on the tiny space: every elastic dimension, networks
+that run on the store equal their extracted standalone modules, and what cannot be shared is refused."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from archdsl.search.space import Candidate, SearchSpace
+from archdsl.search.supernet import Supernet, SupernetError, survey
+
+from archdsl.codegen.module import build_module
+
+TINY = Path(__file__).resolve().parent.parent / "examples" / "search" / "tiny_space.arch"
+BIG = {"width": 32, "stages.0.kind": "dwconv", "stages.0.kernel": 7, "stages.0.blocks": 2,
+       "stages.1.kind": "dwconv", "stages.1.kernel": 7, "stages.1.blocks": 2}
+SMALL = {**BIG, "width": 16, "stages.0.kernel": 3, "stages.0.blocks": 1, "stages.1.kernel": 5}
+
+
+@pytest.fixture(scope="module")
+def net() -> Supernet:
+    space = SearchSpace(TINY)
+    entries, seen = survey(space, samples=60, seed=0)
+    assert len(seen) >= 60
+    torch.manual_seed(0)
+    return Supernet(space, entries, seed=0)
+
+
+def _points(n: int, seed: int = 1) -> list[dict]:
+    space, rng, out = SearchSpace(TINY), random.Random(seed), []
+    while len(out) < n:
+        c = space.resolve(lambda cp: cp.sample(rng))
+        if isinstance(c, Candidate):
+            out.append(c.point)
+    return out
+
+
+@pytest.mark.parametrize("point", [BIG, SMALL, *_points(4)], ids=["big", "small", "r1", "r2", "r3", "r4"])
+def test_a_network_on_the_store_is_its_extracted_module(net, point):
+    """extract(point) is archdsl's own build of the point (same module tree, same state_dict keys and shapes),
+    and computes what the point's network computes on the shared weights."""
+    module = net.extract(point)
+    ref = build_module(net.space.check_point(point).graph)
+    assert [(k, tuple(v.shape)) for k, v in module.state_dict().items()] == \
+        [(k, tuple(v.shape)) for k, v in ref.state_dict().items()]
+    assert [n for n, _ in module.named_modules()] == [n for n, _ in ref.named_modules()]
+    x = torch.randn(3, 1, 16, 16)
+    net.eval()
+    with torch.no_grad():
+        assert torch.allclose(net.forward_point(point, x), module(x), atol=1e-5, rtol=1e-5)
+
+
+def test_width_and_depth_share_the_leading_channels_and_the_first_blocks(net):
+    big, small = net.tensors(BIG), net.tensors(SMALL)
+    w_big, w_small = big["stem.conv.weight"], small["stem.conv.weight"]
+    assert w_small.shape[0] == 16 and torch.equal(w_small, w_big[:16])  # width: the first 16 of 32 channels
+    # depth: the 1-block stage's block is the first block of the 2-block one; its second block is not used
+    key = next(k for k in small if k.startswith("stages.0.blocks.0.") and k.endswith("fc1.weight"))
+    assert torch.equal(small[key], big[key][: small[key].shape[0], : small[key].shape[1]])
+    assert not any(k.startswith("stages.0.blocks.1.") for k in small)
+    assert any(k.startswith("stages.0.blocks.1.") for k in big)
+
+
+def test_a_smaller_kernel_is_the_transformed_centre_of_the_largest(net):
+    key = next(k for k in net.tensors(SMALL) if k.startswith("stages.0.blocks.0.") and "mixer" in k
+               and k.endswith("weight") and net.tensors(SMALL)[k].dim() == 4)
+    k3, k7 = net.tensors(SMALL)[key], net.tensors(BIG)[key]
+    assert k3.shape[-2:] == (3, 3) and k7.shape[-2:] == (7, 7)
+    name = next(n for n in net.transforms if n.endswith("__t3") and n.startswith(key.replace(".", "__")))
+    with torch.no_grad():
+        net.transforms[name].copy_(torch.eye(3))
+        assert torch.equal(net.tensors(SMALL)[key], k7[: k3.shape[0], : k3.shape[1], 2:5, 2:5])  # the identity
+        net.transforms[name].mul_(2.0)  # the transform is learned: it changes the kernel the network sees
+        assert torch.allclose(net.tensors(SMALL)[key], 4 * k7[: k3.shape[0], : k3.shape[1], 2:5, 2:5])
+        net.transforms[name].copy_(torch.eye(3))
+
+
+def test_training_a_network_trains_the_store(net):
+    net.train()
+    x = torch.randn(4, 1, 16, 16)
+    net.zero_grad()
+    net.forward_point(SMALL, x).square().mean().backward()
+    grad = net.weights["stem__conv__weight__kee"].grad
+    assert grad is not None and grad[:16].abs().sum() > 0 and grad[16:].abs().sum() == 0  # only its channels
+    assert any(t.grad is not None and t.grad.abs().sum() > 0 for n, t in net.transforms.items() if n.endswith("t3"))
+    net.zero_grad()
+
+
+def test_recalibrated_statistics_are_the_networks_own(net):
+    """extract(point, calibrate=batches): BatchNorm statistics of this network alone, not the store's mix."""
+    from archdsl.search.supernet import recalibrate_bn
+
+    torch.manual_seed(1)
+    batches = [torch.randn(8, 1, 16, 16) * 3 + 1 for _ in range(4)]
+    module = net.extract(SMALL, calibrate=batches, batches=4)
+    fresh = net.extract(SMALL)
+    recalibrate_bn(fresh, batches, 4)
+    assert torch.allclose(module.stem.norm.running_mean, fresh.stem.norm.running_mean)
+    assert not torch.allclose(module.stem.norm.running_mean, net.extract(SMALL).stem.norm.running_mean)
+
+
+def test_a_point_beyond_the_survey_is_refused_naming_the_layer(net, monkeypatch):
+    e = next(e for e in net.entries.values() if e.key == "stem.conv.weight")
+    monkeypatch.setattr(e, "shape", (24, *e.shape[1:]))
+    with pytest.raises(SupernetError, match=r"tiny_space.arch:\d+:\d+.*stem.conv.weight \[32, 1, 2, 2\] is outside"):
+        net.tensors(BIG)
+
+
+def test_a_layer_that_cannot_be_elastic_is_refused_before_training_with_its_place(tmp_path):
+    """A global filter's weights are a grid of its input's frequencies: with a searched stride before it, networks
+    of the space cannot share it, and the survey says so, positioned, before anything trains."""
+    spec = tmp_path / "gf.arch"
+    spec.write_text("model gf() {\n    input(3, 16, 16)\n    stem: conv(8, k=2, s=choice(1, 2), pad=0)\n"
+                    "    mixer: global_filter()\n    head: { pool: gap(); fc: linear(10) }\n}\n")
+    with pytest.raises(SupernetError, match=r"gf.arch:4:\d+ \(mixer\): mixer.complex_weight \(GlobalFilter\).*"
+                                            r"input size fixed"):
+        survey(SearchSpace(spec), samples=10)
+
+
+def test_kernels_of_the_other_parity_keep_weights_of_their_own(tmp_path):
+    """A 2x2 patchify stem and a 3x3 one cannot be centre crops of each other: two entries, no transform."""
+    spec = tmp_path / "stem.arch"
+    spec.write_text("model stem() {\n    input(3, 16, 16)\n    let k = choice(2, 3)\n"
+                    "    stem: conv(8, k=k, s=2, pad=0)\n    head: { pool: gap(); fc: linear(10) }\n}\n")
+    entries, _ = survey(SearchSpace(spec), samples=10)
+    assert sorted(e.shape for e in entries.values() if e.key == "stem.weight") == [(8, 3, 2, 2), (8, 3, 3, 3)]
