@@ -187,8 +187,11 @@ class Supernet(nn.Module):
         self._nets: dict[str, tuple[nn.Module, Candidate]] = {}
         gen = torch.Generator().manual_seed(seed)
         donors: dict[str, dict[str, torch.Tensor]] = {}
-        for e in entries.values():
-            full = self._init_tensor(e, donors, gen)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # the donors' own initialization: the same store for the same seed
+            inits = {sig: self._init_tensor(e, donors, gen) for sig, e in entries.items()}
+        for sig, e in entries.items():
+            full = inits[sig]
             if e.buffer:
                 self.register_buffer(e.name, full)
             else:
@@ -281,36 +284,17 @@ class Supernet(nn.Module):
         return functional_call(module, self.tensors(point), (x,), strict=True)
 
     @torch.no_grad()
-    def extract(self, point: dict[str, Any], calibrate: Any = None, batches: int = 20) -> nn.Module:
+    def extract(self, point: dict[str, Any], calibrate: torch.Tensor | None = None) -> nn.Module:
         """The point's network as a standalone training-form module (`archdsl.load`'s build of its concrete
-        spec) holding its inherited weights. `calibrate`: an iterable of input batches; when given, BatchNorm
-        statistics are recomputed on up to `batches` of them (the shared statistics mix every network's)."""
+        spec) holding its inherited weights, in eval mode. `calibrate`: training images; when given, BatchNorm
+        statistics are recomputed exactly over them (train.precise_bn): the store's statistics mix every
+        network's."""
         from ..codegen.module import build_module
+        from .train import precise_bn
 
         _, cand = self.network(point)
         module = build_module(cand.graph)
         module.load_state_dict({k: v.detach().clone() for k, v in self.tensors(point).items()})
         if calibrate is not None:
-            recalibrate_bn(module, calibrate, batches)
+            precise_bn(module, calibrate)
         return module.eval()
-
-
-@torch.no_grad()
-def recalibrate_bn(module: nn.Module, batches_of_x: Any, batches: int = 20) -> None:
-    """Recompute every BatchNorm's running statistics as the average over up to `batches` input batches."""
-    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    saved = [(m.momentum, m.training) for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average
-    was = module.training
-    module.train()
-    for i, x in enumerate(batches_of_x):
-        if i >= batches:
-            break
-        module(x)
-    module.train(was)
-    for m, (mom, _) in zip(bns, saved):
-        m.momentum = mom
