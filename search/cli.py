@@ -27,7 +27,8 @@ def add_search_parser(sub) -> None:
     p.add_argument("--algo", default="tpe", help="tpe (default: Optuna TPE, constrained), random, or nsga2 "
                                                 "(multi-objective accuracy vs latency)")
     p.add_argument("--objective", default="accuracy",
-                   help="accuracy (short training, default), naswot or synflow (zero-cost proxies, no training)")
+                   help="accuracy (each network trained from scratch, default), oneshot (a supernet trained once, "
+                        "each network scored with the weights it inherits), naswot or synflow (zero-cost proxies)")
     p.add_argument("--dataset", default="digits", help=DATASET_HELP + "; the search never sees the test split")
     p.add_argument("--dataset-limit", type=int, metavar="N",
                    help="train and validate on N images of the dataset (a stratified subset; e.g. 12000 of "
@@ -63,6 +64,10 @@ def add_search_parser(sub) -> None:
                         "them by their mean score (against the luck of one training run; default 0: off)")
     p.add_argument("--rescore-seeds", type=int, default=1, metavar="K",
                    help="extra training seeds per rescored trial and per baseline (default 1)")
+    p.add_argument("--supernet-epochs", type=int, default=10, metavar="N",
+                   help="--objective oneshot: epochs of the supernet's training, before the search (default 10)")
+    p.add_argument("--supernet-samples", type=int, default=200, metavar="N",
+                   help="--objective oneshot: networks surveyed to size the supernet and trained by it (default 200)")
     p.add_argument("--baseline", action="append", default=[], metavar="SPEC",
                    help="a hand-designed spec whose parameter s drives its scaling(...) rule: scaled to the budget "
                         "by bisection on measured latency, trained with the trials' recipe, and compared with the "
@@ -102,7 +107,8 @@ def cmd_search(args) -> int:
                        latency_threads=args.latency_threads, target_label=args.target_label,
                        predictor=not args.no_predictor, top_k=args.top, latency_quiet_wait=args.quiet_wait,
                        baselines=list(args.baseline), max_minutes=args.max_minutes,
-                       val_fraction=args.val_fraction, rescore=args.rescore, rescore_seeds=args.rescore_seeds)
+                       val_fraction=args.val_fraction, rescore=args.rescore, rescore_seeds=args.rescore_seeds,
+                       supernet_epochs=args.supernet_epochs, supernet_samples=args.supernet_samples)
     try:
         summary = run_search(cfg)
     except DatasetError as e:  # the same line as archdsl train's

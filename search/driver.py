@@ -44,7 +44,7 @@ class SearchConfig:
     budget_ms: float
     trials: int = 20
     algo: str = "tpe"
-    objective: str = "accuracy"  # accuracy | naswot | synflow
+    objective: str = "accuracy"  # accuracy | naswot | synflow | oneshot
     dataset: str = "digits"
     dataset_limit: int | None = None
     epochs: int = 3
@@ -72,6 +72,8 @@ class SearchConfig:
     val_fraction: float = 0.2  # of the (limited) training images, held out to score the trials
     rescore: int = 0  # the N best trials are trained again with rescore_seeds more seeds (rescore.py)
     rescore_seeds: int = 1
+    supernet_epochs: int = 10  # --objective oneshot: the supernet's training (oneshot.py)
+    supernet_samples: int = 200  # networks surveyed to size the supernet and drawn from while training it
 
 
 def _now() -> str:
@@ -83,6 +85,8 @@ def _settings(cfg: SearchConfig, space: SearchSpace) -> dict[str, Any]:
     return {"spec": str(cfg.spec), "spec_sha256": hashlib.sha256(text).hexdigest(), "budget_ms": cfg.budget_ms,
             "trials": cfg.trials, "algo": cfg.algo, "objective": cfg.objective, "dataset": cfg.dataset,
             "dataset_limit": cfg.dataset_limit, "val_fraction": cfg.val_fraction,
+            **({"supernet_epochs": cfg.supernet_epochs, "supernet_samples": cfg.supernet_samples}
+               if cfg.objective == "oneshot" else {}),
             "epochs": cfg.epochs, "seed": cfg.seed, "fixed": cfg.fixed, "model": cfg.model,
             "input_shape": list(cfg.input_shape) if cfg.input_shape else None, "address": cfg.address,
             "dimensions": space.describe()}
@@ -168,8 +172,14 @@ def run_search(cfg: SearchConfig, progress: Callable[[str], None] | None = None)
         raise SearchError(f"--trials must be at least 1, got {cfg.trials}")
     if not (cfg.budget_ms > 0 and math.isfinite(cfg.budget_ms)):
         raise SearchError(f"--latency-ms must be a positive number, got {cfg.budget_ms}")
-    if cfg.objective not in ("accuracy", "naswot", "synflow"):
-        raise SearchError(f"unknown objective {cfg.objective!r}: choose accuracy, naswot or synflow")
+    if cfg.objective not in ("accuracy", "naswot", "synflow", "oneshot"):
+        raise SearchError(f"unknown objective {cfg.objective!r}: choose accuracy, oneshot, naswot or synflow")
+    if cfg.objective == "oneshot" and cfg.baselines:
+        raise SearchError("--baseline trains each baseline with the trials' recipe, from scratch: compare it with "
+                          "a trial-based search (--objective accuracy), not with inherited weights")
+    if cfg.supernet_epochs < 1 or cfg.supernet_samples < 1:
+        raise SearchError(f"--supernet-epochs and --supernet-samples must be at least 1, got {cfg.supernet_epochs} "
+                          f"and {cfg.supernet_samples}")
     if cfg.rescore < 0 or cfg.rescore_seeds < 1:
         raise SearchError(f"--rescore must be >= 0 and --rescore-seeds >= 1, got {cfg.rescore} and "
                           f"{cfg.rescore_seeds}")
@@ -183,7 +193,7 @@ def run_search(cfg: SearchConfig, progress: Callable[[str], None] | None = None)
     from .data import canonical_name
 
     cfg = replace(cfg, dataset=canonical_name(cfg.dataset))  # folder:/npz: paths absolute: trials run elsewhere
-    if cfg.objective == "accuracy":
+    if cfg.objective in ("accuracy", "oneshot"):
         from .data import load_dataset
 
         # DatasetError now, not in every trial
@@ -247,7 +257,15 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
                               crash_marker=cfg.crash_marker, load_marker=cfg.load_marker,
                               latency_quiet_wait=cfg.latency_quiet_wait,
                               latency_max_seconds=cfg.latency_max_seconds,
-                              reference=reference_net(space))
+                              reference=reference_net(space), supernet_epochs=cfg.supernet_epochs,
+                              supernet_samples=cfg.supernet_samples)
+    if cfg.objective == "oneshot":
+        from .oneshot import prepare
+
+        try:
+            tsettings.supernet = str(prepare(space, tsettings, out, progress, cfg.latency_threads).resolve())
+        except KeyboardInterrupt:
+            return _finish(cfg, space.fixed, run, out, recorder, problems, t0, True, None, None)
     if remaining > 0 or unmeasured or pending_baselines(bases, tsettings, out):
         info = cluster.connect(cfg.address, temp_dir=out / ".ray",
                                target_label=cfg.target_label)
@@ -320,8 +338,14 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
             rescored = rescore(recorder.records, tsettings, out, cfg.rescore, cfg.rescore_seeds, progress)
         except KeyboardInterrupt:
             interrupted = True
+    weights = None
+    if cfg.objective == "oneshot" and tsettings.supernet:
+        from .oneshot import save_weights
+
+        def weights(point, dest):
+            return save_weights(space, Path(tsettings.supernet), point, dest, tsettings)
     return _finish(cfg, space.fixed, run, out, recorder, problems, t0, interrupted, exhausted, predictor_info,
-                   baseline_records, rescored)
+                   baseline_records, rescored, weights)
 
 
 def _make_callback_class():
@@ -385,7 +409,7 @@ def _make_callback_class():
 
 
 def _finish(cfg, fixed, run, out, recorder, problems, t0, interrupted, exhausted, predictor_info,
-            baseline_records=(), rescored=None) -> SearchSummary:
+            baseline_records=(), rescored=None, weights=None) -> SearchSummary:
     from .baselines import compare_with_best
     from .pareto import best_under_budget, pareto_front, plot_pareto, top_k
     from .rescore import apply_rescores
@@ -401,7 +425,7 @@ def _finish(cfg, fixed, run, out, recorder, problems, t0, interrupted, exhausted
         from ..concrete import write_concrete
 
         (out / "top").mkdir(exist_ok=True)
-        for stale in (out / "top").glob("*.arch"):  # a resumed search ranks all its trials again: no old ranks
+        for stale in [*(out / "top").glob("*.arch"), *(out / "top").glob("*.pt")]:  # ranked again on resume
             stale.unlink()
         for rank, rec in enumerate(top, 1):
             header = [f"found by archdsl search (trial {rec['trial']}, rank {rank} under {cfg.budget_ms:g} ms)",
@@ -410,10 +434,15 @@ def _finish(cfg, fixed, run, out, recorder, problems, t0, interrupted, exhausted
             if rec.get("rescored"):
                 header.append(f"the score is the mean over {len(rec['scores'])} training seeds "
                               f"({', '.join(f'{v:.4f}' for v in rec['scores'])}; --rescore)")
+            if weights is not None:
+                w = weights(rec["point"], out / "top" / f"{rank:02d}_{rec['hash']}.pt")
+                header.append(f"inherited weights (the supernet's, BatchNorm recalibrated): {w.name}; load with "
+                              f"archdsl.load(spec, weights=...)")
             top_paths.append(write_concrete(cfg.spec, {}, out / "top", f"{rank:02d}_{rec['hash']}",
                                             header="\n".join(header), model=cfg.model, input_shape=cfg.input_shape,
                                             values={**fixed, **rec["point"]}))
-    ylabel = "validation accuracy" if cfg.objective == "accuracy" else f"{cfg.objective} score (zero-cost proxy)"
+    ylabel = {"accuracy": "validation accuracy", "oneshot": "validation accuracy (inherited weights)"}.get(
+        cfg.objective, f"{cfg.objective} score (zero-cost proxy)")
     plot_pareto(records, cfg.budget_ms, out / "pareto.png", title=f"{Path(cfg.spec).name}: {ylabel} vs latency",
                 metric="score", ylabel=ylabel, baselines=list(baseline_records))
     best = best_under_budget(records, cfg.budget_ms, metric="score")

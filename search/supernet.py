@@ -122,22 +122,41 @@ def _extreme_points(space: SearchSpace) -> list[dict[str, Any]]:
     return out
 
 
+def _corner(cp, rng: random.Random, pick=None):
+    """A value of the choice point at an end of its range (numbers: the lowest or the highest, at random, or
+    `pick` ("lo" / "hi") for all; other values: any)."""
+    vals = [v for v in cp.values if isinstance(v, (int, float)) and not isinstance(v, bool)] if cp.kind == "choice" \
+        else [cp.lo, cp.hi]
+    if not vals or (cp.kind == "choice" and len(vals) != len(cp.values)):
+        return cp.sample(rng)
+    end = pick or rng.choice(("lo", "hi"))
+    return min(vals) if end == "lo" else max(vals)
+
+
 def survey(space: SearchSpace, samples: int = SURVEY_SAMPLES, seed: int = 0) -> tuple[dict[tuple, Entry], list]:
-    """The store's entries, from `samples` random valid points of the space and each dimension's extremes (built
-    on the meta device); also the valid candidates seen. Raises SupernetError for tensors that cannot share."""
+    """The store's entries, from `samples` valid points of the space (built on the meta device): half drawn at
+    random, half at corners of the numeric dimensions (each at its lowest or highest; the categorical ones at
+    random: sizes grow with some numbers and shrink with others), plus every dimension at its highest and at its
+    lowest; also the valid candidates seen. Raises SupernetError for tensors that cannot share."""
     from ..codegen.module import build_module
 
     rng = random.Random(seed)
     entries: dict[tuple, Entry] = {}
     seen: list[Candidate] = []
-    tries = 0
     fixed_points = _extreme_points(space)
-    while (len(seen) < samples and tries < 20 * samples) or fixed_points:
-        tries += 1
+    drawn = tries = 0
+    while fixed_points or (drawn < samples + 2 and tries < 20 * (samples + 2)):
         if fixed_points:
             cand = space.check_point(fixed_points.pop())
         else:
-            cand = space.resolve(lambda cp: cp.sample(rng))
+            tries += 1
+            if tries <= 2:  # every number at its highest, then at its lowest
+                cand = space.resolve(lambda cp, end=("hi", "lo")[tries - 1]: _corner(cp, rng, end))
+            elif tries % 2:
+                cand = space.resolve(lambda cp: _corner(cp, rng))
+            else:
+                cand = space.resolve(lambda cp: cp.sample(rng))
+            drawn += isinstance(cand, Candidate)
         if not isinstance(cand, Candidate):
             continue
         seen.append(cand)
@@ -176,30 +195,90 @@ def survey(space: SearchSpace, samples: int = SURVEY_SAMPLES, seed: int = 0) -> 
 class Supernet(nn.Module):
     """The shared weights of a space (see the module docstring). `space`: the SearchSpace; `entries`: `survey`'s.
     Built on the CPU; its tensors initialized from real networks of the survey (each entry from the network that
-    has it largest; the part no network of the survey had at once is drawn with the same spread)."""
+    has it largest; the part no network of the survey had at once is drawn with the same spread), or from `state`
+    (a state_dict of this supernet: a checkpoint)."""
 
-    def __init__(self, space: SearchSpace, entries: dict[tuple, Entry], seed: int = 0):
+    def __init__(self, space: SearchSpace, entries: dict[tuple, Entry], seed: int = 0, state: dict | None = None):
         super().__init__()
         self.space = space
         self.entries = entries
         self.weights = nn.ParameterDict()
         self.transforms = nn.ParameterDict()  # entry name + kernel size -> the k x k matrix (rows and columns)
         self._nets: dict[str, tuple[nn.Module, Candidate]] = {}
+        self.growable = False  # while training: a network larger than the store grows it (see grow)
+        self.replaced: list[tuple[nn.Parameter | None, nn.Parameter, tuple]] = []  # (old, new, old's place)
         gen = torch.Generator().manual_seed(seed)
         donors: dict[str, dict[str, torch.Tensor]] = {}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # the donors' own initialization: the same store for the same seed
-            inits = {sig: self._init_tensor(e, donors, gen) for sig, e in entries.items()}
+        if state is not None:  # a checkpoint: its tensors, in its order (the optimizer's state follows it)
+            for name, v in state.items():
+                if name.startswith("weights."):
+                    self.weights[name[len("weights."):]] = nn.Parameter(torch.zeros_like(v))
+                elif name.startswith("transforms."):
+                    self.transforms[name[len("transforms."):]] = nn.Parameter(torch.zeros_like(v))
+                else:
+                    self.register_buffer(name, torch.zeros_like(v))
+            self.load_state_dict(state)
+            return
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)  # the donors' own initialization: the same store for the same seed
+                inits = {sig: self._init_tensor(e, donors, gen) for sig, e in entries.items()}
         for sig, e in entries.items():
             full = inits[sig]
             if e.buffer:
                 self.register_buffer(e.name, full)
             else:
                 self.weights[e.name] = nn.Parameter(full)
-            largest = tuple(e.shape[d] for d in e.spatial)
-            for k in sorted(e.kernels):
-                if k != largest and len(k) == 2 and k[0] == k[1]:
-                    self.transforms[f"{e.name}__t{k[0]}"] = nn.Parameter(torch.eye(k[0]))
+            self._add_transforms(e)
+        self.replaced.clear()
+
+    def _add_transforms(self, e: Entry) -> None:
+        """A k x k transform (the identity at first) for every square kernel size of the entry but the largest."""
+        largest = tuple(e.shape[d] for d in e.spatial)
+        for k in sorted(e.kernels):
+            name = f"{e.name}__t{k[0]}" if k else ""
+            if k != largest and len(k) == 2 and k[0] == k[1] and name not in self.transforms:
+                self.transforms[name] = nn.Parameter(torch.eye(k[0]))
+                self.replaced.append((None, self.transforms[name], ()))
+
+    def grow(self, key: str, shape: tuple[int, ...], spatial: tuple[int, ...], dtype: torch.dtype, where: str,
+             like: torch.Tensor | None = None, buffer: bool = False) -> Entry:
+        """Make room for a network's tensor the store does not hold yet (a larger size, or a layer no surveyed
+        network had): the store's tensor is replaced by a larger one holding the old at its place (the leading
+        part, the centre of a kernel), the rest drawn with its spread (`like`: a freshly initialized tensor of
+        the network, for a new layer). `replaced` lists (old, new, old's place) for the trainer's optimizer."""
+        sig = _sig(key, shape, spatial)
+        e = self.entries.get(sig)
+        gen = torch.Generator().manual_seed(len(self.entries) + sum(shape))
+        if e is None:
+            e = self.entries[sig] = Entry(key, tuple(shape), tuple(spatial), buffer, where, dtype)
+            new = like.detach().clone().to(dtype) if like is not None else torch.zeros(shape, dtype=dtype)
+            if e.buffer:
+                self.register_buffer(e.name, new)
+            else:
+                self.weights[e.name] = nn.Parameter(new)
+                self.replaced.append((None, self.weights[e.name], ()))
+            if spatial:
+                e.kernels.add(tuple(shape[d] for d in spatial))
+            return e
+        old = getattr(self, e.name) if e.buffer else self.weights[e.name]
+        big = tuple(max(a, b) for a, b in zip(e.shape, shape))
+        place = _place(big, tuple(old.shape), e.spatial)
+        if e.buffer or not old.is_floating_point() or old.numel() < 2:
+            fill = torch.ones(big, dtype=old.dtype) if "var" in key else torch.zeros(big, dtype=old.dtype)
+        else:
+            fill = torch.randn(big, generator=gen) * float(old.detach().std()) + float(old.detach().mean())
+        fill[place] = old.detach()
+        e.shape = big
+        if spatial:
+            e.kernels.add(tuple(shape[d] for d in spatial))
+        if e.buffer:
+            self.register_buffer(e.name, fill)
+        else:
+            self.weights[e.name] = nn.Parameter(fill)
+            self.replaced.append((old, self.weights[e.name], place))
+        self._add_transforms(e)
+        return e
 
     def _init_tensor(self, e: Entry, donors: dict, gen: torch.Generator) -> torch.Tensor:
         from ..codegen.module import build_module
@@ -226,24 +305,27 @@ class Supernet(nn.Module):
     def _index(e: Entry, shape: tuple[int, ...]) -> tuple[slice, ...]:
         """Where a tensor of `shape` sits in the entry: the leading part of each dimension, the centre of a
         kernel's."""
-        idx = []
-        for d, (full, n) in enumerate(zip(e.shape, shape)):
-            start = (full - n) // 2 if d in e.spatial else 0
-            idx.append(slice(start, start + n))
-        return tuple(idx)
+        return _place(e.shape, shape, e.spatial)
 
-    def _entry(self, key: str, shape: tuple[int, ...], spatial: tuple[int, ...], where) -> Entry:
+    def _entry(self, key: str, shape: tuple[int, ...], spatial: tuple[int, ...], where, like=None,
+               buffer: bool = False) -> Entry:
         e = self.entries.get(_sig(key, shape, spatial))
         if e is None or any(n > full for n, full in zip(shape, e.shape)):
+            if self.growable:
+                return self.grow(key, shape, spatial, like.dtype if like is not None else torch.float32, where(),
+                                 like, buffer)
             have = "no such layer" if e is None else f"at most {list(e.shape)}"
-            raise SupernetError(f"{where()}: {key} {list(shape)} is outside what the supernet holds ({have}); "
-                                "survey the space with more samples")
+            raise SupernetError(f"{where()}: {key} {list(shape)} is outside what the supernet was trained with "
+                                f"({have}): no network of its training had it; train the supernet longer, or "
+                                "with more --supernet-samples")
         return e
 
-    def tensor(self, key: str, shape: tuple[int, ...], spatial: tuple[int, ...], where=lambda: "?") -> torch.Tensor:
+    def tensor(self, key: str, shape: tuple[int, ...], spatial: tuple[int, ...], where=lambda: "?",
+               like: torch.Tensor | None = None, buffer: bool = False) -> torch.Tensor:
         """The slice of the store a network's tensor `key` of `shape` takes (a view for the leading part; the
-        transformed centre for a smaller kernel)."""
-        e = self._entry(key, shape, spatial, where)
+        transformed centre for a smaller kernel). `like`: the network's own freshly initialized tensor, for a
+        store that grows."""
+        e = self._entry(key, shape, spatial, where, like, buffer)
         full = getattr(self, e.name) if e.buffer else self.weights[e.name]
         t = full[self._index(e, shape)]
         k = tuple(shape[d] for d in e.spatial)
@@ -271,8 +353,19 @@ class Supernet(nn.Module):
     def tensors(self, point: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The point's state_dict, taken from the store (differentiable: gradients reach the store)."""
         module, cand = self.network(point)
-        return {key: self.tensor(key, tuple(t.shape), spatial, lambda k=key: _where(cand, k))
-                for key, t, spatial, _ in _entries_of(module)}
+        fresh = None
+        if self.growable and any(self._misses(key, tuple(t.shape), spatial) for key, t, spatial, _ in
+                                 _entries_of(module)):
+            from ..codegen.module import build_module
+
+            fresh = dict(build_module(cand.graph).state_dict())  # the new part's first values
+        return {key: self.tensor(key, tuple(t.shape), spatial, lambda k=key: _where(cand, k),
+                                 None if fresh is None else fresh.get(key), buf)
+                for key, t, spatial, buf in _entries_of(module)}
+
+    def _misses(self, key: str, shape: tuple[int, ...], spatial: tuple[int, ...]) -> bool:
+        e = self.entries.get(_sig(key, shape, spatial))
+        return e is None or any(n > full for n, full in zip(shape, e.shape))
 
     def forward_point(self, point: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
         """Run the point's network on `x` with the shared weights (in this supernet's train / eval mode; in train
@@ -298,3 +391,13 @@ class Supernet(nn.Module):
         if calibrate is not None:
             precise_bn(module, calibrate)
         return module.eval()
+
+
+def _place(big: tuple[int, ...], shape: tuple[int, ...], spatial: tuple[int, ...]) -> tuple[slice, ...]:
+    """Where a tensor of `shape` sits in one of `big`: the leading part of each dimension, the centre of a
+    kernel dimension (`spatial`)."""
+    idx = []
+    for d, (full, n) in enumerate(zip(big, shape)):
+        start = (full - n) // 2 if d in spatial else 0
+        idx.append(slice(start, start + n))
+    return tuple(idx)

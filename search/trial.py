@@ -39,11 +39,14 @@ class TrialSettings:
     fixed: dict[str, Any] = field(default_factory=dict)  # values (never .arch text), as SearchSpace.fixed
     model: str | None = None
     input_shape: tuple[int, int, int] | None = None
-    objective: str = "accuracy"  # "accuracy" | "naswot" | "synflow"
+    objective: str = "accuracy"  # "accuracy" | "naswot" | "synflow" | "oneshot"
     dataset: str = "digits"
     dataset_limit: int | None = None  # images drawn from the dataset (stratified); None: all
     val_fraction: float = 0.2  # of those, held out for the validation score
     extra_seeds: int = 0  # baselines train with this many more seeds when the search rescores (rescore.py)
+    supernet: str | None = None  # --objective oneshot: the trained supernet's checkpoint (oneshot.py)
+    supernet_epochs: int = 10
+    supernet_samples: int = 200
     epochs: int = 3
     batch_size: int = 64
     lr: float = 2e-3
@@ -189,7 +192,7 @@ def measure_latency_local(s: TrialSettings, point: dict[str, Any], load: bool = 
     measured again (up to MEASURE_TRIES in all); the stable one with the lowest median is kept. A clean latency
     within NEAR_BUDGET of the budget is measured again (NEAR_TRIES in all) and the median decides ("near_budget_ms"
     lists them). Returns the Measurement's JSON plus "node", "threads", "tries", "disturbed_tries", "waited_s",
-    "attempts" (why each disturbed try was) and "fingerprint". The latency to decide on is "latency_ms" (regime-
+    "attempts" (why each disturbed try was, joined) and "fingerprint". The latency to decide on is "latency_ms" (regime-
     normalized, bench/regime.py)."""
     from ..bench.measure import measure_until_clean
     from ..bench.model import measure_model
@@ -227,6 +230,8 @@ def measure_latency_local(s: TrialSettings, point: dict[str, Any], load: bool = 
         return meas, info, ref_rec
 
     (meas, info, ref_rec), fp, _ = measure_model(g, timing, threads=threads)
+    # why each disturbed try was, as one string: Tune's TensorBoard logger refuses a list of strings in a result
+    info = {**info, "attempts": "; ".join(str(a) for a in info["attempts"])}
     return {**meas.to_json(), "node": _node_id(), "threads": threads, **info, "fingerprint": fp,
             "reference_net": ref_rec}
 
@@ -309,10 +314,16 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
             tune.report({**base, "status": "over_budget", "score": 0.0, "seconds": seconds})
             return
 
-        if s.objective in ("naswot", "synflow"):
+        if s.objective in ("naswot", "synflow", "oneshot"):
             t2 = time.perf_counter()
-            score = _proxy_score(s, g)
-            seconds["proxy"] = time.perf_counter() - t2
+            if s.objective == "oneshot":
+                from .oneshot import inherited_score
+
+                score = inherited_score(s, g, point)
+                base["accuracy"] = score
+            else:
+                score = _proxy_score(s, g)
+            seconds["proxy" if s.objective != "oneshot" else "inherited"] = time.perf_counter() - t2
             tune.report({**base, "score": score, "seconds": seconds})
             return
         _train(s, g, base, seconds)
