@@ -134,25 +134,22 @@ def _save(path: Path, state: dict) -> None:
 _LOADED: dict[tuple, Any] = {}
 
 
-def inherited_score(s, g, point: dict[str, Any]) -> float:
+def inherited_score(s, point: dict[str, Any], spec: Path, ds) -> float:
     """A trial's score under --objective oneshot: validation accuracy of the point's network with its inherited
-    weights, BatchNorm statistics recomputed over the recipe's first training images. The supernet is loaded
-    once per process."""
+    weights, BatchNorm statistics recomputed over the recipe's first training images. `spec`: the spec as the
+    trial wrote it out; `ds`: the trials' data. The supernet is loaded once per process."""
     from ..bench.lock import compute_lock
     from ..bench.machine import torch_threads
     from .space import SearchSpace
     from .train import Recipe, evaluate_split
-    from .trial import materialize, trial_data
 
     path = Path(s.supernet)
     key = (str(path), path.stat().st_mtime_ns)
     if key not in _LOADED:
         _LOADED.clear()
-        space = SearchSpace(materialize(s.files) / s.spec_name, model=s.model, input_shape=s.input_shape,
-                            fixed=dict(s.fixed))
+        space = SearchSpace(spec, model=s.model, input_shape=s.input_shape, fixed=dict(s.fixed))
         _LOADED[key] = load_supernet(space, path)[0].eval()
     net = _LOADED[key]
-    ds = trial_data(s, g)
     with torch_threads(s.train_threads), compute_lock():
         module = net.extract(point, calibrate=ds.x_train[:Recipe(epochs=1).precise_bn])
     with torch_threads(s.train_threads):

@@ -319,7 +319,7 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
             if s.objective == "oneshot":
                 from .oneshot import inherited_score
 
-                score = inherited_score(s, g, point)
+                score = inherited_score(s, point, materialize(s.files) / s.spec_name, trial_data(s, g))
                 base["accuracy"] = score
             else:
                 score = _proxy_score(s, g)
