@@ -34,7 +34,7 @@ CHECKPOINT, WEIGHTS, METRICS = "checkpoint.pt", "weights.pt", "metrics.json"
 # settings a run is defined by (the recipe's defaults are a search trial's); "threads" None: every usable core
 DEFAULTS: dict[str, Any] = {"dataset": "digits", "dataset_limit": None, "val_fraction": 0.2, "epochs": 10,
                             "batch_size": 64, "lr": 2e-3, "weight_decay": 0.05, "label_smoothing": 0.0, "seed": 0,
-                            "threads": None}
+                            "threads": None, "weights": None}
 
 
 class TrainCmdError(Exception):
@@ -63,6 +63,9 @@ def add_train_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=s, help="fixes the initial weights, the split and the batch order "
                                                        "(default 0)")
     p.add_argument("--threads", type=int, default=s, help="torch threads (default: every usable core)")
+    p.add_argument("--weights", default=s, metavar="FILE",
+                   help="start from these weights (a training-form state_dict: a one-shot search's top/NN_*.pt, "
+                        "an earlier run's weights.pt) instead of the seed's initialization: fine-tuning")
     p.add_argument("--out", default="train-out", help="output directory (default train-out)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.set_defaults(fn=cmd_train)
@@ -129,6 +132,10 @@ def _train(args, given: dict[str, Any], overrides, input_shape) -> int:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(s["seed"])
             module = build_module(g)
+        if s["weights"] and ckpt is None:
+            from ..weights import load_weights
+
+            load_weights(module, s["weights"])
         with recipe_context(module, recipe.batch_size, s["threads"]):
             trainer = Trainer(module, ds, recipe)
             run = {"settings": s, "history": [], "seconds": 0.0, "sessions": 1}
@@ -140,8 +147,8 @@ def _train(args, given: dict[str, Any], overrides, input_shape) -> int:
                 print(f"resuming {out / CHECKPOINT} after epoch {trainer.epoch} of {recipe.epochs}", file=sys.stderr)
             else:
                 print(f"training {g.model} ({g.total().params:,} params) on {ds.name}: {len(ds.y_train)} train / "
-                      f"{len(ds.y_val)} val images {c}x{h}x{w}, {recipe.epochs} epoch(s), {s['threads']} thread(s)",
-                      file=sys.stderr)
+                      f"{len(ds.y_val)} val images {c}x{h}x{w}, {recipe.epochs} epoch(s), {s['threads']} thread(s)"
+                      + (f", from the weights in {s['weights']}" if s["weights"] else ""), file=sys.stderr)
             if not _epochs(trainer, out, run):
                 return 130
             test_acc, test_loss = evaluate_split(module, ds.x_test, ds.y_test, batch_size=max(256, recipe.batch_size))
@@ -166,6 +173,8 @@ def _settings(given: dict[str, Any], ckpt: dict[str, Any] | None, g, out: Path):
 
     if "dataset" in given:
         given["dataset"] = canonical_name(given["dataset"])
+    if given.get("weights"):
+        given["weights"] = str(Path(given["weights"]).resolve())
     s = {**DEFAULTS, **(ckpt["settings"] if ckpt else {}), **given}
     s["threads"] = s["threads"] or len(os.sched_getaffinity(0))
     s["dataset"] = canonical_name(s["dataset"])

@@ -81,6 +81,16 @@ def test_tiny_run_writes_weights_and_metrics(tmp_path, capsys):
     assert rc == 0 and "after epoch 2 of 2" in err
     assert all(torch.equal(v, sd[k]) for k, v in weights(out / "weights.pt").items())
 
+    # --weights: fine-tuning starts from those weights, not from the seed's initialization
+    rc, _, err = train(capsys, "--epochs", "1", "--lr", "1e-9", "--out", str(tmp_path / "tuned"), "--weights",
+                       str(out / "weights.pt"))
+    assert rc == 0 and "from the weights in" in err, err
+    tuned = weights(tmp_path / "tuned" / "weights.pt")
+    assert all(torch.allclose(v, sd[k], atol=1e-6) for k, v in tuned.items() if v.is_floating_point()
+               and "running" not in k)  # lr ~0: the weights it started from
+    rc, _, err = train(capsys, "--epochs", "1", "--out", str(tmp_path / "bad"), "--weights", str(tmp_path / "no.pt"))
+    assert rc == 1 and "no.pt" in err and "Traceback" not in err
+
 
 def test_killed_run_resumes_to_identical_weights(tmp_path, capsys):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
