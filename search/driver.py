@@ -158,7 +158,8 @@ def _trial_record(trial, result: dict, error: str | None = None) -> dict:
             "predicted_ms": cfg.get("predicted_ms"), "retry": cfg.get("retry", 0),
             "params": r.get("params"), "macs": r.get("macs"),
             "activations": r.get("activations"), "error": err, "node": r.get("node"),
-            "latency_node": r.get("latency_node"), "seconds": r.get("seconds", {})}
+            "latency_node": r.get("latency_node"), "seconds": r.get("seconds", {}),
+            **({"bar": r["bar"]} if r.get("bar") is not None else {})}
 
 
 def run_search(cfg: SearchConfig, progress: Callable[[str], None] | None = None) -> SearchSummary:
@@ -282,7 +283,8 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
             searcher = ArchSearcher(space, algo=cfg.algo, budget_ms=cfg.budget_ms, seed=cfg.seed,
                                     max_trials=remaining, predictor=predictor,
                                     prefilter_margin=cfg.prefilter_margin, on_event=recorder.add, history=history,
-                                    deadline=None if cfg.max_minutes is None else time.time() + 60 * cfg.max_minutes)
+                                    deadline=None if cfg.max_minutes is None else time.time() + 60 * cfg.max_minutes,
+                                    bar_rank=cfg.top_k if cfg.objective == "oneshot" else None)
             callback = _make_callback_class()(
                 recorder, more_to_start=searcher.has_more)
             scheduler = None

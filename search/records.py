@@ -17,6 +17,7 @@ Record schema (the caller builds it; `append` adds the last two fields):
     trial         int            sequence number of the trial in this directory
     trial_id      str            the tuner's id for it
     status        str            "ok" | "over_budget" | "predicted_over_budget" | "rejected" | "duplicate" | "failed"
+                                 | "screened" (one-shot: its inherited score is below the top-k's, so never measured)
                                  | "unmeasured" (no clean latency: other programs kept the cores busy; measured again)
     retry         int            0, or how many times this point had been left unmeasured before this trial
     score         float | null   the objective's value (optional; = accuracy for objective "accuracy")
@@ -63,7 +64,9 @@ __all__ = ["RunDir", "RunDirError", "LoadResult", "MUST_MATCH", "RECORD_VERSION"
            "csv_columns"]
 
 RECORD_VERSION = 1
-FINISHED_STATUSES = ("ok", "over_budget", "failed")  # outcomes of Ray trials that count against --trials
+# outcomes of Ray trials that count against --trials ("screened": --objective oneshot, scored but below the bar,
+# never measured)
+FINISHED_STATUSES = ("ok", "over_budget", "failed", "screened")
 # Settings that must be equal for a resumed search to continue the earlier one (the caller may name others).
 MUST_MATCH = ("spec_sha256", "budget_ms", "objective", "dataset")
 

@@ -36,6 +36,7 @@ STATUSES = {  # in the order the page lists them, with what each means
     "rejected": "rejected by the spec's checks",
     "duplicate": "the same network as an earlier trial",
     "failed": "raised an error (see Failures)",
+    "screened": "one-shot: its inherited score was below the top's, so it was never measured",
     "unmeasured": "no clean latency: other programs kept the cores busy; measured again later or on --resume",
 }
 FINISHED = FINISHED_STATUSES  # they count against --trials

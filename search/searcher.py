@@ -116,13 +116,17 @@ class ArchSearcher(Searcher):
     def __init__(self, space: SearchSpace, *, algo: str = "tpe", budget_ms: float, seed: int = 0,
                  max_trials: int, predictor=None, prefilter_margin: float = 1.5,
                  on_event: Callable[[dict], None] | None = None, history: list[dict] | None = None,
-                 n_startup: int = 5, metric: str = "score", deadline: float | None = None):
+                 n_startup: int = 5, metric: str = "score", deadline: float | None = None,
+                 bar_rank: int | None = None):
         super().__init__(metric=metric, mode="max")
         if budget_ms <= 0 or not math.isfinite(budget_ms):
             raise SearchError(f"the latency budget must be a positive number of ms, got {budget_ms}")
         self.space, self.algo, self.budget_ms = space, algo, float(budget_ms)
         self.max_trials = max_trials
         self.deadline = deadline  # time.time() after which no new point starts (running ones finish)
+        # one-shot: each trial is told the bar-rank-th best score under the budget so far ("bar"); a network
+        # scoring below it cannot enter the top and is not measured (run_trial, status "screened")
+        self.bar_rank = bar_rank
         self.timed_out = False
         self.predictor = predictor
         self.prefilter_margin = prefilter_margin
@@ -181,11 +185,11 @@ class ArchSearcher(Searcher):
             self._index = max(self._index, int(rec["trial"]) + 1)
         status = rec.get("status")
         self.counts[status] += 1
-        if status in ("ok", "over_budget", "failed") and rec.get("hash"):
+        if status in ("ok", "over_budget", "failed", "screened") and rec.get("hash"):
             self.done[rec["hash"]] = rec
         if status == "rejected":
             self.rejections[rec.get("reason", "?")] += 1
-        if status in ("ok", "over_budget", "failed", "predicted_over_budget") and rec.get("point"):
+        if status in ("ok", "over_budget", "failed", "predicted_over_budget", "screened") and rec.get("point"):
             self._add_finished(rec["point"], rec)
 
     def _add_finished(self, point: dict[str, Any], rec: dict) -> None:
@@ -244,7 +248,18 @@ class ArchSearcher(Searcher):
         self.started += 1
         index = self._index
         self._index += 1
-        return {"point": cand.point, "hash": cand.hash, "index": index, "predicted_ms": predicted, "retry": retry}
+        return {"point": cand.point, "hash": cand.hash, "index": index, "predicted_ms": predicted, "retry": retry,
+                "bar": self.bar()}
+
+    def bar(self) -> float | None:
+        """The bar_rank-th best score of the networks measured within the budget (None: fewer than that, or no
+        bar asked for)."""
+        if not self.bar_rank:
+            return None
+        scores = sorted((r["score"] for r in self.done.values() if r.get("status") == "ok"
+                         and r.get("score") is not None and r.get("latency_ms") is not None
+                         and r["latency_ms"] <= self.budget_ms), reverse=True)
+        return scores[self.bar_rank - 1] if len(scores) >= self.bar_rank else None
 
     def _new_allowed(self) -> bool:
         # every point holds a slot of the trial budget while it runs, waits for its retry, or once it is measured
@@ -327,7 +342,7 @@ class ArchSearcher(Searcher):
             return
         self.measured += 1
         rec = {"status": status, "score": result.get("score"), "latency_ms": result.get("latency_ms"),
-               "trial": result.get("index")}
+               "trial": result.get("index"), "predicted_ms": result.get("predicted_ms")}
         self.done[cand.hash] = rec
         if ot is None:  # a point from an earlier run's records, measured now: Optuna learns it as a new trial
             self._add_finished(cand.point, rec)

@@ -40,7 +40,8 @@ class SearchSummary:
 
     def text(self) -> str:
         c = self.counts
-        done = "trained" if self.objective == "accuracy" else f"scored ({self.objective})"
+        done = {"accuracy": "trained", "oneshot": "scored with inherited weights and measured"}.get(
+            self.objective, f"scored ({self.objective})")
         lines = []
         if self.all_failed:
             lines.append(f"every trial failed ({c['failed']} of {c['failed']}): no architecture was evaluated. "
@@ -48,8 +49,9 @@ class SearchSummary:
             lines += [f"  {n} x {err}" for err, n in self.failures[:3]]
         lines += [f"{c.get('ok', 0)} {done}, {c.get('over_budget', 0)} over budget, {c.get('failed', 0)} failed, "
                   f"{c.get('rejected', 0)} rejected by the checker, {_n(c.get('duplicate', 0), 'duplicate')} skipped, "
-                 f"{c.get('predicted_over_budget', 0)} discarded by the latency predictor "
-                 f"({self.seconds:.0f} s)"]
+                 f"{c.get('predicted_over_budget', 0)} discarded by the latency predictor"
+                 + (f", {c['screened']} scored below the top and never measured" if c.get("screened") else "")
+                 + f" ({self.seconds:.0f} s)"]
         if self.measurements.get("measurements"):
             lines.append(measurement_text(self.measurements))
         if self.measurements.get("unmeasured"):

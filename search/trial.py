@@ -301,6 +301,18 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
         base.update(params=tot.params, macs=tot.macs, activations=tot.acts)
         seconds["check"] = time.perf_counter() - t0
 
+        inherited = None
+        if s.objective == "oneshot":  # scored first (a second at most): one below the bar is never measured
+            from .oneshot import inherited_score
+
+            t2 = time.perf_counter()
+            inherited = inherited_score(s, point, materialize(s.files) / s.spec_name, trial_data(s, g))
+            seconds["inherited"] = time.perf_counter() - t2
+            bar = config.get("bar")
+            if bar is not None and inherited < bar:
+                tune.report({**base, "status": "screened", "score": inherited, "accuracy": inherited,
+                             "seconds": seconds, "bar": bar})
+                return
         t1 = time.perf_counter()
         lat = _measure(s, point, index, _under_load(s, point, int(config.get("retry") or 0)), graph=g)
         seconds["latency"] = time.perf_counter() - t1
@@ -314,16 +326,13 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
             tune.report({**base, "status": "over_budget", "score": 0.0, "seconds": seconds})
             return
 
-        if s.objective in ("naswot", "synflow", "oneshot"):
+        if s.objective == "oneshot":
+            tune.report({**base, "score": inherited, "accuracy": inherited, "seconds": seconds})
+            return
+        if s.objective in ("naswot", "synflow"):
             t2 = time.perf_counter()
-            if s.objective == "oneshot":
-                from .oneshot import inherited_score
-
-                score = inherited_score(s, point, materialize(s.files) / s.spec_name, trial_data(s, g))
-                base["accuracy"] = score
-            else:
-                score = _proxy_score(s, g)
-            seconds["proxy" if s.objective != "oneshot" else "inherited"] = time.perf_counter() - t2
+            score = _proxy_score(s, g)
+            seconds["proxy"] = time.perf_counter() - t2
             tune.report({**base, "score": score, "seconds": seconds})
             return
         _train(s, g, base, seconds)

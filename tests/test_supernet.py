@@ -203,6 +203,12 @@ def test_a_one_shot_search_end_to_end(tmp_path, monkeypatch, capsys):
     summary = json.loads((out / "summary.json").read_text())
     best = summary["best"]
     assert summary["objective"] == "oneshot" and best and 0 <= best["score"] <= 1
+    recs = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines() if line.strip()]
+    for r in recs:  # --top 1: after the first network within the budget, one scoring below it is not measured
+        if r["status"] == "screened":
+            assert r["latency_ms"] is None and r["score"] < r["bar"]
+        elif r["status"] == "ok":
+            assert r["latency_ms"] is not None and r["seconds"]["inherited"] > 0
     (spec,) = sorted((out / "top").glob("*.arch"))
     weights = spec.with_suffix(".pt")
     assert weights.is_file() and "inherited weights" in spec.read_text()
@@ -211,3 +217,17 @@ def test_a_one_shot_search_end_to_end(tmp_path, monkeypatch, capsys):
     assert evaluate_split(model, data.x_val, data.y_val)[0] == pytest.approx(best["score"])
     assert main(args + ["--resume"]) == 0
     assert "supernet: trained earlier" in capsys.readouterr().err
+
+
+def test_the_bar_a_one_shot_trial_must_clear_to_be_measured():
+    """ArchSearcher(bar_rank=k): each trial's config carries the k-th best score within the budget so far."""
+    from archdsl.search.searcher import ArchSearcher
+
+    s = ArchSearcher(SearchSpace(TINY), budget_ms=2.0, max_trials=10, bar_rank=2)
+    assert s.bar() is None and s.suggest("t0")["bar"] is None  # nothing measured yet
+    s.done.update({"a": {"status": "ok", "score": 0.9, "latency_ms": 1.0},
+                   "b": {"status": "ok", "score": 0.8, "latency_ms": 3.0},  # over the budget: no bar
+                   "c": {"status": "screened", "score": 0.95, "latency_ms": None},  # never measured: no bar
+                   "d": {"status": "ok", "score": 0.7, "latency_ms": 1.5}})
+    assert s.bar() == 0.7 and s.suggest("t1")["bar"] == 0.7
+    assert ArchSearcher(SearchSpace(TINY), budget_ms=2.0, max_trials=10).suggest("t")["bar"] is None
