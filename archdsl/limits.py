@@ -6,6 +6,8 @@ the place when a limit is exceeded. The numbers are module constants so tools an
 
 from __future__ import annotations
 
+import math
+
 from .errors import ArchError, Diagnostic, Span
 
 MAX_FILE_BYTES = 2_000_000
@@ -104,7 +106,10 @@ def parse_memory(text: str | int | float, what: str = "memory limit") -> int:
         raise ValueError(f"{what} {text!r} is not a size: write e.g. 8G, 512MiB, 25% (of this machine's memory) "
                          "or a number of bytes")
     n = float(m.group(1))
-    out = int(n / 100 * machine_memory()) if m.group(2) == "%" else int(n * _UNITS[m.group(2)])
+    scaled = n / 100 * machine_memory() if m.group(2) == "%" else n * _UNITS[m.group(2)]
+    if not math.isfinite(scaled) or scaled > MAX_INT:
+        raise ValueError(f"{what} {text!r} is beyond any machine's memory (at most {MAX_INT:.3g} bytes)")
+    out = int(scaled)
     if out <= 0:
         raise ValueError(f"{what} must be positive, got {text!r}")
     return out

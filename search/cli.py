@@ -91,6 +91,12 @@ def cmd_search(args) -> int:
         return usage(f"--epochs must be at least 1, got {args.epochs}")
     if args.max_minutes is not None and not args.max_minutes > 0:
         return usage(f"--max-minutes must be positive, got {args.max_minutes}")
+    for flag, v in (("--concurrency", args.concurrency), ("--latency-threads", args.latency_threads),
+                    ("--supernet-epochs", args.supernet_epochs), ("--supernet-samples", args.supernet_samples)):
+        if v is not None and v < 1:
+            return usage(f"{flag} must be at least 1, got {v}")
+    if args.top < 0:
+        return usage(f"--top must be >= 0, got {args.top}")
     if not 0 < args.val_fraction < 1:
         return usage(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
     if args.rescore < 0:

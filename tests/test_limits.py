@@ -183,6 +183,13 @@ def test_cli_max_memory(tmp_path, capsys, monkeypatch):
     spec.write_text(BIG)
     assert main(["--max-memory", "lots", "check", str(spec)]) == 2
     assert "--max-memory 'lots' is not a size" in capsys.readouterr().err
+    assert main(["--max-memory", "1e400", "check", str(spec)]) == 2  # an overflow, not a traceback
+    assert "beyond any machine's memory" in capsys.readouterr().err
+    # --input: a 5,000-digit size and one past 2^62 elements are usage errors, not an internal error
+    assert main(["check", str(spec), "--input", "3x" + "9" * 5000 + "x3"]) == 2
+    assert "--input sizes must be under 10^18" in capsys.readouterr().err
+    assert main(["check", str(spec), "--input", "3x100000000000x100000000000"]) == 2
+    assert "more than any model can take" in capsys.readouterr().err
     assert main(["check", str(spec)]) == 0  # checking allocates nothing: no limit applies
     assert main(["--max-memory", "50M", "bench", str(spec)]) == 1
     err = capsys.readouterr().err

@@ -87,10 +87,14 @@ def test_rescore_settings_are_checked_before_anything_runs(tmp_path, capsys):
     assert main(base + ["--rescore", "-1"]) == 2
     assert main(base + ["--rescore", "2", "--rescore-seeds", "0"]) == 2
     assert main(base + ["--val-fraction", "1.5"]) == 2
+    for flag, bad in (("--concurrency", "0"), ("--latency-threads", "0"), ("--top", "-1"),
+                      ("--supernet-epochs", "0")):
+        assert main(base + [flag, bad]) == 2
     assert main(base + ["--rescore", "2", "--objective", "synflow"]) == 1
     err = capsys.readouterr().err
     assert "--rescore must be >= 0" in err and "--rescore-seeds must be at least 1" in err
     assert "--val-fraction must be between 0 and 1" in err and "needs the accuracy objective" in err
+    assert "--concurrency must be at least 1, got 0" in err and "--top must be >= 0, got -1" in err
     assert not (tmp_path / "o").exists()
 
 

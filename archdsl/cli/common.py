@@ -11,6 +11,8 @@ import argparse
 import re
 import sys
 
+from ..limits import MAX_INT
+
 __all__ = ["input_shape", "overrides", "usage", "add_spec_source_args", "add_spec_args", "spec_graph",
            "print_pass_reports"]
 
@@ -20,10 +22,15 @@ def input_shape(text: str | None):
         return None
     m = re.fullmatch(r"\s*(\d+)\s*[x,]\s*(\d+)\s*[x,]\s*(\d+)\s*", text)
     if not m:
-        raise SystemExit(usage(f"--input must look like 3x224x224, got {text!r}"))
+        raise SystemExit(usage(f"--input must look like 3x224x224, got {text[:60]!r}"))
+    if any(len(v.lstrip("0")) > 18 for v in m.groups()):  # before int(): Python refuses 4,300-digit numbers
+        raise SystemExit(usage(f"--input sizes must be under 10^18, got {text[:60]!r}"))
     c, h, w = (int(v) for v in m.groups())
     if min(c, h, w) <= 0:
         raise SystemExit(usage(f"--input sizes must be positive, got {text!r}"))
+    if c * h * w > MAX_INT:
+        raise SystemExit(usage(f"--input {text!r} has {c * h * w:.3g} elements: more than any model can take "
+                               f"({MAX_INT:.3g})"))
     return (c, h, w)
 
 
