@@ -8,16 +8,28 @@ Returns: `ArchError`, the one exception type a user's mistake may raise, holding
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
-# Text of every file read so far, so a diagnostic can quote its line. Keyed by the span's file name.
+# Text of every file read so far, so a diagnostic can quote its line. Keyed by the span's file name. Its lines
+# are split once, when the first diagnostic quotes it (quoting each of thousands of errors stays linear).
 _SOURCES: dict[str, str] = {}
+_LINES: dict[str, list[str]] = {}
+MAX_RENDERED = 100  # diagnostics an ArchError renders; the rest are counted ("... and 912 more errors")
+# control characters of a spec's text are never written to a terminal as they are (escape sequences, bells)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def visible(text: str, *, one_char: bool = False) -> str:
+    """`text` with its control characters shown as \\xNN (or, `one_char`, as '?', keeping a quoted line's columns)."""
+    return _CONTROL.sub(lambda m: "?" if one_char else f"\\x{ord(m.group()):02x}", text)
 
 
 def register_source(filename: str, text: str) -> None:
     """Remember `text` as the contents of `filename` for quoting in diagnostics."""
     _SOURCES[filename] = text
+    _LINES.pop(filename, None)
 
 
 def source_text(filename: str) -> str | None:
@@ -53,11 +65,11 @@ class Diagnostic:
     severity: str = "error"
 
     def render(self) -> str:
-        lines = [f"{self.span}: {self.severity}: {self.message}"]
+        lines = [visible(f"{self.span}: {self.severity}: {self.message}")]
         lines += _quote(self.span)
         if self.hint:
-            lines.append(f"  hint: {self.hint}")
-        lines += [f"  note: {n}" for n in self.notes]
+            lines.append(visible(f"  hint: {self.hint}"))
+        lines += [visible(f"  note: {n}") for n in self.notes]
         return "\n".join(lines)
 
     def to_json(self) -> dict:
@@ -67,13 +79,15 @@ class Diagnostic:
 
 
 def _quote(span: Span) -> list[str]:
-    text = source_text(span.file)
-    if text is None:
-        return []
-    src_lines = text.splitlines()
+    src_lines = _LINES.get(span.file)
+    if src_lines is None:
+        text = source_text(span.file)
+        if text is None:
+            return []
+        src_lines = _LINES[span.file] = text.splitlines()
     if not 1 <= span.line <= len(src_lines):
         return []
-    line = src_lines[span.line - 1].expandtabs(1)
+    line = visible(src_lines[span.line - 1].expandtabs(1), one_char=True)
     if len(line) > 200:  # keep the caret readable on pathological lines
         start = max(0, span.col - 80)
         line = line[start:start + 160]
@@ -95,8 +109,10 @@ class ArchError(Exception):
 
     def render(self) -> str:
         n = len(self.diagnostics)
-        body = "\n".join(d.render() for d in self.diagnostics)
-        return body + (f"\n{n} errors" if n > 1 else "")
+        body = "\n".join(d.render() for d in self.diagnostics[:MAX_RENDERED])
+        more = (f"\n... and {n - MAX_RENDERED} more errors (the first {MAX_RENDERED} are shown)"
+                if n > MAX_RENDERED else "")
+        return body + more + (f"\n{n} errors" if n > 1 else "")
 
     def __str__(self) -> str:
         return self.render()

@@ -302,7 +302,9 @@ CACHE_CHARS = 8_000_000  # the texts kept, in all: a search or a checker re-read
 
 def parse_text(text: str, file: str = "<string>") -> S.Module:
     """Parse one file's text. Raises ArchError with all syntax errors found (re-parsing past each bad line).
-    ASTs are immutable, so the last few parsed texts are remembered and given back as they are."""
+    ASTs are immutable, so the last few parsed texts are remembered and given back as they are. A leading UTF-8
+    byte order mark (as some editors save) is not part of the text."""
+    text = text.removeprefix("\ufeff")
     register_source(file, text)
     key = (file, text)
     with _CACHE_LOCK:

@@ -192,3 +192,36 @@ def test_set_inside_domain_and_resolved_choice_pass():
     require_resolved(g)  # fixed by the override
     path = (ERRORS / "open_choice_unresolved.arch").relative_to(ROOT)
     require_resolved(check_file(path, overrides={"width": "32"}))
+
+
+def test_a_byte_order_mark_is_not_a_syntax_error(tmp_path):
+    """Editors on Windows save UTF-8 with a BOM: the spec checks as without it, positions unchanged."""
+    spec = tmp_path / "bom.arch"
+    body = "model m() {\n    input(3, 8, 8)\n    stem: conv(4, k=1)\n    head: { pool: gap(); fc: linear(10) }\n}\n"
+    spec.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    assert check_file(spec).total().params == check_text(body).total().params
+    bad = tmp_path / "bad.arch"
+    bad.write_bytes(b"\xef\xbb\xbf" + body.replace("conv(4", "conv(-4").encode())
+    with pytest.raises(ArchError, match=r"bad.arch:3:16"):
+        check_file(bad)
+
+
+def test_control_characters_of_a_spec_never_reach_the_terminal(tmp_path):
+    """ESC, BEL and NUL in a spec (a name, a string) are shown escaped in messages, and as '?' in the quoted line
+    (its caret stays under the right column)."""
+    spec = tmp_path / "ctl.arch"
+    spec.write_text('model m() {\n    input(3, 8, 8)\n    x\x1b[2J\x07: conv(-4, k=1)\n}\n', encoding="utf-8")
+    with pytest.raises(ArchError) as e:
+        check_file(spec)
+    text = str(e.value)
+    assert "\x1b" not in text and "\x07" not in text and "\x00" not in text
+    assert "x?[2J?: conv(-4" in text
+
+
+def test_thousands_of_errors_render_the_first_hundred_and_count_the_rest():
+    from archdsl.errors import Diagnostic, Span
+
+    err = ArchError(Diagnostic(Span("f.arch", i, 1, i, 2), f"error {i}") for i in range(1, 1001))
+    text = str(err)
+    assert "error 100\n" in text + "\n" and "error 101" not in text
+    assert "... and 900 more errors (the first 100 are shown)" in text and text.endswith("1000 errors")
