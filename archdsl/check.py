@@ -96,7 +96,9 @@ def _infer(op, params, ins: list[Shape], node, g: ArchGraph, refs, col: Collecto
                     f"{' (a feature vector)' if s.layout == 'nc' else ' (channels-last)'}", hint, notes)
             return None
     try:
+        registry.check_finite(params)  # before the shape rule, which may compute with them
         out = op.infer(params, ins)
+        registry.check_domain(params)  # after it: an op's own, more specific message comes first
     except OpError as e:
         notes = list(node.notes)
         if len(refs) > 1:  # merges: say where each input comes from

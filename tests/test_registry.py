@@ -99,3 +99,59 @@ def test_the_deploy_declarations_name_the_ops_they_did_as_tables():
     inline = {n for n, op in ops.items() if op.samples and op.source(op.Params(**op.samples[0][0]),
                                                                       op.samples[0][1], ["a", "b"]) is not None}
     assert {"add", "mul", "concat", "split", "nhwc", "nchw", "relu", "gelu", "identity"} <= inline
+
+
+def _bad_values(ann) -> list:
+    """Values of a parameter's type that no op should take: a non-finite float, a negative size, an unknown
+    literal; none for booleans (their type is the whole domain)."""
+    import typing
+
+    text = str(ann)
+    if ann is bool:
+        return []
+    if typing.get_origin(ann) is typing.Literal:
+        return ["not-a-value"]
+    out = []
+    if "float" in text:
+        out += [float("nan"), float("inf")]
+    if "int" in text and "tuple" not in text:
+        out.append(-7)
+    if "tuple" in text:
+        out.append((-7,) if "int" in text else (float("nan"),))
+    return out
+
+
+OP_FIELDS = [(name, field) for name, op in registry.all_ops().items() if op.samples
+             for field in op.Params.model_fields]
+
+
+@pytest.mark.parametrize("name,field", OP_FIELDS, ids=[f"{n}.{f}" for n, f in OP_FIELDS])
+def test_every_op_refuses_a_bad_value_of_each_parameter(name, field):
+    """Issue 21: a value outside a parameter's domain (bn(eps=-1.0), a NaN, a negative size, a literal it does not
+    know) is refused when the spec is checked, with the argument named; never accepted to fail at the first
+    forward pass or to output NaN."""
+    from pydantic import ValidationError
+
+    op = registry.get(name)
+    params, ins = op.samples[0]
+    ann = op.Params.model_fields[field].annotation
+    for bad in _bad_values(ann):
+        try:
+            p = op.Params(**{**params, field: bad})
+        except ValidationError:
+            continue  # refused by its type (a literal it does not know)
+        with pytest.raises(registry.OpError) as e:  # in the checker's order
+            registry.check_finite(p)
+            op.infer(p, ins)
+            registry.check_domain(p)
+        assert e.value.arg in (field, None) or field in e.value.message, (field, bad, e.value.message)
+
+
+def test_a_norm_with_a_negative_eps_is_refused_at_its_argument():
+    from archdsl.api import ArchError, check_text
+
+    for op in ("bn", "layernorm", "grn"):
+        spec = (f"model m() {{\n    input(8, 4, 4)\n    n: {op}(eps=-1.0)\n"
+                "    head: { pool: gap(); fc: linear(2) }\n}\n")
+        with pytest.raises(ArchError, match=rf"<string>:3:\d+: error: {op}: eps must be positive, got -1.0"):
+            check_text(spec)

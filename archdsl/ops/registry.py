@@ -8,6 +8,7 @@ A duplicate name raises; an unknown name gets "did you mean".
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -137,6 +138,37 @@ def _load_all() -> None:
 
 
 # ---- helpers used by op definitions
+
+# parameter names whose domain is the same in every op: eps (a norm's epsilon) > 0, momentum in [0, 1],
+# probabilities in [0, 1)
+_POSITIVE, _UNIT, _PROBABILITY = ("eps",), ("momentum",), ("p", "drop")
+
+
+def check_finite(p: Any) -> None:
+    """Refuse (OpError naming the argument) a float parameter that is NaN or infinite."""
+    for name in type(p).model_fields:
+        v = getattr(p, name)
+        for x in v if isinstance(v, tuple) else (v,):
+            if isinstance(x, float) and not math.isfinite(x):
+                raise OpError(f"{name} must be a finite number, got {x}", arg=name)
+
+
+def check_domain(p: Any) -> None:
+    """Refuse (OpError naming the argument) a value out of its domain for the parameters every op names alike
+    (_POSITIVE, _UNIT, _PROBABILITY). Also refuses what check_finite does."""
+    check_finite(p)
+    for name in type(p).model_fields:
+        v = getattr(p, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if name in _POSITIVE and not v > 0:
+            raise OpError(f"{name} must be positive, got {v}", "a norm's eps is a small positive number, e.g. "
+                          "1e-5 or 1e-6", arg=name)
+        if name in _UNIT and not 0 <= v <= 1:
+            raise OpError(f"{name} must be in [0, 1], got {v}", arg=name)
+        if name in _PROBABILITY and not 0 <= v < 1:
+            raise OpError(f"{name} is a probability in [0, 1), got {v}", arg=name)
+
 
 def pair(v: int | tuple[int, ...]) -> tuple[int, int]:
     if isinstance(v, int):
