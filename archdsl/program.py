@@ -84,8 +84,10 @@ def load_program(path: str | os.PathLike, search_paths: tuple[str, ...] = (), al
             if tdisp not in modules:
                 visit(target, tdisp, [*stack, display])
 
-    if text is None and not root_path.is_file():
-        raise ArchError([Diagnostic(Span(str(path), 1, 1, 1, 1), f"no such file: {path}")])
+    if text is None:
+        what = not_a_spec_file(root_path)
+        if what is not None:
+            raise ArchError([Diagnostic(Span(str(path), 1, 1, 1, 1), f"{path}: {what}")])
     root_display = _display(root_path) if text is None else str(path)
     visit(root_path, root_display, [], text)
     col.raise_if_any()
@@ -104,7 +106,8 @@ def _resolve_import(imp: S.Import, importer: Path, roots: list[Path], allow_outs
         return None
     try:
         candidates = [(importer.parent / rel).resolve()] + [(r / rel).resolve() for r in roots[1:]]
-        found = [c for c in candidates if c.is_file()]
+        found = [c for c in candidates if not_a_spec_file(c) is None]
+        there = [(c, not_a_spec_file(c)) for c in candidates if c.exists()]
     except (OSError, ValueError) as err:  # a NUL character, a name too long for the file system, ...
         col.add(imp.span, f"cannot use import path {imp.path!r}: {getattr(err, 'strerror', None) or err}")
         return None
@@ -114,7 +117,31 @@ def _resolve_import(imp: S.Import, importer: Path, roots: list[Path], allow_outs
                     "add the directory with --import-path, or pass --allow-outside-imports")
             return None
         return c
+    if there:  # something is there, but not a file to read: say what
+        c, what = there[0]
+        col.add(imp.span, f"cannot import {imp.path!r}: {_display(c)} {what.removeprefix('no such file: ')}")
+        return None
     where = ", ".join(dict.fromkeys(_display(c) for c in candidates))
     col.add(imp.span, f"imported file not found: {imp.path!r}", f"looked for {where} (import paths are relative "
             "to the importing file)")
+    return None
+
+
+def not_a_spec_file(path: Path) -> str | None:
+    """None for a regular file that can be read as a spec; else what it is instead (read nothing from it): missing,
+    a directory, a device or pipe (/dev/zero, a FIFO: endless or blocking), or a kernel pseudo-file (/proc,
+    /sys: its size is not what it holds)."""
+    import stat
+
+    try:
+        st = path.stat()
+    except (OSError, ValueError):
+        return "no such file"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory, not a spec file"
+    if not stat.S_ISREG(st.st_mode):
+        return "is a special file (a device, a pipe or a socket), not a spec file"
+    real = path.resolve()
+    if real.parts[1:2] in (("proc",), ("sys",)):
+        return f"is a kernel pseudo-file (/{real.parts[1]}), not a spec file"
     return None

@@ -75,3 +75,17 @@ def test_show_golden(example, golden):
     from archdsl.printer import format_ir
 
     golden(f"ir/{example.stem}.ir", format_ir(check_file(example)))
+
+
+def test_output_files_that_cannot_be_written_are_one_line(tmp_path, capsys):
+    """compile -o into a missing directory, onto a directory or a full device: exit 1 and one line, never 70; a
+    report named other than .html is refused (it is an HTML page)."""
+    from archdsl.cli import main
+
+    spec = "examples/convnext_atto.arch"
+    for target in (tmp_path / "nodir" / "x.py", tmp_path, Path("/dev/full")):
+        assert main(["compile", spec, "-o", str(target)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("archdsl: error: cannot write") and err.count("\n") == 1 and "Traceback" not in err
+    assert main(["report", str(tmp_path), "-o", str(tmp_path / "x.pdf")]) == 2
+    assert "name it .html" in capsys.readouterr().err and not (tmp_path / "x.pdf").exists()

@@ -225,3 +225,27 @@ def test_thousands_of_errors_render_the_first_hundred_and_count_the_rest():
     text = str(err)
     assert "error 100\n" in text + "\n" and "error 101" not in text
     assert "... and 900 more errors (the first 100 are shown)" in text and text.endswith("1000 errors")
+
+
+def test_what_is_not_a_spec_file_is_named_before_anything_is_read(tmp_path):
+    """A device (/dev/zero: endless), a FIFO (blocks), a directory or a /proc pseudo-file (quoting it would print
+    the environment) is refused by what it is, for the spec and for an import; nothing is read from it."""
+    import os
+
+    fifo = tmp_path / "pipe.arch"
+    os.mkfifo(fifo)
+    for path, what in (("/dev/zero", "is a special file"), (str(fifo), "is a special file"),
+                       (str(tmp_path), "is a directory"), ("/proc/self/environ", "is a kernel pseudo-file (/proc)")):
+        with pytest.raises(ArchError, match=re.escape(what)) as e:
+            check_file(path)
+        assert "SHELL=" not in str(e.value) and "PATH=" not in str(e.value)
+    (tmp_path / "zero.arch").symlink_to("/dev/zero")
+    (tmp_path / "dir.arch").mkdir()
+    spec = tmp_path / "m.arch"
+    spec.write_text('import "zero.arch"\nimport "dir.arch"\n'
+                    'model m() {\n    input(3, 8, 8)\n    stem: conv(4, k=1)\n}\n')
+    with pytest.raises(ArchError) as e:
+        check_file(spec)
+    text = str(e.value)
+    assert "cannot import 'zero.arch': /dev/zero is a special file" in text
+    assert "cannot import 'dir.arch':" in text and "is a directory" in text

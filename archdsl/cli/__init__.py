@@ -61,18 +61,22 @@ def cmd_compile(args) -> int:
     except Unsupported as e:  # a layer the source writer does not know (e.g. a user op's module kept elsewhere)
         print(f"archdsl: error: {e}", file=sys.stderr)
         return 1
-    if state is not None:
-        import torch
+    try:
+        if state is not None:
+            import torch
 
-        pt = os.path.splitext(args.output)[0] + ".pt"
-        torch.save(state.state_dict(), pt)
-        print(f"wrote {pt} (deploy-form weights)", file=sys.stderr)
-    if args.output in (None, "-"):
-        print(text, end="")
-    else:
-        with open(args.output, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        print(f"wrote {args.output} ({g.model}: {g.total().params:,} parameters)", file=sys.stderr)
+            pt = os.path.splitext(args.output)[0] + ".pt"
+            torch.save(state.state_dict(), pt)
+            print(f"wrote {pt} (deploy-form weights)", file=sys.stderr)
+        if args.output in (None, "-"):
+            print(text, end="")
+        else:
+            with open(args.output, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            print(f"wrote {args.output} ({g.model}: {g.total().params:,} parameters)", file=sys.stderr)
+    except OSError as e:  # a missing directory, a directory, no permission, a full disk (/dev/full), /proc
+        print(f"archdsl: error: cannot write {e.filename or args.output}: {e.strerror or e}", file=sys.stderr)
+        return 1
     return 0
 
 
