@@ -457,12 +457,12 @@ def cmd_report(args) -> int:
         print(f"archdsl: error: --top must be at least 1, got {args.top}", file=sys.stderr)
         return 2
     out = None if args.output == "-" else Path(args.output)
-    if out is not None and out.suffix.lower() not in (".html", ".htm"):
-        print(f"archdsl: error: the report is an HTML page: name it .html (got {args.output!r})", file=sys.stderr)
-        return 2
     if out is not None and out.name in _PROTECTED and out.resolve().parent == Path(args.run_dir).resolve():
         print(f"archdsl report: {out} is one of the search's own files; write the page elsewhere", file=sys.stderr)
         return 1
+    if out is not None and out.suffix.lower() not in (".html", ".htm"):
+        print(f"archdsl: error: the report is an HTML page: name it .html (got {args.output!r})", file=sys.stderr)
+        return 2
     try:
         st = read_run(args.run_dir)
         text = render(st, out=out, top=args.top)
