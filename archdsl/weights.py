@@ -20,12 +20,23 @@ class WeightsError(ValueError):
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     """The state_dict saved in `path` (unwrapping {"state_dict": ...})."""
+    import pickle
+    import warnings
+
     import torch
 
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+        with warnings.catch_warnings():  # torch's protocol warning is not the user's business
+            warnings.simplefilter("ignore")
+            sd = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+    except pickle.UnpicklingError:
+        # torch's own message advises weights_only=False, unsafe advice for a file that may be hostile
+        raise WeightsError(f"cannot read {os.fspath(path)}: it holds more than tensors and plain values (Python "
+                           "objects or code, which archdsl never loads); save the model's state_dict() alone") \
+            from None
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input problem
-        raise WeightsError(f"cannot read {os.fspath(path)}: {e}") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"cannot read {os.fspath(path)}: {first}") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):

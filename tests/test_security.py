@@ -119,3 +119,26 @@ def test_imports_stay_inside_the_spec_directory(tmp_path):
         with pytest.raises(ArchError, match="leaves the spec's directory|absolute import path"):
             check_file(spec)
         assert check_file(spec, allow_outside=True) is not None  # the flag allows it
+
+
+def test_a_code_executing_pickle_as_weights_is_refused_in_archdsls_words(tmp_path, capsys):
+    """torch.load(weights_only=True) refuses it; its message would advise weights_only=False (unsafe for a hostile
+    file): archdsl says what the file holds instead, in one line, and nothing runs."""
+    import os
+    import pickle
+
+    from archdsl.cli import main
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    bad = tmp_path / "evil.pt"
+    bad.write_bytes(pickle.dumps({"w": Evil()}))
+    assert main(["compile", "examples/convnext_atto.arch", "--deploy", "--weights", str(bad),
+                 "-o", str(tmp_path / "x.py")]) in (1, 2)
+    err = capsys.readouterr().err
+    assert "never loads" in err and "weights_only=False" not in err and err.count("\n") == 1
+    assert not marker.exists()
