@@ -351,7 +351,7 @@ class RunDir:
     def read_settings(self) -> dict:
         """The run.json of the directory; RunDirError when there is none or it does not read."""
         try:
-            text = self.run_json.read_text(encoding="utf-8")
+            text = read_regular(self.run_json, 16 << 20).decode("utf-8", errors="replace")
         except FileNotFoundError:
             raise RunDirError(f"{self.path} has no {RUN_JSON}: there is no search to resume there "
                               f"(drop --resume to start one)") from None
@@ -404,10 +404,12 @@ class RunDir:
 
     def _read(self, repair: bool) -> LoadResult:
         try:
-            data = self.trials_path.read_bytes()
+            data = read_regular(self.trials_path, MAX_TRIALS_BYTES)
         except FileNotFoundError:
             self._unchecked = False
             return LoadResult()
+        except OSError as err:
+            raise RunDirError(f"cannot read {self.trials_path}: {err.strerror or err}") from None
         result = LoadResult()
         lines = data.split(b"\n")
         if lines and lines[-1] == b"":
@@ -477,3 +479,26 @@ def _version() -> str:
     from ..version import __version__
 
     return __version__
+
+
+MAX_TRIALS_BYTES = 1 << 30  # a trials.jsonl past this is not one a search wrote (~3 KB a record)
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of `path`, which must be a regular file of at most `limit` bytes: a directory, a device
+    (/dev/zero never ends), a FIFO (would block: it is opened non-blocking and refused) or a larger file raises
+    RunDirError naming it; a missing one FileNotFoundError."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a device, pipe or socket"
+            raise RunDirError(f"{path} is {kind}, not a file a search wrote")
+        if st.st_size > limit:
+            raise RunDirError(f"{path} holds {st.st_size:,} bytes, more than a search writes ({limit:,})")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(limit + 1)[:limit]
+    finally:
+        os.close(fd)

@@ -294,3 +294,31 @@ def test_plot_latency_axis_is_logarithmic_when_latencies_spread():
     assert latency_axis([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], 5.0) == (1.0, 5.0, False)  # the budget is shown
     assert latency_axis([1.0, 1e9], [1.0], None) == (1.0, 100.0, True)  # beyond 100x the ok trials: not stretched
     assert latency_axis([], [], None) == (0.5, 1.0, False)
+
+
+def test_a_run_directory_whose_files_are_not_files_is_refused_without_hanging(tmp_path, capsys):
+    """trials.jsonl as a link to /dev/zero (endless), a FIFO (blocks) or a directory: --resume and report say what
+    it is in one line, at once (the FIFO is opened without blocking)."""
+    import os
+
+    from archdsl.cli import main
+
+    for kind in ("zero", "fifo", "dir"):
+        d = tmp_path / kind
+        write_trials(d)
+        t = d / "trials.jsonl"
+        t.unlink()
+        if kind == "zero":
+            t.symlink_to("/dev/zero")
+        elif kind == "fifo":
+            os.mkfifo(t)
+        else:
+            t.mkdir()
+        with pytest.raises(RunDirError, match="not a file a search wrote"):
+            RunDir(d).load()
+        with pytest.raises(RunDirError, match="not a file a search wrote"):
+            with RunDir.open(d, SETTINGS, resume=True) as run:
+                run.load()
+        assert main(["report", str(d), "-o", str(tmp_path / f"{kind}.html")]) == 1
+        err = capsys.readouterr().err
+        assert "not a file a search wrote" in err and err.count("\n") == 1, err
