@@ -495,9 +495,10 @@ def read_regular(path: Path, limit: int) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a device, pipe or socket"
-            raise RunDirError(f"{path} is {kind}, not a file a search wrote")
+            raise RunDirError(f"cannot read {path}: it is {kind}, not a file a search wrote")
         if st.st_size > limit:
-            raise RunDirError(f"{path} holds {st.st_size:,} bytes, more than a search writes ({limit:,})")
+            raise RunDirError(f"cannot read {path}: it holds {st.st_size:,} bytes, more than a search writes "
+                              f"({limit:,})")
         with os.fdopen(os.dup(fd), "rb") as f:
             return f.read(limit + 1)[:limit]
     finally:
