@@ -49,7 +49,13 @@ def _syntax_diagnostic(e: UnexpectedInput, file: str, text: str) -> Diagnostic:
         ch = text[e.pos_in_stream] if 0 <= e.pos_in_stream < len(text) else "?"
         msg = f"unexpected character {ch!r}"
         end = col + 1
-        if ch == "=" and exp:
+        rest = text[e.pos_in_stream + 1:].split("\n", 1)[0]
+        if ch in "\"'" and ch not in rest:  # a string opened here and not closed on its line
+            shown = (ch + rest)[:40] + ("..." if len(rest) >= 40 else "")
+            msg = f"the string {shown} is never closed"
+            end = col + 1 + len(rest)
+            hint = f"end it with {ch} on the same line (strings do not span lines)"
+        elif ch == "=" and exp:
             hint = "use ':' to name a layer (name: op(...)) or 'let name = value' to bind a value"
     elif isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END"):
         lines = text.splitlines() or [""]

@@ -249,3 +249,11 @@ def test_what_is_not_a_spec_file_is_named_before_anything_is_read(tmp_path):
     text = str(e.value)
     assert "cannot import 'zero.arch': /dev/zero is a special file" in text
     assert "cannot import 'dir.arch':" in text and "is a directory" in text
+
+
+def test_an_unterminated_string_is_named():
+    with pytest.raises(ArchError) as e:
+        check_text('model m() {\n    input(3, 8, 8)\n    stem: conv(4, k=1, act="relu)\n}\n')
+    text = str(e.value)
+    assert '<string>:3:28: error: the string "relu) is never closed' in text and "strings do not span lines" in text
+    assert "is never closed" in text and "'{'" not in text
