@@ -16,18 +16,31 @@ from . import syntax as S
 from .builtins import BUILTINS, CHOICE_FUNCTIONS, builtin, builtin_names  # noqa: F401 - re-exported
 from .choices import ChoicePoint, ChoiceTable  # noqa: F401 - re-exported
 from .errors import Span, did_you_mean
-from .values import EvalError, Value, _check_int, _int, _list, _list_size, _num, as_value, fmt, type_name  # noqa: F401 - re-exported
+from .values import EvalError, Value, WorkExceeded, _check_int, _int, _list, _list_size, _num, as_value, fmt, type_name  # noqa: F401 - re-exported
 
 
 class Evaluator:
     def __init__(self, choices: ChoiceTable):
         self.choices = choices
         self._hint_count: dict[str, int] = {}
+        self.work = 0  # charged against limits.MAX_WORK (see charge)
 
     def eval(self, e: S.Expr, env: ChainMap, hint: str = "") -> Value:
         """Evaluate `e`; `hint` names any choice point met inside it (e.g. 'stages.2.blocks.5.k')."""
         m = getattr(self, "_" + type(e).__name__)
-        return m(e, env, hint)
+        v = m(e, env, hint)
+        if type(e) in _BUILDS and isinstance(v, (tuple, str)):
+            self.charge(len(v), e.span)
+        return v
+
+    def charge(self, n: int, span: Span) -> None:
+        """Count `n` values built or compared against the elaboration's one budget (limits.MAX_WORK)."""
+        self.work += n
+        if self.work > limits.MAX_WORK:
+            raise WorkExceeded(span, f"the spec's expressions build or compare more than {limits.MAX_WORK:,} values in "
+                                  "all (list and string elements, comprehension steps)",
+                            "no architecture needs that much computation in its spec: look for a comprehension "
+                            "or a loop over long lists")
 
     def _Num(self, e, env, hint):
         return e.value
@@ -55,6 +68,7 @@ class Evaluator:
         out = []
         base = env if isinstance(env, ChainMap) else ChainMap(env)
         for item in items:
+            self.charge(1, e.span)
             inner = base.new_child()
             if len(e.names) == 1:
                 inner[e.names[0]] = item
@@ -110,6 +124,8 @@ class Evaluator:
             return _truthy(self.eval(e.right, env, hint), e.right.span)
         a = self.eval(e.left, env, hint)
         b = self.eval(e.right, env, hint)
+        if e.op in ("==", "!=") and isinstance(a, tuple) and isinstance(b, tuple):
+            self.charge(min(len(a), len(b)), e.span)
         return _check_int(_binop(e.op, a, b, e), e.span)
 
     def _Call(self, e, env, hint):
@@ -143,6 +159,9 @@ class Evaluator:
         while f"{base}#{n}" in self.choices.points and self.choices.points[f"{base}#{n}"].span != span:
             n += 1
         return f"{base}#{n}"
+
+
+_BUILDS = (S.ListExpr, S.ListComp, S.BinOp, S.Call, S.Slice)  # expressions whose list / string result is new
 
 
 def _truthy(v: Value, span: Span) -> bool:

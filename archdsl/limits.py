@@ -18,6 +18,10 @@ MAX_CALL_DEPTH = 64           # nested block calls (catches recursion that does 
 MAX_NODES = 200_000           # operator nodes in one graph
 MAX_LIST = 100_000            # elements of one list value / range
 MAX_STEPS = 200_000           # loop iterations + block calls in one elaboration (empty nested loops make no nodes)
+# values built and compared by expressions in one elaboration: list and string elements (charged as each list,
+# string or range is made), comprehension steps, elements compared by == (one budget: nested comprehensions and
+# huge comparisons in loops cannot run for hours or fill the memory)
+MAX_WORK = 1_000_000  # the bundled specs use at most ~150
 MAX_INT = 2**62
 
 

@@ -25,6 +25,10 @@ class EvalError(Exception):
         self.span, self.message, self.hint = span, message, hint
 
 
+class WorkExceeded(EvalError):
+    """The elaboration's budget of values built (limits.MAX_WORK) is spent: the whole elaboration stops."""
+
+
 def type_name(v: Value) -> str:
     if isinstance(v, bool):
         return "bool"

@@ -97,6 +97,23 @@ def test_too_many_steps(monkeypatch):
     assert "reduce repeat counts" in e.render()
 
 
+@pytest.mark.parametrize("stmt", [
+    "let big = [[i for i in range(100000)] for j in range(100000)]",  # nested comprehensions: 10^10 elements
+    "let big = [[0] * 100000 for j in range(100000)]",
+    "let big = range(100000)\n    for i in range(100000) { require big == big }",  # a huge comparison in a loop
+])
+def test_every_value_built_counts_against_one_budget(stmt):
+    """Issue 21: comprehensions, repeated lists and comparisons of long lists are charged as they are built, to
+    one budget per elaboration; the spec is refused at its place, at once (it once grew to the memory cap or ran
+    for an hour), and the elaboration stops there (no error per loop iteration)."""
+    import time
+
+    t0 = time.perf_counter()
+    where, e = _error(_model(stmt))
+    assert f"more than {limits.MAX_WORK:,} values in all" in where and len(e.diagnostics) == 1
+    assert time.perf_counter() - t0 < 30  # refused within about a second on 2 quiet cores (no timing target)
+
+
 # ---------------------------------------------------------------- memory
 
 

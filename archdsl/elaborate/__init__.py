@@ -22,6 +22,7 @@ from ..interp import ChoiceTable, EvalError, Evaluator, builtin_names, fmt, type
 from ..ir import ArchGraph, Node, Ref, Scope, join
 from ..ops import registry
 from ..program import Program
+from ..values import WorkExceeded
 from .base import (  # noqa: F401 - FORMS, fix_value re-exported
     _ERR,
     _PARAM_ALIASES,
@@ -144,6 +145,8 @@ class Elaborator(Namespaces, Forms, ModelStatements):
             return self.ev.eval(e, frame.env, hint)
         except EvalError as err:
             self._eval_error(err, frame.notes)
+            if isinstance(err, WorkExceeded):  # carrying on would spend the budget again in every iteration
+                raise _Stop from None
             return _ERR
 
     def _eval_error(self, err: EvalError, notes: tuple[str, ...]) -> None:
