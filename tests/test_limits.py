@@ -207,7 +207,10 @@ def test_cli_max_memory(tmp_path, capsys, monkeypatch):
     assert "--input sizes must be under 10^18" in capsys.readouterr().err
     assert main(["check", str(spec), "--input", "3x100000000000x100000000000"]) == 2
     assert "more than any model can take" in capsys.readouterr().err
-    assert main(["check", str(spec)]) == 0  # checking allocates nothing: no limit applies
+    assert main(["check", str(spec)]) == 0  # 85 MB: within the default limit (half of this machine's memory)
+    assert main(["--max-memory", "50M", "check", str(spec)]) == 1  # what load would refuse, check refuses
+    assert "big.arch:4:11: error: the model has 21,239,552 parameters" in capsys.readouterr().err
+    assert main(["--max-memory", "50M", "check", str(spec), "--count-only"]) == 0  # only the counts
     assert main(["--max-memory", "50M", "bench", str(spec)]) == 1
     err = capsys.readouterr().err
     assert "big.arch:4:11: error: the model has 21,239,552 parameters" in err and "Traceback" not in err

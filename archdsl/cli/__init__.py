@@ -21,6 +21,10 @@ def cmd_check(args) -> int:
     from .. import report
 
     g = spec_graph(args)
+    if not args.count_only:  # the model `archdsl.load` would refuse is an error here too, at the same place
+        from .. import limits
+
+        limits.check_memory(g, limits.memory_limit())
     if args.json:
         data = report.to_json(g)
         if args.deploy:
@@ -145,6 +149,9 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="check a spec; print params / MACs / shapes per stage and block")
     add_spec_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--count-only", action="store_true",
+                   help="only count parameters and MACs: do not refuse a model too large to build on this machine "
+                        "(--max-memory)")
     p.set_defaults(fn=cmd_check)
 
     p = sub.add_parser("show", help="print the graph IR (deterministic; reads back with archdsl.printer.read_ir)")
