@@ -223,3 +223,11 @@ def check_memory(graph, limit: int, batch: int = 1, training: bool = False) -> i
                                     f"that exceeds the memory limit", hint() + "; use a smaller input or batch",
                                     node.notes)])
     return acts
+
+
+def is_oom(e: BaseException) -> bool:
+    """CUDA's "out of memory", the CPU allocator's "not enough memory" / "can't allocate memory", MemoryError."""
+    text = str(e).lower()
+    return (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
+            or any(s in text for s in ("out of memory", "not enough memory", "can't allocate memory",
+                                       "cannot allocate memory")))

@@ -227,3 +227,24 @@ def test_search_rejects_points_over_the_limit(tmp_path, monkeypatch):
     small, big = space.check_point({"w": 8}), space.check_point({"w": 4096})
     assert not isinstance(small, Rejection)
     assert isinstance(big, Rejection) and "exceeds the memory limit" in big.first
+
+
+def test_allocation_refused_by_the_machine_is_worded_at_the_largest_layer(tmp_path):
+    """A 6.4 GB model under a 4 GB address-space cap: within --max-memory, but the process cannot have it. load
+    says so at the layer with the most parameters (torch's raw DefaultCPUAllocator error once reached the user)."""
+    import resource
+    import subprocess
+    import sys
+
+    spec = tmp_path / "big6.arch"
+    spec.write_text("model m() {\n    input(3, 8, 8)\n    stem: conv(40000, k=7)\n    b: conv(40000, k=1)\n}\n")
+    code = ("import archdsl, sys\ntry:\n    archdsl.load(sys.argv[1], max_memory='20G')\n"
+            "except archdsl.ArchError as e:\n    print(e)\n")
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    out = subprocess.run([sys.executable, "-c", code, str(spec)], capture_output=True, text=True, timeout=300,
+                         preexec_fn=cap, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert "big6.arch:4:8: error: out of memory building m: its 1,605,960,000 parameters" in out.stdout, out
+    assert "Traceback" not in out.stderr

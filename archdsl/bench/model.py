@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from ..limits import is_oom  # noqa: F401 - re-exported
 from .machine import default_cache_dir, load_json_cache, save_json_cache, torch_threads
 from .measure import fingerprint, measure, steady_state_allocator
 
@@ -52,14 +53,6 @@ def reference_busy(median: float | None, key: str) -> tuple[float | None, bool]:
         data[key] = median
         save_json_cache(path, data)
     return best, best is not None and median > BUSY_FACTOR * best
-
-
-def is_oom(e: BaseException) -> bool:
-    """CUDA's "out of memory", the CPU allocator's "not enough memory" / "can't allocate memory", MemoryError."""
-    text = str(e).lower()
-    return (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
-            or any(s in text for s in ("out of memory", "not enough memory", "can't allocate memory",
-                                       "cannot allocate memory")))
 
 
 @contextlib.contextmanager

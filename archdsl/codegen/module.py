@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .. import limits
+from ..errors import ArchError, Diagnostic
 from ..ir import ArchGraph, free_after
 from ..ops import registry
 
@@ -152,6 +153,21 @@ def build_module(graph: ArchGraph, max_memory: int | str | None = None) -> ArchM
     before allocating when it would not fit the memory limit (see ArchModule)."""
     from .init import apply_init
 
-    m = ArchModule(graph, max_memory)
-    apply_init(m, graph.init)
+    try:
+        m = ArchModule(graph, max_memory)
+        apply_init(m, graph.init)
+    except (RuntimeError, MemoryError) as e:
+        if not limits.is_oom(e):
+            raise
+        # the machine refused memory that the limit allowed (a ulimit, a cgroup, other programs): say so, at the
+        # layer with the most parameters
+        total = graph.total()
+        top = max(graph.order(), key=lambda n: graph.cost(n).params)
+        limit = limits.describe_limit(limits.memory_limit(max_memory))
+        raise ArchError([Diagnostic(
+            graph.node(top).span, f"out of memory building {graph.model}: its {total.params:,} parameters "
+            f"({total.params * limits.BYTES_PER_VALUE / 1e9:.2f} GB as float32) could not be allocated",
+            f"the memory limit ({limit}) allows them, but this process cannot have that much (ulimit -v, a "
+            "container's cgroup, other programs): lower --max-memory to what it can have, or build a smaller "
+            "model")]) from None
     return m
