@@ -7,11 +7,13 @@ the place when a limit is exceeded. The numbers are module constants so tools an
 from __future__ import annotations
 
 import math
+import re
 
 from .errors import ArchError, Diagnostic, Span
 
 MAX_FILE_BYTES = 2_000_000
 MAX_LINE_CHARS = 10_000
+MAX_TOKENS = 200_000          # words, numbers and symbols of one file (the bundled specs have under 5,000)
 MAX_SYNTAX_ERRORS = 20
 MAX_EXPR_DEPTH = 200          # nesting of expressions / bodies in the AST
 MAX_CALL_DEPTH = 64           # nested block calls (catches recursion that does not terminate)
@@ -25,6 +27,9 @@ MAX_WORK = 1_000_000  # the bundled specs use at most ~150
 MAX_INT = 2**62
 
 
+_TOKEN = re.compile(r"[A-Za-z_0-9.]+|[^\sA-Za-z_0-9.]")
+
+
 def check_text(text: str, file: str) -> None:
     if len(text) > MAX_FILE_BYTES:
         raise too_big_file(file, len(text))
@@ -32,6 +37,14 @@ def check_text(text: str, file: str) -> None:
         if len(line) > MAX_LINE_CHARS:
             raise ArchError([Diagnostic(Span(file, i, 1, i, 2), f"line is {len(line)} characters long",
                                         f"archdsl reads lines of at most {MAX_LINE_CHARS} characters")])
+    # parsing costs time and memory per token, not per byte: a file of dense tokens is refused before it
+    n = 0
+    for n, m in enumerate(_TOKEN.finditer(text), 1):
+        if n > MAX_TOKENS:
+            line = text.count("\n", 0, m.start()) + 1
+            raise ArchError([Diagnostic(Span(file, line, 1, line, 2), f"the file has more than {MAX_TOKENS:,} tokens",
+                                        "no architecture needs a spec this long: generate repeats with for loops "
+                                        "and blocks")])
 
 
 def too_big_file(file: str, size: int) -> ArchError:
