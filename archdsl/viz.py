@@ -52,6 +52,50 @@ class VizUnavailable(RuntimeError):
     """Graphviz (the `dot` program or its Python binding) is missing; the message says how to install it."""
 
 
+MAX_DRAWN = 3000  # boxes in one drawing: past this, Graphviz runs for minutes (100k nodes did not finish in 120 s)
+
+
+class VizTooLarge(ValueError):
+    """A drawing with more than MAX_DRAWN boxes at the depth asked for; `drawn`: how many, `fits`: the deepest
+    depth whose drawing fits (None: none does)."""
+
+    def __init__(self, drawn: int, depth: int | None, fits: int | None):
+        self.drawn, self.depth, self.fits = drawn, depth, fits
+        at = "fully expanded" if depth is None else f"at --depth {depth}"
+        hint = (f"--depth {fits} draws what fits" if fits is not None else
+                "even the top level is too large; view the IR with archdsl show")
+        super().__init__(f"{drawn:,} boxes to draw {at}, more than {MAX_DRAWN:,} (Graphviz would run for minutes): "
+                         f"{hint}")
+
+
+def drawn_count(graph: ArchGraph, depth: int | None, clusters=None) -> int:
+    """How many boxes the drawing at `depth` has (a node, or a collapsed cluster standing for its nodes)."""
+    order = graph.order()
+    clusters = clusters if clusters is not None else _clusters(graph, order)
+    limit = 10**9 if depth is None else depth
+    reps = set()
+    for name in order:
+        rep = name
+        for p in _ancestors(name, clusters):
+            if clusters[p].level > limit:
+                rep = "[" + p + "]"
+                break
+        reps.add(rep)
+    return len(reps)
+
+
+def check_drawable(graph: ArchGraph, depth: int | None) -> None:
+    """Raise VizTooLarge when the drawing at `depth` would have more than MAX_DRAWN boxes."""
+    clusters = _clusters(graph, graph.order())
+    drawn = drawn_count(graph, depth, clusters)
+    if drawn <= MAX_DRAWN:
+        return
+    top = max((c.level for c in clusters.values()), default=0)
+    fits = next((d for d in range(min(top, depth if depth is not None else top), -1, -1)
+                 if drawn_count(graph, d, clusters) <= MAX_DRAWN), None)
+    raise VizTooLarge(drawn, depth, fits)
+
+
 # ---------------------------------------------------------------- the drawing
 
 
@@ -252,6 +296,10 @@ def to_html(graph: ArchGraph, *, title: str | None = None, deploy_notes: DeployN
     a box expands it. No network access: the SVGs, style and script are inline."""
     clusters = _clusters(graph, graph.order())
     top = max((c.level for c in clusters.values()), default=0)
+    # the page holds every depth that can be drawn: the deepest ones of a huge model are left out
+    while top > 0 and drawn_count(graph, top, clusters) > MAX_DRAWN:
+        top -= 1
+    check_drawable(graph, top)
     first = top if depth is None else max(0, min(depth, top))
     views = []
     for d in range(top + 1):
@@ -330,6 +378,8 @@ def render(graph: ArchGraph, path: str | Path, fmt: str | None = None, *, title:
     """Write the drawing to `path` as svg, png or html (`fmt`, else the path's suffix). Returns the path."""
     f = output_format(path, fmt)
     path = Path(path)
+    if f != "html":
+        check_drawable(graph, depth)
     if f == "html":
         data = to_html(graph, title=title, deploy_notes=deploy_notes, depth=depth).encode("utf-8")
     else:
@@ -378,7 +428,7 @@ def cmd_viz(args) -> int:
         g = deployed
     try:
         path = render(g, args.output, title=args.title, deploy_notes=notes, depth=args.depth)
-    except VizUnavailable as e:
+    except (VizUnavailable, VizTooLarge) as e:
         print(f"archdsl: error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # an output directory that does not exist, no permission, ...
@@ -392,5 +442,5 @@ def cmd_viz(args) -> int:
     return 0
 
 
-__all__ = ["DeployNotes", "VizUnavailable", "add_viz_parser", "cmd_viz", "deploy_form", "deploy_notes",
-           "max_depth", "render", "require_dot", "to_dot", "to_html", "to_svg"]
+__all__ = ["DeployNotes", "VizTooLarge", "VizUnavailable", "add_viz_parser", "check_drawable", "cmd_viz", "deploy_form",
+           "deploy_notes", "drawn_count", "max_depth", "render", "require_dot", "to_dot", "to_html", "to_svg"]

@@ -273,3 +273,24 @@ def test_missing_dot_is_a_clear_error(run_cli, tmp_path, monkeypatch):
                            "(or brew install graphviz)")
     with pytest.raises(viz.VizUnavailable, match="apt-get install graphviz"):
         viz.to_svg(small())
+
+
+def test_a_drawing_too_large_for_graphviz_is_refused_with_the_depth_that_fits(tmp_path, monkeypatch, capsys):
+    """Issue 21: a 100k-node spec (checked in seconds) kept Graphviz busy past 120 s. A drawing of more than
+    MAX_DRAWN boxes is refused at once, naming the deepest --depth that fits; that one is drawn; an .html page
+    holds the depths that fit."""
+    monkeypatch.setattr(viz, "MAX_DRAWN", 50)
+    spec = tmp_path / "grid.arch"
+    spec.write_text("model m() {\n    input(3, 8, 8)\n    stages: for i in range(10) {\n"
+                    "        blocks: for j in range(10) {\n            c: conv(4, k=1)\n        }\n    }\n}\n")
+    g = check_file(spec)
+    assert viz.drawn_count(g, None) == 101 and viz.drawn_count(g, 2) == 11
+    assert cli.main(["viz", str(spec), "-o", str(tmp_path / "g.svg")]) == 1
+    err = capsys.readouterr().err
+    assert "101 boxes to draw fully expanded, more than 50" in err and "--depth 2 draws what fits" in err
+    assert not (tmp_path / "g.svg").exists()
+    if shutil.which("dot") is not None:
+        assert cli.main(["viz", str(spec), "-o", str(tmp_path / "g.svg"), "--depth", "2"]) == 0
+        assert cli.main(["viz", str(spec), "-o", str(tmp_path / "g.html")]) == 0
+        page = (tmp_path / "g.html").read_text()
+        assert 'data-depth="2"' in page and 'data-depth="3"' not in page
