@@ -110,11 +110,23 @@ def table(g: ArchGraph) -> str:
     if open_:
         body.append("")
         body.append(f"{len(open_)} choice point(s) (checked at the values shown):")
-        cells = [(c.name, fmt(c.value), c.describe(), f"[{c.source}]", str(c.span)) for c in open_]
+        shown = open_[:MAX_CHOICES_SHOWN]
+        cells = [(_clip(c.name), _clip(fmt(c.value)), _clip(c.describe()), f"[{c.source}]", str(c.span))
+                 for c in shown]
         w = [max(len(r[i]) for r in cells) for i in range(4)]
         for r in cells:
             body.append(f"  {r[0]:<{w[0]}} = {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:<{w[3]}}  {r[4]}")
+        if len(open_) > len(shown):
+            body.append(f"  ... and {len(open_) - len(shown):,} more (archdsl check --json lists them all)")
     return "\n".join(line.rstrip() for line in body) + "\n"
+
+
+MAX_CHOICES_SHOWN = 200  # rows of the choice-point listing of `archdsl check`
+CLIP = 60  # characters of a value or domain shown in one of them
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= CLIP else text[:CLIP - 3] + "..."
 
 
 def to_json(g: ArchGraph) -> dict:

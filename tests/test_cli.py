@@ -89,3 +89,17 @@ def test_output_files_that_cannot_be_written_are_one_line(tmp_path, capsys):
         assert err.startswith("archdsl: error: cannot write") and err.count("\n") == 1 and "Traceback" not in err
     assert main(["report", str(tmp_path), "-o", str(tmp_path / "x.pdf")]) == 2
     assert "name it .html" in capsys.readouterr().err and not (tmp_path / "x.pdf").exists()
+
+
+def test_a_long_choice_listing_is_bounded(tmp_path, capsys):
+    """20,000 choice points, or one whose value is a 100k-element list, print a bounded table (it once printed
+    1.4 MB): long values clipped, the first 200 rows, then a count."""
+    from archdsl.cli import main
+
+    spec = tmp_path / "many.arch"
+    spec.write_text("model m() {\n    input(3, 8, 8)\n    let big = choice(range(1, 100000))\n"
+                    "    for i in range(300) { let w = choice(1, 2, 3) }\n    stem: conv(4, k=1)\n}\n")
+    assert main(["check", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "... and 101 more (archdsl check --json lists them all)" in out and len(out) < 40_000
+    assert max(len(line) for line in out.splitlines()) < 300
