@@ -244,3 +244,28 @@ def is_oom(e: BaseException) -> bool:
     return (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
             or any(s in text for s in ("out of memory", "not enough memory", "can't allocate memory",
                                        "cannot allocate memory")))
+
+
+class FileRefused(ValueError):
+    """A file that is not a regular one, or larger than it may be (read_bounded)."""
+
+
+def read_bounded(path, limit: int, what: str = "not a regular file") -> bytes:
+    """The bytes of `path`, which must be a regular file of at most `limit` bytes. A directory, a device
+    (/dev/zero never ends) or a FIFO (opened non-blocking, so it cannot hang) raises FileRefused ("cannot read
+    PATH: it is a directory, WHAT"), as does a larger file; a missing one FileNotFoundError."""
+    import os
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a device, pipe or socket"
+            raise FileRefused(f"cannot read {path}: it is {kind}, {what}")
+        if st.st_size > limit:
+            raise FileRefused(f"cannot read {path}: it holds {st.st_size:,} bytes, more than {limit:,}")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(limit + 1)[:limit]
+    finally:
+        os.close(fd)

@@ -351,7 +351,7 @@ class RunDir:
     def read_settings(self) -> dict:
         """The run.json of the directory; RunDirError when there is none or it does not read."""
         try:
-            text = read_regular(self.run_json, 16 << 20).decode("utf-8", errors="replace")
+            text = _read(self.run_json, 16 << 20).decode("utf-8", errors="replace")
         except FileNotFoundError:
             raise RunDirError(f"{self.path} has no {RUN_JSON}: there is no search to resume there "
                               f"(drop --resume to start one)") from None
@@ -404,7 +404,7 @@ class RunDir:
 
     def _read(self, repair: bool) -> LoadResult:
         try:
-            data = read_regular(self.trials_path, MAX_TRIALS_BYTES)
+            data = _read(self.trials_path, MAX_TRIALS_BYTES)
         except FileNotFoundError:
             self._unchecked = False
             return LoadResult()
@@ -484,22 +484,11 @@ def _version() -> str:
 MAX_TRIALS_BYTES = 1 << 30  # a trials.jsonl past this is not one a search wrote (~3 KB a record)
 
 
-def read_regular(path: Path, limit: int) -> bytes:
-    """The bytes of `path`, which must be a regular file of at most `limit` bytes: a directory, a device
-    (/dev/zero never ends), a FIFO (would block: it is opened non-blocking and refused) or a larger file raises
-    RunDirError naming it; a missing one FileNotFoundError."""
-    import stat
+def _read(path: Path, limit: int) -> bytes:
+    """limits.read_bounded, its refusal as a RunDirError ("cannot read PATH: it is a directory, ...")."""
+    from archdsl.limits import FileRefused, read_bounded
 
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a device, pipe or socket"
-            raise RunDirError(f"cannot read {path}: it is {kind}, not a file a search wrote")
-        if st.st_size > limit:
-            raise RunDirError(f"cannot read {path}: it holds {st.st_size:,} bytes, more than a search writes "
-                              f"({limit:,})")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            return f.read(limit + 1)[:limit]
-    finally:
-        os.close(fd)
+        return read_bounded(path, limit, "not a file a search wrote")
+    except FileRefused as e:
+        raise RunDirError(str(e)) from None
