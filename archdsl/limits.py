@@ -25,6 +25,7 @@ MAX_STEPS = 200_000           # loop iterations + block calls in one elaboration
 # huge comparisons in loops cannot run for hours or fill the memory)
 MAX_WORK = 1_000_000  # the bundled specs use at most ~150
 MAX_INT = 2**62
+RUNAWAY = 4                   # a loop foreseen to pass MAX_STEPS / MAX_NODES this many times over stops at once
 
 
 _TOKEN = re.compile(r"[A-Za-z_0-9.]+|[^\sA-Za-z_0-9.]")

@@ -92,9 +92,24 @@ def test_too_many_nodes(monkeypatch):
 
 def test_too_many_steps(monkeypatch):
     monkeypatch.setattr(limits, "MAX_STEPS", 1000)
-    where, e = _error(_model("for i in range(100000) { for j in range(100000) { } }"))
+    # within RUNAWAY x the limit as foreseen: run to the real limit
+    where, e = _error(_model("for i in range(60) { for j in range(30) { } }"))
     assert where.endswith("the model runs more than 1000 loop iterations and block calls")
     assert "reduce repeat counts" in e.render()
+
+
+def test_a_runaway_loop_is_refused_after_its_first_iteration():
+    """Issue 21: 10^10 empty iterations, or 10^6 nodes, once ran 13-22 s to the limit (and flipped between refused
+    and hung). After its first iteration a loop foreseen to pass a limit RUNAWAY times over stops at once, at the
+    loop, saying how much it would make."""
+    import time
+
+    t0 = time.perf_counter()
+    where, _ = _error(_model("for i in range(100000) { for j in range(100000) { } }"))
+    assert where.startswith("3:5 ") and "would have about 10,000,100,000 loop iterations" in where
+    where, _ = _error(_model("s: for i in range(1000) { b: for j in range(1000) { r: relu() } }"))
+    assert "would have about 1,001,000 loop iterations" in where and "(this loop repeats 1,000 times" in where
+    assert time.perf_counter() - t0 < 60  # about a second each on 2 quiet cores (no timing target)
 
 
 @pytest.mark.parametrize("stmt", [

@@ -302,7 +302,10 @@ class Elaborator(Namespaces, Forms, ModelStatements):
                       "use range(n) to repeat n times")
             raise _Abort
         self.graph.scopes.setdefault(path, Scope(path, "for", "", layer.span))
+        start = (self._steps, len(self.graph))
         for i, item in enumerate(items):
+            if i == 1:  # a runaway loop is refused now, not after minutes of elaboration
+                self._foresee(layer, frame, len(items), start)
             self._step(layer.span, frame)
             env = frame.env.new_child()
             if len(layer.names) == 1:
@@ -385,6 +388,19 @@ class Elaborator(Namespaces, Forms, ModelStatements):
             if v is not _ERR:
                 values[k] = v
         return values, spans
+
+    def _foresee(self, layer: S.For, frame: Frame, n: int, start: tuple[int, int]) -> None:
+        """After a loop's first iteration: if repeating it `n` times would pass a limit many times over (more than
+        RUNAWAY x MAX_STEPS or MAX_NODES), refuse at the loop now. (The first iteration may cost more than the
+        others, so a loop that could stay within the limits is always run to the real limit.)"""
+        steps, nodes = self._steps - start[0], len(self.graph) - start[1]
+        for per, cap, what in ((steps, limits.MAX_STEPS, "loop iterations and block calls"),
+                               (nodes, limits.MAX_NODES, "operator nodes")):
+            if per * n > limits.RUNAWAY * cap:
+                self._err(layer.span, f"the model would have about {per * n:,} {what} (this loop repeats {n:,} "
+                          f"times a body of {per:,}), more than the limit of {cap:,}", frame,
+                          "reduce repeat counts (this limit guards against runaway specs)")
+                raise _Stop
 
     def _step(self, span: Span, frame: Frame) -> None:
         self._steps += 1
