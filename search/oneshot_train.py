@@ -28,7 +28,7 @@ from torch import nn
 from ..bench.lock import compute_lock
 from .data import Dataset
 from .supernet import Supernet
-from .train import EpochStats, Recipe, evaluate_split
+from .train import EpochStats, Recipe, evaluate_split, recipe_optimizer, seeded_rng_state
 
 __all__ = ["SupernetTrainer", "sandwich_ends"]
 
@@ -58,21 +58,15 @@ class SupernetTrainer:
         self.draws = random.Random(recipe.seed)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
         self.gen = torch.Generator().manual_seed(recipe.seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(recipe.seed)
-            self.rng_state = torch.get_rng_state()
+        self.rng_state = seeded_rng_state(recipe.seed)
         self.epoch = 0
 
     def _make_optimizer(self, groups: list[list[str]]) -> None:
         """AdamW over the named parameters in `groups` (with weight decay, without), in that order."""
         params = dict(self.net.named_parameters())
         self.groups = [list(g) for g in groups]
-        self.opt = torch.optim.AdamW([{"params": [params[n] for n in self.groups[0]],
-                                       "weight_decay": self.recipe.weight_decay},
-                                      {"params": [params[n] for n in self.groups[1]], "weight_decay": 0.0}],
-                                     lr=self.recipe.lr)
-        total = self.total_steps
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+        self.opt, self.sched = recipe_optimizer([params[n] for n in self.groups[0]],
+                                                [params[n] for n in self.groups[1]], self.recipe, self.total_steps)
 
     def _adopt(self) -> None:
         """Carry the optimizer over to tensors the store replaced or added while growing (their gradient so far

@@ -34,7 +34,7 @@ from ..bench.model import is_oom
 from .data import Dataset
 
 __all__ = ["EpochStats", "Recipe", "TrainError", "TrainResult", "Trainer", "evaluate", "evaluate_split",
-           "precise_bn", "recipe_context", "train_and_eval"]
+           "precise_bn", "recipe_context", "recipe_optimizer", "seeded_rng_state", "train_and_eval"]
 
 EpochCallback = Callable[[int, float, float], "bool | None"]
 StepCallback = Callable[[int, float], None]
@@ -101,16 +101,11 @@ class Trainer:
         self.steps_per_epoch = max(1, n // recipe.batch_size)
         total_steps = recipe.epochs * self.steps_per_epoch
         params = [p for p in module.parameters() if p.requires_grad]
-        decay, no_decay = [p for p in params if p.dim() > 1], [p for p in params if p.dim() <= 1]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
+        self.opt, self.sched = recipe_optimizer([p for p in params if p.dim() > 1],
+                                                [p for p in params if p.dim() <= 1], recipe, total_steps)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
         self.gen = torch.Generator().manual_seed(recipe.seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(recipe.seed)
-            self.rng_state = torch.get_rng_state()
+        self.rng_state = seeded_rng_state(recipe.seed)
         self.epoch = 0
 
     def run_epoch(self, on_step: StepCallback | None = None) -> EpochStats:
@@ -167,6 +162,22 @@ class Trainer:
         self.gen.set_state(state["batch_order_rng"])
         self.rng_state = state["torch_rng"].clone()
         self.epoch = int(state["epoch"])
+
+
+def recipe_optimizer(decay: list, no_decay: list, recipe: Recipe, total_steps: int):
+    """The recipe's optimizer and schedule: AdamW (weight decay on `decay`, none on `no_decay`: biases and norm
+    weights) and a cosine learning rate decayed per step to 0 over `total_steps`. Returns (optimizer, scheduler)."""
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
+    return opt, sched
+
+
+def seeded_rng_state(seed: int) -> torch.Tensor:
+    """torch's CPU RNG state after manual_seed(seed), the caller's own RNG left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.get_rng_state()
 
 
 def precise_bn(module: nn.Module, x: torch.Tensor, *, batch_size: int = 256,
