@@ -115,9 +115,9 @@ def rescore(records: list[dict], settings, out: Path, n: int, seeds: int, progre
 
 
 def _write(path: Path, key: str, runs: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"recipe": key, "runs": runs}, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    from .records import _write_atomic  # the run directory's own atomic write (fsynced)
+
+    _write_atomic(path, (json.dumps({"recipe": key, "runs": runs}, indent=1) + "\n").encode("utf-8"))
 
 
 def apply_rescores(records: list[dict], rescored: dict[str, dict]) -> list[dict]:
