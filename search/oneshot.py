@@ -134,6 +134,16 @@ def _save(path: Path, state: dict) -> None:
 _LOADED: dict[tuple, Any] = {}
 
 
+def _cached(path: Path, space: Callable[[], Any]) -> Supernet:
+    """The supernet of a checkpoint, read once per process (again only when the file changes), in eval mode;
+    `space()` makes its SearchSpace when it must be read."""
+    key = (str(path), path.stat().st_mtime_ns)
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = load_supernet(space(), path)[0].eval()
+    return _LOADED[key]
+
+
 def inherited_score(s, point: dict[str, Any], spec: Path, ds) -> float:
     """A trial's score under --objective oneshot: validation accuracy of the point's network with its inherited
     weights, BatchNorm statistics recomputed over the recipe's first training images. `spec`: the spec as the
@@ -143,13 +153,8 @@ def inherited_score(s, point: dict[str, Any], spec: Path, ds) -> float:
     from .space import SearchSpace
     from .train import Recipe, evaluate_split
 
-    path = Path(s.supernet)
-    key = (str(path), path.stat().st_mtime_ns)
-    if key not in _LOADED:
-        _LOADED.clear()
-        space = SearchSpace(spec, model=s.model, input_shape=s.input_shape, fixed=dict(s.fixed))
-        _LOADED[key] = load_supernet(space, path)[0].eval()
-    net = _LOADED[key]
+    net = _cached(Path(s.supernet),
+                  lambda: SearchSpace(spec, model=s.model, input_shape=s.input_shape, fixed=dict(s.fixed)))
     with torch_threads(s.train_threads), compute_lock():
         module = net.extract(point, calibrate=ds.x_train[:Recipe(epochs=1).precise_bn])
     with torch_threads(s.train_threads):
@@ -159,10 +164,11 @@ def inherited_score(s, point: dict[str, Any], spec: Path, ds) -> float:
 
 def save_weights(space, ckpt: Path, point: dict[str, Any], dest: Path, s) -> Path:
     """The point's network's inherited weights (BatchNorm recalibrated), as a training-form state_dict file
-    beside its concrete spec (`archdsl.load(spec, weights=...)`, `archdsl train --weights`)."""
+    beside its concrete spec (`archdsl.load(spec, weights=...)`, `archdsl train --weights`). The checkpoint is
+    read once for all the top files."""
     from .data import fit_to_input, load_dataset
 
-    net, _ = load_supernet(space, ckpt)
+    net = _cached(ckpt, lambda: space)
     g = space.check_point(point).graph
     c, h, w = g.input_shape.to_json()
     data = fit_to_input(load_dataset(s.dataset, seed=s.seed, val_fraction=s.val_fraction, limit=s.dataset_limit),
