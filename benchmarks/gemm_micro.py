@@ -2,7 +2,8 @@
 
 Shapes are the MLP GEMMs of ConvNeXt-T / InceptionNeXt-T (dims 96..768, 4x MLP, 56..7 resolution) and
 UniRepLKNet-A (dims 40..320) at batch 1 and 8, (M, K, N) = (batch * H * W, in, out). Per shape two groups of
-candidates are timed interleaved (A B C A B C ..., each sample a batch of calls lasting ~--sample-ms) and their
+candidates are timed interleaved by archdsl.bench.measure.compare_micro (A B C A B C ..., each sample a batch of calls
+lasting ~--sample-ms; rounds in which another program took a measuring thread's core are discarded) and their
 medians compared, so load from other processes hits all alike:
 
   bare GEMM a @ W^T:  ours (act none, no bias) | torch.mm (MKL) | ORT MatMul (MLAS, B prepacked)
@@ -28,9 +29,9 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _timing import interleaved_samples
 
-from archdsl.bench.measure import fingerprint
+from archdsl.bench.disturb import wait_for_quiet
+from archdsl.bench.measure import compare_micro, fingerprint
 from archdsl.kernels import bias_act_, gemm, native
 
 CONVNEXT_T = [(56, 96), (28, 192), (14, 384), (7, 768)]  # (H = W, dim); InceptionNeXt-T has the same MLPs
@@ -50,44 +51,20 @@ def shapes(which: str, batches: list[int]) -> list[tuple[str, int, int, int]]:
     return out
 
 
-def _cpu_busy(interval: float = 0.5) -> float | None:
-    """Fraction of all CPUs busy over `interval` seconds (from /proc/stat; None where unavailable)."""
-    def read():
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return sum(v), v[3] + v[4]  # total, idle + iowait
-
-    try:
-        t0, i0 = read()
-        time.sleep(interval)
-        t1, i1 = read()
-    except (OSError, ValueError, IndexError):
-        return None
-    return 1.0 - (i1 - i0) / max(1, t1 - t0)
-
-
-def wait_quiet(max_s: float, busy: float = 0.1, checks: int = 3) -> bool:
-    """Wait (up to max_s seconds) until other processes leave the CPUs idle for `checks` samples in a row."""
-    deadline, ok = time.monotonic() + max_s, 0
-    while time.monotonic() < deadline:
-        b = _cpu_busy()
-        if b is None:
-            return False
-        ok = ok + 1 if b < busy else 0
-        if ok >= checks:
-            return True
-    return False
-
-
-def timeit(cands: dict, reps: int, sample_ms: float, stats: dict | None = None) -> dict[str, float]:
-    """Median ms per call of each candidate (name -> zero-arg callable), measured interleaved. stats, if given,
-    receives name -> {"median", "p25", "min"}: on a shared machine the low quantiles show the uncontended speed."""
-    samples = interleaved_samples(cands, reps, sample_ms, warmup=3)
+def timeit(cands: dict, reps: int, sample_ms: float, stats: dict | None = None,
+           disturbance: list | None = None) -> dict[str, float]:
+    """Median ms per call of each candidate (name -> zero-arg callable), measured interleaved by
+    archdsl.bench.measure.compare_micro (disturbed rounds discarded). stats, if given, receives name -> {"median",
+    "p25", "min"}; disturbance, if given, gets the run's disturbance record."""
+    res = compare_micro(cands, reps, sample_s=sample_ms / 1e3, warmup=3)
     if stats is not None:
-        for name, s in samples.items():
+        for name, m in res.items():
+            s = m.samples
             q = statistics.quantiles(s, n=4) if len(s) > 1 else [s[0]] * 3
-            stats[name] = {"median": statistics.median(s), "p25": q[0], "min": min(s)}
-    return {name: statistics.median(s) for name, s in samples.items()}
+            stats[name] = {"median": m.median * 1e3, "p25": q[0] * 1e3, "min": m.min * 1e3}
+    if disturbance is not None:
+        disturbance.append(next(iter(res.values())).disturbance)
+    return {name: m.median * 1e3 for name, m in res.items()}
 
 
 def ort_runner(a, w, threads: int, b=None, epilogue: str = "none", res=None, spin: bool = False):
@@ -161,11 +138,11 @@ def bench_shape(m: int, k: int, n: int, threads: int, reps: int, sample_ms: floa
     if with_ort:
         bare["mlas"] = ort_runner(a, w, threads)
         fused["mlas"] = ort_runner(a, w, threads, b, epilogue, res)
-    bare_stats, fused_stats = {}, {}
-    bm, fm = timeit(bare, reps, sample_ms, bare_stats), timeit(fused, reps, sample_ms, fused_stats)
+    bare_stats, fused_stats, dist = {}, {}, []
+    bm, fm = timeit(bare, reps, sample_ms, bare_stats, dist), timeit(fused, reps, sample_ms, fused_stats, dist)
     flop = 2.0 * m * k * n
     return {"m": m, "k": k, "n": n, "fused_kind": fused_kind, "bare_stats_ms": bare_stats,
-            "fused_stats_ms": fused_stats,
+            "fused_stats_ms": fused_stats, "disturbance": dist,
             "bare_ms": bm, "bare_gflops": {name: flop / (ms * 1e-3) / 1e9 for name, ms in bm.items()},
             "fused_ms": fm, "fused_gflops": {name: flop / (ms * 1e-3) / 1e9 for name, ms in fm.items()}}
 
@@ -180,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
-                    help="before each shape, wait up to S seconds for the CPUs to be idle (a shared machine)")
+                    help="before each shape, wait up to S seconds for other processes to leave --threads cores free")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if not native.available():
@@ -205,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         return format(d[key], fmt) if key in d else format("-", ">" + fmt.split(".")[0])
 
     for tag, m, k, n in shapes(args.set, args.batch):
-        quiet = wait_quiet(args.wait_quiet) if args.wait_quiet > 0 else None
+        quiet = wait_for_quiet(args.threads, time.monotonic() + args.wait_quiet)[0] if args.wait_quiet > 0 else None
         r = bench_shape(m, k, n, args.threads, args.reps, args.sample_ms, with_ort)
         r["set"] = tag
         r["loadavg_1min"] = os.getloadavg()[0]

@@ -1,8 +1,9 @@
 """Micro benchmark: archdsl.kernels (native) vs the best PyTorch equivalent, per case, interleaved.
 
-Candidates of a case are timed in turn (A B C A B C ...), each sample a batch of calls lasting ~`--sample-ms`,
-and the medians compared, so load from other processes hits all candidates alike (--quiet 0.2 also waits for
-a quiet machine and redoes loaded cases). Prints a table (or JSON with --json): case, ms per call of ours and
+Candidates of a case are timed in turn (A B C A B C ...) by archdsl.bench.measure.compare_micro, each sample a
+batch of calls lasting ~`--sample-ms`, rounds in which another program took a measuring thread's core discarded,
+and the medians compared, so load from other processes hits all candidates alike (--wait-quiet S also waits for
+a quiet machine before each case). Prints a table (or JSON with --json): case, ms per call of ours and
 of each PyTorch variant, ratio = best PyTorch / ours (> 1: ours faster).
 
     python benchmarks/kernels_micro.py [--suite dw|ln|mixer|rows|all] [--threads 2] [--json] [--quick]
@@ -12,14 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
-from _timing import interleaved_samples
 
+from archdsl.bench.disturb import wait_for_quiet
+from archdsl.bench.measure import compare_micro
 from archdsl.kernels import (
     bias_act_,
     dwconv_ln_nhwc,
@@ -35,50 +36,15 @@ DW_SHAPES = [(96, 56), (192, 28), (384, 14), (768, 7)]  # (C, H=W): ConvNeXt-T s
 DW_KERNELS = [3, 5, 7, 11, 13, 15, 17, 31]
 
 
-def _jiffies() -> tuple[int, int]:
-    """(busy jiffies of all CPUs, jiffies of this process) from /proc; (0, 0) where there is no /proc."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        with open("/proc/self/stat") as f:
-            mine = f.read().rsplit(")", 1)[1].split()
-        return sum(v) - v[3] - v[4], int(mine[11]) + int(mine[12])
-    except (OSError, ValueError, IndexError):
-        return 0, 0
-
-
-class OthersLoad:
-    """CPUs' worth of work other processes did between construction and .cpus() (Linux; 0.0 elsewhere)."""
-
-    def __init__(self):
-        self.t0, (self.b0, self.m0) = time.perf_counter(), _jiffies()
-
-    def cpus(self) -> float:
-        b1, m1 = _jiffies()
-        return max(0.0, (b1 - self.b0) - (m1 - self.m0)) / 100.0 / max(time.perf_counter() - self.t0, 1e-3)
-
-
-def measure(cands: dict, reps: int, sample_ms: float, quiet: float) -> tuple[dict[str, list[float]], float]:
-    """timeit(), and the load other processes put on the machine meanwhile. quiet > 0: first wait (up to 2 min)
-    for them to use less than `quiet` CPUs, and redo the case (up to 3 times) if they used more while it ran."""
-    for _ in range(3 if quiet else 1):
-        deadline = time.monotonic() + 120
-        while quiet and time.monotonic() < deadline:
-            probe = OthersLoad()
-            time.sleep(0.3)
-            if probe.cpus() <= quiet:
-                break
-        load = OthersLoad()
-        samples = timeit(cands, reps, sample_ms)
-        if load.cpus() <= quiet or not quiet:
-            break
-    return samples, load.cpus()
-
-
-def timeit(cands: dict, reps: int, sample_ms: float) -> dict[str, list[float]]:
-    """ms per call of each candidate, one sample per rep, interleaved; a PyTorch variant 3x slower than the best
-    after three rounds is dropped (it cannot decide the ratio)."""
-    return interleaved_samples(cands, reps, sample_ms, warmup=1, drop_slower_than=3.0, keep="ours")
+def measure(cands: dict, reps: int, sample_ms: float, wait_s: float, threads: int) -> tuple[dict, dict]:
+    """One case through archdsl.bench.measure.compare_micro (interleaved, disturbed rounds discarded; a PyTorch
+    variant 3x slower than the best after three rounds is dropped: it cannot decide the ratio). wait_s > 0: first
+    wait up to wait_s seconds for other processes to leave `threads` cores free. Returns (name -> Measurement of
+    one call, the disturbance record: rounds discarded, others' CPU use, load average)."""
+    if wait_s > 0:
+        wait_for_quiet(threads, time.monotonic() + wait_s)
+    res = compare_micro(cands, reps, sample_s=sample_ms / 1e3, warmup=1, drop_slower_than=3.0, keep="ours")
+    return res, res["ours"].disturbance
 
 
 def dw_cases(quick: bool):
@@ -170,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer kernel sizes")
     ap.add_argument("--filter", default="", help="only cases whose name contains this")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--quiet", type=float, default=0.0, metavar="CPUS",
-                    help="shared machine: wait for other processes to use < CPUS cores before each case, and redo "
-                         "a case they loaded more (each row records their load)")
+    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
+                    help="shared machine: before each case wait up to S seconds for other processes to leave "
+                         "--threads cores free (each row records the rounds discarded and their load)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     if not native.available():
@@ -184,15 +150,18 @@ def main(argv: list[str] | None = None) -> int:
             for name, cands in SUITES[suite](a.quick):
                 if a.filter not in name:
                     continue
-                samples, load = measure(cands, a.reps, a.sample_ms, a.quiet)
-                ms = {k: statistics.median(v) for k, v in samples.items()}
+                res, dist = measure(cands, a.reps, a.sample_ms, a.wait_quiet, a.threads)
+                ms = {k: m.median * 1e3 for k, m in res.items()}
                 best = min((v, k) for k, v in ms.items() if k != "ours")
-                row = {"case": name, "ms": ms, "min_ms": {k: min(v) for k, v in samples.items()},
-                       "best_torch": best[1], "ratio": best[0] / ms["ours"], "others_load": round(load, 2)}
+                load = dist.get("others_cpu") or 0.0
+                row = {"case": name, "ms": ms, "min_ms": {k: m.min * 1e3 for k, m in res.items()},
+                       "best_torch": best[1], "ratio": best[0] / ms["ours"], "others_load": round(load, 2),
+                       "disturbance": dist}
                 rows.append(row)
                 if not a.json:
                     others = "  ".join(f"{k} {v:8.3f}" for k, v in ms.items() if k != "ours")
-                    print(f"{name:32s} ours {ms['ours']:8.3f}  {others}  x{row['ratio']:5.2f}  (load {load:.2f})",
+                    print(f"{name:32s} ours {ms['ours']:8.3f}  {others}  x{row['ratio']:5.2f}  (load {load:.2f}, "
+                          f"{dist['discarded']}/{dist['rounds']} rounds discarded)",
                           flush=True)
     if a.json:
         print(json.dumps({"threads": a.threads, "torch": torch.__version__, "cases": rows}, indent=1))

@@ -18,6 +18,7 @@ from fake_clock import FakeClock
 from archdsl.bench import (
     LockTimeout,
     compare,
+    compare_micro,
     compute_lock,
     default_lock_path,
     fingerprint,
@@ -122,6 +123,29 @@ def test_compare_interleaves_round_robin():
     out = compare(fns, rounds=4, warmup=1, min_runs=4, reference=lambda: order.append("ref"), detect=False)
     assert list(out) == ["A", "B", "C"] and all(m.runs == 4 for m in out.values())
     assert order == ["A", "B", "C", "ref"] * 5  # one warm-up round, then four measured rounds
+
+
+def test_compare_micro_batches_calls_and_drops_hopeless_candidates():
+    clock = FakeClock()
+    calls = {"fast": 0, "ours": 0, "slow": 0}
+
+    def work(name, dt):
+        def fn():
+            calls[name] += 1
+            clock.t += dt
+        return fn
+    # a 10 ms sample is 10 calls of the 1 ms candidates and 1 call (at least) of the 40 ms one
+    fns = {"fast": work("fast", 1e-3), "ours": work("ours", 2e-3), "slow": work("slow", 40e-3)}
+    out = compare_micro(fns, 7, sample_s=10e-3, warmup=1, drop_slower_than=3.0, keep="ours", timer=clock)
+    assert list(out) == ["fast", "ours", "slow"]
+    assert out["fast"].median == pytest.approx(1e-3) and out["ours"].median == pytest.approx(2e-3)
+    assert out["slow"].median == pytest.approx(40e-3) and out["slow"].runs == 3  # screened out after 3 rounds
+    assert out["fast"].runs == out["ours"].runs == 7
+    # warm-up + sizing call, 3 screening rounds and 7 timed rounds of 10 (fast) or 5 (ours) calls each
+    assert calls == {"fast": 2 + 10 * 10, "ours": 2 + 10 * 5, "slow": 2 + 3}
+    kept = compare_micro({"ours": work("ours", 2e-3), "slow": work("slow", 40e-3)}, 4, sample_s=10e-3,
+                         drop_slower_than=3.0, keep="slow", timer=clock)
+    assert kept["slow"].runs == 4 and kept["ours"].runs == 4  # `keep` is never dropped, the fastest never is
 
 
 def test_real_clock_smoke():

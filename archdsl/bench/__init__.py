@@ -2,6 +2,7 @@
 
     measure(fn) -> Measurement                 median / p10 / p90 of fn() until the median's 95% CI is tight
     compare({"a": fa, "b": fb}) -> {name: Measurement}   the same, candidates interleaved round-robin
+    compare_micro(fns, rounds) -> {name: Measurement}      micro-benchmarks: calls batched, fixed clean rounds
     measure(fn, normalize=True)                 also the regime-normalized latency: per-round ratio to a fixed
                                                 reference block x this machine's anchor (regime.py)
     measure_until_clean(fn) -> (Measurement, info)         measure; while disturbed, wait for quiet and again
@@ -17,9 +18,17 @@ The predictor is not yet accurate enough for the target (docs/latency.md has the
 """
 
 from .lock import LockTimeout, compute_lock, default_lock_path, measurement_lock
-from .measure import Measurement, compare, fingerprint, measure, measure_until_clean, steady_state_allocator
+from .measure import (
+           Measurement,
+           compare,
+           compare_micro,
+           fingerprint,
+           measure,
+           measure_until_clean,
+           steady_state_allocator,
+)
 from .model import ModelRunError, OutOfMemory, bench_model
 
 __all__ = ["Measurement", "ModelRunError", "OutOfMemory", "LockTimeout", "bench_model", "compute_lock", "compare",
-           "fingerprint",
+           "compare_micro", "fingerprint",
            "measure", "measure_until_clean", "measurement_lock", "default_lock_path", "steady_state_allocator"]

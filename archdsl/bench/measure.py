@@ -38,7 +38,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from . import regime, stats
@@ -46,8 +46,8 @@ from .disturb import Boost, Disturbance, LoadWindow, ThreadProbe, round_disturbe
 from .lock import LockTimeout, default_lock_path, measurement_lock
 from .machine import fingerprint
 
-__all__ = ["Measurement", "measure", "compare", "measure_until_clean", "fingerprint", "steady_state_allocator",
-           "measurement_lock", "default_lock_path", "LockTimeout", "reference_workload"]
+__all__ = ["Measurement", "measure", "compare", "compare_micro", "measure_until_clean", "fingerprint",
+           "steady_state_allocator", "measurement_lock", "default_lock_path", "LockTimeout", "reference_workload"]
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -306,6 +306,52 @@ def compare(fns: dict[str, Callable[[], Any]], rounds: int = 1000, *, warmup: in
     for m in out.values():
         m.remeasured = remeasured
     return out
+
+
+def _batched(fn: Callable[[], Any], sample_s: float, warmup: int,
+             timer: Callable[[], float]) -> tuple[Callable[[], None], int]:
+    """`fn` wrapped so that one call runs it n times, n sized from one timed call (after `warmup` calls) so that
+    a call lasts about `sample_s`. Returns (wrapped, n)."""
+    for _ in range(warmup):
+        fn()
+    t0 = timer()
+    fn()
+    n = max(1, int(sample_s / max(timer() - t0, 1e-7)))
+
+    def many() -> None:
+        for _ in range(n):
+            fn()
+    return many, n
+
+
+def _per_call(m: Measurement, n: int) -> Measurement:
+    return replace(m, median=m.median / n, p10=m.p10 / n, p90=m.p90 / n, min=m.min / n,
+                               samples=[s / n for s in m.samples])
+
+
+def compare_micro(fns: dict[str, Callable[[], Any]], rounds: int, *, sample_s: float = 0.01, warmup: int = 1,
+                  drop_slower_than: float | None = None, keep: str | None = None,
+                  max_seconds: float = 600.0, timer: Callable[[], float] = time.perf_counter) -> dict[str, Measurement]:
+    """`compare` for micro-benchmarks: candidates too fast to time one call at a time. Each candidate is batched
+    so one timed call lasts about `sample_s`, then exactly `rounds` clean interleaved rounds are kept (disturbed
+    ones are discarded and made up, up to 3x `rounds` or `max_seconds`), with no reference workload. With
+    `drop_slower_than` = r, three screening rounds come first and a candidate r times slower than the fastest
+    (other than `keep`) is not timed further: it cannot decide a ratio; it keeps its screening Measurement.
+    Returns name -> Measurement of ONE call (seconds). `timer` is injectable as in `compare`."""
+    batched = {k: _batched(f, sample_s, warmup, timer) for k, f in fns.items()}
+    kw = dict(warmup=0, rel_ci=math.inf, reference=False, max_seconds=max_seconds, timer=timer)
+    calls = {k: b[0] for k, b in batched.items()}
+    out: dict[str, Measurement] = {}
+    if drop_slower_than is not None and len(calls) > 1:
+        screen = compare(calls, 9, min_runs=3, **kw)
+        best = min(m.median / batched[k][1] for k, m in screen.items() if math.isfinite(m.median))
+        for k, m in screen.items():
+            if k != keep and not m.median / batched[k][1] < drop_slower_than * best:
+                out[k] = _per_call(m, batched[k][1])
+                del calls[k]
+    timed = compare(calls, 3 * rounds, min_runs=rounds, **kw)
+    out.update({k: _per_call(m, batched[k][1]) for k, m in timed.items()})
+    return {k: out[k] for k in fns}
 
 
 def _apply_anchor(out: dict[str, Measurement], refs: list[float], given: float | None = None) -> None:
