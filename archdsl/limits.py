@@ -17,9 +17,13 @@ MAX_TOKENS = 200_000          # words, numbers and symbols of one file (the bund
 MAX_SYNTAX_ERRORS = 20
 MAX_EXPR_DEPTH = 200          # nesting of expressions / bodies in the AST
 MAX_CALL_DEPTH = 64           # nested block calls (catches recursion that does not terminate)
-MAX_NODES = 200_000           # operator nodes in one graph
+# operator nodes in one graph, and loop iterations + block calls in one elaboration (empty nested loops make no
+# nodes): the bundled specs have at most ~500 nodes; at these limits a runaway spec is refused within about a
+# second on 2 cores (at 200,000 a binary recursion took 7 s to reach them)
+MAX_NODES = 50_000
 MAX_LIST = 100_000            # elements of one list value / range
-MAX_STEPS = 200_000           # loop iterations + block calls in one elaboration (empty nested loops make no nodes)
+MAX_STEPS = 50_000
+MAX_NAME_CHARS = 5_000_000    # characters of all layer names (full paths) of one graph, charged as each is made
 # values built and compared by expressions in one elaboration: list and string elements (charged as each list,
 # string or range is made), comprehension steps, elements compared by == (one budget: nested comprehensions and
 # huge comparisons in loops cannot run for hours or fill the memory)

@@ -112,6 +112,37 @@ def test_a_runaway_loop_is_refused_after_its_first_iteration():
     assert time.perf_counter() - t0 < 60  # about a second each on 2 quiet cores (no timing target)
 
 
+def test_a_runaway_recursion_is_refused_after_its_first_call():
+    """Issue 21: a binary recursion once took 20 s to reach the step limit. Identical block calls in a row (same
+    block, same arguments) are a repetition like a loop: after the first returns, the spec is refused at once."""
+    where, e = _error("block t(n: int) { if n > 0 { t(n - 1); t(n - 1) } else { relu() } }\n" + _model("t(40)"))
+    assert where.startswith("1:30 the model would have about 2,199,023,255,5")
+    assert "(this call of 't' is made 2 times in a row, each making about" in where and len(e.diagnostics) == 1
+    fan = "block b0() { relu() }\n" + "".join(
+        f"block b{i}() {{ {' '.join(f'b{i - 1}()' for _ in range(10))} }}\n" for i in range(1, 7))
+    where, _ = _error(fan + _model("b6()"))
+    assert "would have about 1,111,110 loop iterations" in where and "'b5' is made 10 times in a row" in where
+
+
+@pytest.mark.parametrize("spec", [
+    # calls with other arguments cost what they cost: a deep recursion whose second call is cheap is no runaway
+    "block t(n: int) { if n > 0 { t(n - 1); t(0) } else { relu() } }\n" + _model("t(60)"),
+    "block b() { relu() }\n" + _model("b(); b(); b(); b()"),
+    _model("for i in range(3) { for j in range(1000) { relu() } }"),  # within the limits: run to the end
+])
+def test_repetitions_within_the_limits_are_not_refused(spec):
+    check_text(spec, "ok.arch")
+
+
+def test_layer_names_count_against_a_budget(monkeypatch):
+    """Issue 21: 9,000-character layer names in a 100,000-iteration loop grew by 20 MB/s; names are charged as
+    they are made."""
+    long = "n" * 9000
+    where, _ = _error(_model(f"for i in range(100000) {{ {long}: relu() }}"))
+    assert where == f"3:30 the model's layer names have more than {limits.MAX_NAME_CHARS:,} characters in all " \
+        "(this one has 9,004)"
+
+
 @pytest.mark.parametrize("stmt", [
     "let big = [[i for i in range(100000)] for j in range(100000)]",  # nested comprehensions: 10^10 elements
     "let big = [[0] * 100000 for j in range(100000)]",

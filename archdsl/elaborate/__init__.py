@@ -35,7 +35,6 @@ from .base import (  # noqa: F401 - FORMS, fix_value re-exported
     _conforms_type,
     _has_choice,
     _notes,
-    _prefixes,
     _Stop,
     _uses_error,
     fix_value,
@@ -43,6 +42,7 @@ from .base import (  # noqa: F401 - FORMS, fix_value re-exported
 from .forms import FORM_HANDLERS, Forms
 from .model_stmts import ModelStatements
 from .namespaces import Namespaces
+from .runaway import Repeats
 
 __all__ = ["Elaborator", "FORMS", "SIMPLE_STATEMENTS", "fix_value"]
 
@@ -68,6 +68,8 @@ class Elaborator(Namespaces, Forms, ModelStatements):
         self._no_input_reported = False
         self._containers: dict[str, str] = {}  # path prefix -> first node under it
         self._steps = 0  # loop iterations and block calls so far (limits.MAX_STEPS)
+        self._name_chars = 0  # characters of the layer names made so far (limits.MAX_NAME_CHARS)
+        self._repeats = Repeats()  # the loops and repeated block calls running (runaway.py)
 
     def run(self, model_name: str | None = None) -> ArchGraph:
         self.col.raise_if_any()
@@ -187,7 +189,13 @@ class Elaborator(Namespaces, Forms, ModelStatements):
         g = self.graph
         if not name:
             name = op
-        clash = name if name in g else next((p for p in _prefixes(name) if p in g), None)
+        # the containers (prefixes) this name opens: a known container has had its own prefixes checked and
+        # recorded already (a node and a container never share a name), so the walk up stops at the first one
+        opened, end = [], name.rfind(".")
+        while end > 0 and name[:end] not in self._containers:
+            opened.append(name[:end])
+            end = name.rfind(".", 0, end)
+        clash = name if name in g else next((p for p in opened if p in g), None)
         if clash is None and name in self._containers:
             clash = self._containers[name]
         if clash is not None:
@@ -199,8 +207,14 @@ class Elaborator(Namespaces, Forms, ModelStatements):
             self._err(name_span or span, f"'{bad}' cannot be a layer name (it is reserved by torch.nn.Module)",
                       frame, "choose another name")
             raise _Abort
-        for p in _prefixes(name):
-            self._containers.setdefault(p, name)
+        for p in opened:
+            self._containers[p] = name
+        self._name_chars += len(name)
+        if self._name_chars > limits.MAX_NAME_CHARS:
+            self._err(name_span or span, f"the model's layer names have more than {limits.MAX_NAME_CHARS:,} "
+                      f"characters in all (this one has {len(name):,})", frame,
+                      "shorten the layer names or reduce repeat counts (this limit guards against runaway specs)")
+            raise _Stop
         if len(g) >= limits.MAX_NODES:
             self._err(span, f"the model has more than {limits.MAX_NODES} operator nodes", frame,
                       "reduce repeat counts (this limit guards against runaway specs)")
@@ -214,7 +228,8 @@ class Elaborator(Namespaces, Forms, ModelStatements):
     def exec_body(self, body: S.Body, frame: Frame, cur: Ref | None, scope: str,
                   collapse: bool = True) -> Ref | None:
         frame = Frame(frame.env.new_child(), frame.file, frame.notes, frame.depth, frame.model_top)
-        for stmt, seg, name_span in self._layer_segments(body, collapse):
+        rows = self._repeats.calls_in_a_row(body, self.namespaces[frame.file].__contains__)
+        for i, (stmt, seg, name_span) in enumerate(self._layer_segments(body, collapse)):
             if seg is None:  # not a layer statement
                 self._exec_simple(stmt, frame, scope)
                 if isinstance(stmt, S.Input):
@@ -229,7 +244,13 @@ class Elaborator(Namespaces, Forms, ModelStatements):
                           "give the layer another name")
                 continue
             try:
-                cur = self.exec_layer(layer, frame, cur, join(scope, seg), name_span)
+                if i not in rows:
+                    cur = self.exec_layer(layer, frame, cur, path, name_span)
+                    continue
+                with self._repeats.running(layer, rows[i]):  # the first of identical block calls in a row
+                    start = (self._steps, len(self.graph))
+                    cur = self.exec_layer(layer, frame, cur, path, name_span)
+                    self._foresee(frame, start)
             except _Abort:
                 continue  # the error is recorded; go on to report errors of later statements
         return cur
@@ -302,10 +323,14 @@ class Elaborator(Namespaces, Forms, ModelStatements):
                       "use range(n) to repeat n times")
             raise _Abort
         self.graph.scopes.setdefault(path, Scope(path, "for", "", layer.span))
+        with self._repeats.running(layer, len(items)):
+            return self._iterate(layer, items, frame, cur, path)
+
+    def _iterate(self, layer: S.For, items: tuple, frame: Frame, cur: Ref | None, path: str) -> Ref | None:
         start = (self._steps, len(self.graph))
         for i, item in enumerate(items):
             if i == 1:  # a runaway loop is refused now, not after minutes of elaboration
-                self._foresee(layer, frame, len(items), start)
+                self._foresee(frame, start)
             self._step(layer.span, frame)
             env = frame.env.new_child()
             if len(layer.names) == 1:
@@ -389,18 +414,13 @@ class Elaborator(Namespaces, Forms, ModelStatements):
                 values[k] = v
         return values, spans
 
-    def _foresee(self, layer: S.For, frame: Frame, n: int, start: tuple[int, int]) -> None:
-        """After a loop's first iteration: if repeating it `n` times would pass a limit many times over (more than
-        RUNAWAY x MAX_STEPS or MAX_NODES), refuse at the loop now. (The first iteration may cost more than the
-        others, so a loop that could stay within the limits is always run to the real limit.)"""
-        steps, nodes = self._steps - start[0], len(self.graph) - start[1]
-        for per, cap, what in ((steps, limits.MAX_STEPS, "loop iterations and block calls"),
-                               (nodes, limits.MAX_NODES, "operator nodes")):
-            if per * n > limits.RUNAWAY * cap:
-                self._err(layer.span, f"the model would have about {per * n:,} {what} (this loop repeats {n:,} "
-                          f"times a body of {per:,}), more than the limit of {cap:,}", frame,
-                          "reduce repeat counts (this limit guards against runaway specs)")
-                raise _Stop
+    def _foresee(self, frame: Frame, start: tuple[int, int]) -> None:
+        """After the first round of the innermost repetition running (a loop's first iteration, the first of a row
+        of identical block calls), refuse a runaway spec now, at the repetition (runaway.py)."""
+        refusal = self._repeats.foresee(self._steps - start[0], len(self.graph) - start[1])
+        if refusal is not None:
+            self._err(refusal[0], refusal[1], frame, "reduce repeat counts (this limit guards against runaway specs)")
+            raise _Stop
 
     def _step(self, span: Span, frame: Frame) -> None:
         self._steps += 1

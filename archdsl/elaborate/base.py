@@ -64,11 +64,6 @@ def _has_choice(e) -> bool:
     return False
 
 
-def _prefixes(name: str) -> list[str]:
-    parts = name.split(".")
-    return [".".join(parts[:i]) for i in range(1, len(parts))]
-
-
 # Attribute names of torch.nn.Module: a layer so named could not become a submodule.
 RESERVED_NAMES = frozenset(
     "T_destination add_module apply bfloat16 buffers call_super_init children compile cpu cuda double "
