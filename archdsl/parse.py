@@ -21,7 +21,7 @@ from lark.exceptions import UnexpectedInput, VisitError
 from . import limits
 from . import syntax as S
 from .errors import ArchError, Diagnostic, Span, register_source
-from .syntax_errors import _balanced, _syntax_diagnostic, _unclosed_diagnostic
+from .syntax_errors import _syntax_diagnostic, parse_recovering
 
 
 @lru_cache(maxsize=1)
@@ -323,31 +323,7 @@ def parse_text(text: str, file: str = "<string>") -> S.Module:
 
 def _parse_text(text: str, file: str) -> S.Module:
     limits.check_text(text, file)
-    diags: list[Diagnostic] = []
-    work = text
-    tree = None
-    for _ in range(limits.MAX_SYNTAX_ERRORS):
-        try:
-            tree = _parser().parse(work, start="start")
-            break
-        except UnexpectedInput as e:
-            d = _syntax_diagnostic(e, file, work)
-            unclosed = _unclosed_diagnostic(d, e, work, file)
-            if unclosed is not None:
-                diags.append(unclosed[0])
-                if unclosed[1] is None:
-                    break
-                work = unclosed[1]
-                continue
-            diags.append(d)
-            # Recovery: blank the offending line and parse again, but only where that cannot itself
-            # unbalance brackets (which would produce errors the user did not make).
-            lines = work.split("\n")
-            i = d.span.line - 1
-            if not (0 <= i < len(lines)) or not _balanced(lines[i]) or not lines[i].strip():
-                break
-            lines[i] = " " * len(lines[i])
-            work = "\n".join(lines)
+    tree, diags = parse_recovering(_parser(), text, file)
     if diags:
         raise ArchError(sorted(diags, key=lambda d: (d.span.line, d.span.col)))
     try:

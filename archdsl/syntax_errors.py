@@ -1,18 +1,105 @@
 """Stage 1: syntax errors in words, and recovery to find the next one (parse.py's helper).
 
-Takes: Lark's UnexpectedInput, the file name and the text being parsed. Returns: a positioned Diagnostic with
-what was expected in readable words (`_syntax_diagnostic`); for an unclosed bracket, a diagnostic at the opening
-one and the text with it closed so parsing can go on (`_unclosed_diagnostic`); `_balanced` tells whether
-blanking a line keeps the brackets balanced.
+Takes: the LALR parser, the file name and the text. `parse_recovering` returns the Lark tree (None when there
+were errors) and every syntax error found, each a positioned Diagnostic with what was expected in readable words
+(`_syntax_diagnostic`); for an unclosed bracket, a diagnostic at the opening one (`_unclosed_diagnostic`). After
+each error it blanks the offending line (where that keeps the brackets balanced) or closes the bracket, and parses
+on from the parser's state at the last line start before the change: the errors of a file cost about one parse
+of it, not one each.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
+from lark import Lark
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
+from . import limits
 from .errors import Diagnostic, Span
+
+
+def parse_recovering(parser: Lark, text: str, file: str) -> tuple[Any, list[Diagnostic]]:
+    """The tree of `text` and no diagnostics, or None and its syntax errors (at most limits.MAX_SYNTAX_ERRORS
+    parses), in the order found."""
+    diags: list[Diagnostic] = []
+    run = _Resumable(parser, text)
+    for _ in range(limits.MAX_SYNTAX_ERRORS):
+        work = run.text
+        try:
+            tree = run.parse()
+            return (None if diags else tree), diags
+        except UnexpectedInput as e:
+            d = _syntax_diagnostic(e, file, work)
+            unclosed = _unclosed_diagnostic(d, e, work, file)
+            if unclosed is not None:
+                diags.append(unclosed[0])
+                if unclosed[1] is None:
+                    break
+                run = run.resume(unclosed[1])
+                continue
+            diags.append(d)
+            # Blank the offending line and parse on, but only where that cannot itself unbalance brackets
+            # (which would produce errors the user did not make).
+            lines = work.split("\n")
+            i = d.span.line - 1
+            if not (0 <= i < len(lines)) or not _balanced(lines[i]) or not lines[i].strip():
+                break
+            lines[i] = " " * len(lines[i])
+            run = run.resume("\n".join(lines))
+    return None, diags
+
+
+class _Resumable:
+    """An LALR parse of `text` that remembers the parser's stacks before the first token of each line, so that a
+    parse of a changed text can start at the last such mark before the first change. (The text before a mark is
+    the same, the character before it is a space or a newline, so no token changes across it: the errors found
+    equal those of a parse from the start. Its tree may share nodes that a failed parse went on to change, which is
+    why a text with errors gets no tree.)"""
+
+    def __init__(self, parser: Lark, text: str, marks: list | None = None) -> None:
+        self.parser, self.text = parser, text
+        self.marks: list[tuple[int, list, list]] = marks or []  # (offset of the token, state stack, value stack)
+
+    def parse(self) -> Any:
+        ip = self.parser.parse_interactive(self.text, start="start")
+        state = ip.parser_state
+        if self.marks:
+            pos, states, values = self.marks[-1]
+            ip.lexer_thread.state.line_ctr.feed(self.text[:pos])
+            state.state_stack[:], state.value_stack[:] = states, values
+            del self.marks[-1]  # recorded again as the parse passes it
+        line, tok = -1, None
+        try:
+            for tok in ip.lexer_thread.lex(state):
+                if tok.line != line:
+                    line = tok.line
+                    self.marks.append((tok.start_pos, list(state.state_stack), list(state.value_stack)))
+                state.feed_token(tok)
+            return ip.feed_eof(tok)
+        except UnexpectedInput as e:
+            if getattr(e, "interactive_parser", None) is None:  # as Lark's own parse sets it: _expected needs it
+                e.interactive_parser = ip
+            raise
+
+    def resume(self, text: str) -> "_Resumable":
+        """A parse of `text`, a changed copy of this one's, that starts at the last mark before the change."""
+        same = _common_prefix(self.text, text)
+        keep = [m for m in self.marks if m[0] <= same]
+        return _Resumable(self.parser, text, keep)
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """The length of the longest common prefix of a and b (by halving, each comparison in C)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 _READABLE = {
     "NAME": "a name", "NUMBER": "a number", "STRING": "a string", "LPAR": "'('", "RPAR": "')'",
@@ -98,25 +185,21 @@ def _balanced(line: str) -> bool:
 _CLOSER = {"(": ")", "[": "]", "{": "}"}
 
 
+# What `_unclosed` looks at: a comment, a string (a backslash escapes any character, a newline included; one not
+# closed on its line ends there), a bracket or a newline.
+_SCAN = re.compile(r'#[^\n]*|"(?:[^"\\\n]|\\[\s\S])*"?|[()\[\]{}\n]')
+
+
 def _unclosed(text: str) -> list[tuple[int, int, int]]:
     """Brackets that are never closed, as (offset, line, col); strings and comments are skipped.
     A closer that does not match the innermost opener closes an outer one, leaving the inner ones unclosed."""
     stack: list[tuple[int, int, int]] = []
     out: list[tuple[int, int, int]] = []
-    line, line_start, i, n = 1, 0, 0, len(text)
-    while i < n:
-        ch = text[i]
+    line, line_start = 1, 0
+    for m in _SCAN.finditer(text):
+        ch, i = m.group()[0], m.start()
         if ch == "\n":
             line, line_start = line + 1, i + 1
-        elif ch == "#":
-            while i + 1 < n and text[i + 1] != "\n":
-                i += 1
-        elif ch == '"':
-            i += 1
-            while i < n and text[i] not in '"\n':
-                i += 2 if text[i] == "\\" else 1
-            if i < n and text[i] == "\n":
-                continue
         elif ch in _CLOSER:
             stack.append((i, line, i - line_start + 1))
         elif ch in ")]}":
@@ -124,7 +207,6 @@ def _unclosed(text: str) -> list[tuple[int, int, int]]:
                 out.append(stack.pop())
             if stack:
                 stack.pop()
-        i += 1
     return sorted(out + stack)
 
 
