@@ -14,7 +14,9 @@ pytest run; `python benchmarks/fuzz_long.py --total 60000` is the longer run.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import os
 import re
 from pathlib import Path
@@ -224,6 +226,126 @@ def test_resumed_parse_finds_the_errors_a_parse_from_the_start_finds(case):
     tree, diags = parse_recovering(_parser(), text, file)
     assert diags == _errors_by_reparsing(text, file)
     assert (tree is None) == bool(diags)
+
+
+@contextlib.contextmanager
+def _small_limits():
+    """The same guards, reached sooner: a fuzz input that runs into one must stay cheap. Restored after."""
+    names = ("MAX_WORK", "MAX_STEPS", "MAX_NODES", "MAX_NAME_CHARS")
+    saved = [getattr(limits, n) for n in names]
+    for n, v in zip(names, (20_000, 2_000, 2_000, 50_000)):
+        setattr(limits, n, v)
+    try:
+        yield
+    finally:
+        for n, v in zip(names, saved):
+            setattr(limits, n, v)
+
+
+@fuzzer(many_errors())
+def test_many_syntax_errors(case):
+    file, text = case
+    check_only_arch_errors(text, file)
+
+
+COUNTS = ["0", "1", "3", "100", "1000", "100000", "-1", "i", "j", "len(dims)", "10 ** 9"]
+ELEMENTS = ["i", "0", "[0] * 100", '"ab" * 50', "[i, i]", "i + j", "dims", "range(i)", '"x"']
+
+
+@st.composite
+def comprehensions(draw):
+    """Nested comprehensions, repeated lists and long comparisons: every value built counts against one budget."""
+    def comp(depth):
+        inner = comp(depth - 1) if depth else draw(st.sampled_from(ELEMENTS))
+        var = draw(st.sampled_from(["i", "j", "k"]))
+        cond = draw(st.sampled_from(["", f" if {var} % 2 == 0", " if true", " if i"]))
+        return f"[{inner} for {var} in range({draw(st.sampled_from(COUNTS))}){cond}]"
+    e = comp(draw(st.integers(0, 3)))
+    use = draw(st.sampled_from(["let x = {e}\n    relu()", "conv(len({e}))", "require {e} == {e}\n    relu()",
+                                "for x in {e} {{ relu() }}", "for r in range({n}) {{ let x = {e} }}\n    relu()",
+                                "let x = {e} * {n}\n    relu()"]))
+    return "let dims = [8, 16]\n    " + use.format(e=e, n=draw(st.sampled_from(COUNTS)))
+
+
+@fuzzer(comprehensions())
+def test_comprehensions(stmts):
+    with _small_limits():
+        check_only_arch_errors(_model(stmts))
+
+
+@st.composite
+def long_names(draw):
+    """Long layer names in loops, recursions and nested scopes: names are charged as they are made."""
+    name = draw(st.sampled_from(["n", "_x", "a" * 100, "b" * 9000, "c" * 20000, "x.y", "forward", "é"]))
+    n = draw(st.sampled_from(["1", "10", "1000", "100000"]))
+    form = draw(st.sampled_from([
+        "for i in range({n}) {{ {name}: relu() }}",
+        "{name}: {{ {name}: {{ {name}: relu() }} }}",
+        "t({n})",
+        "{name}: relu()\n    {name}: relu()",
+        "for i in range({n}) {{ {name}: {{ a: relu(); b: relu() }} }}",
+    ]))
+    block = "block t(n: int) {{ if n > 0 {{ {name}: t(n - 1) }} else {{ relu() }} }}\n".format(name=name)
+    return block + _model(form.format(name=name, n=n))
+
+
+@fuzzer(long_names())
+def test_long_names(text):
+    with _small_limits():
+        check_only_arch_errors(text)
+
+
+CONTROL = ["\x00", "\x07", "\x1b", "\x1b[2J", "\x1b]0;pwned\x07", "\x08", "\x7f", "\x9b", "\r", "\u202e", "\ufeff",
+           "\u2028", "\x0c", "\x0b"]
+
+
+@st.composite
+def control_bytes(draw):
+    """Control characters anywhere: in names, strings, comments and between tokens; never echoed raw."""
+    file, text = draw(corpus)
+    for _ in range(draw(st.integers(1, 5))):
+        i = draw(st.integers(0, len(text)))
+        text = text[:i] + draw(st.sampled_from(CONTROL)) + text[i:]
+    return file, text
+
+
+@fuzzer(control_bytes())
+def test_control_bytes(case):
+    file, text = case
+    check_only_arch_errors(text, file)
+    try:
+        check_text(text, file)
+    except ArchError as e:
+        shown = e.render()
+        assert not any(c in shown for c in "\x00\x07\x1b\x08\x7f\x9b\x0b\x0c"), repr(shown)
+
+
+HUGE = ["9" * 5000, "1e400", "-1", "0", "3x8x8", "3x" + "9" * 30 + "x8", "3x10^26x10^26", "1" + "0" * 19, "nan",
+        "inf", "1e-400", "0x10", "１", "", "x" * 3000, "3,8,8", "3x8", "3x8x8x8"]
+
+
+@fuzzer(st.tuples(st.sampled_from(["--input", "--set", "--max-memory", "--set-choice"]), st.sampled_from(HUGE),
+                  st.sampled_from(HUGE)))
+def test_huge_numbers_on_the_command_line(case):
+    """`archdsl check` with huge or malformed numbers in its flags: exit 1 or 2 with one line, never 70, no
+    traceback."""
+    from archdsl.cli import main
+
+    flag, a, b = case
+    value = {"--set": f"num_classes={a}", "--set-choice": f"dims={b}"}.get(flag, a)
+    if flag == "--set-choice":
+        flag = "--set"
+    argv = ["--max-memory", value, "check", str(EXAMPLES / "convnext_atto.arch")] if flag == "--max-memory" \
+        else ["check", str(EXAMPLES / "convnext_atto.arch"), flag, value]
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        try:
+            rc = main(argv)
+        except SystemExit as e:  # argparse's usage errors
+            rc = e.code
+    out = buf.getvalue()
+    assert rc in (0, 1, 2), (argv, rc, out[-2000:])
+    assert "Traceback" not in out and "internal error" not in out, (argv, out[-2000:])
 
 
 # ---------------------------------------------------------------- token-level mutations
