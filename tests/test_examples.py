@@ -52,6 +52,10 @@ EXACT = [
     ("unireplknet_t.arch", {"deploy": True}, 31_037_980, 4_898_993_920),
     ("replknet_31b.arch", {}, 79_864_168, 15_431_298_048),
     ("replknet_31b.arch", {"small_kernel_merged": True}, 79_527_272, 15_353_525_248),
+    # issue 22: the rest of the literature (sources in each file's header)
+    ("hornet_tiny.arch", {}, 22_409_512, 3_968_389_312),          # raoyongming/HorNet hornet_tiny_7x7
+    ("fasternet_t0.arch", {}, 3_905_500, 335_422_720),            # timm fasternet_t0
+    ("fasternet_t0.arch", {"embed_dim": 96, "act": "relu"}, 14_982_888, 1_904_334_848),  # FasterNet-T2 (15.0M)
 ]
 
 
