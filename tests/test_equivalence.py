@@ -244,3 +244,18 @@ def test_pools_match_unfold():
     close(mp(x), cols.amax(2))
     ap = build("avgpool", [Shape(3, 9, 9)], k=3, s=3)
     close(ap(x), F.unfold(x, 3, stride=3).view(2, 3, 9, 3, 3).mean(2))
+
+
+@pytest.mark.parametrize("size,out", [((7, 7), (7, 7)), ((5, 7), (2, 3)), ((2, 2), (3, 3)), ((9, 4), (4, 3))])
+def test_adaptive_avgpool_matches_its_bins(size, out):
+    """Bin i of n over a side of L averages [floor(i L / n), ceil((i + 1) L / n)) (overlapping when L % n != 0)."""
+    h, w = size
+    x = x_(3, h, w)
+    m = build("adaptive_avgpool", [Shape(3, h, w)], out=tuple(out))
+    ref = torch.empty(2, 3, *out, dtype=torch.float64)
+    for i in range(out[0]):
+        for j in range(out[1]):
+            r0, r1 = i * h // out[0], -(-(i + 1) * h // out[0])
+            c0, c1 = j * w // out[1], -(-(j + 1) * w // out[1])
+            ref[:, :, i, j] = x[:, :, r0:r1, c0:c1].mean((2, 3))
+    close(m(x), ref)

@@ -56,6 +56,11 @@ EXACT = [
     ("hornet_tiny.arch", {}, 22_409_512, 3_968_389_312),          # raoyongming/HorNet hornet_tiny_7x7
     ("fasternet_t0.arch", {}, 3_905_500, 335_422_720),            # timm fasternet_t0
     ("fasternet_t0.arch", {"embed_dim": 96, "act": "relu"}, 14_982_888, 1_904_334_848),  # FasterNet-T2 (15.0M)
+    ("regnet.arch", {}, 4_344_144, 401_842_848),                  # torchvision regnet_y_400mf
+    ("regnet.arch", {"depth": 22, "w0": 24, "wa": 24.48, "wm": 2.54, "group_w": 16, "se": False},
+     5_157_512, 397_677_568),                                       # RegNetX-400MF (pycls / timm regnetx_004: 5.2M)
+    ("vgg16.arch", {}, 138_357_544, 15_470_264_320),               # torchvision vgg16
+    ("vgg16.arch", {"batch_norm": True}, 138_365_992, 15_470_264_320),  # torchvision vgg16_bn
 ]
 
 

@@ -1,4 +1,5 @@
-"""Pooling family: avgpool, maxpool (windowed), gap / gmp (global, to a feature vector), flatten."""
+"""Pooling family: avgpool, maxpool (windowed), adaptive_avgpool (to a fixed size), gap / gmp (global, to a
+feature vector), flatten."""
 
 from __future__ import annotations
 
@@ -69,6 +70,31 @@ class MaxPool(_Window):
 
         _, _, stride = self._geom(p, ins[0])
         return nn.MaxPool2d(pair(p.k), pair(stride), pair(p.pad), ceil_mode=p.ceil)
+
+
+@register
+class AdaptiveAvgPool(Op):
+    """Adaptive average pooling to a fixed size: adaptive_avgpool(out). Output bin i of n over a side of length L
+    averages [floor(i L / n), ceil((i + 1) L / n)), as torch's AdaptiveAvgPool2d (VGG's 7x7 before its
+    classifier, Inception's pools)."""
+
+    name = "adaptive_avgpool"
+    samples = [({"out": 7}, [S(4, 7, 7)]), ({"out": (2, 3)}, [S(4, 5, 7)]), ({"out": 3}, [S(4, 2, 2)])]
+    family = "pool"
+    layouts = ("nchw",)
+
+    class Params(OpParams):
+        out: Int2
+
+    def infer(self, p, ins):
+        positive(p, "out")
+        oh, ow = pair(p.out)
+        return Shape(ins[0].c, oh, ow)
+
+    def build(self, p, ins):
+        from torch import nn
+
+        return nn.AdaptiveAvgPool2d(pair(p.out))
 
 
 class _Global(Op):
