@@ -61,6 +61,8 @@ EXACT = [
      5_157_512, 397_677_568),                                       # RegNetX-400MF (pycls / timm regnetx_004: 5.2M)
     ("vgg16.arch", {}, 138_357_544, 15_470_264_320),               # torchvision vgg16
     ("vgg16.arch", {"batch_norm": True}, 138_365_992, 15_470_264_320),  # torchvision vgg16_bn
+    ("eca_resnet50.arch", {}, 25_557_112, 4_089_270_528),         # ECANet eca_resnet50 k3557 (ResNet-50 + 80)
+    ("van_b0.arch", {}, 4_105_800, 864_224_000),                  # VAN-Classification van_b0 (4.1M, 0.9G)
 ]
 
 
