@@ -37,7 +37,13 @@ SHALLOW = {"examples/convnext_tiny.arch": {"depths": [1, 1, 1, 1]},
            "examples/inceptionnext_tiny.arch": {"depths": [1, 1, 1, 1]},
            "examples/unireplknet_t.arch": {"depths": [1, 1, 2, 1], "kernel_sizes": [[3], [13], [13, 3], [13]]},
            "examples/replknet_31b.arch": {"layers": [1, 1, 1, 1]},
-           "docs/examples/resnet50.arch": {"layers": [1, 1, 1, 1]}}
+           "docs/examples/resnet50.arch": {"layers": [1, 1, 1, 1]},
+           "examples/literature/eca_resnet50.arch": {"layers": [1, 1, 1, 1]},
+           "examples/literature/hornet_tiny.arch": {"depths": [1, 1, 1, 1]},
+           "examples/literature/vgg16.arch": {"groups": [[16], [16, 16]]},
+           "examples/literature/van_b0.arch": {"depths": [1, 1, 1, 1]},
+           "examples/literature/fasternet_t0.arch": {"depths": [1, 1, 1, 1]},
+           "examples/literature/regnet.arch": {"depth": 6}}
 
 
 def test_every_spec_is_compiled_or_listed():

@@ -53,16 +53,16 @@ EXACT = [
     ("replknet_31b.arch", {}, 79_864_168, 15_431_298_048),
     ("replknet_31b.arch", {"small_kernel_merged": True}, 79_527_272, 15_353_525_248),
     # issue 22: the rest of the literature (sources in each file's header)
-    ("hornet_tiny.arch", {}, 22_409_512, 3_968_389_312),          # raoyongming/HorNet hornet_tiny_7x7
-    ("fasternet_t0.arch", {}, 3_905_500, 335_422_720),            # timm fasternet_t0
-    ("fasternet_t0.arch", {"embed_dim": 96, "act": "relu"}, 14_982_888, 1_904_334_848),  # FasterNet-T2 (15.0M)
-    ("regnet.arch", {}, 4_344_144, 401_842_848),                  # torchvision regnet_y_400mf
-    ("regnet.arch", {"depth": 22, "w0": 24, "wa": 24.48, "wm": 2.54, "group_w": 16, "se": False},
+    ("literature/hornet_tiny.arch", {}, 22_409_512, 3_968_389_312),          # raoyongming/HorNet hornet_tiny_7x7
+    ("literature/fasternet_t0.arch", {}, 3_905_500, 335_422_720),            # timm fasternet_t0
+    ("literature/fasternet_t0.arch", {"embed_dim": 96, "act": "relu"}, 14_982_888, 1_904_334_848),  # T2
+    ("literature/regnet.arch", {}, 4_344_144, 401_842_848),                  # torchvision regnet_y_400mf
+    ("literature/regnet.arch", {"depth": 22, "w0": 24, "wa": 24.48, "wm": 2.54, "group_w": 16, "se": False},
      5_157_512, 397_677_568),                                       # RegNetX-400MF (pycls / timm regnetx_004: 5.2M)
-    ("vgg16.arch", {}, 138_357_544, 15_470_264_320),               # torchvision vgg16
-    ("vgg16.arch", {"batch_norm": True}, 138_365_992, 15_470_264_320),  # torchvision vgg16_bn
-    ("eca_resnet50.arch", {}, 25_557_112, 4_089_270_528),         # ECANet eca_resnet50 k3557 (ResNet-50 + 80)
-    ("van_b0.arch", {}, 4_105_800, 864_224_000),                  # VAN-Classification van_b0 (4.1M, 0.9G)
+    ("literature/vgg16.arch", {}, 138_357_544, 15_470_264_320),               # torchvision vgg16
+    ("literature/vgg16.arch", {"batch_norm": True}, 138_365_992, 15_470_264_320),  # torchvision vgg16_bn
+    ("literature/eca_resnet50.arch", {}, 25_557_112, 4_089_270_528),         # ECANet eca_resnet50 k3557
+    ("literature/van_b0.arch", {}, 4_105_800, 864_224_000),                  # VAN-Classification van_b0 (4.1M, 0.9G)
 ]
 
 

@@ -82,3 +82,23 @@ def test_same_seed_same_initial_weights(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     w = a["stages.2.blocks.0.mlp.fc1.weight"]
     assert abs(w.std().item() - 0.02) < 0.002 and w.abs().max() <= 2.0
+
+
+def test_an_identity_branch_keeps_its_value_while_the_other_branch_runs(tmp_path):
+    """The language reference's gating pattern, parallel(merge="mul") { identity(); {...} }: the identity's value
+    (the block's input, by name) must outlive the other branch's chain. (Found by VAN-B0's large kernel attention:
+    the chain reused the input's name and the gate multiplied the chain by itself.)"""
+    from archdsl.api import check_text
+
+    g = check_text("block gate(c: int) {\n    g: parallel(merge=\"mul\") {\n        identity();\n"
+                   "        { conv(c, k=3); conv(c, k=1); sigmoid() }\n    }\n}\n"
+                   "model m() {\n    input(4, 8, 8)\n    a: gate(4)\n    gap()\n}\n", "gate.arch")
+    ref = build_module(g).eval()
+    out = tmp_path / "gate_gen.py"
+    out.write_text(emit_source(g))
+    model = _import(out).model()
+    model.load_state_dict(ref.state_dict())
+    model.eval()
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), ref(x))

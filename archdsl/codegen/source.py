@@ -213,16 +213,21 @@ class Emitter:
             for r in it.inputs:
                 last_use[r] = i
         out: list[str] = []
-        live: dict[str, tuple] = {"x": entry}
+        # variable name -> the values it holds: an identity makes its output an alias of its input, and a name is
+        # free for reuse only once every value it holds is dead
+        live: dict[str, set[tuple]] = {"x": {entry}}
         final = (items[-1].out, 0) if items else entry
         for i, it in enumerate(items):
             ins = [names[r] if r in names else _tuple_ref(names, r) for r in it.inputs]
             for r in it.inputs:  # free dead values for reuse of their names
                 if last_use.get(r) == i and r != final and r in names and names[r] in live:
-                    del live[names[r]]
+                    held = live[names[r]]
+                    held.discard(r)
+                    if not held:
+                        del live[names[r]]
             if it.kind == "node" and it.op == "identity":
                 names[(it.out, 0)] = ins[0]
-                live[ins[0]] = (it.out, 0)
+                live.setdefault(ins[0], set()).add((it.out, 0))
                 continue
             var = next(v for v in ("x", "y", "z", *(f"t{j}" for j in range(1, 999))) if v not in live)
             expr = self._expr(it, ins)
@@ -233,7 +238,7 @@ class Emitter:
             else:
                 out.append(f"{var} = {expr}")
                 names[(it.out, 0)] = var
-            live[var] = (it.out, 0)
+            live[var] = {(it.out, 0)}
         out.append(f"return {names.get(final, 'x')}")
         return out
 

@@ -36,6 +36,7 @@ _TORCH_CTORS = {
     nn.AvgPool2d: lambda m: ((m.kernel_size,), dict(stride=m.stride, padding=m.padding, ceil_mode=m.ceil_mode,
                                                      count_include_pad=m.count_include_pad)),
     nn.MaxPool2d: lambda m: ((m.kernel_size,), dict(stride=m.stride, padding=m.padding, ceil_mode=m.ceil_mode)),
+    nn.AdaptiveAvgPool2d: lambda m: ((m.output_size,), {}),
     nn.PixelShuffle: lambda m: ((m.upscale_factor,), {}),
     nn.PixelUnshuffle: lambda m: ((m.downscale_factor,), {}),
 }
