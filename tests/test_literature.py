@@ -1,0 +1,84 @@
+"""Issue 22: whole literature models of examples/literature/ against plain-PyTorch forwards written in the test from
+the papers' equations (float64, random weights and BN statistics). The exact parameter counts are in
+test_examples.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import archdsl
+
+LIT = Path(__file__).resolve().parent.parent / "examples" / "literature"
+
+
+def _model(name: str, overrides: dict, shape: tuple[int, int, int]):
+    m = archdsl.load(LIT / name, overrides=overrides, input_shape=shape).double().eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for k, t in m.state_dict().items():
+            if t.is_floating_point():
+                v = torch.rand(t.shape, generator=g, dtype=t.dtype) + 0.5 if k.endswith("running_var") else \
+                    torch.randn(t.shape, generator=g, dtype=t.dtype) * 0.3
+                t.copy_(v)
+    return m, {k: v for k, v in m.state_dict().items()}
+
+
+def _bn(x, w, p):
+    return F.batch_norm(x, w[p + ".running_mean"], w[p + ".running_var"], w[p + ".weight"], w[p + ".bias"],
+                        False, 0.0, 1e-5)
+
+
+def _conv(x, w, p, **kw):
+    return F.conv2d(x, w[p + ".weight"], w.get(p + ".bias"), **kw)
+
+
+def test_espcn_is_two_tanh_convs_and_a_periodic_shuffle():
+    m, w = _model("espcn.arch", {}, (1, 17, 17))
+    x = torch.randn(2, 1, 17, 17, dtype=torch.float64)
+    y = torch.tanh(_conv(x, w, "conv1", padding=2))
+    y = torch.tanh(_conv(y, w, "conv2", padding=1))
+    y = _conv(y, w, "conv3", padding=1)                       # 9 x 17 x 17
+    # periodic shuffle (the paper's PS): out[c, r*h + i, r*w + j] = y[c*r*r + i*r + j, h, w]
+    ref = y.view(2, 1, 3, 3, 17, 17).permute(0, 1, 4, 2, 5, 3).reshape(2, 1, 51, 51)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref, rtol=1e-10, atol=1e-10)
+
+
+def test_van_b0_is_large_kernel_attention_blocks():
+    """VAN (Guo et al. 2023, eq. 1-2): Attention = conv1x1(DW-D-Conv(DW-Conv(F))), Output = Attention (x) F."""
+    dims = [8, 16, 16, 16]
+    m, w = _model("van_b0.arch", {"depths": [1, 1, 1, 1], "dims": dims}, (3, 32, 32))
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    y = x
+    for i, c in enumerate(dims):
+        s = f"stages.{i}"
+        k = 7 if i == 0 else 3
+        y = _bn(_conv(y, w, f"{s}.patch_embed.proj", stride=4 if i == 0 else 2, padding=k // 2), w,
+                f"{s}.patch_embed.norm")
+        b = f"{s}.blocks.0"
+        t = _bn(y, w, f"{b}.attn.norm")
+        u = F.gelu(_conv(t, w, f"{b}.attn.spatial.proj_1"))
+        a = _conv(u, w, f"{b}.attn.spatial.lka.gate.attn.conv0", padding=2, groups=c)
+        a = _conv(a, w, f"{b}.attn.spatial.lka.gate.attn.conv_spatial", padding=9, dilation=3, groups=c)
+        a = _conv(a, w, f"{b}.attn.spatial.lka.gate.attn.conv1")
+        t = _conv(u * a, w, f"{b}.attn.spatial.proj_2") + t
+        y = y + w[f"{b}.attn.layer_scale.gamma"].view(1, -1, 1, 1) * t
+        t = _bn(y, w, f"{b}.mlp.norm")
+        t = _conv(t, w, f"{b}.mlp.fc1")
+        t = F.gelu(_conv(t, w, f"{b}.mlp.dwconv", padding=1, groups=t.shape[1]))
+        y = y + w[f"{b}.mlp.layer_scale.gamma"].view(1, -1, 1, 1) * _conv(t, w, f"{b}.mlp.fc2")
+        y = F.layer_norm(y.permute(0, 2, 3, 1), (c,), w[f"{s}.norm.weight"], w[f"{s}.norm.bias"], 1e-6)
+        y = y.permute(0, 3, 1, 2)
+    ref = F.linear(y.mean((2, 3)), w["head.fc.weight"], w["head.fc.bias"])
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref, rtol=1e-9, atol=1e-9)
+
+
+def test_espcn_count_and_output():
+    from archdsl.api import check_file
+
+    g = check_file(LIT / "espcn.arch")
+    assert g.total().params == 22_729 and g.output_shape.to_json() == [1, 255, 255]
