@@ -63,6 +63,7 @@ EXACT = [
     ("literature/vgg16.arch", {"batch_norm": True}, 138_365_992, 15_470_264_320),  # torchvision vgg16_bn
     ("literature/eca_resnet50.arch", {}, 25_557_112, 4_089_270_528),         # ECANet eca_resnet50 k3557
     ("literature/van_b0.arch", {}, 4_105_800, 864_224_000),                  # VAN-Classification van_b0 (4.1M, 0.9G)
+    ("literature/inception_v3.arch", {}, 23_834_568, 5_713_216_096),        # torchvision / timm inception_v3
 ]
 
 
