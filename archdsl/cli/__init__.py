@@ -1,4 +1,4 @@
-"""The `archdsl` command line: check | show | compile | bench | search | train | report | viz | fmt | ops.
+"""The `archdsl` command line: check | show | compile | bench | search | train | report | viz | fmt | ops | weights.
 
 Takes: argv. Returns: an exit code — 0 on success, 1 for a mistake in the user's spec (printed as
 positioned diagnostics on stderr, never a traceback), 2 for bad command-line usage, 70 for an internal
@@ -191,6 +191,9 @@ def make_parser() -> argparse.ArgumentParser:
     from ..viz import add_viz_parser  # graphviz is imported only when it runs
 
     add_viz_parser(sub)
+    from .weights_cmd import add_weights_parser  # torch is imported only when it runs
+
+    add_weights_parser(sub)
     return ap
 
 
