@@ -64,6 +64,9 @@ EXACT = [
     ("literature/eca_resnet50.arch", {}, 25_557_112, 4_089_270_528),         # ECANet eca_resnet50 k3557
     ("literature/van_b0.arch", {}, 4_105_800, 864_224_000),                  # VAN-Classification van_b0 (4.1M, 0.9G)
     ("literature/inception_v3.arch", {}, 23_834_568, 5_713_216_096),        # torchvision / timm inception_v3
+    ("literature/gfnet.arch", {}, 15_985_768, 2_834_783_232),               # GFNet-XS (16M, 2.8G)
+    ("literature/gfnet.arch", {"embed_dim": 256}, 7_511_784, 1_273_292_800),  # GFNet-Ti (7M, 1.3G)
+    ("literature/gfnet.arch", {"depth": 19}, 24_869_608, 4_454_464_512),    # GFNet-S (25M, 4.5G)
 ]
 
 

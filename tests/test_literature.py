@@ -82,3 +82,26 @@ def test_espcn_count_and_output():
 
     g = check_file(LIT / "espcn.arch")
     assert g.total().params == 22_729 and g.output_shape.to_json() == [1, 255, 255]
+
+
+def test_gfnet_is_global_filters_over_tokens():
+    """GFNet (Rao et al. 2021, eq. 3-5), written over N x C tokens as the authors' code does: X = x + pos;
+    X <- X + MLP(LN(irfft2(K * rfft2(LN(X))))) with the orthonormal DFT; then LN, the mean over tokens, linear."""
+    c, hw = 16, 4
+    m, w = _model("gfnet.arch", {"embed_dim": c, "depth": 2, "patch": 8}, (3, 32, 32))
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    t = _conv(x, w, "patch_embed", stride=8).flatten(2).transpose(1, 2)           # 2 x 16 tokens x C
+    t = t + w["pos_embed.pos"].flatten(1).t()                                     # (C, H, W) -> (N, C)
+    for i in range(2):
+        b = f"blocks.{i}"
+        u = F.layer_norm(t, (c,), w[f"{b}.norm1.weight"], w[f"{b}.norm1.bias"], 1e-6).view(2, hw, hw, c)
+        k = torch.view_as_complex(w[f"{b}.filter.complex_weight"].contiguous()).permute(1, 2, 0)  # H x W' x C
+        u = torch.fft.irfft2(torch.fft.rfft2(u, dim=(1, 2), norm="ortho") * k, s=(hw, hw), dim=(1, 2), norm="ortho")
+        u = F.layer_norm(u.reshape(2, hw * hw, c), (c,), w[f"{b}.norm2.weight"], w[f"{b}.norm2.bias"], 1e-6)
+        u = F.linear(F.gelu(F.linear(u, w[f"{b}.mlp.fc1.weight"], w[f"{b}.mlp.fc1.bias"])), w[f"{b}.mlp.fc2.weight"],
+                     w[f"{b}.mlp.fc2.bias"])
+        t = t + u
+    t = F.layer_norm(t, (c,), w["norm.weight"], w["norm.bias"], 1e-6).mean(1)
+    ref = F.linear(t, w["head.fc.weight"], w["head.fc.bias"])
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref, rtol=1e-9, atol=1e-9)

@@ -1,4 +1,4 @@
-"""Structural family: input, identity, add / mul / concat (merges), split, layer_scale, drop_path,
+"""Structural family: input, identity, add / mul / concat (merges), split, layer_scale, pos_embed, drop_path,
 dropout, and the layout changes nhwc() / nchw(). The forms `residual`, `parallel` and `split` in the IR
 builder create most of these nodes."""
 
@@ -221,6 +221,33 @@ class LayerScale(Op):
         from . import merge_nn as L
 
         return L.LayerScale(ins[0].c, p.init, ins[0].layout)
+
+
+@register
+class PosEmbed(Op):
+    """A learned position embedding added to the input (ViT, GFNet): pos_embed(std=0.02). One parameter per value
+    of the C x H x W input (C of a vector), initialized truncated-normal with that std; fixed to the input size."""
+
+    name = "pos_embed"
+    samples = [({}, [S(4, 3, 5)]), ({"std": 0.0}, [S(4, 3, 5, "nhwc")]), ({}, [S.vector(6)])]
+    family = "structure"
+
+    class Params(OpParams):
+        std: float = 0.02
+
+    def infer(self, p, ins):
+        if not p.std >= 0:
+            raise OpError(f"std must be at least 0, got {p.std}", arg="std")
+        return ins[0]
+
+    def cost(self, p, ins, out):
+        return Cost(params=ins[0].numel())
+
+    def build(self, p, ins):
+        from . import merge_nn as L
+
+        s = ins[0]
+        return L.PosEmbed((s.c, s.h, s.w) if s.spatial else (s.c,), p.std, s.layout)
 
 
 @register

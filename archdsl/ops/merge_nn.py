@@ -1,4 +1,4 @@
-"""The torch half of archdsl/ops/merge.py: layer scale, drop path, permute, add, mul, concat, split (op family
+"""The torch half of archdsl/ops/merge.py: layer scale, position embedding, drop path, permute, add, mul, concat, split (op family
 `structure`).
 
 Takes: sizes and options decided by the family's ops. Returns: nn.Module classes whose forward takes batched
@@ -23,6 +23,23 @@ class LayerScale(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * _bcast(self.gamma, self.layout)
+
+
+@recorded
+class PosEmbed(nn.Module):
+    """x + a learned tensor of x's shape, stored channels first (C x H x W) whatever the layout."""
+
+    # one-shot search (search/supernet.py): the embedding is a grid of the input's size; a network with another
+    # input size cannot take a part of it
+    inelastic_dims = {"pos": (1, 2)}
+
+    def __init__(self, shape: tuple[int, ...], std: float, layout: str):
+        super().__init__()
+        self.layout = layout
+        self.pos = nn.Parameter(nn.init.trunc_normal_(torch.zeros(shape), std=std) if std > 0 else torch.zeros(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + (self.pos.permute(1, 2, 0) if self.layout == "nhwc" else self.pos)
 
 
 @recorded
