@@ -1,5 +1,5 @@
-"""The torch half of archdsl/ops/merge.py: layer scale, position embedding, drop path, permute, add, mul, concat, split (op family
-`structure`).
+"""The torch half of archdsl/ops/merge.py: layer scale, position embedding, drop path, permute, add, mul, concat,
+split (op family `structure`).
 
 Takes: sizes and options decided by the family's ops. Returns: nn.Module classes whose forward takes batched
 tensors in the layout the IR recorded. Torch only (and ._layer), so `archdsl compile` copies each class into
