@@ -259,3 +259,28 @@ def test_adaptive_avgpool_matches_its_bins(size, out):
             c0, c1 = j * w // out[1], -(-(j + 1) * w // out[1])
             ref[:, :, i, j] = x[:, :, r0:r1, c0:c1].mean((2, 3))
     close(m(x), ref)
+
+
+@pytest.mark.parametrize("s", [1, 2])
+def test_involution_matches_its_definition(s):
+    """Li et al. 2021, eq. 4: Y[k, i, j] = sum_(u, v) H[g(k), u, v, i, j] X[k, s*i + u - K//2, s*j + v - K//2], the
+    kernel H = conv2(ReLU(BN(conv1(X pooled by s)))) generated at each output position; written with loops."""
+    c, k, gc = 8, 3, 4
+    m = build("involution", [Shape(c, 6, 6)], k=k, s=s, group_channels=gc)
+    x = x_(c, 6, 6)
+    src = x if s == 1 else F.avg_pool2d(x, s)
+    h = F.conv2d(src, m.conv1.conv.weight)
+    bn = m.conv1.bn
+    h = F.relu((h - bn.running_mean.view(1, -1, 1, 1)) / torch.sqrt(bn.running_var.view(1, -1, 1, 1) + bn.eps)
+               * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1))
+    h = F.conv2d(h, m.conv2.conv.weight, m.conv2.conv.bias)          # n x (k*k*groups) x H' x W'
+    n, _, ho, wo = h.shape
+    h = h.view(n, c // gc, k, k, ho, wo)
+    xp = F.pad(x, (k // 2,) * 4)
+    ref = torch.zeros(n, c, ho, wo, dtype=torch.float64)
+    for ch in range(c):
+        for i in range(ho):
+            for j in range(wo):
+                patch = xp[:, ch, s * i:s * i + k, s * j:s * j + k]
+                ref[:, ch, i, j] = (h[:, ch // gc, :, :, i, j] * patch).sum((1, 2))
+    close(m(x), ref)

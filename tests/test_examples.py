@@ -67,6 +67,9 @@ EXACT = [
     ("literature/gfnet.arch", {}, 15_985_768, 2_834_783_232),               # GFNet-XS (16M, 2.8G)
     ("literature/gfnet.arch", {"embed_dim": 256}, 7_511_784, 1_273_292_800),  # GFNet-Ti (7M, 1.3G)
     ("literature/gfnet.arch", {"depth": 19}, 24_869_608, 4_454_464_512),    # GFNet-S (25M, 4.5G)
+    ("literature/rednet.arch", {}, 15_540_806, 2_648_505_856),              # RedNet-50 (mmcls zoo 15.54M)
+    ("literature/rednet.arch", {"layers": [1, 2, 4, 1]}, 9_233_166, 1_685_176_832),   # RedNet-26 (9.23M)
+    ("literature/rednet.arch", {"layers": [2, 3, 5, 2]}, 12_386_986, 2_166_841_344),  # RedNet-38 (12.39M)
 ]
 
 
