@@ -14,6 +14,7 @@ the pool of networks the sandwich draws from, the store's weights and the traine
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -144,10 +145,28 @@ def _cached(path: Path, space: Callable[[], Any]) -> Supernet:
     return _LOADED[key]
 
 
-def inherited_score(s, point: dict[str, Any], spec: Path, ds) -> float:
+SCREEN_Z = 2.576          # a 99% one-sided bound: a network screened on part of the split is clearly below the bar
+SCREEN_PART = 4           # the first 1/SCREEN_PART of the validation split first (at least SCREEN_MIN images)
+SCREEN_MIN = 500
+
+
+def clearly_below(correct: int, n: int, bar: float, z: float = SCREEN_Z) -> bool:
+    """Whether `correct` right of `n` shows an accuracy below `bar` with confidence: the Wilson score interval's
+    upper bound at z is under the bar."""
+    if n <= 0:
+        return False
+    p = correct / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre + spread) / (1 + z * z / n) < bar
+
+
+def inherited_score(s, point: dict[str, Any], spec: Path, ds, bar: float | None = None) -> tuple[float, int]:
     """A trial's score under --objective oneshot: validation accuracy of the point's network with its inherited
     weights, BatchNorm statistics recomputed over the recipe's first training images. `spec`: the spec as the
-    trial wrote it out; `ds`: the trials' data. The supernet is loaded once per process."""
+    trial wrote it out; `ds`: the trials' data. The supernet is loaded once per process. With `bar` (the score a
+    trial must reach to be measured), the first part of the split is scored first and a network clearly below
+    the bar there (clearly_below) is not scored on the rest. Returns (score, images scored)."""
     from ..bench.lock import compute_lock
     from ..bench.machine import torch_threads
     from .space import SearchSpace
@@ -157,9 +176,16 @@ def inherited_score(s, point: dict[str, Any], spec: Path, ds) -> float:
                   lambda: SearchSpace(spec, model=s.model, input_shape=s.input_shape, fixed=dict(s.fixed)))
     with torch_threads(s.train_threads), compute_lock():
         module = net.extract(point, calibrate=ds.x_train[:Recipe(epochs=1).precise_bn])
+    n, first = len(ds.y_val), 0
     with torch_threads(s.train_threads):
-        acc, _ = evaluate_split(module, ds.x_val, ds.y_val)
-    return acc
+        if bar is not None and n >= 2 * SCREEN_MIN:
+            first = max(SCREEN_MIN, n // SCREEN_PART)
+            acc, _ = evaluate_split(module, ds.x_val[:first], ds.y_val[:first])
+            if clearly_below(round(acc * first), first, bar):
+                return acc, first
+        rest, _ = evaluate_split(module, ds.x_val[first:], ds.y_val[first:])
+    acc = (acc * first + rest * (n - first)) / n if first else rest
+    return acc, n
 
 
 def save_weights(space, ckpt: Path, point: dict[str, Any], dest: Path, s) -> Path:

@@ -306,9 +306,11 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
             from .oneshot import inherited_score
 
             t2 = time.perf_counter()
-            inherited = inherited_score(s, point, materialize(s.files) / s.spec_name, trial_data(s, g))
-            seconds["inherited"] = time.perf_counter() - t2
             bar = config.get("bar")
+            inherited, scored_on = inherited_score(s, point, materialize(s.files) / s.spec_name, trial_data(s, g),
+                                                   bar)
+            seconds["inherited"] = time.perf_counter() - t2
+            base["scored_on"] = scored_on  # validation images: part of the split for one screened early
             if bar is not None and inherited < bar:
                 tune.report({**base, "status": "screened", "score": inherited, "accuracy": inherited,
                              "seconds": seconds, "bar": bar})

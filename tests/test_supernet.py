@@ -231,6 +231,18 @@ def test_a_one_shot_search_end_to_end(tmp_path, monkeypatch, capsys):
     said: list[str] = []
     assert prepare(SearchSpace(TINY), s, out, said.append) == out / "supernet" / "checkpoint.pt"
     assert said == [f"supernet: trained earlier (1 epochs, {out / 'supernet' / 'checkpoint.pt'})"]
+    # screening on part of the split: below an unreachable bar the network is scored on its first part only;
+    # with no bar (or one it clears) on all of it, as the search recorded
+    import dataclasses
+
+    from archdsl.search import oneshot
+
+    monkeypatch.setattr(oneshot, "SCREEN_MIN", 20)
+    s = dataclasses.replace(s, supernet=str(out / "supernet" / "checkpoint.pt"))
+    full = oneshot.inherited_score(s, best["point"], spec, data)
+    assert full == (pytest.approx(best["score"]), len(data.y_val))
+    assert oneshot.inherited_score(s, best["point"], spec, data, bar=0.0)[0] == pytest.approx(full[0])
+    assert oneshot.inherited_score(s, best["point"], spec, data, bar=1.01)[1] == max(20, len(data.y_val) // 4)
 
 
 def test_the_bar_a_one_shot_trial_must_clear_to_be_measured():
@@ -245,3 +257,15 @@ def test_the_bar_a_one_shot_trial_must_clear_to_be_measured():
                    "d": {"status": "ok", "score": 0.7, "latency_ms": 1.5}})
     assert s.bar() == 0.7 and s.suggest("t1")["bar"] == 0.7
     assert ArchSearcher(SearchSpace(TINY), budget_ms=2.0, max_trials=10).suggest("t")["bar"] is None
+
+
+def test_a_network_is_screened_early_only_when_clearly_below_the_bar():
+    """Issue 18 (candidates per hour): a one-shot trial is scored on the first part of the validation split first;
+    only a network whose 99% Wilson upper bound there is under the bar skips the rest."""
+    from archdsl.search.oneshot import clearly_below
+
+    assert clearly_below(1200, 1500, 0.845)          # 0.80 on 1,500 images: the bound is about 0.826
+    assert not clearly_below(1240, 1500, 0.845)      # 0.827: could still reach 0.845
+    assert not clearly_below(8, 10, 0.845)           # 0.80 on 10 images says little
+    assert not clearly_below(0, 0, 0.5) and clearly_below(0, 500, 0.02)
+    assert not clearly_below(1500, 1500, 0.999)      # never below a bar it meets
