@@ -46,6 +46,9 @@ def add_search_parser(sub) -> None:
                    help="the marker of the nodes whose hardware is the target (latency is measured there)")
     p.add_argument("--concurrency", type=int, help="trials at once (default: the cluster's CPUs)")
     p.add_argument("--latency-threads", type=int, help="torch threads when measuring (default: every core)")
+    p.add_argument("--runtime", choices=("torch", "fast", "ort"), default="torch",
+                   help="the runtime latency is measured on: torch (the deploy form on PyTorch; default), fast "
+                        "(archdsl's fused kernels, measured choice) or ort (ONNX Runtime; the [export] extra)")
     p.add_argument("--quiet-wait", type=float, default=30.0, metavar="S",
                    help="seconds a trial waits for other programs to free the cores when its latency measurement "
                         "is disturbed, before it is left 'unmeasured' and retried later (default 30)")
@@ -105,12 +108,18 @@ def cmd_search(args) -> int:
         return usage(f"--rescore-seeds must be at least 1, got {args.rescore_seeds}")
     if not 0 <= args.quiet_wait < 1e6:
         return usage(f"--quiet-wait must be a number of seconds >= 0, got {args.quiet_wait}")
+    from ..bench.runtimes import RuntimeUnavailable, require
+
+    try:
+        require(args.runtime)
+    except RuntimeUnavailable as e:
+        return usage(f"--runtime {args.runtime}: {e}")
     cfg = SearchConfig(spec=args.file, budget_ms=args.latency_ms, trials=args.trials, algo=args.algo,
                        objective=args.objective, dataset=args.dataset, dataset_limit=args.dataset_limit,
                        epochs=args.epochs, out=args.out,
                        resume=args.resume, address=args.address, seed=args.seed, fixed=overrides(args.set),
                        model=args.model, input_shape=input_shape(args.input), concurrency=args.concurrency,
-                       latency_threads=args.latency_threads, target_label=args.target_label,
+                       latency_threads=args.latency_threads, runtime=args.runtime, target_label=args.target_label,
                        predictor=not args.no_predictor, top_k=args.top, latency_quiet_wait=args.quiet_wait,
                        baselines=list(args.baseline), max_minutes=args.max_minutes,
                        val_fraction=args.val_fraction, rescore=args.rescore, rescore_seeds=args.rescore_seeds,

@@ -57,6 +57,7 @@ class SearchConfig:
     input_shape: tuple[int, int, int] | None = None
     concurrency: int | None = None  # trials at once (default: the cluster's CPUs)
     latency_threads: int | None = None
+    runtime: str = "torch"  # the runtime latency is measured on (bench/runtimes.py)
     target_label: str = "archdsl-target"
     predictor: bool = True
     prefilter_margin: float = 1.5
@@ -254,8 +255,8 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
                               objective=cfg.objective, dataset=cfg.dataset, dataset_limit=cfg.dataset_limit,
                               val_fraction=cfg.val_fraction, extra_seeds=cfg.rescore_seeds if cfg.rescore else 0,
                               epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
-                              latency_threads=cfg.latency_threads, target_label=cfg.target_label,
-                              crash_marker=cfg.crash_marker, load_marker=cfg.load_marker,
+                              latency_threads=cfg.latency_threads, runtime=cfg.runtime,
+                              target_label=cfg.target_label, crash_marker=cfg.crash_marker, load_marker=cfg.load_marker,
                               latency_quiet_wait=cfg.latency_quiet_wait,
                               latency_max_seconds=cfg.latency_max_seconds,
                               reference=reference_net(space), supernet_epochs=cfg.supernet_epochs,
@@ -272,7 +273,8 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
                                target_label=cfg.target_label)
         try:
             predictor = None
-            if cfg.predictor and info.local:
+            # the predictor's table is of the torch runtime: on another it would screen by the wrong latencies
+            if cfg.predictor and info.local and cfg.runtime == "torch":
                 from .predictor import SearchPredictor
 
                 predictor = SearchPredictor(threads=cfg.latency_threads or len(os.sched_getaffinity(0)))

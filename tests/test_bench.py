@@ -318,6 +318,26 @@ def test_bench_cli_fast_form(capsys, tmp_path, monkeypatch):
     assert "fast form" in capsys.readouterr().out
 
 
+def test_bench_cli_ort_runtime(capsys):
+    """Issue 19: `--runtime ort`: the deploy form exported to ONNX and timed in ONNX Runtime; the result names it."""
+    pytest.importorskip("onnxruntime")
+    assert main(["bench", ATTO, "--input", "3x32x32", "--set", "depths=[1,1,1,1]", "--runtime", "ort", "--threads",
+                 "1", "--max-seconds", "0.5", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["form"] == "ort" and data["runtime"] == "ort" and data["median_ms"] > 0
+
+
+def test_the_ort_runtime_without_its_extra_is_one_line(monkeypatch, capsys):
+    from archdsl.bench.runtimes import RuntimeUnavailable, require
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed: importing it raises ImportError
+    with pytest.raises(RuntimeUnavailable, match=r"needs the \[export\] extra \(onnxruntime is not installed\)"):
+        require("ort")
+    assert main(["bench", ATTO, "--runtime", "ort"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'archdsl[export]'" in err and err.count("\n") <= 2 and "Traceback" not in err
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--form", "turbo"], "--form must be"),
     (["--batch", "0"], "--batch must be a positive integer"),

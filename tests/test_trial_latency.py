@@ -171,3 +171,24 @@ def test_a_trial_that_checked_its_point_sends_the_graph_and_the_meter_does_not_c
 
     monkeypatch.setattr(trial, "check_point", no_second_check)
     assert trial._measure(s, POINT, 0, graph=g)["latency_ms"] == pytest.approx(1.0)
+
+
+def test_a_trial_measures_on_the_search_runtime_and_says_which(monkeypatch, tmp_path):
+    """Issue 19: `--runtime fast`: the trial's network and the reference network both run on archdsl's fused
+    kernels (the reference's latency recorded under its own key); the record names the runtime and the batch."""
+    import archdsl.bench.anchors  # noqa: F401 - patched below
+    import archdsl.bench.model  # noqa: F401
+
+    monkeypatch.setenv("ARCHDSL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ARCHDSL_LOCK_DIR", str(tmp_path / "lock"))
+    monkeypatch.setenv("ARCHDSL_TUNE_CACHE", str(tmp_path / "tune.jsonl"))
+    monkeypatch.setattr(sys.modules["archdsl.bench.anchors"], "NET_TRIES", 1)
+    seen = []
+    real = sys.modules["archdsl.bench.model"].forward_fn
+    monkeypatch.setattr(sys.modules["archdsl.bench.model"], "forward_fn",
+                        lambda g, form="deploy", *a, **k: seen.append(form) or real(g, form, *a, **k))
+    s = TrialSettings(files={TINY.name: TINY.read_text()}, spec_name=TINY.name, budget_ms=1000.0, runtime="fast",
+                      reference=_space_reference(), latency_max_seconds=0.5, latency_rel_ci=0.5)
+    lat = measure_latency_local(s, POINT)
+    assert lat["runtime"] == "fast" and lat["batch"] == 1 and seen == ["fast", "fast"]
+    assert lat["reference_net"]["key"].endswith("-fast")

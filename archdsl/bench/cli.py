@@ -22,7 +22,11 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--samples", type=int, default=20,
                    help="with --build-table: random architectures of the space to draw configurations from")
     p.add_argument("--form", default="deploy", help="deploy (default: BN folded, branches merged), fast (the deploy "
-                   "form on archdsl's fused kernels, each step's implementation measured on this machine) or train")
+                   "form on archdsl's fused kernels, each step's implementation measured on this machine), ort (the "
+                   "deploy form in ONNX Runtime; the [export] extra) or train")
+    p.add_argument("--runtime", choices=("torch", "fast", "ort"),
+                   help="the runtime the latency is of, as the search names them: torch (= --form deploy), fast, "
+                        "ort")
     p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     p.add_argument("--input", metavar="CxHxW", help="input shape, e.g. 3x224x224 (overrides the spec's input)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
@@ -60,8 +64,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return _calibrate(args)
     if args.file is None:
         raise SystemExit(usage("bench needs a .arch file (or --build-table SPACE.arch)"))
-    if args.form not in ("deploy", "fast", "train"):
-        raise SystemExit(usage(f"--form must be 'deploy', 'fast' or 'train', got {args.form!r}"))
+    if args.runtime is not None:
+        from .runtimes import form_of
+
+        args.form = form_of(args.runtime)
+    if args.form not in ("deploy", "fast", "ort", "train"):
+        raise SystemExit(usage(f"--form must be 'deploy', 'fast', 'ort' or 'train', got {args.form!r}"))
     if args.batch < 1:
         raise SystemExit(usage(f"--batch must be a positive integer, got {args.batch}"))
     if args.threads is not None and args.threads < 1:
@@ -144,7 +152,8 @@ def _text(r: dict) -> str:
     verdict = "stable" if r["stable"] else "UNSTABLE"
     d = r.get("disturbance") or {}
     lines = [
-        f"{r['model']} ({r['file']})  {r['form']} form  input {r['batch']}x{c}x{h}x{w}  on {r['device']}, "
+        f"{r['model']} ({r['file']})  {r['form']} form{' (' + r['runtime'] + ' runtime)' if r.get('runtime') else ''}"
+        f"  input {r['batch']}x{c}x{h}x{w}  on {r['device']}, "
         f"{r['threads']} thread(s)",
         f"median {_ms(r['median_ms'])}   p10 {_ms(r['p10_ms'])}   p90 {_ms(r['p90_ms'])}   min {_ms(r['min_ms'])}",
         *([] if r.get("reference") != "block" else [

@@ -71,7 +71,8 @@ def _model_errors(g, form: str, batch: int, device: str):
 
 def forward_fn(g, form: str = "deploy", batch: int = 1, device: str = "cpu", *,
                seed: int | None = None) -> Callable[[], Any]:
-    """What every latency measurement times: the checked graph `g` built (form "train", "deploy" or "fast"), in
+    """What every latency measurement times: the checked graph `g` built (form "train", "deploy", "fast" or "ort":
+    the deploy form in ONNX Runtime, bench/runtimes.py), in
     eval mode on `device`, and a random input batch (from `seed` when given); returns a callable running one
     forward pass (on CUDA, up to a synchronize), which has already run once outside any timing so that a
     failure is the model's. Runs with torch's current threads (set them first: the fast form tunes for them).
@@ -89,6 +90,12 @@ def forward_fn(g, form: str = "deploy", batch: int = 1, device: str = "cpu", *,
         m = m.eval().to(device)
         gen = None if seed is None else torch.Generator(device=device).manual_seed(seed)
         x = torch.randn(batch, c, h, w, device=device, generator=gen)
+        if form == "ort":  # the deploy form exported to ONNX, run by ONNX Runtime (runtimes.py)
+            from .runtimes import ort_runner
+
+            fn = ort_runner(m, x, torch.get_num_threads())
+            fn()
+            return fn
         if form == "fast":
             from ..codegen.fast import FastModule
 
@@ -126,7 +133,7 @@ def bench_model(path: str | os.PathLike, form: str = "deploy", batch: int = 1,
                 overrides: dict[str, Any] | None = None, *, model: str | None = None, device: str | None = None,
                 import_paths: tuple[str, ...] = (), allow_outside_imports: bool = False,
                 normalize: bool | None = None, **measure_kw: Any) -> dict[str, Any]:
-    """Build the model of a .arch file (form "deploy", "fast" or "train", in eval mode) and measure one forward
+    """Build the model of a .arch file (form "deploy", "fast", "ort" or "train", in eval mode) and measure one forward
     pass on a random batch. `threads` sets torch.set_num_threads for the measurement (restored afterwards);
     `device` is "cpu", "cuda" or None (cuda when available; each run then ends with a synchronize).
     `normalize` (default: on the CPU) also reports the regime-normalized latency (regime.py) as `latency_ms`;
@@ -139,8 +146,8 @@ def bench_model(path: str | os.PathLike, form: str = "deploy", batch: int = 1,
 
     from ..api import check_file, require_resolved
 
-    if form not in ("train", "deploy", "fast"):
-        raise ValueError(f"form must be 'train', 'deploy' or 'fast', got {form!r}")
+    if form not in ("train", "deploy", "fast", "ort"):
+        raise ValueError(f"form must be 'train', 'deploy', 'fast' or 'ort', got {form!r}")
     if not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
@@ -151,8 +158,12 @@ def bench_model(path: str | os.PathLike, form: str = "deploy", batch: int = 1,
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for, but torch sees no CUDA device")
-    if form == "fast" and device != "cpu":
-        raise ValueError("form 'fast' runs archdsl's CPU kernels: use --device cpu, or form 'deploy'")
+    if form in ("fast", "ort") and device != "cpu":
+        raise ValueError(f"form '{form}' runs on the CPU here: use --device cpu, or form 'deploy'")
+    if form == "ort":
+        from .runtimes import require
+
+        require("ort")
     if normalize is None:
         normalize = device == "cpu"
     if normalize and device != "cpu":
@@ -166,7 +177,9 @@ def bench_model(path: str | os.PathLike, form: str = "deploy", batch: int = 1,
     total = g.total()
     best, busy = (None, False) if normalize else reference_busy(meas.reference_median,
                                                                  f"{fp['hash']}-{fp['torch_threads']}-{device}")
-    out = {"model": g.model, "file": str(path), "form": form, "batch": batch, "input_shape": [c, h, w],
+    runtime = {"deploy": "torch", "fast": "fast", "ort": "ort"}.get(form)
+    out = {"model": g.model, "file": str(path), "form": form, "runtime": runtime, "batch": batch,
+           "input_shape": [c, h, w],
            "device": device, "threads": fp["torch_threads"], "reference": "block" if normalize else "gemm",
            "params": total.params, "macs": total.macs,
            **meas.to_json(), "reference_best_ms": None if best is None else round(best * 1e3, 6), "busy": busy,
