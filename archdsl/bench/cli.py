@@ -182,6 +182,13 @@ def _text(r: dict) -> str:
                  f"torch {fp['torch_version']}" + (f"  cuda {fp['cuda_device']}" if fp["cuda_device"] else "")
                  + f"  fingerprint {fp['hash']}")
     lines.append(f"allocator {r['allocator']['detail']}")
+    t = r.get("tune")
+    if t:
+        cached = (f"{t['from_cache']} from the tune cache (oldest {t['oldest_cache_hours']} h, narrowest margin "
+                  f"{100 * t['narrowest_margin']:.0f}%)" if t["narrowest_margin"] is not None else
+                  f"{t['from_cache']} from the tune cache") if t["from_cache"] else "none from the tune cache"
+        lines.append(f"fast form: {t['steps']} step choices, {cached}, {t['measured']} measured now "
+                     "(ARCHDSL_RETUNE=1 measures all again)")
     return "\n".join(lines) + "\n"
 
 

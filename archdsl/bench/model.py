@@ -107,6 +107,8 @@ def forward_fn(g, form: str = "deploy", batch: int = 1, device: str = "cpu", *,
         else:
             def fn():
                 m(x)
+        if form == "fast":
+            fn.plan = m.plan  # where each step's choice came from (the tune cache, with its age, or measured now)
         with torch.inference_mode():
             fn()
     return fn
@@ -172,8 +174,10 @@ def bench_model(path: str | os.PathLike, form: str = "deploy", batch: int = 1,
     g = check_file(path, overrides, input_shape, model, tuple(import_paths), allow_outside_imports)
     require_resolved(g)
     c, h, w = g.input_shape.to_json()
-    meas, fp, allocator = measure_model(g, lambda fn: measure(fn, normalize=normalize, **measure_kw), form=form,
-                                        batch=batch, device=device, threads=threads)
+    timed: list = []
+    meas, fp, allocator = measure_model(g, lambda fn: timed.append(fn) or measure(fn, normalize=normalize,
+                                                                                  **measure_kw),
+                                        form=form, batch=batch, device=device, threads=threads)
     total = g.total()
     best, busy = (None, False) if normalize else reference_busy(meas.reference_median,
                                                                  f"{fp['hash']}-{fp['torch_threads']}-{device}")
@@ -184,6 +188,27 @@ def bench_model(path: str | os.PathLike, form: str = "deploy", batch: int = 1,
            "params": total.params, "macs": total.macs,
            **meas.to_json(), "reference_best_ms": None if best is None else round(best * 1e3, 6), "busy": busy,
            "allocator": allocator, "fingerprint": fp}
+    if form == "fast" and timed and hasattr(timed[0], "plan"):
+        out["tune"] = tune_summary(timed[0].plan())
     if busy:  # the whole run was slow: its median is not this machine's latency
         out["stable"] = False
     return out
+
+
+def tune_summary(plan: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fast form's step choices by where they came from: the tune cache (with the age of the oldest and the
+    narrowest margin), measured now, or preferred; and each cached one (node, choice, age in hours, margin)."""
+    import time
+
+    now = time.time()
+    cached = [p for p in plan if p["source"]["from"] == "cache"]
+    ages = [now - p["source"]["measured_at"] for p in cached if p["source"].get("measured_at")]
+    margins = [p["source"]["margin"] for p in cached if p["source"].get("margin") is not None]
+    return {"steps": len(plan), "from_cache": len(cached),
+            "measured": sum(p["source"]["from"].startswith("measured") for p in plan),
+            "oldest_cache_hours": round(max(ages) / 3600, 2) if ages else None,
+            "narrowest_margin": round(min(margins), 4) if margins else None,
+            "cached": [{"node": p["node"], "choice": p["choice"],
+                        "age_hours": round((now - p["source"]["measured_at"]) / 3600, 2)
+                        if p["source"].get("measured_at") else None, "margin": p["source"].get("margin")}
+                       for p in cached]}

@@ -51,6 +51,7 @@ class Step:
     kind: str = "node"
     choice: dict[tuple, str] = field(default_factory=dict)   # input signature -> chosen candidate
     ms: dict[tuple, dict[str, float]] = field(default_factory=dict)
+    source: dict[tuple, dict] = field(default_factory=dict)  # input signature -> cache / measured, and when
 
 
 def to_format(fmt: torch.memory_format, x: Any) -> Any:

@@ -5,6 +5,11 @@ everything the choice depends on (op signature, shapes, memory formats, dtype). 
 name and every candidate's median time. Choices are kept in `<cache>/kernels/tune.jsonl`, one JSON line per key,
 where the key also carries the thread count, the CPU, the torch version and the fused-kernel library's hash, so a
 choice made on one machine or build is never reused on another.
+
+A choice can be poisoned by a bad moment: so only a clean comparison is stored (no round in which another
+program took a measuring thread's core), each record keeps its margin over the runner-up (`margin`) and when it
+was measured (`t`), and a narrow one (margin under NARROW) is measured again the next time its step is built on
+a quiet machine (`is_quiet`), until NARROW_CHECKS clean comparisons agree it is the choice.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from ..bench.machine import _cpuinfo
 from ..kernels import native
 
 TUNE_VERSION = 1
+NARROW = 0.10        # a choice less than 10% faster than the runner-up is measured again on a quiet machine ...
+NARROW_CHECKS = 2    # ... until this many clean comparisons stand behind it
 
 
 def machine_context() -> dict[str, Any]:
@@ -97,3 +104,20 @@ def pick(candidates: dict[str, Callable[[], Any]], *, max_seconds: float = 1.0, 
         name = fallback if fallback in candidates else next(iter(candidates))
         return name, ms, False
     return min(ms, key=ms.__getitem__), ms, clean
+
+
+def margin(ms: dict[str, float], choice: str) -> float | None:
+    """How much faster `choice` was than the fastest other candidate: runner-up / choice - 1 (None with one)."""
+    others = [v for k, v in ms.items() if k != choice]
+    if not others or choice not in ms or ms[choice] <= 0:
+        return None
+    return min(others) / ms[choice] - 1.0
+
+
+def is_quiet(threads: int) -> bool:
+    """Whether other programs leave `threads` cores free right now (a quarter-second look, disturb.py)."""
+    import time
+
+    from ..bench.disturb import wait_for_quiet
+
+    return wait_for_quiet(threads, time.monotonic())[0]
