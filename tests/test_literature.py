@@ -105,3 +105,39 @@ def test_gfnet_is_global_filters_over_tokens():
     ref = F.linear(t, w["head.fc.weight"], w["head.fc.bias"])
     with torch.no_grad():
         torch.testing.assert_close(m(x), ref, rtol=1e-9, atol=1e-9)
+
+
+def _ln_cf(x, w, p):
+    return F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], w[p + ".weight"], w[p + ".bias"], 1e-6).permute(0, 3, 1, 2)
+
+
+def test_hornet_is_recursive_gated_convolutions():
+    """HorNet (Rao et al. 2022, eq. 3.3-3.4): p0, q0..q(n-1) = proj_in(x); p(k+1) = f_k(p_k) * g_k(q_k), with g the
+    7x7 depthwise conv scaled by 1/3 and f_k 1x1 convs; output proj_out(p_n). Blocks: x + gamma1 * gnconv(LN(x)),
+    then x + gamma2 * MLP(LN(x)); orders 2, 3, 4, 5 in the stages."""
+    base = 16
+    m, w = _model("hornet_tiny.arch", {"depths": [1, 1, 1, 1], "base_dim": base, "num_classes": 10}, (3, 32, 32))
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    y = _ln_cf(_conv(x, w, "stem.conv", stride=4), w, "stem.norm")
+    for i, order in enumerate([2, 3, 4, 5]):
+        c = base * 2 ** i
+        if i:
+            y = _conv(_ln_cf(y, w, f"stages.{i}.downsample.norm"), w, f"stages.{i}.downsample.conv", stride=2)
+        b = f"stages.{i}.blocks.0"
+        g = f"{b}.spatial.gnconv"
+        dims = [c // 2 ** k for k in range(order)][::-1]
+        t = _conv(_ln_cf(y, w, f"{b}.spatial.norm"), w, f"{g}.proj_in")
+        p, q = t[:, :dims[0]], _conv(t[:, dims[0]:], w, f"{g}.dwconv", padding=3, groups=sum(dims)) / 3
+        qs = torch.split(q, dims, dim=1)
+        p = p * qs[0]
+        for k in range(order - 1):
+            p = _conv(p, w, f"{g}.pws.{k}") * qs[k + 1]
+        y = y + w[f"{b}.spatial.layer_scale.gamma"].view(1, -1, 1, 1) * _conv(p, w, f"{g}.proj_out")
+        t = F.layer_norm(y.permute(0, 2, 3, 1), (c,), w[f"{b}.mlp.norm.weight"], w[f"{b}.mlp.norm.bias"], 1e-6)
+        t = F.linear(F.gelu(F.linear(t, w[f"{b}.mlp.pwconv1.weight"], w[f"{b}.mlp.pwconv1.bias"])),
+                     w[f"{b}.mlp.pwconv2.weight"], w[f"{b}.mlp.pwconv2.bias"])
+        y = y + w[f"{b}.mlp.layer_scale.gamma"].view(1, -1, 1, 1) * t.permute(0, 3, 1, 2)
+    t = F.layer_norm(y.mean((2, 3)), (8 * base,), w["head.norm.weight"], w["head.norm.bias"], 1e-6)
+    ref = F.linear(t, w["head.fc.weight"], w["head.fc.bias"])
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref, rtol=1e-9, atol=1e-9)
