@@ -284,3 +284,27 @@ def test_involution_matches_its_definition(s):
                 patch = xp[:, ch, s * i:s * i + k, s * j:s * j + k]
                 ref[:, ch, i, j] = (h[:, ch // gc, :, :, i, j] * patch).sum((1, 2))
     close(m(x), ref)
+
+
+def test_pos_attention_matches_its_definition():
+    """LeViT / LSNet attention written position by position: a[h, i, j] = q_i . k_j / sqrt(key_dim) + B[h, |dy|, |dx|],
+    softmax over j, out_i = sum_j a v_j; queries through the 3x3 depthwise conv + BN; ReLU, then conv + BN."""
+    c, kd, heads, hh, ww = 6, 2, 2, 3, 4
+    m = build("pos_attention", [Shape(c, hh, ww)], key_dim=kd, heads=heads, attn_ratio=1.5)
+    with torch.no_grad():
+        m.attention_biases.normal_()
+    x = x_(c, hh, ww)
+    qkv = m.qkv(x)
+    nk, d = heads * kd, 3
+    q, k, v = m.dw(qkv[:, :nk]), qkv[:, nk:2 * nk], qkv[:, 2 * nk:]
+    pos = [(y, z) for y in range(hh) for z in range(ww)]
+    out = torch.zeros(2, heads * d, hh, ww, dtype=torch.float64)
+    for h in range(heads):
+        for yi, xi in pos:
+            logits = torch.stack([(q[:, h * kd:(h + 1) * kd, yi, xi] * k[:, h * kd:(h + 1) * kd, yj, xj]).sum(1)
+                                  / math.sqrt(kd) + m.attention_biases[h, abs(yi - yj) * ww + abs(xi - xj)]
+                                  for yj, xj in pos], dim=1)
+            a = logits.softmax(dim=1)
+            out[:, h * d:(h + 1) * d, yi, xi] = sum(a[:, j:j + 1] * v[:, h * d:(h + 1) * d, yj, xj]
+                                                    for j, (yj, xj) in enumerate(pos))
+    close(m(x), m.proj(out))

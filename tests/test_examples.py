@@ -70,6 +70,9 @@ EXACT = [
     ("literature/rednet.arch", {}, 15_540_806, 2_648_505_856),              # RedNet-50 (mmcls zoo 15.54M)
     ("literature/rednet.arch", {"layers": [1, 2, 4, 1]}, 9_233_166, 1_685_176_832),   # RedNet-26 (9.23M)
     ("literature/rednet.arch", {"layers": [2, 3, 5, 2]}, 12_386_986, 2_166_841_344),  # RedNet-38 (12.39M)
+    ("literature/lsnet_t.arch", {}, 11_409_832, 315_824_768),              # LSNet-T (11.4M, 0.3G)
+    ("literature/lsnet_t.arch", {"dims": [96, 192, 320, 448], "depths": [1, 2, 8, 10]}, 16_146_304,
+     537_972_800),                                                          # LSNet-S (16.1M, 0.5G)
 ]
 
 

@@ -1,4 +1,5 @@
-"""Channel-attention family: se (squeeze-and-excitation), eca (efficient channel attention)."""
+"""Attention family: se (squeeze-and-excitation), eca (efficient channel attention), and spatial self-attention
+with learned relative-position biases as LeViT / EfficientViT / LSNet use it (pos_attention)."""
 
 from __future__ import annotations
 
@@ -101,3 +102,54 @@ class ECA(Op):
         from . import attention_nn as L
 
         return L.ECA(self.kernel(p, ins[0].c))
+
+
+@register
+class PosAttention(Op):
+    """Multi-head self-attention over the H x W positions with a learned bias per head and relative offset
+    (LeViT's attention as LSNet writes it): pos_attention(key_dim=16, heads=8, attn_ratio=4.0, q_dw=true).
+    qkv: 1x1 conv (no bias) + BN to heads x (2 key_dim + d), d = int(attn_ratio x key_dim); with q_dw the queries
+    pass a 3x3 depthwise conv + BN; softmax(q^T k / sqrt(key_dim) + bias[head, |dh|, |dw|]) applied to v; then
+    ReLU and a 1x1 conv (no bias) + BN back to C. The biases are fixed to the input's size (H x W offsets)."""
+
+    name = "pos_attention"
+    samples = [({"key_dim": 4, "heads": 2, "attn_ratio": 2.0}, [S(8, 4, 4)]),
+               ({"key_dim": 4, "heads": 3, "attn_ratio": 1.5, "q_dw": False}, [S(6, 3, 5)])]
+    family = "attention"
+    layouts = ("nchw",)
+
+    class Params(OpParams):
+        key_dim: int = 16
+        heads: int = 8
+        attn_ratio: float = 4.0
+        q_dw: bool = True
+
+    def dims(self, p) -> tuple[int, int]:
+        """(heads x key_dim, heads x d): the query/key and the value channels."""
+        for f in ("key_dim", "heads"):
+            if getattr(p, f) < 1:
+                raise OpError(f"{f} must be at least 1, got {getattr(p, f)}", arg=f)
+        d = int(p.attn_ratio * p.key_dim)
+        if not p.attn_ratio > 0 or d < 1:
+            raise OpError(f"attn_ratio {p.attn_ratio} gives values of {d} channels", arg="attn_ratio")
+        return p.heads * p.key_dim, p.heads * d
+
+    def infer(self, p, ins):
+        require_spatial("pos_attention", ins[0])
+        self.dims(p)
+        return ins[0]
+
+    def cost(self, p, ins, out):
+        s = ins[0]
+        nk, dh = self.dims(p)
+        n = s.h * s.w
+        qkv = 2 * nk + dh
+        params = s.c * qkv + 2 * qkv + (9 * nk + 2 * nk if p.q_dw else 0) + dh * s.c + 2 * s.c + p.heads * n
+        macs = n * (s.c * qkv + (9 * nk if p.q_dw else 0) + dh * s.c) + n * n * (nk + dh)
+        return Cost(params=params, macs=macs)
+
+    def build(self, p, ins):
+        from . import attention_nn as L
+
+        s = ins[0]
+        return L.PosAttention(s.c, p.key_dim, p.heads, int(p.attn_ratio * p.key_dim), s.h, s.w, p.q_dw)
