@@ -25,6 +25,7 @@ def check(graph: ArchGraph) -> ArchGraph:
     """Validate and infer the whole graph; raises ArchError listing every problem."""
     g = graph.copy()
     col = Collector()
+    tied: dict[str, tuple[str, tuple[int, ...]]] = {}  # a tie's key -> (its first node, the tensor's shape)
     for name in g.order():
         node = g.node(name)
         op = registry.get(node.op)
@@ -46,11 +47,32 @@ def check(graph: ArchGraph) -> ArchGraph:
             col.add(node.arg_span(e.arg), _prefixed(node.op, e.message), e.hint, node.notes)
             cost = Cost()
         acts = 0 if op.is_view else sum(s.numel() for s in (out if isinstance(out, tuple) else (out,)))
-        cost = Cost(cost.params, cost.macs, acts)
+        params_n, ties = cost.params, {}
+        for attr, (key, shape, arg) in op.shared(params, ins).items():
+            if key not in tied:
+                tied[key] = (name, shape)
+                continue
+            first, first_shape = tied[key]
+            if shape != first_shape:
+                col.add(node.arg_span(arg), f"{key} are shared with '{first}' at {g.node(first).span}, "
+                        f"whose tensor is {'x'.join(map(str, first_shape))}; this one's would be "
+                        f"{'x'.join(map(str, shape))}", "layers sharing a tensor need the same channels and sizes",
+                        node.notes)
+                continue
+            ties[attr] = first
+            params_n -= _numel(shape)  # counted once, at the first node that has it
+        cost = Cost(params_n, cost.macs, acts)
         g.replace_node(node.__class__(node.name, node.op, params, node.span, node.arg_spans, node.notes),
-                       shape=out, in_shapes=tuple(ins), cost=cost)
+                       shape=out, in_shapes=tuple(ins), cost=cost, ties=ties)
     col.raise_if_any()
     return g
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def _validate(op, node, col: Collector):

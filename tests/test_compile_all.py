@@ -45,7 +45,8 @@ SHALLOW = {"examples/convnext_tiny.arch": {"depths": [1, 1, 1, 1]},
            "examples/literature/fasternet_t0.arch": {"depths": [1, 1, 1, 1]},
            "examples/literature/regnet.arch": {"depth": 6},
            "examples/literature/rednet.arch": {"layers": [1, 1, 1, 1]},
-           "examples/literature/lsnet_t.arch": {"depths": [0, 2, 2, 2]}}
+           "examples/literature/lsnet_t.arch": {"depths": [0, 2, 2, 2]},
+           "examples/literature/convnext_dcls.arch": {"depths": [2, 1, 1, 1], "size": 7, "kernel_count": 5}}
 # ImageNet models whose strides need more than 64x64 (Inception-v3's grid reductions end at 1x1 from 75x75)
 SMALLEST = {"examples/literature/inception_v3.arch": (3, 75, 75)}
 

@@ -73,6 +73,7 @@ EXACT = [
     ("literature/lsnet_t.arch", {}, 11_409_832, 315_824_768),              # LSNet-T (11.4M, 0.3G)
     ("literature/lsnet_t.arch", {"dims": [96, 192, 320, 448], "depths": [1, 2, 8, 10]}, 16_146_304,
      537_972_800),                                                          # LSNet-S (16.1M, 0.5G)
+    ("literature/convnext_dcls.arch", {}, 28_587_688, 4_970_337_024),      # ConvNeXt-T-dcls (28.6M)
 ]
 
 

@@ -141,3 +141,30 @@ def test_hornet_is_recursive_gated_convolutions():
     ref = F.linear(t, w["head.fc.weight"], w["head.fc.bias"])
     with torch.no_grad():
         torch.testing.assert_close(m(x), ref, rtol=1e-9, atol=1e-9)
+
+
+def test_dcls_positions_are_one_tensor_per_stage():
+    """ConvNeXt-dcls (K-H-Ismail/ConvNeXt-dcls) ties each stage's DCLS positions: `dcls(positions="NAME")` makes
+    every dcls of that name use one Parameter, counted once by the checker as by torch, trained once."""
+    from archdsl.api import check_file, check_text
+    from archdsl.errors import ArchError
+
+    sets = {"depths": [2, 2, 1, 1], "dims": [8, 16, 16, 16], "kernel_count": 5, "size": 7, "num_classes": 10}
+    g = check_file(LIT / "convnext_dcls.arch", sets, input_shape=(3, 32, 32))
+    m = archdsl.load(LIT / "convnext_dcls.arch", sets, input_shape=(3, 32, 32))
+    assert g.total().params == sum(p.numel() for p in m.parameters())
+    b = m.stages[1].blocks
+    assert b[0].conv_dw.P is b[1].conv_dw.P and b[0].conv_dw.P is not m.stages[0].blocks[0].conv_dw.P
+    loss = m(torch.randn(2, 3, 32, 32)).square().sum()
+    loss.backward()
+    assert b[0].conv_dw.P.grad is not None  # one tensor: both blocks' gradients land in it
+    spec = ('model m() {\n    input(8, 12, 12)\n    a: dcls(kernel_count=5, size=7, positions="p")\n'
+            '    b: dcls(kernel_count=3, size=7, positions="p")\n    gap()\n}\n')
+    try:
+        check_text(spec, "tie.arch")
+        raise AssertionError("a tie of different shapes was accepted")
+    except ArchError as e:
+        d = e.diagnostics[0]
+        assert (d.span.line, d.span.col) == (4, 37)
+        assert "dcls positions 'p' are shared with 'a' at tie.arch:3:8" in d.message
+        assert "2x8x1x5; this one's would be 2x8x1x3" in d.message

@@ -61,6 +61,9 @@ class ArchModule(nn.Module):
             _install(self, name, module)
             refs = tuple(graph.inputs(name))
             self._plan.append((name, node.op, refs, f"{node.span}"))
+        for name in order:  # tied tensors (Op.shared): one Parameter, registered under every module that uses it
+            for attr, first in (graph.attrs(name).get("ties") or {}).items():
+                setattr(self.get_submodule(name), attr, getattr(self.get_submodule(first), attr))
         # Free each value after its last use, so activation memory stays as in a hand-written model.
         self._free_after = free_after([refs for _, _, refs, _ in self._plan], self._out[0])
         self._modules_by_name = {name: self.get_submodule(name) for name, *_ in self._plan}

@@ -268,6 +268,9 @@ class Emitter:
         for it in top:
             if it.ctor is not None:
                 lines.append(f'        _add(self, "{it.rel}", {it.ctor.render()})')
+        for name in g.order():  # tied tensors (Op.shared): one Parameter under every module that uses it
+            for attr, first in (g.attrs(name).get("ties") or {}).items():
+                lines.append(f'        self.get_submodule("{name}").{attr} = self.get_submodule("{first}").{attr}')
         if g.init and g.init["scheme"] != "default":
             lines.append("        self._init_weights()")
             lines += ["", *_init_source(g.init, self.used)]

@@ -102,9 +102,11 @@ class DWConv(_ConvBase):
 @register
 class DCLS(Op):
     """Dilated convolution with learnable spacings (Hassani et al., ICLR 2023):
-    dcls(out=none (= C, depthwise), kernel_count=26, size=17, groups=none (= C), bias=true).
+    dcls(out=none (= C, depthwise), kernel_count=26, size=17, groups=none (= C), bias=true, positions=none).
     Each (out, in) pair has kernel_count taps at learnable positions within a size x size window, rasterized
-    by bilinear interpolation into a dense kernel. Parameters: weights and 2 position coordinates per tap."""
+    by bilinear interpolation into a dense kernel. Parameters: weights and 2 position coordinates per tap.
+    positions="NAME": every dcls given the same name shares one tensor of positions (the authors' ConvNeXt-dcls
+    shares them across a stage's blocks), counted and trained once."""
 
     name = "dcls"
     samples = [({"kernel_count": 5, "size": 7}, [S(4, 9, 9)]),
@@ -118,6 +120,7 @@ class DCLS(Op):
         size: int = 17
         groups: int | None = None
         bias: bool = True
+        positions: str | None = None
 
     def geometry(self, p, cin: int) -> tuple[int, int]:
         cout = cin if p.out is None else p.out
@@ -140,6 +143,12 @@ class DCLS(Op):
         per = ins[0].c // groups
         return Cost(params=3 * cout * per * p.kernel_count + (cout if p.bias else 0),
                     macs=cout * per * p.size * p.size * out.h * out.w)
+
+    def shared(self, p, ins):
+        if p.positions is None:
+            return {}
+        cout, groups = self.geometry(p, ins[0].c)
+        return {"P": (f"dcls positions {p.positions!r}", (2, cout, ins[0].c // groups, p.kernel_count), "positions")}
 
     def build(self, p, ins):
         from . import conv_nn as L

@@ -69,6 +69,13 @@ class Op:
     def n_outputs(self, p: Any) -> int:
         return self.outputs
 
+    def shared(self, p: Any, ins: list[Shape]) -> dict[str, tuple[str, tuple[int, ...], str]]:
+        """The op's tensors tied to other nodes' (one tensor, trained once): attribute name of the built module ->
+        (the tie's key, the tensor's shape, the parameter that names the tie). Nodes with the same key share the
+        first one's tensor; the checker counts its parameters once, at that first node, and refuses a key whose
+        shapes differ, at that parameter. None by default."""
+        return {}
+
     def source(self, p: Any, ins: list[Shape], args: list[str]) -> str | None:
         """The op as a Python expression of `args` (the names of its inputs) in the standalone source `archdsl
         compile` writes: a parameter-free op is written inline in forward(). None (the default): it is written
