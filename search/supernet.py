@@ -160,6 +160,11 @@ def survey(space: SearchSpace, samples: int = SURVEY_SAMPLES, seed: int = 0) -> 
         if not isinstance(cand, Candidate):
             continue
         seen.append(cand)
+        tied = next((n for n in cand.graph.order() if cand.graph.attrs(n).get("ties")), None)
+        if tied is not None:
+            raise SupernetError(f"{cand.graph.node(tied).span} ({tied}): this layer shares a tensor with another "
+                                f"({', '.join(sorted(cand.graph.attrs(tied)['ties']))}), which one-shot search cannot "
+                                "slice per network yet; search this space with the trial-based search")
         try:
             with torch.device("meta"):
                 module = build_module(cand.graph)

@@ -120,6 +120,16 @@ def test_a_layer_that_cannot_be_elastic_is_refused_before_training_with_its_plac
         survey(SearchSpace(spec), samples=10)
 
 
+def test_a_space_with_tied_tensors_is_refused_before_training(tmp_path):
+    spec = tmp_path / "tied.arch"
+    spec.write_text('model t() {\n    input(3, 16, 16)\n    stem: conv(8, k=3)\n'
+                    '    a: dcls(kernel_count=3, size=5, positions="p")\n'
+                    '    b: dcls(kernel_count=3, size=choice(5, 7), positions="p")\n'
+                    '    head: { pool: gap(); fc: linear(10) }\n}\n')
+    with pytest.raises(SupernetError, match=r"tied.arch:5:\d+ \(b\): this layer shares a tensor with another \(P\)"):
+        survey(SearchSpace(spec), samples=4)
+
+
 def test_kernels_of_the_other_parity_keep_weights_of_their_own(tmp_path):
     """A 2x2 patchify stem and a 3x3 one cannot be centre crops of each other: two entries, no transform."""
     spec = tmp_path / "stem.arch"
