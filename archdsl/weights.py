@@ -1,6 +1,7 @@
 """Trained weights for a model archdsl builds: read a training-form state_dict file safely and load it.
 
-Takes: a path (a `torch.save` of a state_dict, or of {"state_dict": ...}, as `archdsl train` writes) or a dict,
+Takes: a path (a `torch.save` of a state_dict, or of {"state_dict": ...} as `archdsl train` writes, or of
+{"model": ...} as many authors' checkpoints are) or a dict,
 and a training-form module. Returns: the module with those weights, loaded strictly; a file that cannot be read
 or does not fit (a missing or unexpected name, a wrong shape) raises WeightsError naming the file and the first
 offending names. Files are read with weights_only=True: loading weights never runs code.
@@ -37,8 +38,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input problem
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WeightsError(f"cannot read {os.fspath(path)}: {first}") from None
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
+    if isinstance(sd, dict):  # a training checkpoint around the weights: {"state_dict": ...}, {"model": ...}
+        for wrapper in ("state_dict", "model", "module"):
+            if isinstance(sd.get(wrapper), dict) and not any(isinstance(v, torch.Tensor) for v in sd.values()):
+                sd = sd[wrapper]
+                break
     if not isinstance(sd, dict):
         raise WeightsError(f"{os.fspath(path)} holds a {type(sd).__name__}, not a state_dict")
     return sd

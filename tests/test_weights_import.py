@@ -193,7 +193,7 @@ def test_bad_name_maps_are_named():
 def test_the_command_line_writes_weights_that_archdsl_load_reads(tmp_path, capsys):
     theirs = _randomized(ConvNeXt(C_SET["depths"], C_SET["dims"], 10), 2)
     ckpt, out, rep, rules = tmp_path / "authors.pth", tmp_path / "w.pt", tmp_path / "r.json", tmp_path / "map.txt"
-    torch.save({"state_dict": theirs.state_dict()}, ckpt)
+    torch.save({"model": theirs.state_dict(), "epoch": 300}, ckpt)  # as the authors' checkpoints are
     rules.write_text("# the authors' ConvNeXt layout\n" + "\n".join(CONVNEXT_MAP[:2]) + "\n")
     sets = [a for k, v in C_SET.items() for a in ("--set", f"{k}={v}")]
     argv = ["weights", "import", str(CONVNEXT), str(ckpt), "-o", str(out), "--input", "3x32x32", *sets,
