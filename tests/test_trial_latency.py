@@ -192,3 +192,12 @@ def test_a_trial_measures_on_the_search_runtime_and_says_which(monkeypatch, tmp_
     lat = measure_latency_local(s, POINT)
     assert lat["runtime"] == "fast" and lat["batch"] == 1 and seen == ["fast", "fast"]
     assert lat["reference_net"]["key"].endswith("-fast")
+
+
+def test_search_on_the_ort_runtime_without_its_extra_is_a_usage_error(monkeypatch, capsys):
+    from archdsl.cli import main
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the [export] extra were not installed
+    assert main(["search", str(TINY), "--latency-ms", "5", "--runtime", "ort"]) == 2
+    err = capsys.readouterr().err
+    assert "--runtime ort: the ort runtime needs the [export] extra" in err and "Traceback" not in err
