@@ -1,7 +1,8 @@
 """Trained weights for a model archdsl builds: read a training-form state_dict file safely and load it.
 
 Takes: a path (a `torch.save` of a state_dict, or of {"state_dict": ...} as `archdsl train` writes, or of
-{"model": ...} as many authors' checkpoints are) or a dict,
+{"model": ...} as many authors' checkpoints are; a .safetensors file, as timm's on the Hugging Face Hub, with the
+[weights] extra) or a dict,
 and a training-form module. Returns: the module with those weights, loaded strictly; a file that cannot be read
 or does not fit (a missing or unexpected name, a wrong shape) raises WeightsError naming the file and the first
 offending names. Files are read with weights_only=True: loading weights never runs code.
@@ -26,6 +27,17 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
 
     import torch
 
+    if os.fspath(path).endswith(".safetensors"):  # timm's and the Hugging Face Hub's files: tensors only
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise WeightsError(f"cannot read {os.fspath(path)}: .safetensors files need the [weights] extra (pip "
+                               "install 'archdsl[weights]')") from None
+        try:
+            return load_file(os.fspath(path), device="cpu")
+        except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input problem
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise WeightsError(f"cannot read {os.fspath(path)}: {first}") from None
     try:
         with warnings.catch_warnings():  # torch's protocol warning is not the user's business
             warnings.simplefilter("ignore")

@@ -8,11 +8,14 @@ optional name map. Returns: (our state_dict, Report). The tensors are matched
      the names whose order alone is ambiguous
      (a module registered before the ones it runs after; a block's own parameter that state_dict lists before its
      children);
-  2. then every other tensor in order: the k-th of ours takes the k-th of theirs that is left, and their shapes
+  2. then a tensor whose name and shape are those of one of the model's (timm's ConvNeXt names most of its tensors
+     as the bundled spec does);
+  3. then every other tensor in order: the k-th of ours takes the k-th of theirs that is left, and their shapes
      must agree, allowing a reshape of the same numbers that differs only in dimensions of size 1 (a 1x1 conv
      weight against a linear weight; a GRN gamma stored as 1x1x1xC against C).
 A shape that disagrees stops the import with both names and shapes and where the two orders part (a shuffled
-checkpoint, another architecture). A tensor left unmatched on either side is an error unless allow_missing.
+checkpoint, another architecture; a .safetensors file, whose names are stored sorted, has lost its order). A
+tensor left unmatched on either side is an error unless allow_missing.
 """
 
 from __future__ import annotations
@@ -82,9 +85,11 @@ def _fits(theirs: tuple[int, ...], ours: tuple[int, ...]) -> bool:
 
 
 def import_state_dict(module, theirs: dict[str, Any], rules: list[str] | dict[str, str] | None = None,
-                      allow_missing: bool = False) -> tuple[dict[str, Any], Report]:
-    """Match `theirs` onto `module`'s state_dict (see the module docstring). Returns (a state_dict with our names,
-    loadable strictly, or with allow_missing our own values where theirs had none; the Report)."""
+                      allow_missing: bool = False, ordered: bool = True) -> tuple[dict[str, Any], Report]:
+    """Match `theirs` onto `module`'s state_dict (see the module docstring). `ordered`: False when the checkpoint's
+    order is not its network's (a .safetensors file stores its tensors sorted): then nothing is matched by order.
+    Returns (a state_dict with our names, loadable strictly, or with allow_missing our own values where theirs had
+    none; the Report)."""
     import torch
 
     ours = module.state_dict()
@@ -107,15 +112,27 @@ def import_state_dict(module, theirs: dict[str, Any], rules: list[str] | dict[st
             _take(out, report, target, ours[target], name, theirs[name], "map")
             left.remove(name)
             break
+    for name in list(left):  # 2. a tensor of the very name and shape of one of ours (most of timm's ConvNeXt)
+        if name in ours and name not in out and _fits(tuple(theirs[name].shape), tuple(ours[name].shape)):
+            _take(out, report, name, ours[name], name, theirs[name], "name")
+            left.remove(name)
     queue = [k for k in ours if k not in out]
+    if not ordered and queue and left and not allow_missing:
+        raise WeightsImportError(
+            f"{len(queue)} of the model's tensors (first: {queue[0]}) and {len(left)} of the checkpoint's (first: "
+            f"{left[0]}) are not named alike, and the checkpoint lists its tensors sorted by name (a .safetensors "
+            "file does), so the order its network uses them is lost: map those names with --map rules, or import "
+            "a torch.save'd state_dict of the same network (timm's pytorch_model.bin, the authors' .pth)")
+    if not ordered:
+        queue = []
     i = 0
-    for k in queue:  # 2. in order
+    for k in queue:  # 3. in order
         if i >= len(left):
             report.missing.append(k)
             continue
         name = left[i]
         if not _fits(tuple(theirs[name].shape), tuple(ours[k].shape)):
-            raise WeightsImportError(_parting(k, ours[k], name, theirs[name], i, queue, left))
+            raise WeightsImportError(_parting(k, ours[k], name, theirs[name], i))
         _take(out, report, k, ours[k], name, theirs[name], "order")
         i += 1
     report.unused = left[i:]
@@ -141,7 +158,7 @@ def _take(out, report: Report, ours_name: str, ours_t, their_name: str, their_t,
     report.matched[ours_name] = (their_name, how)
 
 
-def _parting(k, t_ours, name, t_theirs, i, queue, left) -> str:
+def _parting(k, t_ours, name, t_theirs, i) -> str:
     return (f"the orders part at tensor {i + 1} of those matched in order: the model's {k} "
             f"{tuple(t_ours.shape)} against the checkpoint's {name} {tuple(t_theirs.shape)}. Either the checkpoint "
             "is of another architecture (or other sizes: check --set), or its names are listed in another order "

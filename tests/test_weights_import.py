@@ -108,6 +108,11 @@ CONVNEXT_MAP = [r"downsample_layers\.0\.0\.(.*)=stem.conv.\1", r"downsample_laye
                 r"stages\.(\d)\.(\d+)\.gamma=stages.\1.blocks.\2.layer_scale.gamma"]
 
 
+TIMM_CONVNEXT_MAP = [r"stem\.0\.(.*)=stem.conv.\1", r"stem\.1\.(.*)=stem.norm.\1",
+                     r"stages\.(\d)\.downsample\.0\.(.*)=stages.\1.downsample.norm.\2",
+                     r"stages\.(\d)\.downsample\.1\.(.*)=stages.\1.downsample.conv.\2"]
+
+
 def _randomized(m: nn.Module, seed: int) -> nn.Module:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -238,3 +243,36 @@ def test_timms_convnext_layout_needs_one_rule_for_the_gammas():
     assert renamed["stages.1.downsample.conv.weight"] == "stages.1.downsample.1.weight"
     assert renamed["stages.1.blocks.1.mlp.fc2.bias"] == "stages.1.blocks.1.mlp.fc2.bias"
     assert all(torch.equal(sd[k], timm_like[v]) for k, v in renamed.items())
+    # timm's files on the Hub are .safetensors, sorted by name: most names are the spec's, the rest are named
+    sorted_like = dict(sorted(timm_like.items()))
+    with pytest.raises(WeightsImportError, match="not named alike, and the checkpoint lists its tensors sorted"):
+        import_state_dict(ours, sorted_like, [rule], ordered=False)
+    sd, report = import_state_dict(ours, sorted_like, [rule, *TIMM_CONVNEXT_MAP], ordered=False)
+    assert {v[1] for v in report.matched.values()} == {"map", "name"}
+    assert all(torch.equal(sd[k], timm_like[v]) for k, (v, _) in report.matched.items())
+
+
+def test_a_safetensors_checkpoint_imports_by_name_and_order_lost_to_sorting_is_said(tmp_path, capsys):
+    """timm's weights on the Hugging Face Hub are .safetensors files (read without pickle), which store the tensors
+    sorted by name: tensors named as the model's match by name; where order would be needed, the refusal says
+    that the file's order is lost."""
+    safetensors = pytest.importorskip("safetensors.torch")
+    ours = archdsl.load(CONVNEXT, C_SET, input_shape=SHAPE)
+    same = _randomized(archdsl.load(CONVNEXT, C_SET, input_shape=SHAPE), 4)
+    ckpt, out = tmp_path / "model.safetensors", tmp_path / "w.pt"
+    safetensors.save_file({k: v.contiguous() for k, v in same.state_dict().items()}, str(ckpt))
+    sets = [a for k, v in C_SET.items() for a in ("--set", f"{k}={v}")]
+    assert main(["weights", "import", str(CONVNEXT), str(ckpt), "-o", str(out), "--input", "3x32x32", *sets]) == 0
+    _same_outputs(archdsl.load(CONVNEXT, C_SET, input_shape=SHAPE, weights=out), same)
+    del ours
+    theirs = ResNet(R_SET["layers"], R_SET["widths"], 10).state_dict()
+    safetensors.save_file({k: v.contiguous() for k, v in theirs.items()}, str(ckpt))
+    r_sets = [a for k, v in R_SET.items() for a in ("--set", f"{k}={v}")]
+    capsys.readouterr()
+    assert main(["weights", "import", str(RESNET), str(ckpt), "-o", str(out), *r_sets]) == 1
+    err = capsys.readouterr().err
+    assert "are not named alike, and the checkpoint lists its tensors sorted by name (a .safetensors file does)" in err
+    ckpt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    assert main(["weights", "import", str(RESNET), str(ckpt), "-o", str(out), *r_sets]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot read {ckpt}" in err and err.count("\n") == 1 and "Traceback" not in err

@@ -68,7 +68,8 @@ def cmd_weights_import(args: argparse.Namespace) -> int:
     module = build_module(g)
     try:
         theirs = read_state_dict(args.checkpoint)
-        sd, report = import_state_dict(module, theirs, rules, args.allow_missing)
+        sd, report = import_state_dict(module, theirs, rules, args.allow_missing,
+                                       ordered=not str(args.checkpoint).endswith(".safetensors"))
     except WeightsError as e:
         print(f"archdsl: {args.checkpoint}: {e}", file=sys.stderr)
         return 1
