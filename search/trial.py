@@ -203,8 +203,10 @@ def measure_latency_local(s: TrialSettings, point: dict[str, Any], load: bool = 
 
     g = graph if graph is not None else check_point(s, point)
     threads = s.latency_threads or len(os.sched_getaffinity(0))
+    built: dict[str, float | None] = {}  # the runtime's own preparation: fast tuning, ort export
 
     def timing(fn):
+        built["seconds"] = getattr(fn, "build_seconds", None)
         ref_kw, ref_rec = _reference_kw(s, threads)
         kw = dict(max_seconds=s.latency_max_seconds, rel_ci=s.latency_rel_ci, quiet_wait=s.latency_quiet_wait,
                   threads=threads, normalize=True, **ref_kw)
@@ -236,7 +238,8 @@ def measure_latency_local(s: TrialSettings, point: dict[str, Any], load: bool = 
     (meas, info, ref_rec), fp, _ = measure_model(g, timing, threads=threads, form=form_of(s.runtime))
     # why each disturbed try was, as one string: Tune's TensorBoard logger refuses a list of strings in a result
     info = {**info, "attempts": "; ".join(str(a) for a in info["attempts"])}
-    return {**meas.to_json(), "node": _node_id(), "threads": threads, "runtime": s.runtime, "batch": 1, **info,
+    return {**meas.to_json(), "node": _node_id(), "threads": threads, "runtime": s.runtime, "batch": 1,
+            "runtime_build_s": None if built.get("seconds") is None else round(built["seconds"], 3), **info,
             "fingerprint": fp, "reference_net": ref_rec}
 
 
@@ -322,6 +325,8 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
         t1 = time.perf_counter()
         lat = _measure(s, point, index, _under_load(s, point, int(config.get("retry") or 0)), graph=g)
         seconds["latency"] = time.perf_counter() - t1
+        if lat.get("runtime_build_s") is not None:  # of which the runtime's preparation (tuning, export)
+            seconds["runtime_build"] = lat["runtime_build_s"]
         base.update(latency_ms=lat["latency_ms"], latency=lat, latency_node=lat.get("node"))
         if lat.get("disturbed"):  # never decide on a disturbed figure: the driver measures this point again later
             reason = (lat.get("disturbance") or {}).get("reason")

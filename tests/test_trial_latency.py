@@ -191,6 +191,7 @@ def test_a_trial_measures_on_the_search_runtime_and_says_which(monkeypatch, tmp_
                       reference=_space_reference(), latency_max_seconds=0.5, latency_rel_ci=0.5)
     lat = measure_latency_local(s, POINT)
     assert lat["runtime"] == "fast" and lat["batch"] == 1 and seen == ["fast", "fast"]
+    assert lat["runtime_build_s"] is not None and lat["runtime_build_s"] >= 0  # the candidate's tuning time
     assert lat["reference_net"]["key"].endswith("-fast")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -93,7 +94,9 @@ def forward_fn(g, form: str = "deploy", batch: int = 1, device: str = "cpu", *,
         if form == "ort":  # the deploy form exported to ONNX, run by ONNX Runtime (runtimes.py)
             from .runtimes import ort_runner
 
+            t0 = time.perf_counter()
             fn = ort_runner(m, x, torch.get_num_threads())
+            fn.build_seconds = time.perf_counter() - t0  # the export and the session, outside the timing
             fn()
             return fn
         if form == "fast":
@@ -109,6 +112,7 @@ def forward_fn(g, form: str = "deploy", batch: int = 1, device: str = "cpu", *,
                 m(x)
         if form == "fast":
             fn.plan = m.plan  # where each step's choice came from (the tune cache, with its age, or measured now)
+            fn.build_seconds = m.tune_seconds  # measuring the steps' candidates (none when all were cached)
         with torch.inference_mode():
             fn()
     return fn
