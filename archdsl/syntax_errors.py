@@ -145,8 +145,11 @@ def _syntax_diagnostic(e: UnexpectedInput, file: str, text: str) -> Diagnostic:
         elif ch == "=" and exp:
             hint = "use ':' to name a layer (name: op(...)) or 'let name = value' to bind a value"
     elif isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END"):
-        lines = text.splitlines() or [""]
-        line, col = len(lines), len(lines[-1]) + 1
+        # lines as the positions count them: split at "\n" only (str.splitlines also splits at \x1e, \x0c, ...)
+        lines = text.split("\n")
+        if len(lines) > 1 and lines[-1] == "":
+            lines.pop()
+        line, col = len(lines), len(lines[-1].rstrip("\r")) + 1
         msg = "unexpected end of file"
         end = col + 1
         if "'}'" in exp:

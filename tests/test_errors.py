@@ -257,3 +257,14 @@ def test_an_unterminated_string_is_named():
     text = str(e.value)
     assert '<string>:3:28: error: the string "relu) is never closed' in text and "strings do not span lines" in text
     assert "is never closed" in text and "'{'" not in text
+
+
+def test_end_of_file_is_positioned_by_newlines_only():
+    """Found by the 10,000-input fuzz run: str.splitlines() also breaks at \\x1e, so an override '#\\x1e0' put its
+    end-of-file error on a line 2 the text does not have."""
+    from archdsl.parse import parse_expr
+
+    with pytest.raises(ArchError) as e:
+        parse_expr("#\x1e0", "--set p")
+    d = e.value.diagnostics[0]
+    assert (d.span.line, d.span.col) == (1, 4) and d.message.startswith("unexpected end of file")
