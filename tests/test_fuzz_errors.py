@@ -276,8 +276,9 @@ def test_comprehensions(stmts):
 @st.composite
 def long_names(draw):
     """Long layer names in loops, recursions and nested scopes: names are charged as they are made."""
-    name = draw(st.sampled_from(["n", "_x", "a" * 100, "b" * 9000, "c" * 20000, "x.y", "forward", "é"]))
-    n = draw(st.sampled_from(["1", "10", "1000", "100000"]))
+    name = draw(st.one_of(st.sampled_from(["n", "_x", "x.y", "forward", "é"]),
+                          st.integers(1, 20000).map(lambda k: "n" * k)))
+    n = str(draw(st.integers(0, 200000)))
     form = draw(st.sampled_from([
         "for i in range({n}) {{ {name}: relu() }}",
         "{name}: {{ {name}: {{ {name}: relu() }} }}",
@@ -324,8 +325,13 @@ HUGE = ["9" * 5000, "1e400", "-1", "0", "3x8x8", "3x" + "9" * 30 + "x8", "3x10^2
         "inf", "1e-400", "0x10", "１", "", "x" * 3000, "3,8,8", "3x8", "3x8x8x8"]
 
 
-@fuzzer(st.tuples(st.sampled_from(["--input", "--set", "--max-memory", "--set-choice"]), st.sampled_from(HUGE),
-                  st.sampled_from(HUGE)))
+NUMBER_TEXT = st.one_of(st.sampled_from(HUGE), st.integers(-10**40, 10**40).map(str),
+                        st.floats(allow_nan=True, allow_infinity=True).map(repr),
+                        st.tuples(*[st.integers(-3, 10**30)] * 3).map(lambda t: "x".join(map(str, t))),
+                        st.text(max_size=12))
+
+
+@fuzzer(st.tuples(st.sampled_from(["--input", "--set", "--max-memory", "--set-choice"]), NUMBER_TEXT, NUMBER_TEXT))
 def test_huge_numbers_on_the_command_line(case):
     """`archdsl check` with huge or malformed numbers in its flags: exit 1 or 2 with one line, never 70, no
     traceback."""
