@@ -22,8 +22,12 @@ at s=1 and at s=2, so the baselines scaled to them differ by about 2x in MACs, s
 Target: at each budget the search's best beats every baseline by more than the seed spread, and TPE beats
 random. The script states plainly whether it did. Nothing here is timed against a target: latencies are the
 search's own measurements (regime-normalized), recorded with the machine's load.
-Work is kept in --work: a rerun skips what is done, resumes a search cut short with the minutes it has left
-(searches are timed by this script, `<search>.elapsed.json`) and a killed training run from its checkpoint.
+Work is kept in --work (default benchmarks/runs/search_vs_hand/, committed but for weights, checkpoints and Ray's
+own files, because a working session's machine does not outlive it): a rerun skips what is done, reuses the budgets
+measured first (budgets.json), resumes a search cut short with the minutes it has left (searches are timed by this
+script, `<search>.elapsed.json`) and a killed training run from its last checkpoint where one is still there (else
+from the start). Each budget's results are written to --json as soon as they are complete, with the machine that
+ran its searches.
 """
 
 from __future__ import annotations
@@ -93,6 +97,32 @@ def auto_budgets(work: Path) -> tuple[float, float]:
     return out[0], out[1]
 
 
+def budgets_for(a, work: Path) -> tuple[float, float]:
+    """--budgets, or with `auto` the budgets measured by the first run in this work directory (else measured now)."""
+    if a.budgets != "auto":
+        return tuple(float(x) for x in a.budgets.split(","))
+    saved = work / "budgets.json"
+    if saved.exists():
+        return tuple(json.loads(saved.read_text())["budgets_ms"])
+    budgets = auto_budgets(work)
+    saved.write_text(json.dumps({"budgets_ms": budgets, "machine": machine()}, indent=1) + "\n")
+    return budgets
+
+
+def machine() -> dict:
+    """The CPU the searches ran on (latencies are comparable only within one machine)."""
+    from archdsl.bench.machine import fingerprint
+
+    flags = set()
+    with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    return {**fingerprint(), "avx512f": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags,
+            "avx2": "avx2" in flags, "loadavg": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
 def search(budget: float, algo: str, a, work: Path, baselines: bool) -> Path:
     """One search of --minutes; a search cut short earlier (no summary.json yet) is resumed with the minutes it has
     left (its trials are kept; with none left it only finishes: rescoring, baselines, summary)."""
@@ -110,6 +140,8 @@ def search(budget: float, algo: str, a, work: Path, baselines: bool) -> Path:
         cmd += ["--dataset-limit", str(a.limit)]
     if resume:
         cmd += ["--resume"]
+    else:
+        (work / f"search-{budget:g}ms-{algo}.machine.json").write_text(json.dumps(machine(), indent=1) + "\n")
     if baselines:
         for b in BASELINES:
             cmd += ["--baseline", str(b)]
@@ -203,7 +235,12 @@ def evaluate_budget(budget: float, a, work: Path) -> dict:
     run_all([cmd for name, spec, _ in todo for cmd in retrain(spec, name, a, work)], a, work)
     rows = [{**row, **scores(name, a, work)} for name, _, row in todo] + rows
     return {"budget_ms": budget, "rows": rows, "verdict": verdict(rows),
-            "searches": {algo: json.loads((out / "summary.json").read_text()) for algo, out in runs.items()}}
+            "searches": {algo: json.loads((out / "summary.json").read_text()) for algo, out in runs.items()},
+            "machines": {algo: _json_or_none(work / f"search-{budget:g}ms-{algo}.machine.json") for algo in runs}}
+
+
+def _json_or_none(path: Path):
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def verdict(rows: list[dict]) -> dict:
@@ -292,21 +329,24 @@ def main() -> int:
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results_search_vs_hand_cpu2.json"))
     ap.add_argument("--plot", default=str(ROOT / "docs" / "search_vs_hand.png"))
     a = ap.parse_args()
-    work = Path(a.work or ROOT / "search-vs-hand-work").resolve()
+    work = Path(a.work or ROOT / "benchmarks" / "runs" / "search_vs_hand").resolve()
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    budgets = auto_budgets(work) if a.budgets == "auto" else tuple(float(x) for x in a.budgets.split(","))
+    budgets = budgets_for(a, work)
     print(f"budgets: {budgets} ms", flush=True)
     load_before = os.getloadavg()
-    results = [evaluate_budget(b, a, work) for b in budgets]
-    text = table(results)
-    print(text)
-    plot(results, Path(a.plot))
-    Path(a.json).write_text(json.dumps({"settings": vars(a), "budgets_ms": budgets, "results": results,
-                                        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-                                        "hours": round((time.time() - t0) / 3600, 2), "table": text},
-                                       indent=1, default=str) + "\n")
-    print(f"results: {a.json}; plot: {a.plot}")
+    results = []
+    for b in budgets:  # each budget's results are written as soon as they are complete
+        results.append(evaluate_budget(b, a, work))
+        text = table(results)
+        print(text)
+        plot(results, Path(a.plot))
+        Path(a.json).write_text(json.dumps({"settings": vars(a), "budgets_ms": budgets, "results": results,
+                                            "complete": len(results) == len(budgets),
+                                            "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+                                            "hours_this_run": round((time.time() - t0) / 3600, 2), "table": text},
+                                           indent=1, default=str) + "\n")
+        print(f"results: {a.json}; plot: {a.plot}")
     return 0
 
 
