@@ -54,13 +54,15 @@ def deploy(module, debug: bool = False, *, kernels: str = "torch", batch: int | 
     kernels="torch" (default): an ArchModule of plain PyTorch modules (what `archdsl compile` emits).
     kernels="auto": a FastModule: fused C++ kernels where a block pattern matches, and for every step the
     implementation and memory layout measured fastest on this machine (tuned on the first input of each
-    shape, or now for `batch` x the spec's input shape; choices cached on disk)."""
+    shape, or now for `batch` x the spec's input shape; choices cached on disk). archdsl's kernels are CPU code:
+    for a model on another device (CUDA) "auto" returns the plain form, and a FastModule moved to one runs its
+    plain form there."""
     from .codegen.deploy import deploy as _deploy
 
     if kernels not in ("torch", "auto"):
         raise ValueError(f"kernels must be 'torch' or 'auto', got {kernels!r}")
     dep = _deploy(module, debug)
-    if kernels == "torch":
+    if kernels == "torch" or any(t.device.type != "cpu" for t in dep.parameters()):
         return dep
     from .codegen.fast import fast
 

@@ -217,3 +217,16 @@ def test_pass_changes_are_report_lines_with_fields():
     assert c == f"folded bn '{c.src}' into conv '{c.dst}'" and json.loads(json.dumps([c])) == [str(c)]
     for again in (copy.deepcopy(c), pickle.loads(pickle.dumps(c))):
         assert again == c and again.fields() == c.fields()
+
+
+@pytest.mark.parametrize("spec", ["examples/baselines/resnet.arch", "examples/baselines/unireplknet.arch",
+                                  "examples/baselines/mobilenetv2.arch", "examples/literature/regnet.arch"])
+def test_the_deploy_passes_keep_the_models_device(spec):
+    """A model on a GPU deploys there: every tensor the passes make (a folded bias, a BN without affine, an
+    identity kernel) is made on the weights' device. The meta device stands in for CUDA (mixing it with CPU
+    tensors fails as CUDA does; benchmarks/reference_models.py runs the real thing on a GPU machine)."""
+    root = Path(__file__).resolve().parents[1]
+    m = archdsl.load(root / spec, input_shape=(3, 32, 32)).to("meta").eval()
+    dep = archdsl.deploy(m)
+    assert all(t.device.type == "meta" for t in dep.state_dict().values())
+    assert dep(torch.empty(1, 3, 32, 32, device="meta")).shape[0] == 1

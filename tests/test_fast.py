@@ -179,6 +179,27 @@ def test_deploy_kernels_argument_and_load_form(tmp_path, monkeypatch):
         f(torch.randn(1, 4, 16, 16))
 
 
+def test_off_the_cpu_the_plain_deploy_form_runs(tmp_path, monkeypatch, caplog):
+    """archdsl's kernels are CPU code: deploy(kernels="auto") of a model on another device is the plain form, and a
+    FastModule moved there runs its plain form (the meta device stands in for CUDA here; the real CUDA run is
+    benchmarks/reference_models.py on a GPU machine); weights and input on different devices are one clear error."""
+    monkeypatch.setenv("ARCHDSL_TUNE_CACHE", str(tmp_path / "tune.jsonl"))
+    spec = ("model m() { input(3, 16, 16) conv(8) bn() relu() "
+            "residual { dwconv(5) nhwc() layernorm() linear(32) gelu() linear(8) nchw() } }")
+    f = archdsl.build(spec, form="fast")
+    x = torch.randn(1, 3, 16, 16)
+    f(x)
+    f.to("meta")
+    with caplog.at_level(logging.WARNING, logger="archdsl.fast"):
+        y = f(x.to("meta"))
+    assert y.shape == (1, 8, 16, 16) and y.device.type == "meta"
+    assert "run on the CPU" in caplog.text
+    with pytest.raises(ValueError, match="weights are on meta and its input on cpu"):
+        f(x)
+    m = build_module(check_text(spec)).to("meta")
+    assert not isinstance(archdsl.deploy(m, kernels="auto"), FastModule)
+
+
 def test_a_narrow_choice_is_measured_again_on_a_quiet_machine_and_cache_sources_are_reported(tmp_path,
                                                                                                monkeypatch):
     """Issue 20: each cached choice keeps its margin over the runner-up and when it was measured; a narrow one

@@ -34,6 +34,11 @@ log = logging.getLogger("archdsl.fast")
 AGREE_RTOL = 1e-3  # a fused candidate farther than this (relative to the output's scale) from the plain one is refused
 
 
+@functools.lru_cache(maxsize=None)
+def _warn_off_cpu(device: torch.device) -> None:
+    log.warning("archdsl's fast kernels run on the CPU: on %s the plain deploy form runs (torch's kernels)", device)
+
+
 def _fmt(t: Any) -> Any:
     if not isinstance(t, torch.Tensor):
         return type(t).__name__
@@ -93,8 +98,24 @@ class FastModule(nn.Module):
     # ------------------------------------------------------------------ running
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.base.validate_input(x)
+        where = self._weights_device()
+        if x.device.type != "cpu" and x.device == where:
+            # archdsl's kernels are CPU code: on another device the plain deploy form (the same network, its own
+            # weights, moved with this module) runs instead
+            _warn_off_cpu(x.device)
+            return self.base(x)
+        if where.type != "cpu" or x.device.type != "cpu":
+            raise ValueError(f"the fast form's weights are on {where} and its input on {x.device}: give it inputs "
+                             f"on {where} (where the plain deploy form runs) or move it back with .cpu()")
         with torch.inference_mode():
             return self._run(x)
+
+    def _weights_device(self) -> torch.device:
+        for t in self.base.parameters():
+            return t.device
+        for t in self.base.buffers():
+            return t.device
+        return torch.device("cpu")
 
     def tune(self, x: torch.Tensor) -> FastModule:
         """Choose every step's implementation for inputs shaped like `x` (measuring where not cached)."""

@@ -300,7 +300,7 @@ class RepConv(Op):
 
         views = [unit("rbr_dense", p.k, p.k // 2), unit("rbr_1x1", 1, 0)]
         if self.has_identity(p, c):
-            ident = cv.identity_view(c, p.groups, views[0].weight.dtype, True)
+            ident = cv.identity_view(c, p.groups, views[0].weight.dtype, True, views[0].weight.device)
             bn = {key[len("rbr_identity."):]: t for key, t in weights.items() if key.startswith("rbr_identity.")}
             views.append(cv.fold_after(ident, *cv.bn_affine(_BN(1e-5), bn, c)))
         w = sum(cv.dense(v, (p.k, p.k)) for v in views)

@@ -75,7 +75,7 @@ def view(node, in_shape, weights: dict | None) -> ConvView | None:
 def _bias(b, cout, w):
     if w is None:
         return None
-    return b if b is not None else torch.zeros(cout, dtype=w.dtype)
+    return b if b is not None else w.new_zeros(cout)
 
 
 def to_node(v: ConvView, in_shape) -> tuple[str, dict, dict | None]:
@@ -117,8 +117,8 @@ def bn_affine(bn_params, w: dict | None, c: int):
     if w is None:
         return None, None
     var, mean = w["running_var"], w["running_mean"]
-    g = w["weight"] if bn_params.affine else torch.ones(c, dtype=var.dtype)
-    beta = w["bias"] if bn_params.affine else torch.zeros(c, dtype=var.dtype)
+    g = w["weight"] if bn_params.affine else var.new_ones(c)
+    beta = w["bias"] if bn_params.affine else var.new_zeros(c)
     scale = g / torch.sqrt(var + bn_params.eps)
     return scale, beta - mean * scale
 
@@ -137,7 +137,7 @@ def fold_before(v: ConvView, scale, shift) -> ConvView:
     per = v.cin // v.groups
     s = scale.view(v.groups, per)  # input channel of group g, index i
     t = shift.view(v.groups, per)
-    gi = torch.arange(v.cout) // (v.cout // v.groups)  # group of each output channel
+    gi = torch.arange(v.cout, device=v.weight.device) // (v.cout // v.groups)  # group of each output channel
     w = v.weight * s[gi].view(v.cout, per, 1, 1)
     b = v.b + (v.weight.sum((2, 3)) * t[gi]).sum(1)
     return replace(v, bias=True, weight=w, b=b)
@@ -159,13 +159,15 @@ def dense(v: ConvView, size: tuple[int, int]) -> torch.Tensor:
     return out
 
 
-def identity_view(c: int, groups: int, dtype=torch.float32, with_weights: bool = False) -> ConvView:
-    """The identity as a 1x1 conv: 1 at [i, i mod (C/groups)]."""
+def identity_view(c: int, groups: int, dtype=torch.float32, with_weights: bool = False,
+                  device: torch.device | None = None) -> ConvView:
+    """The identity as a 1x1 conv: 1 at [i, i mod (C/groups)], on `device` (the other branches' weights')."""
     w = None
     if with_weights:
         per = c // groups
-        w = torch.zeros(c, per, 1, 1, dtype=dtype)
-        w[torch.arange(c), torch.arange(c) % per, 0, 0] = 1.0
+        w = torch.zeros(c, per, 1, 1, dtype=dtype, device=device)
+        i = torch.arange(c, device=device)
+        w[i, i % per, 0, 0] = 1.0
     return ConvView("conv", c, c, (1, 1), (1, 1), (0, 0), (1, 1), groups, False, w,
-                    None if w is None else torch.zeros(c, dtype=dtype))
+                    None if w is None else torch.zeros(c, dtype=dtype, device=device))
 

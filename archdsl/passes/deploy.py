@@ -245,7 +245,7 @@ def _merge(g: ArchGraph, add: str, branches: list[str | None], source, report: l
                 report.append(_refusal(where, f"not merged into '{add}': an identity branch needs equal channels "
                                        "in and out, stride 1 and 'same' padding in the other branches"))
                 return
-            v = cv.identity_view(in_shape.c, main.groups, dtype, with_w)
+            v = cv.identity_view(in_shape.c, main.groups, dtype, with_w, main.weight.device if with_w else None)
             if b is not None:
                 scale, shift = cv.bn_affine(g.node(b).params, _weights(g, b), in_shape.c)
                 v = cv.fold_after(v, scale, shift)
