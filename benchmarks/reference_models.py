@@ -12,9 +12,9 @@ Where CUDA is present it also runs every concrete bundled spec (examples/, docs/
 (TF32 off), training form and deploy form, against the CPU float64 forward, and `archdsl bench --device cuda`.
 
 Returns: exit 0 when every case that could run matched (max |ours - theirs| / max |theirs| < 1e-9 in float64;
-< 1e-4 on the GPU in float32); writes --json (default benchmarks/results_reference_models.json) with each case,
-the library versions, the import's match counts and the differences; a case whose model the installed library
-does not have is recorded as such, not as a failure.
+on the GPU in float32, < 1e-4 or within 4x of the CPU's own float32 error); writes --json (default
+benchmarks/results_reference_models.json) with each case, the library versions, the import's match counts and the
+differences; a case whose model the installed library does not have is recorded as such, not as a failure.
 """
 
 from __future__ import annotations
@@ -221,6 +221,8 @@ def cuda_cases(progress) -> list[dict]:
                     ref = m(x.double())
                     row["bn_calibrated"] = True
                 m = m.float()
+                y = m(x)  # float32 on the CPU: how far float32 itself is from float64 for this network
+                row["cpu_float32_rel"] = float((y.double() - ref).abs().max() / ref.abs().max())
                 dep = archdsl.deploy(m)
                 for form, mod in (("train", m), ("deploy", dep)):
                     y = mod.cuda()(x.cuda()).double().cpu()
@@ -235,7 +237,8 @@ def cuda_cases(progress) -> list[dict]:
                     except Exception as e:  # noqa: BLE001 - recorded, the check reads it
                         row["auto_error"] = f"{type(e).__name__}: {str(e)[:300]}"
                 worst = max(row["train_rel"], row["deploy_rel"], row["deploy_on_cuda_rel"], row.get("auto_rel", 0.0))
-                ok = worst < 1e-4
+                ok = worst < max(1e-4, 4 * row["cpu_float32_rel"])  # an ill-conditioned network (RedNet's
+                # data-made kernels: 1.2e-3 in float32 on the CPU too) is held to what float32 can do
                 ok = ok and "auto_error" not in row
                 row["status"] = "equal" if ok else "DIFFERENT"
             except Exception as e:  # noqa: BLE001
