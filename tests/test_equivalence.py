@@ -127,6 +127,32 @@ def test_global_filter_equals_explicit_dft():
     close(m(x), y)
 
 
+def test_fourier_unit_equals_explicit_dft():
+    """FFC's Fourier unit from its definition: an orthonormal DFT over H and the first W//2+1 frequencies of W, the
+    real and imaginary parts of each channel as two channels (re, im), a 1x1 conv, BN, ReLU, then the inverse:
+    an inverse DFT over H and the real inverse over W (each frequency 0 < k < W/2 counted twice)."""
+    c, out = 3, 2
+    for h, w in ((6, 5), (4, 6)):
+        m = build("fourier_unit", [Shape(c, h, w)], out=out)
+        x = x_(c, h, w)
+        kw = w // 2 + 1
+        ar_h, ar_w = torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64)
+        kk = torch.arange(kw, dtype=torch.float64)
+        rows = torch.exp(-2j * math.pi * torch.outer(ar_h, ar_h) / h) / math.sqrt(h)
+        cols = torch.exp(-2j * math.pi * torch.outer(kk, ar_w) / w) / math.sqrt(w)  # kw x w
+        spec = rows @ x.to(torch.complex128) @ cols.T                                   # n, c, h, kw
+        z = torch.stack((spec.real, spec.imag), 2).reshape(2, 2 * c, h, kw)
+        z = F.relu(F.batch_norm(F.conv2d(z, m.conv_layer.weight), m.bn.running_mean, m.bn.running_var,
+                                m.bn.weight, m.bn.bias, False, 0.0, m.bn.eps)).reshape(2, out, 2, h, kw)
+        y = rows.conj() @ torch.complex(z[:, :, 0], z[:, :, 1])                        # inverse over H
+        twice = torch.full((kw,), 2.0, dtype=torch.float64)
+        twice[0] = 1.0
+        if w % 2 == 0:
+            twice[-1] = 1.0
+        ref = ((y * twice) @ torch.exp(2j * math.pi * torch.outer(kk, ar_w) / w)).real / math.sqrt(w)
+        close(m(x), ref)
+
+
 def test_partial_conv_equals_full_conv_with_identity_block():
     c, part = 8, 2
     m = build("pconv", [Shape(c, 7, 7)], div=4)

@@ -74,6 +74,8 @@ EXACT = [
     ("literature/lsnet_t.arch", {"dims": [96, 192, 320, 448], "depths": [1, 2, 8, 10]}, 16_146_304,
      537_972_800),                                                          # LSNet-S (16.1M, 0.5G)
     ("literature/convnext_dcls.arch", {}, 28_587_688, 4_970_337_024),      # ConvNeXt-T-dcls (28.6M)
+    ("literature/ffc_resnet50.arch", {}, 26_102_744, 4_178_741_248),       # FFC-ResNet-50 (pkumivision/FFC 26.1M)
+    ("literature/ffc_resnet50.arch", {"ratio": 0.5}, 27_717_512, 4_447_412_224),  # main.py's default ratio
 ]
 
 

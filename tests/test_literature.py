@@ -168,3 +168,69 @@ def test_dcls_positions_are_one_tensor_per_stage():
         assert (d.span.line, d.span.col) == (4, 37)
         assert "dcls positions 'p' are shared with 'a' at tie.arch:3:8" in d.message
         assert "2x8x1x5; this one's would be 2x8x1x3" in d.message
+
+
+def test_ffc_resnet_is_local_and_global_paths_with_fourier_units():
+    """FFC (Chi et al. 2020, eq. 1-2 and fig. 1) written with the authors' (x_l, x_g) pair: Y_l = f_l2l(X_l) +
+    f_g2l(X_g), Y_g = f_l2g(X_l) + f_g(X_g), f_g the spectral transform (1x1 conv, BN, ReLU, y + FU(y), 1x1 conv;
+    a 2x2 average pool first at stride 2), FU = rfft2 -> 1x1 conv over (real, imaginary) -> BN -> ReLU -> irfft2;
+    BN (and ReLU) on each part. The spec carries the pair concatenated; here it is two tensors."""
+    widths, stem, ratio = [8, 16, 16, 16], 8, 0.5
+    m, w = _model("ffc_resnet50.arch", {"layers": [2, 1, 1, 2], "widths": widths, "stem_c": stem, "ratio": ratio,
+                                        "num_classes": 5}, (3, 64, 64))
+
+    def fu(x, p):
+        b, c, h, wd = x.shape
+        f = torch.fft.rfft2(x, norm="ortho")
+        f = torch.stack((f.real, f.imag), 2).reshape(b, 2 * c, h, wd // 2 + 1)  # re, im of each channel
+        f = F.relu(_bn(_conv(f, w, p + ".conv_layer"), w, p + ".bn")).reshape(b, c, 2, h, wd // 2 + 1)
+        return torch.fft.irfft2(torch.complex(f[:, :, 0], f[:, :, 1]), s=(h, wd), norm="ortho")
+
+    def spectral(x, p, s):
+        x = F.avg_pool2d(x, 2, 2) if s == 2 else x
+        y = F.relu(_bn(_conv(x, w, p + ".conv1"), w, p + ".bn1"))
+        return _conv(y + fu(y, p + ".fu.1"), w, p + ".conv2")
+
+    def ffc_bn_act(xl, xg, p, cin, cout, k, gin, gout, s=1, act=False):
+        in_cg, out_cg = int(cin * gin), int(cout * gout)
+        p += ".ffc"
+
+        def conv(x, name):
+            return _conv(x, w, f"{p}.{name}", stride=s, padding=k // 2)
+
+        if in_cg == 0 and out_cg == 0:
+            yl, yg = _bn(conv(xl, "l2l"), w, p + ".bn_l"), None
+        elif out_cg == 0:
+            yl, yg = _bn(conv(xl, "local.l2l") + conv(xg, "local.g2l"), w, p + ".bn_l"), None
+        elif in_cg == 0:
+            yl = _bn(conv(xl, "paths.local.l2l"), w, p + ".paths.local.bn")
+            yg = _bn(conv(xl, "paths.global.l2g"), w, p + ".paths.global.bn")
+        else:
+            yl = _bn(conv(xl, "paths.local.paths.l2l") + conv(xg, "paths.local.paths.g2l"), w, p + ".paths.local.bn")
+            yg = _bn(conv(xl, "paths.global.paths.l2g") + spectral(xg, p + ".paths.global.paths.g2g", s), w,
+                     p + ".paths.global.bn")
+        if act:
+            yl, yg = F.relu(yl), None if yg is None else F.relu(yg)
+        return yl, yg
+
+    def bottleneck(xl, xg, p, cin, width, s, gin, gout, down):
+        cout = 4 * width
+        a = ffc_bn_act(xl, xg, p + ".res.main.conv1", cin, width, 1, gin, gout, act=True)
+        a = ffc_bn_act(*a, p + ".res.main.conv2", width, width, 3, gout, gout, s=s, act=True)
+        al, ag = ffc_bn_act(*a, p + ".res.main.conv3", width, cout, 1, gout, gout)
+        il, ig = ffc_bn_act(xl, xg, p + ".res.shortcut", cin, cout, 1, gin, gout, s=s) if down else (xl, xg)
+        return F.relu(al + il), None if ag is None else F.relu(ag + ig)
+
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    yl = F.max_pool2d(F.relu(_bn(_conv(x, w, "stem.conv", stride=2, padding=3), w, "stem.bn")), 3, 2, 1)
+    yg = None
+    gins, gouts = [0.0, ratio, ratio, ratio], [ratio, ratio, ratio, 0.0]
+    for i, n in enumerate([2, 1, 1, 2]):
+        for j in range(n):
+            cin = (stem if i == 0 else 4 * widths[i - 1]) if j == 0 else 4 * widths[i]
+            yl, yg = bottleneck(yl, yg, f"stages.{i}.blocks.{j}", cin, widths[i], 2 if i > 0 and j == 0 else 1,
+                                gins[i] if j == 0 else gouts[i], gouts[i], j == 0)
+    assert yg is None
+    ref = F.linear(yl.mean((2, 3)), w["head.fc.weight"], w["head.fc.bias"])
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref, rtol=1e-9, atol=1e-9)

@@ -1,8 +1,9 @@
 """Token-mixer family: inception_dw (InceptionNeXt), dilated_reparam (UniRepLKNet), gnconv (HorNet), lsconv
-(LSNet) and global_filter (GFNet). The layer classes are in mixers_nn.py.
+(LSNet), global_filter (GFNet) and fourier_unit (FFC). The layer classes are in mixers_nn.py.
 
 inception_dw and dilated_reparam are composite in training form; the deploy passes merge them into one conv.
-global_filter's MACs are its per-frequency complex products.
+global_filter's MACs are its per-frequency complex products, fourier_unit's its 1x1 conv over the frequency grid
+(the FFTs themselves are not counted).
 """
 
 from __future__ import annotations
@@ -271,3 +272,36 @@ class GlobalFilter(Op):
 
         s = ins[0]
         return L.GlobalFilter(s.c, s.h, s.w)
+
+
+@register
+class FourierUnit(Op):
+    """FFC's Fourier unit (Chi et al., "Fast Fourier Convolution", NeurIPS 2020): fourier_unit(out, eps=1e-5).
+    rfft2 (orthonormal) of every channel; the real and imaginary parts as 2C channels (re, im of channel 0, then
+    of channel 1, ...); a 1x1 conv (no bias) to 2*out, BatchNorm, ReLU; irfft2 back to H x W. A convolution in
+    the frequency domain: every output position sees the whole input."""
+
+    name = "fourier_unit"
+    samples = [({"out": 4}, [S(4, 8, 8)]), ({"out": 6}, [S(3, 7, 6)])]
+    family = "mixer"
+    layouts = ("nchw",)
+
+    class Params(OpParams):
+        out: int
+        eps: float = 1e-5
+
+    def infer(self, p, ins):
+        require_spatial("fourier_unit", ins[0])
+        if p.out <= 0:
+            raise OpError(f"out must be positive, got {p.out}", arg="out")
+        return ins[0].with_c(p.out)
+
+    def cost(self, p, ins, out):
+        s = ins[0]
+        freq = s.h * (s.w // 2 + 1)
+        return Cost(params=4 * s.c * p.out + 4 * p.out, macs=4 * s.c * p.out * freq)
+
+    def build(self, p, ins):
+        from . import mixers_nn as L
+
+        return L.FourierUnit(ins[0].c, p.out, p.eps)

@@ -1,5 +1,5 @@
 """The torch half of archdsl/ops/mixers.py: token mixers: InceptionNeXt, UniRepLKNet's dilated re-param block,
-HorNet's gnconv, LSNet's lsconv, GFNet's global filter (op family `mixer`).
+HorNet's gnconv, LSNet's lsconv, GFNet's global filter, FFC's Fourier unit (op family `mixer`).
 
 Takes: sizes and options decided by the family's ops. Returns: nn.Module classes whose forward takes batched
 tensors in the layout the IR recorded. Torch only (and ._layer), so `archdsl compile` copies each class into
@@ -128,3 +128,23 @@ class GlobalFilter(nn.Module):
         xf = torch.fft.rfft2(x, dim=(2, 3), norm="ortho")
         xf = xf * torch.view_as_complex(self.complex_weight)
         return torch.fft.irfft2(xf, s=(self.h, self.w), dim=(2, 3), norm="ortho")
+
+
+@recorded
+class FourierUnit(nn.Module):
+    """FFC's Fourier unit: rfft2 (orthonormal) -> (re, im) of each channel as 2C channels -> 1x1 conv to 2*out
+    (no bias) -> BN -> ReLU -> back to complex -> irfft2 to the input's H x W."""
+
+    def __init__(self, c: int, out: int, eps: float = 1e-5):
+        super().__init__()
+        self.conv_layer = nn.Conv2d(2 * c, 2 * out, 1, bias=False)
+        self.bn = nn.BatchNorm2d(2 * out, eps=eps)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        f = torch.fft.rfft2(x, dim=(2, 3), norm="ortho")
+        f = torch.stack((f.real, f.imag), dim=2).flatten(1, 2)  # b, 2C, h, w//2+1: re, im per channel
+        f = self.relu(self.bn(self.conv_layer(f)))
+        f = f.unflatten(1, (-1, 2))
+        return torch.fft.irfft2(torch.complex(f[:, :, 0], f[:, :, 1]), s=(h, w), dim=(2, 3), norm="ortho")
