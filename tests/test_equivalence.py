@@ -153,6 +153,19 @@ def test_fourier_unit_equals_explicit_dft():
         close(m(x), ref)
 
 
+def test_local_fourier_unit_is_the_unit_on_stacked_quadrants_tiled_back():
+    c, h, w = 8, 6, 4
+    m = build("fourier_unit", [Shape(c, h, w)], out=c, local=True)
+    plain = build("fourier_unit", [Shape(c, h // 2, w // 2)], out=c)
+    plain.load_state_dict({k: v for k, v in m.state_dict().items()})
+    x = x_(c, h, w)
+    q = x[:, : c // 4]
+    quads = torch.cat([q[:, :, : h // 2, : w // 2], q[:, :, h // 2:, : w // 2], q[:, :, : h // 2, w // 2:],
+                       q[:, :, h // 2:, w // 2:]], dim=1)
+    y = plain(quads)
+    close(m(x), torch.cat([torch.cat([y, y], dim=3)] * 2, dim=2))
+
+
 def test_partial_conv_equals_full_conv_with_identity_block():
     c, part = 8, 2
     m = build("pconv", [Shape(c, 7, 7)], div=4)

@@ -76,6 +76,7 @@ EXACT = [
     ("literature/convnext_dcls.arch", {}, 28_587_688, 4_970_337_024),      # ConvNeXt-T-dcls (28.6M)
     ("literature/ffc_resnet50.arch", {}, 26_102_744, 4_178_741_248),       # FFC-ResNet-50 (pkumivision/FFC 26.1M)
     ("literature/ffc_resnet50.arch", {"ratio": 0.5}, 27_717_512, 4_447_412_224),  # main.py's default ratio
+    ("literature/ffc_resnet50.arch", {"lfu": True}, 26_721_784, 4_209_413_120),  # FFC-ResNet-50 +LFU (26.7M)
 ]
 
 

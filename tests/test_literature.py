@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -170,14 +171,17 @@ def test_dcls_positions_are_one_tensor_per_stage():
         assert "2x8x1x5; this one's would be 2x8x1x3" in d.message
 
 
-def test_ffc_resnet_is_local_and_global_paths_with_fourier_units():
+@pytest.mark.parametrize("lfu", [False, True])
+def test_ffc_resnet_is_local_and_global_paths_with_fourier_units(lfu):
     """FFC (Chi et al. 2020, eq. 1-2 and fig. 1) written with the authors' (x_l, x_g) pair: Y_l = f_l2l(X_l) +
-    f_g2l(X_g), Y_g = f_l2g(X_l) + f_g(X_g), f_g the spectral transform (1x1 conv, BN, ReLU, y + FU(y), 1x1 conv;
-    a 2x2 average pool first at stride 2), FU = rfft2 -> 1x1 conv over (real, imaginary) -> BN -> ReLU -> irfft2;
-    BN (and ReLU) on each part. The spec carries the pair concatenated; here it is two tensors."""
-    widths, stem, ratio = [8, 16, 16, 16], 8, 0.5
+    f_g2l(X_g), Y_g = f_l2g(X_l) + f_g(X_g), f_g the spectral transform (1x1 conv, BN, ReLU, y + FU(y) [+ LFU(y)],
+    1x1 conv; a 2x2 average pool first at stride 2), FU = rfft2 -> 1x1 conv over (real, imaginary) -> BN -> ReLU
+    -> irfft2, LFU = FU of the first quarter of the channels split in halves along H, then along W, stacked on
+    channels, repeated 2x2; BN (and ReLU) on each part. The spec carries the pair concatenated; here it is two
+    tensors."""
+    widths, stem, ratio = [16, 32, 32, 32], 16, 0.5
     m, w = _model("ffc_resnet50.arch", {"layers": [2, 1, 1, 2], "widths": widths, "stem_c": stem, "ratio": ratio,
-                                        "num_classes": 5}, (3, 64, 64))
+                                        "lfu": lfu, "num_classes": 5}, (3, 64, 64))
 
     def fu(x, p):
         b, c, h, wd = x.shape
@@ -189,7 +193,13 @@ def test_ffc_resnet_is_local_and_global_paths_with_fourier_units():
     def spectral(x, p, s):
         x = F.avg_pool2d(x, 2, 2) if s == 2 else x
         y = F.relu(_bn(_conv(x, w, p + ".conv1"), w, p + ".bn1"))
-        return _conv(y + fu(y, p + ".fu.1"), w, p + ".conv2")
+        out = y + fu(y, p + ".fu.fu")
+        if lfu:
+            h = y.shape[2] // 2
+            xs = torch.cat(torch.split(y[:, : y.shape[1] // 4], h, dim=2), dim=1)
+            xs = torch.cat(torch.split(xs, h, dim=3), dim=1)
+            out = out + fu(xs, p + ".fu.lfu").repeat(1, 1, 2, 2)
+        return _conv(out, w, p + ".conv2")
 
     def ffc_bn_act(xl, xg, p, cin, cout, k, gin, gout, s=1, act=False):
         in_cg, out_cg = int(cin * gin), int(cout * gout)

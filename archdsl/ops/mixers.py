@@ -276,32 +276,41 @@ class GlobalFilter(Op):
 
 @register
 class FourierUnit(Op):
-    """FFC's Fourier unit (Chi et al., "Fast Fourier Convolution", NeurIPS 2020): fourier_unit(out, eps=1e-5).
-    rfft2 (orthonormal) of every channel; the real and imaginary parts as 2C channels (re, im of channel 0, then
-    of channel 1, ...); a 1x1 conv (no bias) to 2*out, BatchNorm, ReLU; irfft2 back to H x W. A convolution in
-    the frequency domain: every output position sees the whole input."""
+    """FFC's Fourier unit (Chi et al., "Fast Fourier Convolution", NeurIPS 2020): fourier_unit(out, local=false,
+    eps=1e-5). rfft2 (orthonormal) of every channel; the real and imaginary parts as 2C channels (re, im of
+    channel 0, then of channel 1, ...); a 1x1 conv (no bias) to 2*out, BatchNorm, ReLU; irfft2 back to H x W. A
+    convolution in the frequency domain: every output position sees the whole input. local=true is FFC's local
+    Fourier unit: the first C/4 channels cut into 2x2 spatial quadrants stacked on channels (top-left,
+    bottom-left, top-right, bottom-right: C channels of H/2 x W/2), the unit, then the result tiled 2x2 back to
+    H x W (C divisible by 4, H and W even)."""
 
     name = "fourier_unit"
-    samples = [({"out": 4}, [S(4, 8, 8)]), ({"out": 6}, [S(3, 7, 6)])]
+    samples = [({"out": 4}, [S(4, 8, 8)]), ({"out": 6}, [S(3, 7, 6)]), ({"out": 8, "local": True}, [S(8, 6, 4)])]
     family = "mixer"
     layouts = ("nchw",)
 
     class Params(OpParams):
         out: int
+        local: bool = False
         eps: float = 1e-5
 
     def infer(self, p, ins):
-        require_spatial("fourier_unit", ins[0])
+        s = ins[0]
+        require_spatial("fourier_unit", s)
         if p.out <= 0:
             raise OpError(f"out must be positive, got {p.out}", arg="out")
-        return ins[0].with_c(p.out)
+        if p.local and (s.c % 4 or s.h % 2 or s.w % 2):
+            raise OpError(f"local=true needs channels divisible by 4 and an even H and W, got {s}",
+                          "the local unit stacks 2x2 quadrants of the first quarter of the channels", arg="local")
+        return s.with_c(p.out)
 
     def cost(self, p, ins, out):
         s = ins[0]
-        freq = s.h * (s.w // 2 + 1)
+        h, w = (s.h // 2, s.w // 2) if p.local else (s.h, s.w)
+        freq = h * (w // 2 + 1)
         return Cost(params=4 * s.c * p.out + 4 * p.out, macs=4 * s.c * p.out * freq)
 
     def build(self, p, ins):
         from . import mixers_nn as L
 
-        return L.FourierUnit(ins[0].c, p.out, p.eps)
+        return L.FourierUnit(ins[0].c, p.out, p.eps, p.local)

@@ -133,15 +133,25 @@ class GlobalFilter(nn.Module):
 @recorded
 class FourierUnit(nn.Module):
     """FFC's Fourier unit: rfft2 (orthonormal) -> (re, im) of each channel as 2C channels -> 1x1 conv to 2*out
-    (no bias) -> BN -> ReLU -> back to complex -> irfft2 to the input's H x W."""
+    (no bias) -> BN -> ReLU -> back to complex -> irfft2 to the input's H x W. `local`: FFC's local unit, on the
+    first C/4 channels' 2x2 quadrants stacked on channels, its output tiled 2x2."""
 
-    def __init__(self, c: int, out: int, eps: float = 1e-5):
+    def __init__(self, c: int, out: int, eps: float = 1e-5, local: bool = False):
         super().__init__()
+        self.local = local
         self.conv_layer = nn.Conv2d(2 * c, 2 * out, 1, bias=False)
         self.bn = nn.BatchNorm2d(2 * out, eps=eps)
         self.relu = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.local:  # quadrants of the first quarter: [top-left, bottom-left, top-right, bottom-right]
+            h, w = x.shape[2] // 2, x.shape[3] // 2
+            q = x[:, : x.shape[1] // 4]
+            q = torch.cat((q[:, :, :h, :w], q[:, :, h:, :w], q[:, :, :h, w:], q[:, :, h:, w:]), dim=1)
+            return self._unit(q).repeat(1, 1, 2, 2)
+        return self._unit(x)
+
+    def _unit(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         f = torch.fft.rfft2(x, dim=(2, 3), norm="ortho")
         f = torch.stack((f.real, f.imag), dim=2).flatten(1, 2)  # b, 2C, h, w//2+1: re, im per channel
