@@ -26,8 +26,10 @@ Work is kept in --work (default benchmarks/runs/search_vs_hand/, committed but f
 own files, because a working session's machine does not outlive it): a rerun skips what is done, reuses the budgets
 measured first (budgets.json), resumes a search cut short with the minutes it has left (searches are timed by this
 script, `<search>.elapsed.json`) and a killed training run from its last checkpoint where one is still there (else
-from the start). Each budget's results are written to --json as soon as they are complete, with the machine that
-ran its searches.
+from the start). A budget's searches start and resume only on the machine that measured the budgets and its other
+searches (latencies compare within one machine; the final training runs anywhere; --allow-other-machine overrides,
+recorded). Each budget's results are written to --json as soon as they are complete, with the machine that ran its
+searches.
 """
 
 from __future__ import annotations
@@ -123,12 +125,48 @@ def machine() -> dict:
             "avx2": "avx2" in flags, "loadavg": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
+def _latency_key(m: dict) -> tuple:
+    """What makes two machines' latencies comparable: the fingerprint (CPU model, cores, threads, torch) and the
+    vector units the kernels use."""
+    return m.get("hash"), m.get("avx512f"), m.get("avx512_bf16"), m.get("avx2")
+
+
+def _describe(m: dict) -> str:
+    units = "AVX-512" + (" + bf16" if m.get("avx512_bf16") else "") if m.get("avx512f") else \
+        "AVX2" if m.get("avx2") else "no AVX2"
+    return f"{m.get('cpu_model')} ({units}, fingerprint {m.get('hash')}, {m.get('date', 'now')})"
+
+
+def same_machine(budget: float, a, work: Path) -> None:
+    """Latencies compare only within one machine: a search at `budget` starts or resumes only on the machine that
+    measured the budgets and that budget's other searches (else SystemExit, unless --allow-other-machine)."""
+    here = machine()
+    for p in [work / "budgets.json", *sorted(work.glob(f"search-{budget:g}ms-*.machine.json"))]:
+        if not p.exists():
+            continue
+        m = json.loads(p.read_text())
+        m = m["machine"] if "budgets_ms" in m else m  # budgets.json holds its machine under "machine"
+        if _latency_key(m) != _latency_key(here):
+            if a.allow_other_machine:
+                print(f"warning: {p.name} was measured on {_describe(m)}, this is {_describe(here)} "
+                      "(--allow-other-machine)", flush=True)
+                continue
+            raise SystemExit(
+                f"{p} was measured on {_describe(m)}; this is {_describe(here)}. Latencies measured on two "
+                f"machines are not comparable, so the searches at {budget:g} ms cannot start or continue here. "
+                "Finished searches' final training needs no timing and continues anywhere. Start the searches "
+                "over in a new --work on this machine, or pass --allow-other-machine (recorded in each search's "
+                "machine file).")
+
+
 def search(budget: float, algo: str, a, work: Path, baselines: bool) -> Path:
     """One search of --minutes; a search cut short earlier (no summary.json yet) is resumed with the minutes it has
-    left (its trials are kept; with none left it only finishes: rescoring, baselines, summary)."""
+    left (its trials are kept; with none left it only finishes: rescoring, baselines, summary), on the machine
+    that started it (same_machine)."""
     out = work / f"search-{budget:g}ms-{algo}"
     if (out / "summary.json").exists():
         return out  # done in an earlier run of this script (--work kept)
+    same_machine(budget, a, work)
     clock = work / f"search-{budget:g}ms-{algo}.elapsed.json"
     resume = (out / "run.json").exists()
     left = max(0.05, a.minutes - _elapsed(clock) / 60) if resume else a.minutes
@@ -138,10 +176,16 @@ def search(budget: float, algo: str, a, work: Path, baselines: bool) -> Path:
            "--val-fraction", str(a.val_fraction), "--rescore", str(a.rescore)]
     if a.limit:
         cmd += ["--dataset-limit", str(a.limit)]
+    mfile = work / f"search-{budget:g}ms-{algo}.machine.json"
     if resume:
         cmd += ["--resume"]
+        if a.allow_other_machine and mfile.exists():  # a search continued elsewhere says so, and where
+            rec = json.loads(mfile.read_text())
+            if _latency_key(rec) != _latency_key(machine()):
+                rec.setdefault("continued_on", []).append(machine())
+                mfile.write_text(json.dumps(rec, indent=1) + "\n")
     else:
-        (work / f"search-{budget:g}ms-{algo}.machine.json").write_text(json.dumps(machine(), indent=1) + "\n")
+        mfile.write_text(json.dumps(machine(), indent=1) + "\n")
     if baselines:
         for b in BASELINES:
             cmd += ["--baseline", str(b)]
@@ -326,6 +370,9 @@ def main() -> int:
     ap.add_argument("--train-threads", type=int, default=1, help="threads per final training run (default 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", help="working directory (kept; a rerun with the same one skips what is done)")
+    ap.add_argument("--allow-other-machine", action="store_true",
+                    help="start or resume a budget's searches on another machine than the one that measured its "
+                         "budgets and other searches (latencies then compare across machines: recorded)")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results_search_vs_hand_cpu2.json"))
     ap.add_argument("--plot", default=str(ROOT / "docs" / "search_vs_hand.png"))
     a = ap.parse_args()
