@@ -141,7 +141,8 @@ def same_machine(budget: float, a, work: Path) -> None:
     """Latencies compare only within one machine: a search at `budget` starts or resumes only on the machine that
     measured the budgets and that budget's other searches (else SystemExit, unless --allow-other-machine)."""
     here = machine()
-    for p in [work / "budgets.json", *sorted(work.glob(f"search-{budget:g}ms-*.machine.json"))]:
+    measured = [work / "budgets.json"] if a.budgets == "auto" else []  # explicit --budgets are the user's own
+    for p in [*measured, *sorted(work.glob(f"search-{budget:g}ms-*.machine.json"))]:
         if not p.exists():
             continue
         m = json.loads(p.read_text())
