@@ -47,7 +47,8 @@ def _module(graph, form: str = "train", max_memory: int | str | None = None, wei
     return deploy(m, kernels="auto" if form == "fast" else "torch")
 
 
-def deploy(module, debug: bool = False, *, kernels: str = "torch", batch: int | None = None):
+def deploy(module, debug: bool = False, *, kernels: str = "torch", batch: int | None = None,
+           dtype: str = "float32"):
     """The deploy (inference) form of a training-form model built by archdsl, its weights and BN statistics
     converted exactly; returned in eval mode. `module.deploy_reports` says what each pass changed.
 
@@ -56,11 +57,23 @@ def deploy(module, debug: bool = False, *, kernels: str = "torch", batch: int | 
     implementation and memory layout measured fastest on this machine (tuned on the first input of each
     shape, or now for `batch` x the spec's input shape; choices cached on disk). archdsl's kernels are CPU code:
     for a model on another device (CUDA) "auto" returns the plain form, and a FastModule moved to one runs its
-    plain form there."""
+    plain form there.
+    dtype="bfloat16" (either kernels): a Bf16Module, the deploy form with bfloat16 weights run by torch's
+    bfloat16 kernels (oneDNN; float32 accumulation), float32 in and out; only on a CPU with avx512_bf16 or AMX
+    (else ValueError saying so). archdsl's fused kernels are float32, so "auto" has no other choice to make."""
     from .codegen.deploy import deploy as _deploy
 
     if kernels not in ("torch", "auto"):
         raise ValueError(f"kernels must be 'torch' or 'auto', got {kernels!r}")
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+    if dtype == "bfloat16":
+        from .codegen.lowp import Bf16Module, bf16_unsupported
+
+        why = bf16_unsupported()  # before the passes run
+        if why is not None:
+            raise ValueError(why)
+        return Bf16Module(_deploy(module, debug))
     dep = _deploy(module, debug)
     if kernels == "torch" or any(t.device.type != "cpu" for t in dep.parameters()):
         return dep

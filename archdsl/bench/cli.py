@@ -27,6 +27,9 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--runtime", choices=("torch", "fast", "ort"),
                    help="the runtime the latency is of, as the search names them: torch (= --form deploy), fast, "
                         "ort")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: the deploy form in bfloat16 (oneDNN's bf16 kernels, float32 accumulation; a CPU with "
+                        "avx512_bf16 or AMX, else refused)")
     p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     p.add_argument("--input", metavar="CxHxW", help="input shape, e.g. 3x224x224 (overrides the spec's input)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
@@ -80,7 +83,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         r = bench_model(args.file, args.form, args.batch, input_shape(args.input), args.threads,
                         overrides(args.set), model=args.model, device=args.device,
                         import_paths=tuple(args.import_path), allow_outside_imports=args.allow_outside_imports,
-                        normalize=False if args.raw else None, max_seconds=args.max_seconds, rel_ci=args.rel_ci)
+                        normalize=False if args.raw else None, max_seconds=args.max_seconds, rel_ci=args.rel_ci,
+                        dtype={"fp32": "float32", "bf16": "bfloat16"}[args.dtype])
     except ValueError as e:  # e.g. --device cuda without a CUDA device
         raise SystemExit(usage(str(e))) from None
     except (OutOfMemory, ModelRunError) as e:
@@ -153,7 +157,7 @@ def _text(r: dict) -> str:
     d = r.get("disturbance") or {}
     lines = [
         f"{r['model']} ({r['file']})  {r['form']} form{' (' + r['runtime'] + ' runtime)' if r.get('runtime') else ''}"
-        f"  input {r['batch']}x{c}x{h}x{w}  on {r['device']}, "
+        f"{'  bfloat16' if r.get('dtype') == 'bfloat16' else ''}  input {r['batch']}x{c}x{h}x{w}  on {r['device']}, "
         f"{r['threads']} thread(s)",
         f"median {_ms(r['median_ms'])}   p10 {_ms(r['p10_ms'])}   p90 {_ms(r['p90_ms'])}   min {_ms(r['min_ms'])}",
         *([] if r.get("reference") != "block" else [

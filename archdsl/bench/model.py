@@ -71,12 +71,13 @@ def _model_errors(g, form: str, batch: int, device: str):
 
 
 def forward_fn(g, form: str = "deploy", batch: int = 1, device: str = "cpu", *,
-               seed: int | None = None) -> Callable[[], Any]:
+               seed: int | None = None, dtype: str = "float32") -> Callable[[], Any]:
     """What every latency measurement times: the checked graph `g` built (form "train", "deploy", "fast" or "ort":
     the deploy form in ONNX Runtime, bench/runtimes.py), in
     eval mode on `device`, and a random input batch (from `seed` when given); returns a callable running one
     forward pass (on CUDA, up to a synchronize), which has already run once outside any timing so that a
     failure is the model's. Runs with torch's current threads (set them first: the fast form tunes for them).
+    dtype "bfloat16": the deploy form in bfloat16 (codegen/lowp.py; forms deploy and fast, the CPU).
     Raises ModelRunError / OutOfMemory when the model cannot run."""
     import torch
 
@@ -99,7 +100,11 @@ def forward_fn(g, form: str = "deploy", batch: int = 1, device: str = "cpu", *,
             fn.build_seconds = time.perf_counter() - t0  # the export and the session, outside the timing
             fn()
             return fn
-        if form == "fast":
+        if dtype == "bfloat16":  # archdsl's fused kernels are float32: fast and deploy are the same form here
+            from ..codegen.lowp import Bf16Module
+
+            m = Bf16Module(m)
+        elif form == "fast":
             from ..codegen.fast import FastModule
 
             m = FastModule(m).tune(x)  # measured choices, outside the timing (cached on disk)
@@ -110,7 +115,7 @@ def forward_fn(g, form: str = "deploy", batch: int = 1, device: str = "cpu", *,
         else:
             def fn():
                 m(x)
-        if form == "fast":
+        if form == "fast" and dtype == "float32":
             fn.plan = m.plan  # where each step's choice came from (the tune cache, with its age, or measured now)
             fn.build_seconds = m.tune_seconds  # measuring the steps' candidates (none when all were cached)
         with torch.inference_mode():
@@ -119,7 +124,8 @@ def forward_fn(g, form: str = "deploy", batch: int = 1, device: str = "cpu", *,
 
 
 def measure_model(g, timing: Callable[[Callable[[], Any]], Any], *, form: str = "deploy", batch: int = 1,
-                  device: str = "cpu", threads: int | None = None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+                  device: str = "cpu", threads: int | None = None,
+                  dtype: str = "float32") -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """The one path from a checked graph to its latency, shared by `archdsl bench` (bench_model) and every search
     trial (search/trial.py): the allocator in its steady state, `threads` torch threads (restored afterwards), the
     model built in `form` and run once (forward_fn), then `timing(fn)` (bench/measure.py's `measure`, or a trial's
@@ -127,7 +133,7 @@ def measure_model(g, timing: Callable[[Callable[[], Any]], Any], *, form: str = 
     `timing` returned, the machine's fingerprint under those threads, the allocator settings)."""
     allocator = steady_state_allocator()  # before the model's and the input's buffers are allocated
     with torch_threads(threads):
-        fn = forward_fn(g, form, batch, device)
+        fn = forward_fn(g, form, batch, device, dtype=dtype)
         with _model_errors(g, form, batch, device):
             result = timing(fn)
         fp = fingerprint()
@@ -138,7 +144,7 @@ def bench_model(path: str | os.PathLike, form: str = "deploy", batch: int = 1,
                 input_shape: tuple[int, int, int] | None = None, threads: int | None = None,
                 overrides: dict[str, Any] | None = None, *, model: str | None = None, device: str | None = None,
                 import_paths: tuple[str, ...] = (), allow_outside_imports: bool = False,
-                normalize: bool | None = None, **measure_kw: Any) -> dict[str, Any]:
+                normalize: bool | None = None, dtype: str = "float32", **measure_kw: Any) -> dict[str, Any]:
     """Build the model of a .arch file (form "deploy", "fast", "ort" or "train", in eval mode) and measure one forward
     pass on a random batch. `threads` sets torch.set_num_threads for the measurement (restored afterwards);
     `device` is "cpu", "cuda" or None (cuda when available; each run then ends with a synchronize).
@@ -170,6 +176,16 @@ def bench_model(path: str | os.PathLike, form: str = "deploy", batch: int = 1,
         from .runtimes import require
 
         require("ort")
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+    if dtype == "bfloat16":
+        from ..codegen.lowp import bf16_unsupported
+
+        if form not in ("deploy", "fast") or device != "cpu":
+            raise ValueError("bfloat16 is the deploy form on the CPU: use --form deploy or fast, --device cpu")
+        why = bf16_unsupported()
+        if why is not None:
+            raise ValueError(why)
     if normalize is None:
         normalize = device == "cpu"
     if normalize and device != "cpu":
@@ -181,18 +197,18 @@ def bench_model(path: str | os.PathLike, form: str = "deploy", batch: int = 1,
     timed: list = []
     meas, fp, allocator = measure_model(g, lambda fn: timed.append(fn) or measure(fn, normalize=normalize,
                                                                                   **measure_kw),
-                                        form=form, batch=batch, device=device, threads=threads)
+                                        form=form, batch=batch, device=device, threads=threads, dtype=dtype)
     total = g.total()
     best, busy = (None, False) if normalize else reference_busy(meas.reference_median,
                                                                  f"{fp['hash']}-{fp['torch_threads']}-{device}")
     runtime = {"deploy": "torch", "fast": "fast", "ort": "ort"}.get(form)
-    out = {"model": g.model, "file": str(path), "form": form, "runtime": runtime, "batch": batch,
+    out = {"model": g.model, "file": str(path), "form": form, "runtime": runtime, "dtype": dtype, "batch": batch,
            "input_shape": [c, h, w],
            "device": device, "threads": fp["torch_threads"], "reference": "block" if normalize else "gemm",
            "params": total.params, "macs": total.macs,
            **meas.to_json(), "reference_best_ms": None if best is None else round(best * 1e3, 6), "busy": busy,
            "allocator": allocator, "fingerprint": fp}
-    if form == "fast" and timed and hasattr(timed[0], "plan"):
+    if form == "fast" and dtype == "float32" and timed and hasattr(timed[0], "plan"):
         out["tune"] = tune_summary(timed[0].plan())
     if busy:  # the whole run was slow: its median is not this machine's latency
         out["stable"] = False
