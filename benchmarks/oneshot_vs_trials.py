@@ -19,7 +19,11 @@ On Fashion-MNIST and examples/search/fashion_space.arch (issue 16's protocol), a
      test accuracy mean +- std on the official test split.
 Targets (issue 18): at least 100x the candidates per hour; one-shot's best at least matches the trial-based
 search's, at a fraction of the time. Latencies are the searches' own (regime-normalized); the machine's load is
-recorded. Work is kept in --work: a rerun skips what is done.
+recorded. Work is kept in --work (default benchmarks/runs/oneshot_vs_trials/, committed): a rerun skips what is
+done. With --trials-run inside search_vs_hand's work directory the one-shot search measures against the same
+latency cache (regime anchor), so its budget is the trials' budget, e.g.
+    python benchmarks/oneshot_vs_trials.py --budget 3.19 \
+        --trials-run benchmarks/runs/search_vs_hand/search-3.19ms-tpe
 """
 
 from __future__ import annotations
@@ -39,8 +43,11 @@ sys.path.insert(0, str(ROOT))
 SPACE = ROOT / "examples" / "search" / "fashion_space.arch"
 
 
+CACHE: Path | None = None  # the latency cache (regime anchor) the searches share; set in main()
+
+
 def _env(work: Path) -> dict:
-    return {**os.environ, "ARCHDSL_CACHE_DIR": str(work / "cache"), "ARCHDSL_LOCK_DIR": str(work / "locks"),
+    return {**os.environ, "ARCHDSL_CACHE_DIR": str(CACHE or work / "cache"), "ARCHDSL_LOCK_DIR": str(work / "locks"),
             "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
             "PYTHONUNBUFFERED": "1"}
 
@@ -172,12 +179,22 @@ def main() -> int:
     ap.add_argument("--dataset", default="fashion")
     ap.add_argument("--space", type=Path, default=SPACE)
     ap.add_argument("--trials-run", type=Path, help="a trial-based search's output directory at this budget")
-    ap.add_argument("--work", type=Path, default=ROOT / "oneshot-work")
+    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "runs" / "oneshot_vs_trials",
+                    help="working directory, committed but for checkpoints and Ray's files (a rerun skips what is "
+                         "done)")
+    ap.add_argument("--cache-dir", type=Path,
+                    help="the latency cache (its regime anchor sets the unit of every latency): default the "
+                         "--trials-run's work directory's cache/ when there is one (search_vs_hand's), so both "
+                         "searches measure in one unit, else WORK/cache")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results_oneshot_vs_trials_cpu2.json"))
     a = ap.parse_args()
     a.space = a.space.resolve()
     work = a.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
+    global CACHE
+    shared = a.trials_run.resolve().parent / "cache" if a.trials_run else None
+    CACHE = a.cache_dir.resolve() if a.cache_dir else shared if shared and shared.is_dir() else work / "cache"
+    print(f"latency cache (regime anchor): {CACHE}", flush=True)
     t0, load0 = time.time(), os.getloadavg()
     oneshot = search(a, work, "oneshot")
     trials = a.trials_run.resolve() if a.trials_run else search(a, work, "accuracy")
