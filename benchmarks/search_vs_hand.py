@@ -26,10 +26,10 @@ Work is kept in --work (default benchmarks/runs/search_vs_hand/, committed but f
 own files, because a working session's machine does not outlive it): a rerun skips what is done, reuses the budgets
 measured first (budgets.json), resumes a search cut short with the minutes it has left (searches are timed by this
 script, `<search>.elapsed.json`) and a killed training run from its last checkpoint where one is still there (else
-from the start). A budget's searches start and resume only on the machine that measured the budgets and its other
-searches (latencies compare within one machine; the final training runs anywhere; --allow-other-machine overrides,
-recorded). Each budget's results are written to --json as soon as they are complete, with the machine that ran its
-searches.
+from the start). A budget's searches start and resume only on the machine that started them (latencies compare
+within one machine; --allow-other-machine overrides, recorded); on another machine, `auto` measures the budgets
+whose searches have not started there (budgets.json keeps each machine's), and the final training runs anywhere.
+Each budget's results are written to --json as soon as they are complete, with the machine that ran its searches.
 """
 
 from __future__ import annotations
@@ -99,15 +99,31 @@ def auto_budgets(work: Path) -> tuple[float, float]:
     return out[0], out[1]
 
 
-def budgets_for(a, work: Path) -> tuple[float, float]:
-    """--budgets, or with `auto` the budgets measured by the first run in this work directory (else measured now)."""
+def budgets_for(a, work: Path) -> tuple[float, ...]:
+    """--budgets, or with `auto` this machine's budgets: those budgets.json recorded for it, else the first
+    machine's for every budget whose searches have started (a budget's searches stay on the machine that started
+    them: same_machine), and for the others the ConvNeXt baseline measured here now (recorded per machine)."""
     if a.budgets != "auto":
         return tuple(float(x) for x in a.budgets.split(","))
     saved = work / "budgets.json"
-    if saved.exists():
-        return tuple(json.loads(saved.read_text())["budgets_ms"])
-    budgets = auto_budgets(work)
-    saved.write_text(json.dumps({"budgets_ms": budgets, "machine": machine()}, indent=1) + "\n")
+    rec = json.loads(saved.read_text()) if saved.exists() else {}
+    if "budgets_ms" in rec:  # the first machine's, written before budgets were kept per machine
+        rec = {"machines": [{"budgets_ms": rec["budgets_ms"], "machine": rec["machine"]}]}
+    here = machine()
+    entries = rec.get("machines", [])
+    for e in entries:
+        if _latency_key(e["machine"]) == _latency_key(here):
+            return tuple(e["budgets_ms"])
+    started = [bool(entries) and any(work.glob(f"search-{b:g}ms-*.machine.json")) for b in
+               (entries[0]["budgets_ms"] if entries else (None, None))]
+    measured = auto_budgets(work) if not all(started) else (None, None)
+    budgets = tuple(entries[0]["budgets_ms"][i] if started[i] else measured[i] for i in range(2))
+    if entries:
+        print(f"budgets: this machine ({_describe(here)}) is not the one that measured {entries[0]['budgets_ms']} "
+              f"ms; budgets whose searches had not started are measured here: {budgets}", flush=True)
+    entries.append({"budgets_ms": list(budgets), "machine": here,
+                    "kept_from_first": [i for i in range(2) if started[i]]})
+    saved.write_text(json.dumps({"machines": entries}, indent=1) + "\n")
     return budgets
 
 
@@ -137,22 +153,23 @@ def _describe(m: dict) -> str:
     return f"{m.get('cpu_model')} ({units}, fingerprint {m.get('hash')}, {m.get('date', 'now')})"
 
 
+class OtherMachine(Exception):
+    """A budget's searches cannot start or continue on this machine (another one started them)."""
+
+
 def same_machine(budget: float, a, work: Path) -> None:
     """Latencies compare only within one machine: a search at `budget` starts or resumes only on the machine that
-    measured the budgets and that budget's other searches (else SystemExit, unless --allow-other-machine)."""
+    ran that budget's other searches (else OtherMachine, unless --allow-other-machine); budgets_for gives each
+    machine budgets measured on it."""
     here = machine()
-    measured = [work / "budgets.json"] if a.budgets == "auto" else []  # explicit --budgets are the user's own
-    for p in [*measured, *sorted(work.glob(f"search-{budget:g}ms-*.machine.json"))]:
-        if not p.exists():
-            continue
+    for p in sorted(work.glob(f"search-{budget:g}ms-*.machine.json")):
         m = json.loads(p.read_text())
-        m = m["machine"] if "budgets_ms" in m else m  # budgets.json holds its machine under "machine"
         if _latency_key(m) != _latency_key(here):
             if a.allow_other_machine:
                 print(f"warning: {p.name} was measured on {_describe(m)}, this is {_describe(here)} "
                       "(--allow-other-machine)", flush=True)
                 continue
-            raise SystemExit(
+            raise OtherMachine(
                 f"{p} was measured on {_describe(m)}; this is {_describe(here)}. Latencies measured on two "
                 f"machines are not comparable, so the searches at {budget:g} ms cannot start or continue here. "
                 "Finished searches' final training needs no timing and continues anywhere. Start the searches "
@@ -383,9 +400,14 @@ def main() -> int:
     budgets = budgets_for(a, work)
     print(f"budgets: {budgets} ms", flush=True)
     load_before = os.getloadavg()
-    results = []
+    results, elsewhere = [], []
     for b in budgets:  # each budget's results are written as soon as they are complete
-        results.append(evaluate_budget(b, a, work))
+        try:
+            results.append(evaluate_budget(b, a, work))
+        except OtherMachine as e:  # its searches belong to another machine: the other budgets can still go on
+            print(f"budget {b:g} ms skipped: {e}", flush=True)
+            elsewhere.append(b)
+            continue
         text = table(results)
         print(text)
         plot(results, Path(a.plot))
@@ -395,6 +417,10 @@ def main() -> int:
                                             "hours_this_run": round((time.time() - t0) / 3600, 2), "table": text},
                                            indent=1, default=str) + "\n")
         print(f"results: {a.json}; plot: {a.plot}")
+    if elsewhere:
+        print(f"not finished here: the searches at {', '.join(f'{b:g}' for b in elsewhere)} ms belong to the machine "
+              "that started them", file=sys.stderr)
+        return 3
     return 0
 
 
