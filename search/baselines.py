@@ -191,6 +191,7 @@ def _short(rec: dict) -> str:
 
 
 def _one(base: dict, s, out: Path, progress, measure) -> dict[str, Any]:
+    from .space import canonical_hash
     from .trial import check_point
 
     rec: dict[str, Any] = {"name": base["name"], "file": base["path"], "knob": KNOB, "s": None, "status": "failed",
@@ -208,7 +209,8 @@ def _one(base: dict, s, out: Path, progress, measure) -> dict[str, Any]:
                                  "error": str(e).strip().splitlines()[0]})
             return None
         graphs[v] = g
-        k = json.dumps(g.params, sort_keys=True, default=str)
+        k = canonical_hash(g, structure_only=True)  # the network, not the knob: values of s building one network
+        # share one reading
         if k not in cache:
             lat = measure(s, {KNOB: v})
             cache[k] = None if lat.get("disturbed") else lat

@@ -43,10 +43,12 @@ def program_files(spec: Path, program) -> dict[str, str]:
     return out
 
 
-def canonical_hash(graph) -> str:
-    """16 hex digits over the IR text without positions and without the file line (same network, same hash)."""
+def canonical_hash(graph, *, structure_only: bool = False) -> str:
+    """16 hex digits over the IR text without positions and without the file line (same network, same hash);
+    `structure_only` leaves out the model's parameter values too (two values of a knob that build one network)."""
     lines = format_ir(graph, spans=False).splitlines()
-    body = "\n".join(line for line in lines if not line.startswith("# model "))
+    skip = ("# model ", "# params ") if structure_only else ("# model ",)
+    body = "\n".join(line for line in lines if not line.startswith(skip))
     return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 

@@ -141,3 +141,36 @@ def test_max_minutes_stops_new_trials_but_not_the_running_ones():
     gone = ArchSearcher(space, budget_ms=2.0, max_trials=3, deadline=time.time() - 1)
     assert gone.suggest("t1") == Searcher.FINISHED
     assert main(["search", str(TINY), "--latency-ms", "2", "--max-minutes", "0"]) == 2
+
+
+def test_values_of_s_that_build_one_network_share_one_measurement(tmp_path, monkeypatch):
+    """The knob is quantized (depths rounded, widths to multiples of 8), so neighbouring values of s often build
+    the same network; measuring it again at each s let a noisy second reading turn the bisection back (a ResNet
+    read 2.49 ms at one s and 4.25 ms at the next for the same 564,234-parameter network). One reading per
+    network: here each reading of a network is 50% slower than the one before, as a drifting machine would be."""
+    from archdsl.search import baselines as bl
+    from archdsl.search.space import canonical_hash
+    from archdsl.search.trial import TrialSettings, check_point
+
+    spec = tmp_path / "tinybase.arch"
+    spec.write_text(BASE.replace("scaling(s=s, d=1, w=1, r=0,", "scaling(s=s, d=1, w=0, r=0,"))  # depth only
+    (base,) = validate_baselines([str(spec)], None)
+    settings = TrialSettings(files={TINY.name: TINY.read_text()}, spec_name=TINY.name, budget_ms=1.0)
+    s_base = bl.replace(settings, files=base["files"], spec_name=spec.name, fixed={}, model=None)
+    macs = {k: check_point(s_base, {"s": k}).total().macs for k in (2.0, 3.0)}
+    settings = bl.replace(settings, budget_ms=(macs[2.0] + macs[3.0]) / 2e5)  # between depth 2 and depth 3
+    seen: list[str] = []
+
+    def measure(s, point):
+        g = check_point(s, point)
+        h = canonical_hash(g, structure_only=True)
+        ms = g.total().macs / 1e5 * 1.5 ** seen.count(h)
+        seen.append(h)
+        return {"latency_ms": ms, "disturbed": False}
+
+    monkeypatch.setattr(bl, "_evaluate", lambda s, g, rec: rec.update(score=0.5, accuracy=0.5))
+    (rec,) = bl.run_baselines([base], settings, tmp_path, lambda line: None, measure=measure)
+    assert rec["status"] == "ok" and rec["macs"] == macs[2.0]  # the deepest network that fits
+    steps = [st for st in rec["steps"] if st["status"] == "measured"]
+    assert len(steps) > len(set(seen)), "the bisection met no network twice: the test tests nothing"
+    assert len(seen) == len(set(seen)), "a network was measured twice"
