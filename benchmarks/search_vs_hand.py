@@ -112,7 +112,7 @@ def budgets_for(a, work: Path) -> tuple[float, ...]:
     here = machine()
     entries = rec.get("machines", [])
     for e in entries:
-        if _latency_key(e["machine"]) == _latency_key(here):
+        if _same(e["machine"], here):
             return tuple(e["budgets_ms"])
     started = [bool(entries) and any(work.glob(f"search-{b:g}ms-*.machine.json")) for b in
                (entries[0]["budgets_ms"] if entries else (None, None))]
@@ -129,22 +129,36 @@ def budgets_for(a, work: Path) -> tuple[float, ...]:
 
 def machine() -> dict:
     """The CPU the searches ran on (latencies are comparable only within one machine)."""
-    from archdsl.bench.machine import fingerprint
+    from archdsl.bench.machine import cpu_flags, fingerprint
 
-    flags = set()
-    with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
+    flags = cpu_flags()
     return {**fingerprint(), "avx512f": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags,
             "avx2": "avx2" in flags, "loadavg": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
+def _legacy_hash(m: dict) -> str:
+    """The fingerprint hash as written before the fingerprint named the CPU's instruction sets (`isa`): records
+    made then carry it, with the vector units beside it."""
+    import hashlib
+
+    keys = ("cpu_model", "machine", "physical_cores", "logical_cores", "usable_cores", "torch_threads",
+            "torch_version", "cuda_device")
+    return hashlib.sha256(json.dumps({k: m.get(k) for k in keys}, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def _latency_key(m: dict) -> tuple:
-    """What makes two machines' latencies comparable: the fingerprint (CPU model, cores, threads, torch) and the
-    vector units the kernels use."""
+    """What makes two machines' latencies comparable: the fingerprint (CPU model and instruction sets, cores,
+    threads, torch). A record written before the fingerprint had `isa` compares by its old hash and the vector
+    units recorded beside it."""
     return m.get("hash"), m.get("avx512f"), m.get("avx512_bf16"), m.get("avx2")
+
+
+def _same(a: dict, b: dict) -> bool:
+    """Two machine records describe one machine (either may predate `isa`)."""
+    if ("isa" in a) == ("isa" in b):
+        return _latency_key(a) == _latency_key(b)
+    old, new = (a, b) if "isa" not in a else (b, a)
+    return _latency_key(old) == (_legacy_hash(new), new.get("avx512f"), new.get("avx512_bf16"), new.get("avx2"))
 
 
 def _describe(m: dict) -> str:
@@ -164,7 +178,7 @@ def same_machine(budget: float, a, work: Path) -> None:
     here = machine()
     for p in sorted(work.glob(f"search-{budget:g}ms-*.machine.json")):
         m = json.loads(p.read_text())
-        if _latency_key(m) != _latency_key(here):
+        if not _same(m, here):
             if a.allow_other_machine:
                 print(f"warning: {p.name} was measured on {_describe(m)}, this is {_describe(here)} "
                       "(--allow-other-machine)", flush=True)
@@ -200,7 +214,7 @@ def search(budget: float, algo: str, a, work: Path, baselines: bool) -> Path:
         cmd += ["--resume"]
         if a.allow_other_machine and mfile.exists():  # a search continued elsewhere says so, and where
             rec = json.loads(mfile.read_text())
-            if _latency_key(rec) != _latency_key(machine()):
+            if not _same(rec, machine()):
                 rec.setdefault("continued_on", []).append(machine())
                 mfile.write_text(json.dumps(rec, indent=1) + "\n")
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import subprocess
 import sys
 import textwrap
@@ -272,6 +273,31 @@ def test_fingerprint_fields():
     assert isinstance(fp["cpu_model"], str) and fp["cpu_model"]
     assert fp["logical_cores"] >= fp["physical_cores"] >= 1
     assert len(fp["hash"]) == 12 and fingerprint()["hash"] == fp["hash"]  # stable
+
+
+def test_fingerprint_tells_instruction_sets_apart(monkeypatch):
+    """One model name ("AMD EPYC" under a hypervisor) covers hosts with and without AVX-512: their latencies must
+    not share a cache key."""
+    from archdsl.bench import machine
+
+    monkeypatch.setattr(machine, "cpu_flags", lambda: frozenset({"avx2", "fma", "sse4_2"}))
+    avx2 = fingerprint()
+    monkeypatch.setattr(machine, "cpu_flags", lambda: frozenset({"avx2", "fma", "avx512f", "avx512_bf16"}))
+    avx512 = fingerprint()
+    assert avx2["isa"] == "avx2 fma" and avx512["isa"] == "avx2 fma avx512f avx512_bf16"
+    assert avx2["hash"] != avx512["hash"]
+    with_avx512 = machine.machine_hash()
+    monkeypatch.setattr(machine, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert machine.machine_hash() != with_avx512  # the regime anchors' and latency tables' key
+
+
+def test_cpu_flags_reads_this_cpu():
+    from archdsl.bench.machine import cpu_flags
+
+    flags = cpu_flags()
+    assert isinstance(flags, frozenset)
+    if Path("/proc/cpuinfo").exists() and platform.machine() in ("x86_64", "AMD64"):
+        assert "sse2" in flags  # every x86-64 CPU
 
 
 def test_mallopt_applied_without_error():

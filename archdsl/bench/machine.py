@@ -1,7 +1,7 @@
 """This machine's identity and the small per-machine caches beside the latency table (stage: the timing library).
 
 Takes: nothing (the environment: /proc/cpuinfo, torch, $ARCHDSL_CACHE_DIR). Returns: `fingerprint()` (what timings
-depend on, with a short stable hash), `machine_hash()` (the same without torch's thread count),
+depend on, with a short stable hash), `machine_hash()` (the same without torch's thread count), `cpu_flags()`,
 `default_cache_dir()`, and atomic `load_json_cache` / `save_json_cache` for small JSON files there
 (reference_best.json, regime.json).
 """
@@ -17,8 +17,27 @@ import platform
 from pathlib import Path
 from typing import Any
 
-__all__ = ["fingerprint", "machine_hash", "default_cache_dir", "load_json_cache", "save_json_cache",
-           "torch_threads"]
+__all__ = ["fingerprint", "machine_hash", "cpu_flags", "ISA_FLAGS", "default_cache_dir", "load_json_cache",
+           "save_json_cache", "torch_threads"]
+
+# The instruction-set extensions the kernels' speed depends on (oneDNN, the native kernels, bfloat16): part of the
+# fingerprint, because one CPU model name (a hypervisor's "AMD EPYC") covers hosts with and without AVX-512.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+             "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve", "sve2", "bf16", "i8mm")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags (/proc/cpuinfo "flags" on x86, "Features" on ARM); empty where unreadable."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
 
 
 @functools.lru_cache(maxsize=1)
@@ -44,8 +63,9 @@ def _cpuinfo() -> tuple[str | None, int | None]:
 
 
 def fingerprint() -> dict[str, Any]:
-    """What the timings depend on: CPU model, physical/logical/usable cores, torch threads and version, the CUDA
-    device (if any), and `hash`, a stable 12-hex-digit digest of those fields."""
+    """What the timings depend on: CPU model, its instruction-set extensions (`isa`: those of ISA_FLAGS it has),
+    physical/logical/usable cores, torch threads and version, the CUDA device (if any), and `hash`, a stable
+    12-hex-digit digest of those fields."""
     import torch
 
     model, physical = _cpuinfo()
@@ -57,6 +77,7 @@ def fingerprint() -> dict[str, Any]:
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     fp: dict[str, Any] = {
         "cpu_model": model or platform.processor() or platform.machine() or "unknown",
+        "isa": " ".join(f for f in ISA_FLAGS if f in cpu_flags()),
         "machine": platform.machine(),
         "physical_cores": physical or logical,
         "logical_cores": logical,

@@ -10,7 +10,6 @@ emulated, slower than float32); making a Bf16Module there raises ValueError with
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import torch
@@ -24,16 +23,10 @@ log = logging.getLogger("archdsl.lowp")
 NATIVE_BF16 = ("avx512_bf16", "amx_bf16")
 
 
-@functools.lru_cache(maxsize=1)
 def _cpu_flags() -> frozenset[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+    from ..bench.machine import cpu_flags
+
+    return cpu_flags()
 
 
 def bf16_unsupported() -> str | None:
