@@ -49,6 +49,9 @@ def add_search_parser(sub) -> None:
     p.add_argument("--runtime", choices=("torch", "fast", "ort"), default="torch",
                    help="the runtime latency is measured on: torch (the deploy form on PyTorch; default), fast "
                         "(archdsl's fused kernels, measured choice) or ort (ONNX Runtime; the [export] extra)")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="the number format latency is measured in: bf16 is the deploy form in bfloat16 (runtimes "
+                        "torch and fast, a CPU with avx512_bf16 or AMX); the trials still train in float32")
     p.add_argument("--quiet-wait", type=float, default=30.0, metavar="S",
                    help="seconds a trial waits for other programs to free the cores when its latency measurement "
                         "is disturbed, before it is left 'unmeasured' and retried later (default 30)")
@@ -114,12 +117,22 @@ def cmd_search(args) -> int:
         require(args.runtime)
     except RuntimeUnavailable as e:
         return usage(f"--runtime {args.runtime}: {e}")
+    dtype = {"fp32": "float32", "bf16": "bfloat16"}[args.dtype]
+    if dtype == "bfloat16":
+        from ..codegen.lowp import bf16_unsupported
+
+        if args.runtime == "ort":
+            return usage("--dtype bf16 is the deploy form in bfloat16 on PyTorch: use --runtime torch or fast")
+        why = bf16_unsupported()
+        if why is not None:
+            return usage(f"--dtype bf16: {why}")
     cfg = SearchConfig(spec=args.file, budget_ms=args.latency_ms, trials=args.trials, algo=args.algo,
                        objective=args.objective, dataset=args.dataset, dataset_limit=args.dataset_limit,
                        epochs=args.epochs, out=args.out,
                        resume=args.resume, address=args.address, seed=args.seed, fixed=overrides(args.set),
                        model=args.model, input_shape=input_shape(args.input), concurrency=args.concurrency,
-                       latency_threads=args.latency_threads, runtime=args.runtime, target_label=args.target_label,
+                       latency_threads=args.latency_threads, runtime=args.runtime, dtype=dtype,
+                       target_label=args.target_label,
                        predictor=not args.no_predictor, top_k=args.top, latency_quiet_wait=args.quiet_wait,
                        baselines=list(args.baseline), max_minutes=args.max_minutes,
                        val_fraction=args.val_fraction, rescore=args.rescore, rescore_seeds=args.rescore_seeds,

@@ -34,8 +34,9 @@ __all__ = ["SearchConfig", "SearchSummary", "run_search", "FINISHED_STATUSES"]
 
 # "unmeasured" is a Ray trial's outcome too, but not a finished one: its point is measured again (searcher.py)
 MATCH_ON_RESUME = ("spec_sha256", "budget_ms", "objective", "dataset", "dataset_limit", "val_fraction", "fixed",
-                   "model", "input_shape", "epochs")
-SETTING_DEFAULTS = {"val_fraction": 0.2}  # what a run.json written before the setting existed used
+                   "model", "input_shape", "epochs", "runtime", "dtype", "latency_threads")
+# what a run.json written before the setting existed used
+SETTING_DEFAULTS = {"val_fraction": 0.2, "runtime": "torch", "dtype": "float32", "latency_threads": None}
 
 
 @dataclass
@@ -58,6 +59,7 @@ class SearchConfig:
     concurrency: int | None = None  # trials at once (default: the cluster's CPUs)
     latency_threads: int | None = None
     runtime: str = "torch"  # the runtime latency is measured on (bench/runtimes.py)
+    dtype: str = "float32"  # float32 | bfloat16 (the deploy form in bfloat16, codegen/lowp.py)
     target_label: str = "archdsl-target"
     predictor: bool = True
     prefilter_margin: float = 1.5
@@ -90,6 +92,7 @@ def _settings(cfg: SearchConfig, space: SearchSpace) -> dict[str, Any]:
                if cfg.objective == "oneshot" else {}),
             "epochs": cfg.epochs, "seed": cfg.seed, "fixed": cfg.fixed, "model": cfg.model,
             "input_shape": list(cfg.input_shape) if cfg.input_shape else None, "address": cfg.address,
+            "runtime": cfg.runtime, "dtype": cfg.dtype, "latency_threads": cfg.latency_threads,
             "dimensions": space.describe()}
 
 
@@ -255,7 +258,7 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
                               objective=cfg.objective, dataset=cfg.dataset, dataset_limit=cfg.dataset_limit,
                               val_fraction=cfg.val_fraction, extra_seeds=cfg.rescore_seeds if cfg.rescore else 0,
                               epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
-                              latency_threads=cfg.latency_threads, runtime=cfg.runtime,
+                              latency_threads=cfg.latency_threads, runtime=cfg.runtime, dtype=cfg.dtype,
                               target_label=cfg.target_label, crash_marker=cfg.crash_marker, load_marker=cfg.load_marker,
                               latency_quiet_wait=cfg.latency_quiet_wait,
                               latency_max_seconds=cfg.latency_max_seconds,
@@ -273,8 +276,9 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
                                target_label=cfg.target_label)
         try:
             predictor = None
-            # the predictor's table is of the torch runtime: on another it would screen by the wrong latencies
-            if cfg.predictor and info.local and cfg.runtime == "torch":
+            # the predictor's table is of the torch runtime in float32: on another runtime or in bfloat16 it would
+            # screen by the wrong latencies
+            if cfg.predictor and info.local and cfg.runtime == "torch" and cfg.dtype == "float32":
                 from .predictor import SearchPredictor
 
                 predictor = SearchPredictor(threads=cfg.latency_threads or len(os.sched_getaffinity(0)))

@@ -54,6 +54,7 @@ class TrialSettings:
     train_threads: int = 1
     latency_threads: int | None = None  # None: every usable core of the measuring node
     runtime: str = "torch"  # what latency is of: torch | fast | ort (bench/runtimes.py)
+    dtype: str = "float32"  # float32 | bfloat16: the deploy form's number format (torch and fast runtimes)
     latency_max_seconds: float = 2.0
     latency_rel_ci: float = 0.03
     latency_quiet_wait: float = 30.0  # s of waiting for the machine to quiet down before a trial is unmeasured
@@ -123,17 +124,17 @@ def reference_net(space, *, seed: int = 0, tries: int = 200) -> dict | None:
     return None
 
 
-def _reference_fn(ref: dict, threads: int, runtime: str = "torch") -> Callable[[], Any]:
-    """The reference network on the search's runtime, built once per process, thread count and runtime; returns
-    its forward."""
+def _reference_fn(ref: dict, threads: int, runtime: str = "torch", dtype: str = "float32") -> Callable[[], Any]:
+    """The reference network on the search's runtime and number format, built once per process, thread count,
+    runtime and dtype; returns its forward."""
     from ..bench.model import forward_fn
     from ..bench.runtimes import form_of
 
-    key = (ref["hash"], threads, runtime)
+    key = (ref["hash"], threads, runtime, dtype)
     if key not in _REF_NETS:
         s = TrialSettings(files=ref["files"], spec_name=ref["spec_name"], budget_ms=0.0, fixed=ref["fixed"],
                           model=ref["model"], input_shape=ref["input_shape"])
-        _REF_NETS[key] = forward_fn(check_point(s, ref["point"]), form_of(runtime), 1, "cpu", seed=0)
+        _REF_NETS[key] = forward_fn(check_point(s, ref["point"]), form_of(runtime), 1, "cpu", seed=0, dtype=dtype)
     return _REF_NETS[key]
 
 
@@ -146,12 +147,13 @@ def _reference_kw(s: TrialSettings, threads: int) -> tuple[dict[str, Any], dict[
     if not s.reference:
         return {}, None
     try:
-        fn = _reference_fn(s.reference, threads, s.runtime)
+        fn = _reference_fn(s.reference, threads, s.runtime, s.dtype)
     except Exception as e:  # noqa: BLE001 - the trial's own network may still build: time it against the block
         return {}, {"hash": s.reference["hash"], "point": s.reference["point"], "latency_ms": None,
                     "fallback": f"the reference network did not build ({type(e).__name__}: {e}): timed against the "
                                 "block"}
-    name = s.reference["hash"][:16] + ("" if s.runtime == "torch" else f"-{s.runtime}")
+    name = (s.reference["hash"][:16] + ("" if s.runtime == "torch" else f"-{s.runtime}")
+            + ("" if s.dtype == "float32" else f"-{s.dtype}"))
     lat, info = reference_net_latency(name, fn, threads, max_seconds=s.latency_max_seconds,
                                       rel_ci=s.latency_rel_ci, quiet_wait=s.latency_quiet_wait)
     rec = {"hash": s.reference["hash"], "point": s.reference["point"], **info,
@@ -235,10 +237,11 @@ def measure_latency_local(s: TrialSettings, point: dict[str, Any], load: bool = 
             info["near_budget_ms"] = [round(n.latency * 1e3, 6) for n in near]
         return meas, info, ref_rec
 
-    (meas, info, ref_rec), fp, _ = measure_model(g, timing, threads=threads, form=form_of(s.runtime))
+    (meas, info, ref_rec), fp, _ = measure_model(g, timing, threads=threads, form=form_of(s.runtime), dtype=s.dtype)
     # why each disturbed try was, as one string: Tune's TensorBoard logger refuses a list of strings in a result
     info = {**info, "attempts": "; ".join(str(a) for a in info["attempts"])}
-    return {**meas.to_json(), "node": _node_id(), "threads": threads, "runtime": s.runtime, "batch": 1,
+    return {**meas.to_json(), "node": _node_id(), "threads": threads, "runtime": s.runtime, "dtype": s.dtype,
+            "batch": 1,
             "runtime_build_s": None if built.get("seconds") is None else round(built["seconds"], 3), **info,
             "fingerprint": fp, "reference_net": ref_rec}
 

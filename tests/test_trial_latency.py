@@ -202,3 +202,58 @@ def test_search_on_the_ort_runtime_without_its_extra_is_a_usage_error(monkeypatc
     assert main(["search", str(TINY), "--latency-ms", "5", "--runtime", "ort"]) == 2
     err = capsys.readouterr().err
     assert "--runtime ort: the ort runtime needs the [export] extra" in err and "Traceback" not in err
+
+
+def test_a_trial_measures_in_bfloat16_with_dtype_bf16(monkeypatch, tmp_path):
+    """Issue 20: `archdsl search --dtype bf16`: the trial's network and the reference network both run as the
+    bfloat16 deploy form (the reference's latency recorded under its own key); the record names the dtype."""
+    from archdsl.codegen.lowp import bf16_unsupported
+
+    why = bf16_unsupported()
+    if why is not None:
+        pytest.skip(why)
+    import archdsl.bench.anchors  # noqa: F401 - patched below
+    import archdsl.bench.model  # noqa: F401
+
+    monkeypatch.setenv("ARCHDSL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ARCHDSL_LOCK_DIR", str(tmp_path / "lock"))
+    monkeypatch.setattr(sys.modules["archdsl.bench.anchors"], "NET_TRIES", 1)
+    seen = []
+    real = sys.modules["archdsl.bench.model"].forward_fn
+    monkeypatch.setattr(sys.modules["archdsl.bench.model"], "forward_fn",
+                        lambda g, *a, dtype="float32", **k: seen.append(dtype) or real(g, *a, dtype=dtype, **k))
+    s = TrialSettings(files={TINY.name: TINY.read_text()}, spec_name=TINY.name, budget_ms=1000.0, dtype="bfloat16",
+                      reference=_space_reference(), latency_max_seconds=0.5, latency_rel_ci=0.5)
+    lat = measure_latency_local(s, POINT)
+    assert lat["dtype"] == "bfloat16" and seen == ["bfloat16", "bfloat16"]
+    assert lat["reference_net"]["key"].endswith("-bfloat16") and lat["latency_ms"] > 0
+
+
+def test_search_dtype_bf16_is_refused_where_it_cannot_run(monkeypatch, capsys):
+    from archdsl.cli import main
+    from archdsl.codegen import lowp
+
+    assert main(["search", str(TINY), "--latency-ms", "5", "--runtime", "ort", "--dtype", "bf16"]) == 2
+    assert "--dtype bf16 is the deploy form in bfloat16 on PyTorch" in capsys.readouterr().err
+    monkeypatch.setattr(lowp, "_cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert main(["search", str(TINY), "--latency-ms", "5", "--dtype", "bf16"]) == 2
+    err = capsys.readouterr().err
+    assert "--dtype bf16: this CPU has neither avx512_bf16 nor AMX" in err and "Traceback" not in err
+
+
+def test_resume_refuses_another_runtime_dtype_or_thread_count(tmp_path):
+    """Latencies of two runtimes, number formats or thread counts are not comparable: a search resumes only with
+    the ones it started with; a run.json written before they were recorded reads as torch, float32, every core."""
+    from archdsl.search.driver import MATCH_ON_RESUME, SETTING_DEFAULTS
+    from archdsl.search.records import RunDir, RunDirError
+
+    base = {"spec_sha256": "a" * 64, "budget_ms": 5.0, "val_fraction": 0.2}
+    with RunDir.open(tmp_path, base, resume=False):
+        pass  # an old run.json: no runtime, dtype or latency_threads
+    now = {**base, "runtime": "torch", "dtype": "float32", "latency_threads": None}
+    with RunDir.open(tmp_path, now, resume=True, must_match=MATCH_ON_RESUME, defaults=SETTING_DEFAULTS):
+        pass
+    for key, value in (("runtime", "fast"), ("dtype", "bfloat16"), ("latency_threads", 1)):
+        with pytest.raises(RunDirError, match=rf"settings differ \({key} was"):
+            RunDir.open(tmp_path, {**now, key: value}, resume=True, must_match=MATCH_ON_RESUME,
+                        defaults=SETTING_DEFAULTS)
