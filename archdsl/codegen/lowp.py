@@ -15,8 +15,7 @@ import logging
 import torch
 from torch import nn
 
-from ..ir import free_after
-from .module import ArchModule, NodeError, gather
+from .module import ArchModule
 
 log = logging.getLogger("archdsl.lowp")
 
@@ -51,7 +50,6 @@ class Bf16Module(nn.Module):
         self.base = base.eval().to(torch.bfloat16)
         self.arch_name, self.input_chw, self.graph = base.arch_name, base.input_chw, base.graph
         self.deploy_reports = getattr(base, "deploy_reports", [])
-        self._free_after = free_after([refs for _, _, refs, _ in base._plan], base._out[0])
         self.float32_nodes: list[str] = []
         self._probe()
 
@@ -70,29 +68,22 @@ class Bf16Module(nn.Module):
             return self._run(x).float()
 
     def _run(self, x: torch.Tensor, probe: bool = False) -> torch.Tensor:
-        b = self.base
-        vals: dict[str, object] = {b.input_node: x.to(torch.bfloat16, memory_format=torch.channels_last)}
         fp32 = set(self.float32_nodes)
-        for i, (name, op, refs, where) in enumerate(b._plan):
-            args = gather(vals, refs)
-            mod = b._modules_by_name[name]
+
+        def step(name: str, mod: nn.Module, args: list):
+            if name in fp32:
+                return _cast(mod(*_cast(args, torch.float32)), torch.bfloat16)
+            if not probe:
+                return mod(*args)
             try:
-                if name in fp32:
-                    vals[name] = _cast(mod(*_cast(args, torch.float32)), torch.bfloat16)
-                else:
-                    vals[name] = mod(*args)
-            except Exception as e:
-                if not probe or name in fp32:
-                    shapes = ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor))
-                    raise NodeError(f"{where}: node '{name}' ({op}) failed on input {shapes}: {e}") from e
-                mod.float()  # no bfloat16 kernel for this op here: float32 between casts
+                return mod(*args)
+            except Exception:  # noqa: BLE001 - no bfloat16 kernel for this op here: float32 between casts
+                mod.float()
                 self.float32_nodes.append(name)
                 fp32.add(name)
-                vals[name] = _cast(mod(*_cast(args, torch.float32)), torch.bfloat16)
-            for src in self._free_after[i]:
-                del vals[src]
-        out = vals[b._out[0]]
-        return out[b._out[1]] if isinstance(out, tuple) else out
+                return _cast(mod(*_cast(args, torch.float32)), torch.bfloat16)
+
+        return self.base.run(x.to(torch.bfloat16, memory_format=torch.channels_last), step)
 
 
 def _cast(v, dtype):

@@ -7,6 +7,8 @@ nodes in topological order. A failure inside a node is re-raised naming the node
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -115,11 +117,18 @@ class ArchModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.validate_input(x)
+        return self.run(x)
+
+    def run(self, x: torch.Tensor, step: Callable[[str, nn.Module, list], object] | None = None) -> torch.Tensor:
+        """The graph's nodes in order on input `x` (not checked: forward does that), each value freed after its
+        last use; `step(name, module, args)`, when given, makes each node's call (the bfloat16 form, lowp.py,
+        runs some nodes in float32). A node that fails raises NodeError naming it and its source position."""
         vals: dict[str, object] = {self.input_node: x}
         for i, (name, op, refs, where) in enumerate(self._plan):
             args = gather(vals, refs)
+            mod = self._modules_by_name[name]
             try:
-                vals[name] = self._modules_by_name[name](*args)
+                vals[name] = mod(*args) if step is None else step(name, mod, args)
             except Exception as e:  # re-raised with the node's name and source position
                 shapes = ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor))
                 raise NodeError(f"{where}: node '{name}' ({op}) failed on input {shapes}: {e}") from e
