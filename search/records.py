@@ -245,7 +245,7 @@ class RunDir:
         run.json whose `must_match` keys equal those of `settings` (RunDirError naming the keys that differ) and
         updates it with the new settings (recording what changed); the next `load()` (or the first `append`)
         moves partial and corrupt lines of trials.jsonl aside and reports them. `defaults`: the value a must-match
-        key had when an older run.json does not name it (a setting added since).
+        key has when an older run.json, or `settings`, does not name it (a setting added since).
         """
         reserved = [k for k in _RESERVED if k in settings]
         if reserved:
@@ -335,7 +335,7 @@ class RunDir:
     def _resume(self, settings: dict, must_match: tuple[str, ...], defaults: dict) -> None:
         old = self.read_settings()
         old = {**_jsonable(defaults), **old}
-        new = _jsonable(settings)
+        new = {**_jsonable(defaults), **_jsonable(settings)}  # a setting not given is at its default
         differ = [k for k in must_match if old.get(k) != new.get(k)]
         if differ:
             what = "; ".join(f"{k} was {_short(old.get(k))}, now {_short(new.get(k))}" for k in differ)
