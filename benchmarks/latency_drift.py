@@ -8,7 +8,9 @@ Each process (one after another, `--pause` s apart) builds the deploy form of th
 `s` and of the search's reference network (examples/search/fashion_space.arch at its first point, what
 `search_vs_hand.py` times its trials against), then, under the measurement lock with disturbed rounds
 discarded (bench/measure.py):
-  * times each network alone against the built-in GEMM reference (the raw median, ms);
+  * times each network alone against the built-in GEMM reference (the raw median, ms), measured until clean
+    (disturbed rounds discarded, a disturbed measurement repeated for up to a minute; one still disturbed
+    then is reported as such and left out of the spreads);
   * times each against the reference network (the median of the per-round ratios);
   * times streaming reads (a sum) of buffers sized for L2 (0.5 MiB), L3 (8 and 24 MiB) and memory (256 MiB),
     in GB/s: a neighbour on the host that takes the shared L3 or the memory bus slows the bigger networks (whose
@@ -31,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SPACE = ROOT / "examples" / "search" / "fashion_space.arch"
 PROBES_MIB = (0.5, 8, 24, 256)
+QUIET_WAIT = 60.0  # each figure is measured until clean (measure_until_clean), for at most this long
 
 
 def _bandwidth(mib: float, reps: int = 15) -> float:
@@ -53,7 +56,7 @@ def child(spec: str, svals: list[float]) -> dict:
     import torch
 
     from archdsl.api import check_file
-    from archdsl.bench.measure import measure, steady_state_allocator
+    from archdsl.bench.measure import measure_until_clean, steady_state_allocator
     from archdsl.bench.model import forward_fn
 
     steady_state_allocator()
@@ -66,10 +69,13 @@ def child(spec: str, svals: list[float]) -> dict:
     out = {"pid": os.getpid(), "threads": threads, "time": time.strftime("%H:%M:%S"), "loadavg": os.getloadavg(),
            "bandwidth_gbs_before": {f"{m:g}MiB": round(_bandwidth(m), 2) for m in PROBES_MIB}, "nets": {}}
     for name, (fn, macs, params) in nets.items():
-        raw = measure(fn, max_seconds=8.0, rel_ci=0.02)
-        rel = measure(fn, reference=ref, normalize=True, anchor=1.0, max_seconds=8.0, rel_ci=0.02)
+        raw, _ = measure_until_clean(fn, quiet_wait=QUIET_WAIT, threads=threads, max_seconds=8.0, rel_ci=0.02)
+        rel, _ = measure_until_clean(fn, quiet_wait=QUIET_WAIT, threads=threads, reference=ref, normalize=True,
+                                     anchor=1.0, max_seconds=8.0, rel_ci=0.02)
         out["nets"][name] = {"macs": macs, "params": params, "raw_ms": round(raw.median * 1e3, 4),
-                             "raw_disturbed": raw.disturbed, "gemm_ref_ms": round((raw.reference_median or 0) * 1e3, 4),
+                             "raw_disturbed": raw.disturbed, "raw_reason": raw.disturbance.get("reason"),
+                             "threads_apart_rounds": raw.disturbance.get("threads_apart"),
+                             "gemm_ref_ms": round((raw.reference_median or 0) * 1e3, 4),
                              "ratio_to_ref_net": None if rel.regime_ratio is None else round(rel.regime_ratio, 4),
                              "ref_net_ms": round((rel.reference_median or 0) * 1e3, 4),
                              "ratio_disturbed": rel.disturbed}
@@ -107,23 +113,30 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         r = json.loads(p.stdout.strip().splitlines()[-1])
         runs.append(r)
-        print(r["time"], " ".join(f"{k}: {v['raw_ms']:.3f} ms x{v['ratio_to_ref_net']}" for k, v in r["nets"].items()),
+        print(r["time"], " ".join(f"{k}: {v['raw_ms']:.3f}{'*' if v['raw_disturbed'] else ''} ms "
+                                  f"x{v['ratio_to_ref_net']}{'*' if v['ratio_disturbed'] else ''}"
+                                  for k, v in r["nets"].items()),
               "| GB/s", r["bandwidth_gbs_before"], flush=True)
     names = list(runs[0]["nets"])
     summary = {}
     for n in names:
-        raw = [r["nets"][n]["raw_ms"] for r in runs]
-        rat = [r["nets"][n]["ratio_to_ref_net"] for r in runs if r["nets"][n]["ratio_to_ref_net"]]
+        raw = [r["nets"][n]["raw_ms"] for r in runs if not r["nets"][n]["raw_disturbed"]]
+        rat = [r["nets"][n]["ratio_to_ref_net"] for r in runs
+               if r["nets"][n]["ratio_to_ref_net"] and not r["nets"][n]["ratio_disturbed"]]
         summary[n] = {"macs": runs[0]["nets"][n]["macs"], "params": runs[0]["nets"][n]["params"],
-                      "raw_spread": round(max(raw) / min(raw), 3), "ratio_spread": round(max(rat) / min(rat), 3)}
+                      "clean_raw": len(raw), "clean_ratio": len(rat),
+                      "raw_spread": round(max(raw) / min(raw), 3) if raw else None,
+                      "ratio_spread": round(max(rat) / min(rat), 3) if rat else None}
     big = [r["nets"][names[-1]]["raw_ms"] for r in runs]
     corr = {k: _corr(big, [r["bandwidth_gbs_before"][k] for r in runs]) for k in runs[0]["bandwidth_gbs_before"]}
+    load_during = [r["loadavg"][0] for r in runs]
     doc = {"spec": a.spec, "s": svals, "runs": runs, "summary": summary,
-           "corr_biggest_raw_vs_bandwidth": corr, "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
+           "corr_biggest_raw_vs_bandwidth": corr, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+           "loadavg_in_children": load_during}
     Path(a.json).write_text(json.dumps(doc, indent=1) + "\n")
     for n, v in summary.items():
-        print(f"{n:10s} {v['macs']:>12,} MACs  raw spread x{v['raw_spread']}  "
-              f"ratio-to-ref-net spread x{v['ratio_spread']}")
+        print(f"{n:10s} {v['macs']:>12,} MACs  raw spread x{v['raw_spread']} ({v['clean_raw']} clean)  "
+              f"ratio-to-ref-net spread x{v['ratio_spread']} ({v['clean_ratio']} clean)")
     print("correlation of the biggest network's raw time with bandwidth:", corr)
     return 0
 

@@ -222,3 +222,64 @@ def test_a_disturbed_kernel_choice_is_flagged_so_it_is_never_cached():
     with on_one_cpu() as cpu, spinning([cpu], 10.0, per_cpu=2):
         name, ms, clean = pick({"a": fn, "b": fn}, max_seconds=1.0, fallback="b")
     assert not clean and name == "b" and ms == {}
+
+
+class _Team:
+    """A stand-in TeamProbe whose ratios are scripted (the real one is timed in the next test)."""
+
+    def __init__(self, ratios):
+        self.ratios, self.threads, self.worst, self.active = list(ratios), 2, 0.0, True
+
+    def check(self):
+        r = self.ratios.pop(0) if self.ratios else 0.9
+        self.worst = max(self.worst, r)
+        return r
+
+
+def _clock(step=1e-3):
+    t = [0.0]
+
+    def timer():
+        t[0] += step
+        return t[0]
+    return timer
+
+
+def test_rounds_where_the_threads_stalled_each_other_are_discarded_and_judged():
+    from archdsl.bench.measure import _timed_rounds
+
+    # 40 flagged rounds out of 60: discarded, and the measurement is disturbed even with 20 clean ones
+    team = _Team([3.0] * 40 + [0.9] * 20)
+    kw = dict(min_runs=10, max_runs=60, max_seconds=1e9, rel_ci=-1.0, probe=None, boost=None, normalize=False)
+    samples, _, _, dist = _timed_rounds({"a": lambda: None}, None, timer=_clock(), start=0.0, team=team, **kw)
+    assert dist.apart == dist.discarded == 40 and len(samples["a"]) == 20
+    why = dist.verdict(10)
+    assert why and "40 of 60 rounds" in why and "stalled each other" in why and "3.0x its one-thread time" in why
+    # one flagged round now and then (a kernel thread's slice) is discarded but judges nothing
+    team = _Team([0.9] * 30 + [2.0] + [0.9] * 29)
+    samples, _, _, dist = _timed_rounds({"a": lambda: None}, None, timer=_clock(), start=0.0, team=team, **kw)
+    assert dist.apart == 1 and len(samples["a"]) == 59 and dist.verdict(10) is None
+    assert dist.to_json(10)["threads_apart"] == 1 and dist.to_json(10)["team_probe_worst"] == 2.0
+
+
+@pytest.mark.skipif(usable_cores() < 2, reason="the team probe needs two cores")
+def test_the_team_probe_sees_two_threads_that_cannot_run_side_by_side():
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        team = disturb.TeamProbe()
+        assert team.active and team.threads == 2
+        team.calibrate()
+        assert 0 < team.one_thread < 0.05  # one 64-channel 3x3 conv on 14x14: well under 50 ms anywhere
+        # a busy program on the second core: the OpenMP worker there runs only in its time slices, so a 2-thread
+        # conv waits for it (run-queue signals see this case too; the team probe must not miss it either)
+        with spinning([max(os.sched_getaffinity(0))], 6.0, per_cpu=2):
+            ratios = sorted(team.check() for _ in range(15))
+        assert ratios[len(ratios) // 2] > disturb.TEAM_TOL, ratios
+    finally:
+        torch.set_num_threads(old)
+    torch.set_num_threads(1)
+    try:
+        assert not disturb.TeamProbe().active  # one thread: nothing to stall
+    finally:
+        torch.set_num_threads(old)

@@ -11,12 +11,19 @@ Signals, each measured in the run itself, so no earlier run is needed:
   - involuntary context switches of the process (getrusage): the same event, where schedstat is missing.
   - other processes' CPU time and the hypervisor's steal time over the whole measurement: /proc/stat's busy
     and steal jiffies minus this process's own CPU time, in cores.
+  - whether the measuring threads run side by side (`TeamProbe`, with 2 or more threads): a small 3x3 conv at
+    the measuring thread count, timed after each round, against its one-thread time. On a quiet 2-vCPU KVM
+    guest the host now and then runs the two vCPUs so that threads that share work stall each other: for
+    seconds to a minute a 2-thread conv takes 2.7x its usual time (2.3x its ONE-thread time) while one-thread
+    work, independent work on both cores, the run queues and the steal counter are all unchanged, so none of the
+    signals above sees it, and a network read in that state measures up to 2.7x slow. Such rounds are discarded.
 On a platform without /proc the probes say so (`probe: "rusage"` or `"none"`) and the engine falls back on the
 reference workload's drift check alone.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import threading
@@ -27,7 +34,8 @@ from typing import Any
 from . import stats
 
 __all__ = ["ThreadProbe", "Boost", "Disturbance", "busy_processes", "SPIN", "LoadWindow", "LoadSample",
-           "wait_for_quiet", "round_disturbed", "usable_cores", "WAIT_ABS_NS", "WAIT_REL", "STEAL_TOL"]
+           "wait_for_quiet", "round_disturbed", "usable_cores", "WAIT_ABS_NS", "WAIT_REL", "STEAL_TOL", "TeamProbe",
+           "TEAM_TOL", "TEAM_FRAC", "TEAM_MIN"]
 
 # A round is disturbed when its measuring threads waited in the run queue for more than
 # WAIT_ABS_NS + WAIT_REL x the round's duration. On a quiet machine the wait is 0 in nearly every round (a kernel
@@ -36,6 +44,15 @@ __all__ = ["ThreadProbe", "Boost", "Disturbance", "busy_processes", "SPIN", "Loa
 WAIT_ABS_NS = 20_000
 WAIT_REL = 0.02
 STEAL_TOL = 0.05  # cores of steal time over a measurement that make it disturbed
+# A round is disturbed when the team probe (a conv at the measuring thread count) took more than TEAM_TOL x the
+# same conv on one thread. Side by side it takes 0.86x (2 vCPUs, AMD EPYC KVM guest), with noise up to ~1.15x;
+# with the threads stalling each other 2.3-2.8x.
+TEAM_TOL = 1.5
+# One probe call can run fast while the state lasts (10-20% of the slow rounds pass), so the state is judged over
+# the measurement too: more than TEAM_FRAC of its rounds (and at least TEAM_MIN) flagged makes it disturbed, even
+# when enough rounds passed. On a quiet machine a round is flagged now and then (a kernel thread's slice).
+TEAM_FRAC = 0.1
+TEAM_MIN = 3
 
 _TASKS = "/proc/self/task"
 
@@ -162,6 +179,63 @@ class ThreadProbe:
 
     def __del__(self) -> None:  # pragma: no cover - best effort
         self.close()
+
+
+class TeamProbe:
+    """Do the measuring threads run side by side? A 64-channel 3x3 conv on a 14x14 map (torch, inference) timed
+    once per round at the measuring thread count, divided by its time on one thread (the best of several calls,
+    taken by `calibrate()` before the warm-up; one-thread work is not slowed by the state this looks for).
+    `check()` returns that ratio for one call; above TEAM_TOL the round is disturbed. Inactive (`active` False)
+    with one thread, without torch, or with ARCHDSL_TEAM_PROBE=0."""
+
+    _one_thread_best: float | None = None  # this process's best one-thread time: the same in every state
+
+    def __init__(self) -> None:
+        self.active = False
+        self.threads = 1
+        self.one_thread = math.nan
+        self.worst = 0.0
+        try:
+            import torch
+        except ImportError:  # pragma: no cover - torch is a dependency
+            return
+        self.threads = torch.get_num_threads()
+        self.active = self.threads >= 2 and os.environ.get("ARCHDSL_TEAM_PROBE", "1") != "0"
+        if self.active:
+            g = torch.Generator().manual_seed(0)
+            self._w = torch.randn(64, 64, 3, 3, generator=g) * 0.05
+            self._x = torch.randn(1, 64, 14, 14, generator=g)
+            self._conv = torch.nn.functional.conv2d
+
+    def _call(self) -> float:
+        t0 = time.perf_counter()
+        self._conv(self._x, self._w, None, 1, 1)
+        return time.perf_counter() - t0
+
+    def calibrate(self) -> None:
+        if not self.active:
+            return
+        import torch
+
+        with torch.inference_mode():
+            torch.set_num_threads(1)
+            try:
+                for _ in range(2):
+                    self._call()
+                one = min(self._call() for _ in range(5))
+            finally:
+                torch.set_num_threads(self.threads)
+            for _ in range(3):
+                self._call()
+        best = TeamProbe._one_thread_best
+        TeamProbe._one_thread_best = one if best is None else min(best, one)
+        self.one_thread = TeamProbe._one_thread_best
+
+    def check(self) -> float:
+        """The probe conv's time at the measuring thread count / its one-thread time (one call)."""
+        r = self._call() / self.one_thread
+        self.worst = max(self.worst, r)
+        return r
 
 
 BOOST_NICE = -20
@@ -318,6 +392,8 @@ class Disturbance:
     load: LoadSample | None = None
     raw: list[float] = field(default_factory=list)  # the first candidate's times in the discarded rounds
     boost: dict | None = None  # disturb.Boost's state: whether the measuring threads ran at raised priority
+    apart: int = 0  # rounds discarded because the team probe found the measuring threads stalling each other
+    team: "TeamProbe | None" = None
 
     def clean(self) -> int:
         return self.rounds - self.discarded
@@ -330,14 +406,25 @@ class Disturbance:
                    f"{self.wait_ns / 1e6:.1f} ms for a CPU")
             if load is not None and load.others_cpu is not None:
                 why += f", other processes used {load.others_cpu:.1f} cores"
-            return why
+            return why + self._apart_words()
+        if self.apart >= TEAM_MIN and self.apart > TEAM_FRAC * self.rounds:
+            return f"{self.apart} of {self.rounds} rounds discarded" + self._apart_words()
         if load is not None and load.steal is not None and load.steal > STEAL_TOL:
             return f"the hypervisor took {load.steal:.2f} cores (steal time) during the measurement"
         return None
 
+    def _apart_words(self) -> str:
+        if not self.apart or self.team is None:
+            return ""
+        t = self.team.threads
+        return (f"; in {self.apart} rounds the {t} measuring threads stalled each other (a {t}-thread probe conv "
+                f"took up to {self.team.worst:.1f}x its one-thread time, {TEAM_TOL:g}x allowed: the host ran this "
+                f"machine's vCPUs apart, which no load or steal counter shows; if it lasts, measure with one thread)")
+
     def to_json(self, min_clean: int) -> dict[str, Any]:
         return {"probe": self.probe, "threads_watched": self.threads, "boost": self.boost, "rounds": self.rounds,
-                "discarded": self.discarded, "preempted": self.preempted,
+                "discarded": self.discarded, "preempted": self.preempted, "threads_apart": self.apart,
+                "team_probe_worst": None if self.team is None or not self.team.active else round(self.team.worst, 3),
                 "wait_ms": round(self.wait_ns / 1e6, 3),
                 "discarded_median_ms": round(stats.median(self.raw) * 1e3, 6) if self.raw else None,
                 **(self.load.to_json() if self.load else {}),

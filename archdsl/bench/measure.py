@@ -12,7 +12,8 @@ How steady state is ensured, before a single sample is kept:
      It is a no-op (reported as such) on non-glibc platforms.
   2. Warm-up runs of every candidate and of the reference workload, which are discarded.
   3. Disturbed rounds are discarded (disturb.py): a round in which a measuring thread (the caller or an OpenMP
-     worker) waited in the run queue, i.e. another program took its core, is never summarized. A measurement
+     worker) waited in the run queue, i.e. another program took its core, or after which the team probe found
+     the measuring threads stalling each other (a host state that no counter shows), is never summarized. A measurement
      left with fewer than `min_runs` clean rounds at its cap, or with steal time from the hypervisor, is
      `disturbed` (and not `stable`); `disturbance` records the rounds, the discarded ones, the wait, the other
      processes' CPU use, the load average and the reason. `measure_until_clean` waits for the machine to quiet
@@ -42,7 +43,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from . import regime, stats
-from .disturb import Boost, Disturbance, LoadWindow, ThreadProbe, round_disturbed, usable_cores, wait_for_quiet
+from .disturb import (
+    TEAM_TOL,
+    Boost,
+    Disturbance,
+    LoadWindow,
+    TeamProbe,
+    ThreadProbe,
+    round_disturbed,
+    usable_cores,
+    wait_for_quiet,
+)
 from .lock import LockTimeout, default_lock_path, measurement_lock
 from .machine import fingerprint
 
@@ -157,6 +168,9 @@ def _rounds(fns: dict[str, Callable[[], Any]], ref: Callable[[], Any] | None, *,
     which a measuring thread waited for a CPU (`probe`) is disturbed: its samples are kept apart and never
     summarized. Returns (clean samples, clean ref samples, stop, Disturbance)."""
     start = timer()
+    team = TeamProbe() if probe is not None else None
+    if team is not None:
+        team.calibrate()
     if probe is not None:
         probe.begin_warmup()
     for _ in range(warmup):
@@ -171,15 +185,17 @@ def _rounds(fns: dict[str, Callable[[], Any]], ref: Callable[[], Any] | None, *,
     with boost:
         return _timed_rounds(fns, ref, min_runs=min_runs, max_runs=max_runs, max_seconds=max_seconds,
                              rel_ci=rel_ci, timer=timer, probe=probe, start=start,
-                             boost=None if probe is None else boost.state, normalize=normalize)
+                             boost=None if probe is None else boost.state, normalize=normalize,
+                             team=team if team is not None and team.active else None)
 
 
-def _timed_rounds(fns, ref, *, min_runs, max_runs, max_seconds, rel_ci, timer, probe, start, boost, normalize):
+def _timed_rounds(fns, ref, *, min_runs, max_runs, max_seconds, rel_ci, timer, probe, start, boost, normalize,
+                  team=None):
     window = LoadWindow()
     samples: dict[str, list[float]] = {k: [] for k in fns}
     ref_samples: list[float] = []
     dist = Disturbance(probe="none" if probe is None else probe.probe,
-                        threads=0 if probe is None else probe.threads, boost=boost)
+                        threads=0 if probe is None else probe.threads, boost=boost, team=team)
     stop = "max_runs"
     for _r in range(1, max_runs + 1):
         if probe is not None:
@@ -196,17 +212,20 @@ def _timed_rounds(fns, ref, *, min_runs, max_runs, max_seconds, rel_ci, timer, p
             ref()
             tref = timer() - t0
         dist.rounds += 1
+        apart = team is not None and team.check() > TEAM_TOL
+        wait = preempt = 0
         if probe is not None:
             wait, preempt = probe.read() - w0, probe.nivcsw() - c0
-            if round_disturbed(wait, preempt, timer() - r0, probe.probe):
-                dist.discarded += 1
-                dist.raw.append(next(iter(times.values())))
-                dist.wait_ns += wait
-                dist.preempted += preempt > 0
-                if timer() - start >= max_seconds:
-                    stop = "max_seconds"
-                    break
-                continue
+        if apart or (probe is not None and round_disturbed(wait, preempt, timer() - r0, probe.probe)):
+            dist.apart += apart
+            dist.discarded += 1
+            dist.raw.append(next(iter(times.values())))
+            dist.wait_ns += wait
+            dist.preempted += preempt > 0
+            if timer() - start >= max_seconds:
+                stop = "max_seconds"
+                break
+            continue
         for k, t in times.items():
             samples[k].append(t)
         if tref is not None:
