@@ -150,9 +150,10 @@ def run_baselines(bases: list[dict[str, Any]], settings, out: Path, progress: Ca
     measure = measure or _measure
     path = out / BASELINES_FILE
     previous = _load_previous(path)
+    keys = [_key(settings, b) for b in bases]
+    paths = {b["path"] for b in bases}
     done: list[dict[str, Any]] = []
-    for base in bases:
-        key = _key(settings, base)
+    for i, (base, key) in enumerate(zip(bases, keys)):
         if key in previous and previous[key].get("status") in ("ok", "over_budget"):
             done.append(previous[key])
             progress(f"baseline {base['name']}: done earlier ({_short(previous[key])})")
@@ -164,8 +165,12 @@ def run_baselines(bases: list[dict[str, Any]], settings, out: Path, progress: Ca
         rec.update(key=key, seconds=round(time.perf_counter() - t0, 1))
         done.append(rec)
         progress(f"baseline {base['name']}: {_short(rec)}")
-        _write(path, done + [r for k, r in previous.items() if k not in {d.get("key") for d in done}
-                             and r.get("file") not in {b["path"] for b in bases}])
+        # kept: what this run has, the results of the baselines still to come (reused below, or kept should this
+        # run be cut short), and other specs' records; dropped: older-settings records of these specs
+        ahead = set(keys[i + 1:])
+        kept = {d.get("key") for d in done}
+        _write(path, done + [r for k, r in previous.items()
+                             if k not in kept and (r.get("file") not in paths or k in ahead)])
     return done
 
 

@@ -174,3 +174,36 @@ def test_values_of_s_that_build_one_network_share_one_measurement(tmp_path, monk
     steps = [st for st in rec["steps"] if st["status"] == "measured"]
     assert len(steps) > len(set(seen)), "the bisection met no network twice: the test tests nothing"
     assert len(seen) == len(set(seen)), "a network was measured twice"
+
+
+def test_a_resumed_search_keeps_the_baselines_it_reuses_in_baselines_json(tmp_path, monkeypatch):
+    """Run 3 lost UniRepLKNet this way: on resume, ResNet (before it in the list) was scaled again and the file
+    was rewritten with what had run so far, dropping the reused UniRepLKNet that came after it."""
+    from archdsl.search import baselines as bl
+    from archdsl.search.trial import TrialSettings, check_point
+
+    specs = []
+    for name, w in (("first", "1"), ("second", "0")):
+        p = tmp_path / f"{name}.arch"
+        p.write_text(BASE.replace("scaling(s=s, d=1, w=1, r=0,", f"scaling(s=s, d=1, w={w}, r=0,")
+                     .replace("model tinybase", f"model {name}"))
+        specs.append(str(p))
+    bases = validate_baselines(specs, None)
+    settings = TrialSettings(files={TINY.name: TINY.read_text()}, spec_name=TINY.name, budget_ms=1.0)
+    monkeypatch.setattr(bl, "_evaluate", lambda s, g, rec: rec.update(score=0.5, accuracy=0.5))
+
+    def measure(s, point):
+        return {"latency_ms": check_point(s, point).total().macs / 1e7, "disturbed": False}
+
+    out = tmp_path / "out"
+    out.mkdir()
+    first = bl.run_baselines(bases, settings, out, lambda line: None, measure=measure)
+    assert [r["status"] for r in first] == ["ok", "ok"]
+    data = json.loads((out / "baselines.json").read_text())
+    data[0]["status"] = "failed"  # the first must run again on resume; the second is reused
+    (out / "baselines.json").write_text(json.dumps(data))
+    lines: list[str] = []
+    again = bl.run_baselines(bases, settings, out, lines.append, measure=measure)
+    assert [r["status"] for r in again] == ["ok", "ok"] and "done earlier" in lines[-1]
+    kept = json.loads((out / "baselines.json").read_text())
+    assert sorted(r["name"] for r in kept) == sorted(b["name"] for b in bases), kept
