@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import limits
@@ -63,6 +64,7 @@ class ArchModule(nn.Module):
             _install(self, name, module)
             refs = tuple(graph.inputs(name))
             self._plan.append((name, node.op, refs, f"{node.span}"))
+        guard_wide_padding(self)
         for name in order:  # tied tensors (Op.shared): one Parameter, registered under every module that uses it
             for attr, first in (graph.attrs(name).get("ties") or {}).items():
                 setattr(self.get_submodule(name), attr, getattr(self.get_submodule(first), attr))
@@ -136,6 +138,39 @@ class ArchModule(nn.Module):
                 del vals[src]
         out = vals[self._out[0]]
         return out[self._out[1]] if isinstance(out, tuple) else out
+
+
+class _PadPastInput:
+    """An nn.Conv2d's `_conv_forward` that pads explicitly (then convolves unpadded) when the zero padding reaches
+    past the input (padding >= its height or width: kernel taps that never meet it), else calls F.conv2d as
+    torch does. The same numbers; it steers around a torch 2.13 CPU bug: oneDNN's AVX-512 backward-weights
+    kernel corrupts the heap (or hangs) on a 1-channel (31, 1) conv over a 14-high map, found by a search trial
+    (an InceptionNeXt band of 31 on 14x14 with one channel per branch). Installed per instance, so the module
+    stays an nn.Conv2d (the deploy passes and the fast runtime match on the type) and its state_dict is
+    unchanged."""
+
+    def __init__(self, conv: nn.Conv2d):
+        self.conv = conv
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        c = self.conv
+        ph, pw = c.padding
+        if ph >= x.shape[-2] or pw >= x.shape[-1]:
+            return F.conv2d(F.pad(x, (pw, pw, ph, ph)), weight, bias, c.stride, 0, c.dilation, c.groups)
+        return F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups)
+
+
+def guard_wide_padding(model: nn.Module) -> int:
+    """Install `_PadPastInput` on every zero-padded nn.Conv2d of `model` with a numeric padding of 2 or more (a
+    3x3 conv's padding of 1 reaches past only a 1-pixel map, where every tap but the centre is padding anyway,
+    and the bug needs a tall kernel); returns how many."""
+    n = 0
+    for m in model.modules():
+        if (type(m) is nn.Conv2d and m.padding_mode == "zeros" and not isinstance(m.padding, str)
+                and max(m.padding) >= 2 and "_conv_forward" not in m.__dict__):
+            m._conv_forward = _PadPastInput(m)
+            n += 1
+    return n
 
 
 def _act_values(graph: ArchGraph) -> tuple[int, int]:
