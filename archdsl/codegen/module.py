@@ -142,12 +142,12 @@ class ArchModule(nn.Module):
 
 class _PadPastInput:
     """An nn.Conv2d's `_conv_forward` that pads explicitly (then convolves unpadded) when the zero padding reaches
-    past the input (padding >= its height or width: kernel taps that never meet it), else calls F.conv2d as
-    torch does. The same numbers; it steers around a torch 2.13 CPU bug: oneDNN's AVX-512 backward-weights
-    kernel corrupts the heap (or hangs) on a 1-channel (31, 1) conv over a 14-high map, found by a search trial
-    (an InceptionNeXt band of 31 on 14x14 with one channel per branch). Installed per instance, so the module
-    stays an nn.Conv2d (the deploy passes and the fast runtime match on the type) and its state_dict is
-    unchanged."""
+    past the input (padding >= its height or width: kernel taps that never meet it) and the weight's gradient is
+    computed; else F.conv2d as torch does (inference stays bit for bit what `archdsl compile`'s source computes).
+    The same numbers; it steers around a torch 2.13 CPU bug: oneDNN's AVX-512 backward-weights kernel corrupts
+    the heap (or hangs) on a 1-channel (31, 1) conv over a 14-high map, found by a search trial (an InceptionNeXt
+    band of 31 on 14x14 with one channel per branch). Installed per instance, so the module stays an nn.Conv2d
+    (the deploy passes and the fast runtime match on the type) and its state_dict is unchanged."""
 
     def __init__(self, conv: nn.Conv2d):
         self.conv = conv
@@ -155,7 +155,7 @@ class _PadPastInput:
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         c = self.conv
         ph, pw = c.padding
-        if ph >= x.shape[-2] or pw >= x.shape[-1]:
+        if (ph >= x.shape[-2] or pw >= x.shape[-1]) and weight.requires_grad and torch.is_grad_enabled():
             return F.conv2d(F.pad(x, (pw, pw, ph, ph)), weight, bias, c.stride, 0, c.dilation, c.groups)
         return F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups)
 
