@@ -260,26 +260,3 @@ def test_rounds_where_the_threads_stalled_each_other_are_discarded_and_judged():
     samples, _, _, dist = _timed_rounds({"a": lambda: None}, None, timer=_clock(), start=0.0, team=team, **kw)
     assert dist.apart == 1 and len(samples["a"]) == 59 and dist.verdict(10) is None
     assert dist.to_json(10)["threads_apart"] == 1 and dist.to_json(10)["team_probe_worst"] == 2.0
-
-
-@pytest.mark.skipif(usable_cores() < 2, reason="the team probe needs two cores")
-def test_the_team_probe_sees_two_threads_that_cannot_run_side_by_side():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        team = disturb.TeamProbe()
-        assert team.active and team.threads == 2
-        team.calibrate()
-        assert 0 < team.one_thread < 0.05  # one 64-channel 3x3 conv on 14x14: well under 50 ms anywhere
-        # a busy program on the second core: the OpenMP worker there runs only in its time slices, so a 2-thread
-        # conv waits for it (run-queue signals see this case too; the team probe must not miss it either)
-        with spinning([max(os.sched_getaffinity(0))], 6.0, per_cpu=2):
-            ratios = sorted(team.check() for _ in range(15))
-        assert ratios[len(ratios) // 2] > disturb.TEAM_TOL, ratios
-    finally:
-        torch.set_num_threads(old)
-    torch.set_num_threads(1)
-    try:
-        assert not disturb.TeamProbe().active  # one thread: nothing to stall
-    finally:
-        torch.set_num_threads(old)

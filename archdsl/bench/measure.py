@@ -161,14 +161,14 @@ def reference_workload(n: int = 128) -> Callable[[], Any]:
 
 def _rounds(fns: dict[str, Callable[[], Any]], ref: Callable[[], Any] | None, *, warmup: int, min_runs: int,
             max_runs: int, max_seconds: float, rel_ci: float, timer: Callable[[], float], probe: ThreadProbe | None,
-            normalize: bool = False):
+            normalize: bool = False, team: bool = True):
     """Warm up, then time rounds (each candidate once, in order, then the reference) until every candidate's
     median CI over the clean rounds is within rel_ci (after min_runs clean rounds) or a cap is hit; with
     `normalize`, the CI of its per-round ratios to the reference. A round in
     which a measuring thread waited for a CPU (`probe`) is disturbed: its samples are kept apart and never
     summarized. Returns (clean samples, clean ref samples, stop, Disturbance)."""
     start = timer()
-    team = TeamProbe() if probe is not None else None
+    team = TeamProbe() if probe is not None and team else None
     if team is not None:
         team.calibrate()
     if probe is not None:
@@ -279,7 +279,7 @@ def compare(fns: dict[str, Callable[[], Any]], rounds: int = 1000, *, warmup: in
             timer: Callable[[], float] = time.perf_counter, lock: bool = True,
             lock_path: str | os.PathLike | None = None, lock_timeout: float | None = None,
             detect: bool | None = None, normalize: bool = False,
-            anchor: float | None = None) -> dict[str, Measurement]:
+            anchor: float | None = None, team: bool = True) -> dict[str, Measurement]:
     """Measure several candidates interleaved round-robin (A B C [ref] A B C [ref] ...) so a change of the
     machine's regime hits them all alike. `rounds` caps the rounds, `max_seconds` the wall time (warm-up
     included). `reference`: True for the built-in GEMM, a callable of your own, or False. `detect`: discard
@@ -307,7 +307,7 @@ def compare(fns: dict[str, Callable[[], Any]], rounds: int = 1000, *, warmup: in
     min_clean = min(min_runs, rounds)
     with guard, _inference_mode():
         kw = dict(warmup=warmup, min_runs=min_clean, max_runs=rounds, max_seconds=max_seconds,
-                  rel_ci=rel_ci, timer=timer, normalize=normalize)
+                  rel_ci=rel_ci, timer=timer, normalize=normalize, team=team)
         probe = ThreadProbe() if detect else None
         try:
             samples, refs, stop, dist = _rounds(fns, ref, probe=probe, **kw)
@@ -358,7 +358,8 @@ def compare_micro(fns: dict[str, Callable[[], Any]], rounds: int, *, sample_s: f
     (other than `keep`) is not timed further: it cannot decide a ratio; it keeps its screening Measurement.
     Returns name -> Measurement of ONE call (seconds). `timer` is injectable as in `compare`."""
     batched = {k: _batched(f, sample_s, warmup, timer) for k, f in fns.items()}
-    kw = dict(warmup=0, rel_ci=math.inf, reference=False, max_seconds=max_seconds, timer=timer)
+    # no team probe (disturb.TeamProbe): a micro-benchmark's batched samples are judged by the run queues alone
+    kw = dict(warmup=0, rel_ci=math.inf, reference=False, max_seconds=max_seconds, timer=timer, team=False)
     calls = {k: b[0] for k, b in batched.items()}
     out: dict[str, Measurement] = {}
     if drop_slower_than is not None and len(calls) > 1:
