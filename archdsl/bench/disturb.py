@@ -393,7 +393,7 @@ class Disturbance:
     raw: list[float] = field(default_factory=list)  # the first candidate's times in the discarded rounds
     boost: dict | None = None  # disturb.Boost's state: whether the measuring threads ran at raised priority
     apart: int = 0  # rounds discarded because the team probe found the measuring threads stalling each other
-    team: "TeamProbe | None" = None
+    team: "TeamProbe | None" = None  # the active probe of these rounds, if any
 
     def clean(self) -> int:
         return self.rounds - self.discarded
@@ -424,7 +424,7 @@ class Disturbance:
     def to_json(self, min_clean: int) -> dict[str, Any]:
         return {"probe": self.probe, "threads_watched": self.threads, "boost": self.boost, "rounds": self.rounds,
                 "discarded": self.discarded, "preempted": self.preempted, "threads_apart": self.apart,
-                "team_probe_worst": None if self.team is None or not self.team.active else round(self.team.worst, 3),
+                "team_probe_worst": None if self.team is None else round(self.team.worst, 3),
                 "wait_ms": round(self.wait_ns / 1e6, 3),
                 "discarded_median_ms": round(stats.median(self.raw) * 1e3, 6) if self.raw else None,
                 **(self.load.to_json() if self.load else {}),

@@ -169,6 +169,8 @@ def _rounds(fns: dict[str, Callable[[], Any]], ref: Callable[[], Any] | None, *,
     summarized. Returns (clean samples, clean ref samples, stop, Disturbance)."""
     start = timer()
     team = TeamProbe() if probe is not None and team else None
+    if team is not None and not team.active:
+        team = None
     if team is not None:
         team.calibrate()
     if probe is not None:
@@ -186,7 +188,7 @@ def _rounds(fns: dict[str, Callable[[], Any]], ref: Callable[[], Any] | None, *,
         return _timed_rounds(fns, ref, min_runs=min_runs, max_runs=max_runs, max_seconds=max_seconds,
                              rel_ci=rel_ci, timer=timer, probe=probe, start=start,
                              boost=None if probe is None else boost.state, normalize=normalize,
-                             team=team if team is not None and team.active else None)
+                             team=team)
 
 
 def _timed_rounds(fns, ref, *, min_runs, max_runs, max_seconds, rel_ci, timer, probe, start, boost, normalize,
