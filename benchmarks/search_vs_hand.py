@@ -209,6 +209,10 @@ def search(budget: float, algo: str, a, work: Path, baselines: bool) -> Path:
            "--val-fraction", str(a.val_fraction), "--rescore", str(a.rescore)]
     if a.limit:
         cmd += ["--dataset-limit", str(a.limit)]
+    for st in a.start:  # the same starting points for TPE and random
+        cmd += ["--start", str(Path(st).resolve())]
+    if a.asha_grace != 1:
+        cmd += ["--asha-grace", str(a.asha_grace)]
     mfile = work / f"search-{budget:g}ms-{algo}.machine.json"
     if resume:
         cmd += ["--resume"]
@@ -401,6 +405,10 @@ def main() -> int:
                     help="images of the 60k the final runs train on (80%%) and validate on (20%%); default 12000")
     ap.add_argument("--jobs", type=int, default=2, help="final training runs at once (default 2)")
     ap.add_argument("--train-threads", type=int, default=1, help="threads per final training run (default 1)")
+    ap.add_argument("--start", action="append", default=[], metavar="FILE",
+                    help="a starting point for both searches at each budget (archdsl search --start; repeatable)")
+    ap.add_argument("--asha-grace", type=int, default=1, metavar="N",
+                    help="epochs every trial trains before ASHA may stop it (archdsl search --asha-grace)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", help="working directory (kept; a rerun with the same one skips what is done)")
     ap.add_argument("--allow-other-machine", action="store_true",

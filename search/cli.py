@@ -74,6 +74,13 @@ def add_search_parser(sub) -> None:
                    help="--objective oneshot: epochs of the supernet's training, before the search (default 10)")
     p.add_argument("--supernet-samples", type=int, default=200, metavar="N",
                    help="--objective oneshot: networks surveyed to size the supernet and trained by it (default 200)")
+    p.add_argument("--start", action="append", default=[], metavar="FILE",
+                   help="a point to evaluate first: a file of `fix \"NAME\" = value` lines naming choice points "
+                        "of the space, e.g. a top-k file of an earlier search; the choices it leaves open are "
+                        "sampled (repeatable; docs/search.md#starting-points)")
+    p.add_argument("--asha-grace", type=int, default=1, metavar="N",
+                   help="epochs every trial trains before ASHA may stop it (default 1; --epochs: ASHA never stops "
+                        "a trial)")
     p.add_argument("--baseline", action="append", default=[], metavar="SPEC",
                    help="a hand-designed spec whose parameter s drives its scaling(...) rule: scaled to the budget "
                         "by bisection on measured latency, trained with the trials' recipe, and compared with the "
@@ -107,6 +114,8 @@ def cmd_search(args) -> int:
         return usage(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
     if args.rescore < 0:
         return usage(f"--rescore must be >= 0, got {args.rescore}")
+    if not 1 <= args.asha_grace <= args.epochs:
+        return usage(f"--asha-grace must be between 1 and --epochs ({args.epochs}), got {args.asha_grace}")
     if args.rescore_seeds < 1:
         return usage(f"--rescore-seeds must be at least 1, got {args.rescore_seeds}")
     if not 0 <= args.quiet_wait < 1e6:
@@ -136,7 +145,8 @@ def cmd_search(args) -> int:
                        predictor=not args.no_predictor, top_k=args.top, latency_quiet_wait=args.quiet_wait,
                        baselines=list(args.baseline), max_minutes=args.max_minutes,
                        val_fraction=args.val_fraction, rescore=args.rescore, rescore_seeds=args.rescore_seeds,
-                       supernet_epochs=args.supernet_epochs, supernet_samples=args.supernet_samples)
+                       supernet_epochs=args.supernet_epochs, supernet_samples=args.supernet_samples,
+                       starts=list(args.start), asha_grace=args.asha_grace)
     try:
         summary = run_search(cfg)
     except DatasetError as e:  # the same line as archdsl train's

@@ -65,6 +65,8 @@ class SearchConfig:
     prefilter_margin: float = 1.5
     top_k: int = 5
     asha: bool = True
+    asha_grace: int = 1  # epochs every trial trains before ASHA may stop it
+    starts: list[str] = field(default_factory=list)  # --start files: points evaluated first (starts.py)
     batch_size: int = 64
     crash_marker: str | None = None  # tests only
     load_marker: str | None = None  # tests only (trial.TrialSettings.load_marker)
@@ -93,7 +95,7 @@ def _settings(cfg: SearchConfig, space: SearchSpace) -> dict[str, Any]:
             "epochs": cfg.epochs, "seed": cfg.seed, "fixed": cfg.fixed, "model": cfg.model,
             "input_shape": list(cfg.input_shape) if cfg.input_shape else None, "address": cfg.address,
             "runtime": cfg.runtime, "dtype": cfg.dtype, "latency_threads": cfg.latency_threads,
-            "dimensions": space.describe()}
+            "asha_grace": cfg.asha_grace, "starts": list(cfg.starts), "dimensions": space.describe()}
 
 
 def preflight(space: SearchSpace, tries: int = 200, seed: int = 0) -> None:
@@ -163,7 +165,8 @@ def _trial_record(trial, result: dict, error: str | None = None) -> dict:
             "params": r.get("params"), "macs": r.get("macs"),
             "activations": r.get("activations"), "error": err, "node": r.get("node"),
             "latency_node": r.get("latency_node"), "seconds": r.get("seconds", {}),
-            **({"bar": r["bar"]} if r.get("bar") is not None else {})}
+            **({"bar": r["bar"]} if r.get("bar") is not None else {}),
+            **({"start": cfg["start"]} if cfg.get("start") else {})}
 
 
 def run_search(cfg: SearchConfig, progress: Callable[[str], None] | None = None) -> SearchSummary:
@@ -207,6 +210,11 @@ def run_search(cfg: SearchConfig, progress: Callable[[str], None] | None = None)
     fixed = {k: parse_override(k, v) for k, v in cfg.fixed.items()}
     space = SearchSpace(Path(cfg.spec), model=cfg.model, input_shape=cfg.input_shape, fixed=fixed)
     preflight(space, seed=cfg.seed)
+    if not 1 <= cfg.asha_grace <= cfg.epochs:
+        raise SearchError(f"--asha-grace must be between 1 and --epochs ({cfg.epochs}), got {cfg.asha_grace}")
+    from .starts import load_starts
+
+    starts = load_starts(cfg.starts, space)  # before any trial: a start that is no point of the space stops here
     from .baselines import validate_baselines
 
     bases = validate_baselines(cfg.baselines, cfg.input_shape)  # before any trial: a broken baseline stops here
@@ -214,13 +222,13 @@ def run_search(cfg: SearchConfig, progress: Callable[[str], None] | None = None)
     out = Path(cfg.out)
     run = RunDir.open(out, settings, resume=cfg.resume, must_match=MATCH_ON_RESUME, defaults=SETTING_DEFAULTS)
     try:
-        return _run(cfg, space, run, out, progress, t0, bases)
+        return _run(cfg, space, run, out, progress, t0, bases, starts)
     finally:
         run.close()
 
 
 def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: float,
-         bases: list[dict] | None = None) -> SearchSummary:
+         bases: list[dict] | None = None, starts: list | None = None) -> SearchSummary:
     import logging
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's console tables off: our progress lines instead
@@ -290,12 +298,13 @@ def _run(cfg: SearchConfig, space: SearchSpace, run, out: Path, progress, t0: fl
                                     max_trials=remaining, predictor=predictor,
                                     prefilter_margin=cfg.prefilter_margin, on_event=recorder.add, history=history,
                                     deadline=None if cfg.max_minutes is None else time.time() + 60 * cfg.max_minutes,
-                                    bar_rank=cfg.top_k if cfg.objective == "oneshot" else None)
+                                    bar_rank=cfg.top_k if cfg.objective == "oneshot" else None, starts=starts)
             callback = _make_callback_class()(
                 recorder, more_to_start=searcher.has_more)
             scheduler = None
             if cfg.asha and cfg.objective == "accuracy" and cfg.epochs > 1:
-                scheduler = ASHAScheduler(time_attr="epoch", max_t=cfg.epochs, grace_period=1, reduction_factor=2)
+                scheduler = ASHAScheduler(time_attr="epoch", max_t=cfg.epochs, grace_period=cfg.asha_grace,
+                                          reduction_factor=2)
             cpus = max(1, int(info.cpus))
             concurrency = min(cfg.concurrency or cpus, cpus)  # a trial holds 1 CPU: more at once would only queue
             tuner = tune.Tuner(

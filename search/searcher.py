@@ -44,6 +44,7 @@ ALGORITHMS = ("random", "tpe", "nsga2")
 _CONSTRAINT = "latency"  # Optuna constraint: latency - budget (ms), feasible when <= 0
 MAX_RESAMPLES = 200  # consecutive rejected / duplicate / prefiltered points before the space counts as exhausted
 MAX_REMEASURE = 2  # times an unmeasured point is measured again in one run
+START_TRIES = 20  # samples of a partial --start's open choices before it is given up
 RETRY_GAP = 2  # finished trials between an unmeasured outcome and its retry (time for the load to pass)
 
 
@@ -117,7 +118,7 @@ class ArchSearcher(Searcher):
                  max_trials: int, predictor=None, prefilter_margin: float = 1.5,
                  on_event: Callable[[dict], None] | None = None, history: list[dict] | None = None,
                  n_startup: int = 5, metric: str = "score", deadline: float | None = None,
-                 bar_rank: int | None = None):
+                 bar_rank: int | None = None, starts: list | None = None):
         super().__init__(metric=metric, mode="max")
         if budget_ms <= 0 or not math.isfinite(budget_ms):
             raise SearchError(f"the latency budget must be a positive number of ms, got {budget_ms}")
@@ -146,6 +147,10 @@ class ArchSearcher(Searcher):
         self.unmeasured_events = 0
         self.retry: list[dict] = []  # unmeasured points to measure again: {ot, cand, retries, due, trial}
         self._retry_pending: dict[str, dict] = {}  # trial_id -> the retry entry issued for it
+        # --start points (starts.Start), evaluated first; those an earlier run recorded are not evaluated again
+        started = {rec.get("start") for rec in history or [] if rec.get("hash")}
+        self.starts = [{"start": st, "tries": 0} for st in starts or [] if st.name not in started]
+        self.start_of: dict[str, str] = {}  # hash -> the start file it came from
         unmeasured: dict[str, dict] = {}
         for rec in history or []:
             self._replay(rec)
@@ -248,8 +253,11 @@ class ArchSearcher(Searcher):
         self.started += 1
         index = self._index
         self._index += 1
-        return {"point": cand.point, "hash": cand.hash, "index": index, "predicted_ms": predicted, "retry": retry,
-                "bar": self.bar()}
+        out = {"point": cand.point, "hash": cand.hash, "index": index, "predicted_ms": predicted, "retry": retry,
+               "bar": self.bar()}
+        if cand.hash in self.start_of:
+            out["start"] = self.start_of[cand.hash]
+        return out
 
     def bar(self) -> float | None:
         """The bar_rank-th best score of the networks measured within the budget (None: fewer than that, or no
@@ -285,24 +293,31 @@ class ArchSearcher(Searcher):
             # a running trial may still come back unmeasured and need its retry: keep Tune asking until none is
             return None if (self.pending or self.retry) else Searcher.FINISHED
         for _ in range(MAX_RESAMPLES):
+            start = self._next_start()
             ot = self.study.ask()
             cand = self.space.resolve(self._sample(ot))
+            tag = {"start": start["start"].name} if start else {}
             if not isinstance(cand, Candidate):
                 self.rejections[cand.first] += 1
-                self._event("rejected", ot, {"point": cand.point, "error": cand.error, "reason": cand.first})
+                self._event("rejected", ot, {"point": cand.point, "error": cand.error, "reason": cand.first, **tag})
                 continue
+            if start:
+                self.starts.remove(start)
             if cand.hash in self.done:
                 prev = self.done[cand.hash]
                 self._event("duplicate", ot, {"point": cand.point, "hash": cand.hash, "same_as": prev.get("trial"),
-                                              "score": prev.get("score"), "latency_ms": prev.get("latency_ms")})
+                                              "score": prev.get("score"), "latency_ms": prev.get("latency_ms"),
+                                              **tag})
                 continue
+            if start:
+                self.start_of[cand.hash] = start["start"].name
             if any(c.hash == cand.hash for _, c in self.pending.values()) or any(
                     e["cand"].hash == cand.hash for e in self.retry):
                 self.study.tell(ot, state=optuna.trial.TrialState.FAIL)  # being evaluated right now
                 self.counts["duplicate_pending"] += 1
                 continue
             predicted = None
-            if self.predictor is not None:
+            if self.predictor is not None and not start:  # a start is measured: the user asked for it
                 predicted = self.predictor.predict_candidate(cand)
                 if predicted is not None and predicted > self.prefilter_margin * self.budget_ms:
                     self._event("predicted_over_budget", ot, {"point": cand.point, "hash": cand.hash,
@@ -311,6 +326,21 @@ class ArchSearcher(Searcher):
             return self._issue(trial_id, ot, cand, predicted)
         self.exhausted = True  # the driver reports exhausted_message() after the run
         return None if (self.pending or self.retry) else Searcher.FINISHED
+
+    def _next_start(self) -> dict | None:
+        """The next --start point, queued in the study so that the next `ask` takes its values (its open choices
+        are sampled). A partial start whose sampled rest the spec rejects is tried again, up to START_TRIES times;
+        a complete one is evaluated once."""
+        while self.starts:
+            e = self.starts[0]
+            if e["tries"] >= (1 if e["start"].complete else START_TRIES):
+                self.starts.pop(0)
+                continue
+            e["tries"] += 1
+            params = {k: _to_optuna(v) for k, v in e["start"].values.items()}
+            self.study.enqueue_trial(params, user_attrs={"start": e["start"].name})
+            return e
+        return None
 
     def exhausted_message(self) -> str:
         lines = [f"no valid new architecture in {MAX_RESAMPLES} samples of {self.space.spec}: "

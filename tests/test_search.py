@@ -382,6 +382,25 @@ def test_every_algorithm_with_every_objective(algo, objective, shared_ray, tmp_p
         assert_compiles_and_runs(top, tmp_path / "compiled" / top.stem)
 
 
+@pytest.mark.slow
+def test_a_start_point_is_trained_first_end_to_end(shared_ray, tmp_path, capsys):
+    """--start: the file's point is the first trial, measured and trained like any other, labelled in its record;
+    the settings record the starts and ASHA's grace."""
+    point = {"width": 16, "stages.0.kind": "dwconv", "stages.0.kernel": 3, "stages.0.blocks": 1,
+             "stages.1.kind": "inception", "stages.1.kernel": 5, "stages.1.blocks": 1}
+    start = tmp_path / "start.arch"
+    start.write_text("".join(f'fix "{k}" = {json.dumps(v)}\n' for k, v in point.items()))
+    out = tmp_path / "run"
+    assert _joined(TINY, out, shared_ray, "--start", str(start), "--epochs", "2", "--asha-grace", "2") == 0
+    recs = _finished(out)
+    first = min(recs, key=lambda r: r["trial"])
+    assert first["point"] == point and first["start"] == str(start) and first["status"] == "ok"
+    assert first["epochs"] == 2
+    assert [r for r in recs if r.get("start")] == [first]
+    settings = json.loads((out / "run.json").read_text())
+    assert settings["starts"] == [str(start)] and settings["asha_grace"] == 2
+
+
 def test_string_choice_values_stay_values(tmp_path):
     """A point's strings reach the elaboration as strings, never as .arch text: in the space, in a trial's check and
     in the concrete file written for it (no Ray)."""
