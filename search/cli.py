@@ -77,7 +77,7 @@ def add_search_parser(sub) -> None:
     p.add_argument("--start", action="append", default=[], metavar="FILE",
                    help="a point to evaluate first: a file of `fix \"NAME\" = value` lines naming choice points "
                         "of the space, e.g. a top-k file of an earlier search; the choices it leaves open are "
-                        "sampled (repeatable; docs/search.md#starting-points)")
+                        "sampled (repeatable; docs/search.md#starting-points---start-file)")
     p.add_argument("--asha-grace", type=int, default=1, metavar="N",
                    help="epochs every trial trains before ASHA may stop it (default 1; --epochs: ASHA never stops "
                         "a trial)")
