@@ -22,8 +22,9 @@ NOT_CONCRETE = {
     "examples/baselines/blocks/inceptionnext.arch": "defines no model",
     "examples/baselines/blocks/unireplknet.arch": "defines no model",
     "examples/blocks/convnext.arch": "defines no model",
-    # a --start file: fix lines naming choice points of examples/search/fashion_space.arch
-    "examples/search/starts/fashion_resnet_region.arch": "defines no model",
+    # --start files: fix lines naming choice points of examples/search/fashion_space.arch
+    "examples/search/starts/fashion_resnet_medium.arch": "defines no model",
+    "examples/search/starts/fashion_resnet_small.arch": "defines no model",
     "examples/blocks/inceptionnext.arch": "defines no model",
     "examples/blocks/unireplknet.arch": "defines no model",
     "examples/search/convnext_space.arch": "open choice",

@@ -146,10 +146,16 @@ def test_cli_refuses_bad_starts_and_grace_without_a_traceback(tmp_path, capsys):
     assert not (tmp_path / "o").exists()  # nothing started
 
 
-def test_the_bundled_fashion_start_is_a_region_of_the_fashion_space():
+def test_the_bundled_fashion_starts_are_networks_of_the_fashion_space():
     space = SearchSpace(ROOT / "examples" / "search" / "fashion_space.arch")
-    (st,) = load_starts([str(ROOT / "examples" / "search" / "starts" / "fashion_resnet_region.arch")], space)
-    assert not st.complete and st.values["stem"] == "conv3s1"
-    s = ArchSearcher(space, algo="tpe", budget_ms=5.0, max_trials=10, seed=0, starts=[st])
-    first = s.suggest("t1")
-    assert first["start"] == st.name and all(first["point"][k] == v for k, v in st.values.items())
+    files = sorted((ROOT / "examples" / "search" / "starts").glob("fashion_*.arch"))
+    starts = load_starts([str(f) for f in files], space)
+    assert len(starts) == 2 and all(st.complete and st.values["stem"] == "conv3s1" for st in starts)
+    counts = {Path(st.name).stem: space.check_point(st.values).graph.total() for st in starts}
+    # the counts their comments state
+    assert (counts["fashion_resnet_small"].params, counts["fashion_resnet_small"].macs) == (383_258, 14_335_488)
+    assert (counts["fashion_resnet_medium"].params, counts["fashion_resnet_medium"].macs) == (1_017_874, 49_780_992)
+    s = ArchSearcher(space, algo="tpe", budget_ms=5.0, max_trials=10, seed=0, starts=starts)
+    first, second, third = (s.suggest(f"t{i}") for i in range(3))
+    assert [first["start"], second["start"]] == [st.name for st in starts] and "start" not in third
+    assert first["point"] == starts[0].values
