@@ -180,7 +180,7 @@ def test_fashion_space_random_points_check_and_run():
     assert all("must fit inside the kernel" in r.first for r in rejected), [r.first for r in rejected]
     kinds = {c.point[f"stages.{i}.kind"] for c in found for i in range(3)}
     attns = {c.point[f"stages.{i}.attn"] for c in found for i in range(3)}
-    assert kinds == {"dwconv", "inception", "pconv", "conv"} and attns == {"off", "eca", "se"}
+    assert kinds == {"dwconv", "inception", "pconv", "conv", "basic"} and attns == {"off", "eca", "se"}
     x = torch.randn(1, 1, 28, 28)
     for c in found:
         assert c.graph.output_shape.c == 10
@@ -206,7 +206,12 @@ def test_fashion_space_every_mixer_deploys():
     points = [{"stages.0.kind": "dwconv", "stages.0.kernel": 31, "stages.0.dilation": 5, "stages.0.attn": "se",
                "stages.1.kind": "inception", "stages.1.kernel": 11, "stages.1.ratio": 0.0625, "stages.1.attn": "eca",
                "stages.2.kind": "pconv", "stages.2.div": 8, "stages.2.pconv_k": 7, "stages.2.depth": 2,
-               "stages.3.kind": "conv", "stages.3.pconv_k": 5}]
+               "stages.3.kind": "conv", "stages.3.pconv_k": 5},
+              # ResNet's basic block, with SE and ECA, layer scale, BatchNorm and LayerNorm
+              {"stem": "conv3s1", "layer_scale": 1.0, "stages.0.kind": "basic", "stages.0.pconv_k": 5,
+               "stages.0.attn": "se", "stages.0.depth": 2, "stages.1.kind": "basic", "stages.1.attn": "eca",
+               "stages.3.kind": "basic"},
+              {"norm": "ln", "stages.2.kind": "basic", "stages.2.pconv_k": 7, "stages.2.depth": 2}]
     for p in points:
         g = check_file(SPACE, values=p)
         assert_deploy_matches(g, (1, 28, 28))

@@ -153,8 +153,8 @@ def test_the_bundled_fashion_starts_are_networks_of_the_fashion_space():
     assert len(starts) == 2 and all(st.complete and st.values["stem"] == "conv3s1" for st in starts)
     counts = {Path(st.name).stem: space.check_point(st.values).graph.total() for st in starts}
     # the counts their comments state
-    assert (counts["fashion_resnet_small"].params, counts["fashion_resnet_small"].macs) == (383_258, 14_335_488)
-    assert (counts["fashion_resnet_medium"].params, counts["fashion_resnet_medium"].macs) == (1_017_874, 49_780_992)
+    assert (counts["fashion_resnet_small"].params, counts["fashion_resnet_small"].macs) == (589_146, 29_494_784)
+    assert (counts["fashion_resnet_medium"].params, counts["fashion_resnet_medium"].macs) == (686_474, 40_332_800)
     s = ArchSearcher(space, algo="tpe", budget_ms=5.0, max_trials=10, seed=0, starts=starts)
     first, second, third = (s.suggest(f"t{i}") for i in range(3))
     assert [first["start"], second["start"]] == [st.name for st in starts] and "start" not in third
