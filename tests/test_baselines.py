@@ -216,3 +216,14 @@ def test_fashion_space_every_mixer_deploys():
         g = check_file(SPACE, values=p)
         assert_deploy_matches(g, (1, 28, 28))
         assert "dilated_reparam" not in [n.op for n in deploy_graph(g)[0].nodes()]
+
+
+def test_fashion_space_init_choice():
+    """The space's `init` choice point reaches the built model: truncated normal std 0.02, or kaiming (fan_out,
+    ReLU gain: std sqrt(2 / (C_out * k * k)))."""
+    point = {"stem": "conv3s1", "stages.0.kind": "basic", "stages.0.width": 48}
+    for scheme, want in (("trunc_normal", 0.02), ("kaiming", (2.0 / (48 * 9)) ** 0.5)):
+        torch.manual_seed(0)
+        model = build_module(check_file(SPACE, values={**point, "init": scheme}))
+        w = [p for p in model.parameters() if p.dim() == 4 and tuple(p.shape[:2]) == (48, 48)][0]  # 48x48x3x3
+        assert 0.9 < w.std().item() / want < 1.1, (scheme, w.std().item(), want)

@@ -151,6 +151,7 @@ def test_the_bundled_fashion_starts_are_networks_of_the_fashion_space():
     files = sorted((ROOT / "examples" / "search" / "starts").glob("fashion_*.arch"))
     starts = load_starts([str(f) for f in files], space)
     assert len(starts) == 2 and all(st.complete and st.values["stem"] == "conv3s1" for st in starts)
+    assert all(st.values["init"] == "kaiming" for st in starts)  # ResNet's own (the space's first is trunc_normal)
     counts = {Path(st.name).stem: space.check_point(st.values).graph.total() for st in starts}
     # the counts their comments state
     assert (counts["fashion_resnet_small"].params, counts["fashion_resnet_small"].macs) == (589_146, 29_494_784)
