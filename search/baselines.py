@@ -197,7 +197,7 @@ def _short(rec: dict) -> str:
 
 def _one(base: dict, s, out: Path, progress, measure) -> dict[str, Any]:
     from .space import canonical_hash
-    from .trial import check_point
+    from .trial import bounded_over, check_point
 
     rec: dict[str, Any] = {"name": base["name"], "file": base["path"], "knob": KNOB, "s": None, "status": "failed",
                            "latency_ms": None, "latency": None, "params": None, "macs": None, "score": None,
@@ -218,11 +218,16 @@ def _one(base: dict, s, out: Path, progress, measure) -> dict[str, Any]:
         # share one reading
         if k not in cache:
             lat = measure(s, {KNOB: v})
-            cache[k] = None if lat.get("disturbed") else lat
+            # disturbed: no figure, unless its lower bound shows it far over the budget (trial.bounded_over)
+            cache[k] = (lat if not lat.get("disturbed") else
+                        {**lat, "latency_ms": lat["lower_bound_ms"], "latency_bound": "lower"}
+                        if bounded_over(lat.get("lower_bound_ms"), s, ms=True) else None)
         lat = cache[k]
+        bound = lat is not None and lat.get("latency_bound") == "lower"
         rec["steps"].append({"s": v, "latency_ms": None if lat is None else lat["latency_ms"],
-                             "status": "unmeasured" if lat is None else "measured", "macs": g.total().macs})
-        if lat is not None:
+                             "status": "unmeasured" if lat is None else "over (lower bound)" if bound else "measured",
+                             "macs": g.total().macs})
+        if lat is not None and not bound:
             lats[v] = lat
         return None if lat is None else lat["latency_ms"]
 

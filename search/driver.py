@@ -166,6 +166,7 @@ def _trial_record(trial, result: dict, error: str | None = None) -> dict:
             "activations": r.get("activations"), "error": err, "node": r.get("node"),
             "latency_node": r.get("latency_node"), "seconds": r.get("seconds", {}),
             **({"bar": r["bar"]} if r.get("bar") is not None else {}),
+            **({"latency_bound": r["latency_bound"]} if r.get("latency_bound") else {}),
             **({"start": cfg["start"]} if cfg.get("start") else {})}
 
 

@@ -26,6 +26,8 @@ Record schema (the caller builds it; `append` adds the last two fields):
     accuracy      float | null   validation accuracy (null when not trained)
     epochs        int            epochs trained
     latency_ms    float | null   measured latency (median); null when not measured
+    latency_bound "lower"        only where latency_ms is a disturbed measurement's lower bound (bench/measure.py),
+                                 far over the budget: the trial is over_budget on it, with no clean figure
     latency       dict | null    the full measurement (quantiles, repeats, ...) as the bench reports it
     predicted_ms  float | null   the latency predictor's estimate
     params, macs, activations    int | null  exact costs from the checker

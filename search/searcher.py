@@ -378,7 +378,8 @@ class ArchSearcher(Searcher):
             self._add_finished(cand.point, rec)
         else:
             self._tell(ot, rec)
-        if self.predictor is not None and status in ("ok", "over_budget") and rec["latency_ms"]:
+        if (self.predictor is not None and status in ("ok", "over_budget") and rec["latency_ms"]
+                and not result.get("latency_bound")):  # a lower bound is no measurement to check a prediction by
             self.predictor.observe(cand.hash, rec["latency_ms"])
 
     def save(self, checkpoint_path: str) -> None:

@@ -196,7 +196,9 @@ def measure_latency_local(s: TrialSettings, point: dict[str, Any], load: bool = 
     caller must not decide on it. A clean result the engine still flags unstable (wide CI, drifting reference) is
     measured again (up to MEASURE_TRIES in all); the stable one with the lowest median is kept. A clean latency
     within NEAR_BUDGET of the budget is measured again (NEAR_TRIES in all) and the median decides ("near_budget_ms"
-    lists them). Returns the Measurement's JSON plus "node", "threads", "tries", "disturbed_tries", "waited_s",
+    lists them). A disturbed measurement whose lower bound (bench/measure.py) is over `over_bound_ms` ends the
+    waiting: `run_trial` decides "over budget" on that bound (`bounded_over`). Returns the Measurement's JSON plus
+    "node", "threads", "tries", "disturbed_tries", "waited_s",
     "attempts" (why each disturbed try was, joined) and "fingerprint". The latency to decide on is "latency_ms" (regime-
     normalized, bench/regime.py)."""
     from ..bench.measure import measure_until_clean
@@ -211,7 +213,7 @@ def measure_latency_local(s: TrialSettings, point: dict[str, Any], load: bool = 
         built["seconds"] = getattr(fn, "build_seconds", None)
         ref_kw, ref_rec = _reference_kw(s, threads)
         kw = dict(max_seconds=s.latency_max_seconds, rel_ci=s.latency_rel_ci, quiet_wait=s.latency_quiet_wait,
-                  threads=threads, normalize=True, **ref_kw)
+                  threads=threads, normalize=True, settle=lambda m: bounded_over(m.lower_bound, s), **ref_kw)
         # the test hook's load outlasts any wait: its measurement waits at most 1 s before it is left unmeasured
         procs = _start_load(s.latency_max_seconds + 1.0 + 5) if load else []
         try:
@@ -278,6 +280,12 @@ def start_meters(info, target_label: str) -> list:
     return meters
 
 
+def bounded_over(bound: float | None, s: TrialSettings, ms: bool = False) -> bool:
+    """Whether a disturbed measurement's lower bound (s, or ms with `ms`) shows the network over the budget beyond
+    the near-budget band (NEAR_BUDGET), where a clean figure is never needed to say it does not fit."""
+    return bound is not None and bound * (1.0 if ms else 1e3) > s.budget_ms * (1 + NEAR_BUDGET)
+
+
 def _measure(s: TrialSettings, point: dict[str, Any], index: int, load: bool = False,
              graph=None) -> dict[str, Any]:
     """Measure on the search's latency meter (or here, without meters). `graph`: the point's checked graph, sent
@@ -331,6 +339,11 @@ def run_trial(config: dict[str, Any], settings: TrialSettings) -> None:
         if lat.get("runtime_build_s") is not None:  # of which the runtime's preparation (tuning, export)
             seconds["runtime_build"] = lat["runtime_build_s"]
         base.update(latency_ms=lat["latency_ms"], latency=lat, latency_node=lat.get("node"))
+        if lat.get("disturbed") and bounded_over(lat.get("lower_bound_ms"), s, ms=True):
+            # disturbed, but even its lower bound is far over the budget: over budget, decided on that bound
+            tune.report({**base, "latency_ms": lat["lower_bound_ms"], "latency_bound": "lower",
+                         "status": "over_budget", "score": 0.0, "seconds": seconds})
+            return
         if lat.get("disturbed"):  # never decide on a disturbed figure: the driver measures this point again later
             reason = (lat.get("disturbance") or {}).get("reason")
             tune.report({**base, "latency_ms": None, "status": "unmeasured", "score": 0.0,

@@ -257,3 +257,42 @@ def test_resume_refuses_another_runtime_dtype_or_thread_count(tmp_path):
         with pytest.raises(RunDirError, match=rf"settings differ \({key} was"):
             RunDir.open(tmp_path, {**now, key: value}, resume=True, must_match=MATCH_ON_RESUME,
                         defaults=SETTING_DEFAULTS)
+
+
+def test_a_network_far_over_the_budget_is_decided_on_its_lower_bound(monkeypatch):
+    # a disturbed measurement (every round waited a little: a cluster's daemons beside a 50 ms network) whose lower
+    # bound is far over the budget ends the waiting, and the trial is over budget on it, never trained
+    import math
+
+    seen = []
+
+    def fake(fn, **kw):
+        m = Measurement(median=math.nan, p10=math.nan, p90=math.nan, min=math.nan, runs=0, rel_ci=math.inf,
+                        stable=False, stop="max_seconds", disturbed=True,
+                        disturbance={"reason": "0 of 30 rounds clean"}, lower_bound=bound["s"])
+        seen.append(kw["settle"](m))
+        return m, {"tries": 1, "disturbed_tries": 1, "waited_s": 0.0, "attempts": ["waits"], "settled": seen[-1]}
+
+    monkeypatch.setattr(sys.modules["archdsl.bench.measure"], "measure_until_clean", fake)
+    bound = {"s": 0.047}
+    lat = measure_latency_local(_settings(9.0), POINT)
+    assert seen == [True] and lat["disturbed"] and lat["lower_bound_ms"] == pytest.approx(47.0)
+    assert trial.bounded_over(lat["lower_bound_ms"], _settings(9.0), ms=True)
+    # within the near-budget band (20%) a bound decides nothing: a clean figure is needed
+    bound["s"] = 0.0105
+    lat = measure_latency_local(_settings(9.0), POINT)
+    assert seen[-1] is False and not trial.bounded_over(lat["lower_bound_ms"], _settings(9.0), ms=True)
+
+    reports = []
+    monkeypatch.setattr("ray.tune.report", reports.append)
+    monkeypatch.setattr(trial, "_measure", lambda s, point, index, load=False, graph=None: measure_latency_local(
+        s, point, load, graph))
+    for bound["s"], status in ((0.047, "over_budget"), (0.0105, "unmeasured")):
+        reports.clear()
+        trial.run_trial({"point": POINT, "index": 0, "hash": "h"}, _settings(9.0))
+        (r,) = reports
+        assert r["status"] == status and r["score"] == 0.0
+        if status == "over_budget":
+            assert r["latency_bound"] == "lower" and r["latency_ms"] == pytest.approx(47.0)
+        else:
+            assert r["latency_ms"] is None and "latency_bound" not in r

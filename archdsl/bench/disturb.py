@@ -35,6 +35,7 @@ from . import stats
 
 __all__ = ["ThreadProbe", "Boost", "Disturbance", "busy_processes", "SPIN", "LoadWindow", "LoadSample",
            "wait_for_quiet", "round_disturbed", "usable_cores", "WAIT_ABS_NS", "WAIT_REL", "STEAL_TOL", "TeamProbe",
+           "BOUND_WAIT",
            "TEAM_TOL", "TEAM_FRAC", "TEAM_MIN"]
 
 # A round is disturbed when its measuring threads waited in the run queue for more than
@@ -44,6 +45,13 @@ __all__ = ["ThreadProbe", "Boost", "Disturbance", "busy_processes", "SPIN", "Loa
 WAIT_ABS_NS = 20_000
 WAIT_REL = 0.02
 STEAL_TOL = 0.05  # cores of steal time over a measurement that make it disturbed
+# A discarded round still bounds the latency from below: a measuring thread kept off its core for w seconds delays
+# the round by about w (its team mates wait for it at the next barrier), so the round's time less BOUND_WAIT x its
+# threads' summed run-queue wait is under the undisturbed time (2x for the cache a neighbour's slice evicts). With
+# light background work (a cluster's daemons: 3-5% of a core) a 50 ms round nearly always waits 2-4% of its
+# length, over WAIT_REL: such a network can never be measured cleanly, but its bound can show it far over a budget.
+# Rounds the team probe flagged are never bounded: their slowdown shows in no wait.
+BOUND_WAIT = 2.0
 # A round is disturbed when the team probe (a conv at the measuring thread count) took more than TEAM_TOL x the
 # same conv on one thread. Side by side it takes 0.86x (2 vCPUs, AMD EPYC KVM guest), with noise up to ~1.15x;
 # with the threads stalling each other 2.3-2.8x.
@@ -394,6 +402,9 @@ class Disturbance:
     boost: dict | None = None  # disturb.Boost's state: whether the measuring threads ran at raised priority
     apart: int = 0  # rounds discarded because the team probe found the measuring threads stalling each other
     team: "TeamProbe | None" = None  # the active probe of these rounds, if any
+    # per discarded round that a wait explains (not flagged by the team probe): (the first candidate's time less
+    # BOUND_WAIT x the wait, the reference's time in that round or None), seconds
+    bounded: list[tuple[float, float | None]] = field(default_factory=list)
 
     def clean(self) -> int:
         return self.rounds - self.discarded
@@ -412,6 +423,12 @@ class Disturbance:
         if load is not None and load.steal is not None and load.steal > STEAL_TOL:
             return f"the hypervisor took {load.steal:.2f} cores (steal time) during the measurement"
         return None
+
+    def boundable(self) -> bool:
+        """Whether the discarded rounds' bounds hold (`bounded`): the waits were seen per thread (schedstat), the
+        host did not run the threads apart for long (TEAM_MIN rounds) and took no steal time."""
+        steal = None if self.load is None else self.load.steal
+        return self.probe == "schedstat" and self.apart < TEAM_MIN and (steal is None or steal <= STEAL_TOL)
 
     def _apart_words(self) -> str:
         if not self.apart or self.team is None:

@@ -17,7 +17,10 @@ How steady state is ensured, before a single sample is kept:
      left with fewer than `min_runs` clean rounds at its cap, or with steal time from the hypervisor, is
      `disturbed` (and not `stable`); `disturbance` records the rounds, the discarded ones, the wait, the other
      processes' CPU use, the load average and the reason. `measure_until_clean` waits for the machine to quiet
-     down (bounded backoff) and measures again.
+     down (bounded backoff) and measures again. A disturbed measurement still carries `lower_bound`: the median
+     over its rounds of the clean times and of each discarded round's time less twice its wait, under the
+     undisturbed latency (disturb.BOUND_WAIT), so a network far over a budget is known to be over it without a
+     clean round (`measure_until_clean(settle=...)`).
   4. A stop rule: runs continue until the 95% confidence interval of the median over the clean rounds
      (order statistics, no distribution assumed) is within +-`rel_ci` of it, or a run/time cap is hit (then
      `stable` is False).
@@ -44,6 +47,7 @@ from typing import Any, Callable
 
 from . import regime, stats
 from .disturb import (
+    BOUND_WAIT,
     TEAM_TOL,
     Boost,
     Disturbance,
@@ -127,6 +131,10 @@ class Measurement:
     regime_ratio: float | None = None
     regime_anchor: float | None = None
     normalized: float | None = None
+    # a disturbed measurement's lower bound on `latency` (s, normalized as `latency` is), from its clean rounds and
+    # its discarded rounds less BOUND_WAIT x their wait; None when clean, or when the discards are not bounded
+    # (team probe, steal, no schedstat) or too few rounds are left
+    lower_bound: float | None = None
 
     @property
     def latency(self) -> float:
@@ -146,7 +154,8 @@ class Measurement:
                 "remeasured": self.remeasured, "disturbed": self.disturbed, "disturbance": self.disturbance,
                 "normalized_ms": ms(self.normalized), "latency_ms": ms(self.latency),
                 "regime_ratio": None if self.regime_ratio is None or not math.isfinite(self.regime_ratio)
-                else round(self.regime_ratio, 6), "regime_anchor_ms": ms(self.regime_anchor)}
+                else round(self.regime_ratio, 6), "regime_anchor_ms": ms(self.regime_anchor),
+                **({"lower_bound_ms": ms(self.lower_bound)} if self.lower_bound is not None else {})}
 
 
 def reference_workload(n: int = 128) -> Callable[[], Any]:
@@ -222,6 +231,8 @@ def _timed_rounds(fns, ref, *, min_runs, max_runs, max_seconds, rel_ci, timer, p
             dist.apart += apart
             dist.discarded += 1
             dist.raw.append(next(iter(times.values())))
+            if not apart and len(times) == 1:
+                dist.bounded.append((max(0.0, dist.raw[-1] - BOUND_WAIT * wait / 1e9), tref))
             dist.wait_ns += wait
             dist.preempted += preempt > 0
             if timer() - start >= max_seconds:
@@ -259,13 +270,29 @@ def _summarize(s: list[float], stop: str, rel_ci_target: float, ref: list[float]
     watch = series if normalize else ref
     drift, change = stats.drifted(watch, DRIFT_TOL) if watch else (False, 0.0)
     reason = dist.verdict(min_clean)
+    bound = _lower_bound(s, ref, dist, min_clean, normalize) if reason is not None else None
     nan = math.nan
     return Measurement(median=stats.median(s) if s else nan, p10=stats.percentile(s, 10) if s else nan,
                        p90=stats.percentile(s, 90) if s else nan, min=min(s) if s else nan, runs=len(s),
                        rel_ci=rel, stable=rel <= rel_ci_target and not drift and reason is None, stop=stop,
                        reference_median=stats.median(ref) if ref else None, reference_change=change, drift=drift,
                        disturbed=reason is not None, disturbance=dist.to_json(min_clean), samples=list(s),
-                       regime_ratio=stats.median(series) if normalize and series else None)
+                       regime_ratio=stats.median(series) if normalize and series else None, lower_bound=bound)
+
+
+def _lower_bound(s: list[float], ref: list[float], dist: Disturbance, min_clean: int,
+                 normalize: bool) -> float | None:
+    """A disturbed measurement's lower bound (see Measurement.lower_bound): the median over the clean rounds'
+    times and the discarded rounds' bounds, each as a ratio to its round's reference with `normalize` (a
+    reference slowed by the same disturbance only lowers the ratio). The anchor is applied by `_apply_anchor`.
+    None unless the discards are boundable and at least min_clean rounds count."""
+    if not dist.boundable() or len(dist.bounded) != dist.discarded - dist.apart:  # one candidate only
+        return None
+    if normalize:
+        vals = [t / r for t, r in zip(s, ref) if r > 0] + [b / r for b, r in dist.bounded if r]
+    else:
+        vals = list(s) + [b for b, _ in dist.bounded]
+    return stats.median(vals) if len(vals) >= min_clean else None
 
 
 def _inference_mode():
@@ -390,6 +417,8 @@ def _apply_anchor(out: dict[str, Measurement], refs: list[float], given: float |
     for m in out.values():
         if r_star is not None and m.regime_ratio is not None and math.isfinite(m.regime_ratio):
             m.regime_anchor, m.normalized = r_star, m.regime_ratio * r_star
+        if m.lower_bound is not None:  # a ratio until here: a bound in seconds needs the anchor
+            m.lower_bound = None if r_star is None else m.lower_bound * r_star
 
 
 def measure(fn: Callable[[], Any], *, warmup: int = 3, min_runs: int = 10, max_runs: int = 1000,
@@ -408,12 +437,15 @@ def measure(fn: Callable[[], Any], *, warmup: int = 3, min_runs: int = 10, max_r
 
 def measure_until_clean(fn: Callable[[], Any], *, quiet_wait: float = 30.0, threads: int | None = None,
                         clock: Callable[[], float] = time.monotonic, lock_path: str | os.PathLike | None = None,
+                        settle: Callable[[Measurement], bool] | None = None,
                         **measure_kw: Any) -> tuple[Measurement, dict[str, Any]]:
     """`measure(fn)`, and while the result is disturbed: wait for the machine to leave `threads` cores free
     (`wait_for_quiet`, each wait capped at 1, 2, 4, 8 ... s) and measure again, until `quiet_wait` seconds have
     passed. A load that never fully ends still leaves clean rounds now and then, so each pause ends in a new
     measurement even when the machine is not yet quiet. Holds the measurement lock throughout, so this process's
-    own compute slices (a search's training) pause and only other programs count as load. Returns (the clean
+    own compute slices (a search's training) pause and only other programs count as load. `settle(m)`: a
+    disturbed measurement for which it is true ends the waiting at once (the caller decides on its
+    `lower_bound`, e.g. a network far over a latency budget; info["settled"] is then True). Returns (the clean
     measurement, or the last disturbed one, and {"tries", "disturbed_tries", "waited_s", "attempts": [reason]})."""
     threads = min(threads or 1, usable_cores())
     info: dict[str, Any] = {"tries": 0, "disturbed_tries": 0, "waited_s": 0.0, "attempts": []}
@@ -427,6 +459,9 @@ def measure_until_clean(fn: Callable[[], Any], *, quiet_wait: float = 30.0, thre
                 return m, info
             info["disturbed_tries"] += 1
             info["attempts"].append(m.disturbance.get("reason"))
+            if settle is not None and settle(m):
+                info["settled"] = True
+                return m, info
             if clock() >= deadline:
                 return m, info
             _, waited, _ = wait_for_quiet(threads, min(deadline, clock() + pause))
